@@ -1,0 +1,71 @@
+//! Disk format codecs. A decoder turns the bytes of one tar entry, fed in
+//! pieces of any size, into an extent stream pushed to an [`ExtentSink`];
+//! it never opens files (storage it needs, such as a spool, comes in
+//! through a small trait).
+
+pub mod gzip;
+pub mod qcow2;
+pub mod raw;
+pub mod vmdk;
+
+use crate::error::Result;
+
+/// Receives the extent stream: `(guest_offset, data | zero)`.
+///
+/// Extents need not arrive in guest order, but a decoder never emits bytes
+/// past the capacity it announced.
+pub trait ExtentSink {
+    /// The virtual size, as soon as the decoder knows it from its header.
+    /// Called at most once, before any extent.
+    fn capacity(&mut self, _bytes: u64) -> Result<()> {
+        Ok(())
+    }
+    /// `data` belongs at guest offset `offset`.
+    fn data(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+    /// `len` bytes at guest offset `offset` read as zero.
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
+}
+
+/// A one-pass decoder of one disk format.
+pub trait DiskDecoder {
+    /// Feeds the next bytes of the entry; `input` may be split anywhere.
+    fn feed(&mut self, input: &[u8], out: &mut dyn ExtentSink) -> Result<()>;
+    /// The entry ended: flush what is pending, and fail if the image is
+    /// incomplete.
+    fn finish(&mut self, out: &mut dyn ExtentSink) -> Result<()>;
+    /// The virtual size once known from the image itself.
+    fn capacity(&self) -> Option<u64>;
+}
+
+/// The disk formats ovaio reads, as detected from content or declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Plain bytes.
+    Raw,
+    /// qcow2 (v2 or v3).
+    Qcow2,
+    /// VMware streamOptimized VMDK.
+    Vmdk,
+}
+
+impl SourceFormat {
+    /// Detects the format from the first bytes of an entry (at least 4).
+    pub fn sniff(head: &[u8]) -> SourceFormat {
+        if head.starts_with(b"QFI\xfb") {
+            SourceFormat::Qcow2
+        } else if head.starts_with(b"KDMV") {
+            SourceFormat::Vmdk
+        } else {
+            SourceFormat::Raw
+        }
+    }
+
+    /// Name as used in summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceFormat::Raw => "raw",
+            SourceFormat::Qcow2 => "qcow2",
+            SourceFormat::Vmdk => "vmdk",
+        }
+    }
+}

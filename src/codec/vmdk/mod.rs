@@ -1,0 +1,1 @@
+//! VMware streamOptimized VMDK.

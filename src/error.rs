@@ -1,0 +1,244 @@
+//! The crate's one public error: a matchable [`ErrorKind`], the place where
+//! it happened ([`Context`]: path, tar entry, byte offset) and the leaf
+//! error from the module that found it as its `source()`.
+//!
+//! Leaf modules define their own `thiserror` enums and implement
+//! [`Classify`] for them; `?` then turns them into an [`Error`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, coarsely: enough to pick an exit code or HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The input is not in the format it claims (bad magic, bad header).
+    InvalidFormat,
+    /// The input is in the right format but internally inconsistent.
+    CorruptImage,
+    /// A valid input that uses a feature ovaio does not implement.
+    Unsupported,
+    /// A digest or size does not match what the package promised.
+    Integrity,
+    /// A hostile-input limit was hit (see `limits.rs`).
+    LimitExceeded,
+    /// The caller asked for something inconsistent.
+    InvalidArgument,
+    /// A file or entry that must exist does not.
+    NotFound,
+    /// The operating system refused an operation.
+    Io,
+    /// The transfer was cancelled.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// Process exit status for this kind (0 is success, 1 generic).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::InvalidArgument => 2,
+            ErrorKind::Io => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Integrity => 5,
+            ErrorKind::Unsupported => 6,
+            ErrorKind::Cancelled => 130,
+            _ => 1,
+        }
+    }
+}
+
+/// Implemented by every leaf error enum so that `?` can lift it.
+pub trait Classify {
+    /// The coarse kind of this error.
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Where an error happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// A file system path (source or target).
+    pub path: Option<PathBuf>,
+    /// A tar entry name inside the package.
+    pub entry: Option<String>,
+    /// A byte offset: inside the entry when `entry` is set, else in the stream.
+    pub offset: Option<u64>,
+}
+
+/// The crate's error type.
+pub struct Error {
+    kind: ErrorKind,
+    context: Context,
+    message: Option<String>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// An error with a message and no leaf source.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            context: Context::default(),
+            message: Some(message.into()),
+            source: None,
+        }
+    }
+
+    /// Wraps any error with an explicit kind.
+    pub fn wrap(kind: ErrorKind, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error {
+            kind,
+            context: Context::default(),
+            message: None,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The coarse kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Where it happened.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Adds the tar entry name unless one is already set.
+    pub fn in_entry(mut self, name: &str) -> Self {
+        if self.context.entry.is_none() {
+            self.context.entry = Some(name.to_owned());
+        }
+        self
+    }
+
+    /// Adds a byte offset unless one is already set.
+    pub fn at_offset(mut self, offset: u64) -> Self {
+        if self.context.offset.is_none() {
+            self.context.offset = Some(offset);
+        }
+        self
+    }
+
+    /// Adds a path unless one is already set.
+    pub fn at_path(mut self, path: impl Into<PathBuf>) -> Self {
+        if self.context.path.is_none() {
+            self.context.path = Some(path.into());
+        }
+        self
+    }
+
+    /// Adds a message in front of the source's own (one level of "why").
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// The whole chain on one line, for a command-line error report.
+    pub fn one_line(&self) -> String {
+        let mut s = self.to_string();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
+        // When there is no message the first source is already in Display.
+        if self.message.is_none() {
+            cur = cur.and_then(|e| e.source());
+        }
+        while let Some(e) = cur {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            cur = e.source();
+        }
+        s
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(p) = &self.context.path {
+            write!(f, "{}", p.display())?;
+            sep = ": ";
+        }
+        if let Some(e) = &self.context.entry {
+            write!(f, "{sep}entry '{e}'")?;
+            sep = ": ";
+        }
+        if let Some(o) = self.context.offset {
+            if self.context.entry.is_some() {
+                write!(f, " at byte {o}")?;
+            } else {
+                write!(f, "{sep}at byte {o}")?;
+            }
+            sep = ": ";
+        }
+        match (&self.message, &self.source) {
+            (Some(m), _) => write!(f, "{sep}{m}"),
+            (None, Some(s)) => write!(f, "{sep}{s}"),
+            (None, None) => write!(f, "{sep}{:?}", self.kind),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("context", &self.context)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl<E> From<E> for Error
+where
+    E: Classify + std::error::Error + Send + Sync + 'static,
+{
+    fn from(e: E) -> Self {
+        Error::wrap(e.kind(), e)
+    }
+}
+
+impl Classify for std::io::Error {
+    fn kind(&self) -> ErrorKind {
+        match self.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::UnexpectedEof => ErrorKind::CorruptImage,
+            _ => ErrorKind::Io,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_entry_and_offset() {
+        let e = Error::new(ErrorKind::CorruptImage, "grain beyond capacity")
+            .at_offset(4096)
+            .in_entry("disk1.vmdk");
+        assert_eq!(
+            e.to_string(),
+            "entry 'disk1.vmdk' at byte 4096: grain beyond capacity"
+        );
+        assert_eq!(e.kind(), ErrorKind::CorruptImage);
+    }
+
+    #[test]
+    fn io_error_lifts_with_kind() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e: Error = io.into();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(e.one_line(), "gone");
+    }
+}

@@ -1,0 +1,32 @@
+//! ovaio: a streaming data plane for virtual-machine disk images.
+//!
+//! ```text
+//! import:  source ──► [gunzip] ──► tar demux ──► per entry: OVF | manifest | disk
+//!                                      │ digest of every entry   │ disk decoder
+//!                                      ▼ (checked vs manifest)   ▼ raw | qcow2 | vmdk
+//!                                                     extents (offset, data | zero)
+//!                                                                ▼
+//!                                              volume sink: raw file (sparse) | qcow2 file
+//! ```
+//!
+//! * [`source`] yields the package bytes (file, stdin).
+//! * [`ova`] demultiplexes the tar stream and parses the OVF and manifest.
+//! * [`codec`] turns each disk entry into an extent stream.
+//! * [`sink`] writes extents into target volumes under `.partial` names.
+//! * [`pipeline`] glues them together; [`cli`] is the command line.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod codec;
+pub mod error;
+pub mod limits;
+pub mod ova;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,34 @@
+//! Named limits for everything hostile input controls. Every parser takes
+//! its bounds from here so that the worst case of a transfer is visible in
+//! one place.
+
+/// Largest OVF descriptor accepted (bytes).
+pub const MAX_OVF_SIZE: u64 = 4 << 20;
+/// Largest manifest (`.mf`) accepted (bytes).
+pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;
+/// Largest certificate (`.cert`) kept for inspection (bytes).
+pub const MAX_CERT_SIZE: u64 = 1 << 20;
+/// Largest PAX extended header (`x`/`g` entry) accepted (bytes).
+pub const MAX_PAX_SIZE: u64 = 64 << 10;
+/// Largest GNU long name / long link (`L`/`K` entry) accepted (bytes).
+pub const MAX_LONG_NAME: u64 = 4096;
+/// Most tar entries accepted in one package.
+pub const MAX_ENTRIES: usize = 10_000;
+/// Most disks (files) in one OVF.
+pub const MAX_OVF_FILES: usize = 1024;
+/// Deepest XML element nesting accepted in an OVF.
+pub const MAX_XML_DEPTH: usize = 64;
+/// Largest virtual disk accepted (bytes): 64 TiB.
+pub const MAX_CAPACITY: u64 = 64 << 40;
+/// Largest VMDK grain accepted (bytes): 1 MiB (the spec's default is 64 KiB).
+pub const MAX_GRAIN_SIZE: u64 = 1 << 20;
+/// Largest compressed VMDK grain marker payload accepted (bytes).
+pub const MAX_VMDK_COMPRESSED_GRAIN: u64 = 2 << 20;
+/// Largest qcow2 cluster accepted (bytes): 2 MiB, qcow2's own maximum.
+pub const MAX_QCOW2_CLUSTER: u64 = 2 << 20;
+/// Largest qcow2 L1 table accepted (entries): 32 MiB of table.
+pub const MAX_QCOW2_L1_ENTRIES: u64 = 4 << 20;
+/// Largest qcow2 header area accepted (bytes), including extensions.
+pub const MAX_QCOW2_HEADER: u64 = 64 << 10;
+/// Size of the chunks read from a source.
+pub const READ_CHUNK: usize = 1 << 20;
