@@ -1,0 +1,311 @@
+//! Errors of the streamOptimized VMDK decoder. Every variant names the byte
+//! offset within the entry where the offending structure starts.
+
+use crate::error::{Classify, ErrorKind};
+
+/// What is wrong with a streamOptimized VMDK, and where (byte offset within
+/// the entry).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmdkError {
+    /// The header (or footer) does not start with `KDMV`.
+    #[error("at byte {offset}: bad magic {found:02x?}, expected \"KDMV\"")]
+    BadMagic {
+        /// Offset of the magic.
+        offset: u64,
+        /// The four bytes found.
+        found: [u8; 4],
+    },
+    /// A sparse extent version other than 1, 2 or 3.
+    #[error("at byte {offset}: unsupported sparse extent version {version} (known: 1, 2, 3)")]
+    UnsupportedVersion {
+        /// Offset of the version field.
+        offset: u64,
+        /// The version found.
+        version: u32,
+    },
+    /// The flags lack compressed grains or markers: a monolithic sparse
+    /// extent, which cannot be read in one pass.
+    #[error(
+        "at byte {offset}: flags {flags:#010x} lack compressed grains and markers: \
+         not a streamOptimized extent"
+    )]
+    NotStreamOptimized {
+        /// Offset of the flags field.
+        offset: u64,
+        /// The flags found.
+        flags: u32,
+    },
+    /// A compression algorithm other than deflate.
+    #[error("at byte {offset}: unsupported compression algorithm {algorithm} (only 1, deflate)")]
+    UnsupportedCompression {
+        /// Offset of the compressAlgorithm field.
+        offset: u64,
+        /// The algorithm found.
+        algorithm: u16,
+    },
+    /// The newline-detection characters were altered, typically by a text
+    /// mode transfer that also damaged the grains.
+    #[error(
+        "at byte {offset}: newline detection characters {found:02x?} are altered \
+         (file transferred in text mode?)"
+    )]
+    NewlineCorrupted {
+        /// Offset of the four characters.
+        offset: u64,
+        /// The characters found.
+        found: [u8; 4],
+    },
+    /// The grain size is not a power of two of at least 8 sectors.
+    #[error(
+        "at byte {offset}: grain size of {sectors} sectors is not a power of two \
+         of at least 8 sectors"
+    )]
+    BadGrainSize {
+        /// Offset of the grainSize field.
+        offset: u64,
+        /// The grain size found (sectors).
+        sectors: u64,
+    },
+    /// The grain size is over [`crate::limits::MAX_GRAIN_SIZE`].
+    #[error("at byte {offset}: grain size of {sectors} sectors exceeds the limit of {limit} bytes")]
+    GrainSizeLimit {
+        /// Offset of the grainSize field.
+        offset: u64,
+        /// The grain size found (sectors).
+        sectors: u64,
+        /// The limit (bytes).
+        limit: u64,
+    },
+    /// The capacity is over [`crate::limits::MAX_CAPACITY`].
+    #[error("at byte {offset}: capacity of {sectors} sectors exceeds the limit of {limit} bytes")]
+    CapacityLimit {
+        /// Offset of the capacity field.
+        offset: u64,
+        /// The capacity found (sectors).
+        sectors: u64,
+        /// The limit (bytes).
+        limit: u64,
+    },
+    /// overHead places the first marker inside the header, or overflows.
+    #[error("at byte {offset}: overHead of {sectors} sectors does not lie after the header")]
+    BadOverhead {
+        /// Offset of the overHead field.
+        offset: u64,
+        /// The overHead found (sectors).
+        sectors: u64,
+    },
+    /// A grain marker whose sector is not the first of a grain.
+    #[error(
+        "at byte {offset}: grain at lba {lba} is not aligned to the grain size \
+         of {grain_sectors} sectors"
+    )]
+    UnalignedGrain {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// The grain size (sectors).
+        grain_sectors: u64,
+    },
+    /// A grain that starts at or after the capacity, or holds non-zero
+    /// bytes past it.
+    #[error("at byte {offset}: grain at lba {lba} extends beyond the capacity of {capacity} bytes")]
+    GrainBeyondCapacity {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// The disk capacity (bytes).
+        capacity: u64,
+    },
+    /// A grain marker's compressed size is over
+    /// [`crate::limits::MAX_VMDK_COMPRESSED_GRAIN`].
+    #[error(
+        "at byte {offset}: compressed grain of {size} bytes exceeds the limit of {limit} bytes"
+    )]
+    CompressedGrainLimit {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The compressed size found.
+        size: u64,
+        /// The limit (bytes).
+        limit: u64,
+    },
+    /// A grain inflates to more than one grain (decompression bomb).
+    #[error("at byte {offset}: grain at lba {lba} inflates past the grain size of {grain} bytes")]
+    GrainOverflow {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// The grain size (bytes).
+        grain: u64,
+    },
+    /// A grain inflates to less than a grain, and it is not the last
+    /// (partial) grain of the disk.
+    #[error("at byte {offset}: grain at lba {lba} inflates to {len} bytes, expected {expected}")]
+    ShortGrain {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// The inflated length.
+        len: u64,
+        /// The expected length.
+        expected: u64,
+    },
+    /// The zlib stream of a grain is invalid.
+    #[error("at byte {offset}: grain at lba {lba}: invalid zlib data: {message}")]
+    Zlib {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// What the inflater reported.
+        message: String,
+    },
+    /// The zlib stream of a grain ends before the marker's compressed size.
+    #[error(
+        "at byte {offset}: grain at lba {lba}: zlib stream ends before the marker's \
+         {size} compressed bytes"
+    )]
+    ZlibTrailing {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// The marker's compressed size.
+        size: u64,
+    },
+    /// The marker's compressed bytes end before the zlib stream does.
+    #[error(
+        "at byte {offset}: grain at lba {lba}: zlib stream incomplete after the marker's \
+         {size} compressed bytes"
+    )]
+    ZlibIncomplete {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// The marker's compressed size.
+        size: u64,
+    },
+    /// A metadata marker of a type other than EOS, GT, GD or footer.
+    #[error("at byte {offset}: unknown metadata marker type {kind}")]
+    UnknownMarker {
+        /// Offset of the marker.
+        offset: u64,
+        /// The type found.
+        kind: u32,
+    },
+    /// A metadata marker whose payload would end past any possible file.
+    #[error("at byte {offset}: metadata marker of {sectors} sectors is too large")]
+    MarkerTooLarge {
+        /// Offset of the marker.
+        offset: u64,
+        /// The payload size found (sectors).
+        sectors: u64,
+    },
+    /// A footer marker whose payload is not one sector.
+    #[error("at byte {offset}: footer marker of {sectors} sectors, expected 1")]
+    BadFooterSize {
+        /// Offset of the marker.
+        offset: u64,
+        /// The payload size found (sectors).
+        sectors: u64,
+    },
+    /// The footer disagrees with the header.
+    #[error("at byte {offset}: footer {field} differs from the header's")]
+    FooterMismatch {
+        /// Offset of the footer.
+        offset: u64,
+        /// The field that differs.
+        field: &'static str,
+    },
+    /// Non-zero bytes after the end-of-stream marker.
+    #[error("at byte {offset}: non-zero bytes after the end-of-stream marker")]
+    TrailingGarbage {
+        /// Offset of the first non-zero byte.
+        offset: u64,
+    },
+    /// The entry ends inside a structure.
+    #[error("at byte {end}: input ends inside the {what} that starts at byte {offset}")]
+    Truncated {
+        /// Offset where the structure starts.
+        offset: u64,
+        /// Offset where the input ends.
+        end: u64,
+        /// The structure.
+        what: &'static str,
+    },
+    /// The decoder was used again after it reported an error.
+    #[error("at byte {offset}: decoding already failed at this point")]
+    Poisoned {
+        /// Offset where decoding stopped.
+        offset: u64,
+    },
+}
+
+impl VmdkError {
+    /// Byte offset within the entry where the faulty structure starts (for
+    /// [`VmdkError::Truncated`], where it starts, not where the input ends).
+    pub fn offset(&self) -> u64 {
+        use VmdkError::*;
+        match *self {
+            BadMagic { offset, .. }
+            | UnsupportedVersion { offset, .. }
+            | NotStreamOptimized { offset, .. }
+            | UnsupportedCompression { offset, .. }
+            | NewlineCorrupted { offset, .. }
+            | BadGrainSize { offset, .. }
+            | GrainSizeLimit { offset, .. }
+            | CapacityLimit { offset, .. }
+            | BadOverhead { offset, .. }
+            | UnalignedGrain { offset, .. }
+            | GrainBeyondCapacity { offset, .. }
+            | CompressedGrainLimit { offset, .. }
+            | GrainOverflow { offset, .. }
+            | ShortGrain { offset, .. }
+            | Zlib { offset, .. }
+            | ZlibTrailing { offset, .. }
+            | ZlibIncomplete { offset, .. }
+            | UnknownMarker { offset, .. }
+            | MarkerTooLarge { offset, .. }
+            | BadFooterSize { offset, .. }
+            | FooterMismatch { offset, .. }
+            | TrailingGarbage { offset }
+            | Truncated { offset, .. }
+            | Poisoned { offset } => offset,
+        }
+    }
+}
+
+impl Classify for VmdkError {
+    fn kind(&self) -> ErrorKind {
+        use VmdkError::*;
+        match self {
+            BadMagic { .. } | BadGrainSize { .. } | BadOverhead { .. } => ErrorKind::InvalidFormat,
+            UnsupportedVersion { .. }
+            | NotStreamOptimized { .. }
+            | UnsupportedCompression { .. } => ErrorKind::Unsupported,
+            GrainSizeLimit { .. } | CapacityLimit { .. } | CompressedGrainLimit { .. } => {
+                ErrorKind::LimitExceeded
+            }
+            NewlineCorrupted { .. }
+            | UnalignedGrain { .. }
+            | GrainBeyondCapacity { .. }
+            | GrainOverflow { .. }
+            | ShortGrain { .. }
+            | Zlib { .. }
+            | ZlibTrailing { .. }
+            | ZlibIncomplete { .. }
+            | UnknownMarker { .. }
+            | MarkerTooLarge { .. }
+            | BadFooterSize { .. }
+            | FooterMismatch { .. }
+            | TrailingGarbage { .. }
+            | Truncated { .. }
+            | Poisoned { .. } => ErrorKind::CorruptImage,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The 512-byte sparse extent header (and its copy, the footer), decoded
+//! little-endian and validated field by field for the stream decoder.
+
+use super::error::VmdkError;
+use crate::limits;
+
+/// Bytes per sector; VMDK counts everything in sectors.
+pub const SECTOR: u64 = 512;
+/// Size of the header and of the footer.
+pub const HEADER_SIZE: usize = 512;
+/// The header magic.
+pub const MAGIC: [u8; 4] = *b"KDMV";
+/// `gdOffset` value in the header of a stream whose grain directory is
+/// only known at the end (the real value is in the footer).
+pub const GD_AT_END: u64 = u64::MAX;
+
+/// Flag bit 0: the newline-detection characters are valid.
+pub const FLAG_NEWLINE_TEST: u32 = 1;
+/// Flag bit 1: a redundant grain table is present.
+pub const FLAG_REDUNDANT_GT: u32 = 1 << 1;
+/// Flag bit 16: grains are compressed.
+pub const FLAG_COMPRESSED: u32 = 1 << 16;
+/// Flag bit 17: the extent holds markers.
+pub const FLAG_MARKERS: u32 = 1 << 17;
+/// `compressAlgorithm` value for deflate (zlib streams).
+pub const COMPRESS_DEFLATE: u16 = 1;
+/// The newline-detection characters as written by a binary-safe transfer.
+pub const NEWLINE_CHARS: [u8; 4] = *b"\n \r\n";
+
+const OFF_VERSION: usize = 4;
+const OFF_FLAGS: usize = 8;
+const OFF_CAPACITY: usize = 12;
+const OFF_GRAIN: usize = 20;
+const OFF_DESC_OFFSET: usize = 28;
+const OFF_DESC_SIZE: usize = 36;
+const OFF_NUM_GTES: usize = 44;
+const OFF_RGD: usize = 48;
+const OFF_GD: usize = 56;
+const OFF_OVERHEAD: usize = 64;
+const OFF_UNCLEAN: usize = 72;
+const OFF_NEWLINE: usize = 73;
+const OFF_COMPRESS: usize = 77;
+
+/// A validated sparse extent header. Sizes are in sectors, as on disk;
+/// [`SparseHeader::capacity_bytes`] and [`SparseHeader::grain_bytes`]
+/// convert (and cannot overflow once parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseHeader {
+    /// Format version (1, 2 or 3).
+    pub version: u32,
+    /// Feature flags (`FLAG_*`).
+    pub flags: u32,
+    /// Virtual size (sectors).
+    pub capacity_sectors: u64,
+    /// Grain size (sectors): a power of two of at least 8.
+    pub grain_sectors: u64,
+    /// Embedded descriptor position (sectors).
+    pub descriptor_offset: u64,
+    /// Embedded descriptor size (sectors).
+    pub descriptor_size: u64,
+    /// Grain table entries per grain table (512 in practice).
+    pub num_gtes_per_gt: u32,
+    /// Redundant grain directory position (sectors).
+    pub rgd_offset: u64,
+    /// Grain directory position (sectors), or [`GD_AT_END`].
+    pub gd_offset: u64,
+    /// Where the markers start (sectors).
+    pub overhead_sectors: u64,
+    /// The extent was not closed cleanly.
+    pub unclean_shutdown: bool,
+    /// Compression algorithm ([`COMPRESS_DEFLATE`]).
+    pub compress_algorithm: u16,
+}
+
+fn u16_at(b: &[u8; HEADER_SIZE], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8; HEADER_SIZE], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8; HEADER_SIZE], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn four(b: &[u8; HEADER_SIZE], at: usize) -> [u8; 4] {
+    [b[at], b[at + 1], b[at + 2], b[at + 3]]
+}
+
+impl SparseHeader {
+    /// Decodes and validates a header found at entry offset `base` (0 for
+    /// the header, the footer's position for the footer).
+    pub fn parse(b: &[u8; HEADER_SIZE], base: u64) -> Result<Self, VmdkError> {
+        let at = |field: usize| base + field as u64;
+        let magic = four(b, 0);
+        if magic != MAGIC {
+            return Err(VmdkError::BadMagic {
+                offset: base,
+                found: magic,
+            });
+        }
+        let h = SparseHeader {
+            version: u32_at(b, OFF_VERSION),
+            flags: u32_at(b, OFF_FLAGS),
+            capacity_sectors: u64_at(b, OFF_CAPACITY),
+            grain_sectors: u64_at(b, OFF_GRAIN),
+            descriptor_offset: u64_at(b, OFF_DESC_OFFSET),
+            descriptor_size: u64_at(b, OFF_DESC_SIZE),
+            num_gtes_per_gt: u32_at(b, OFF_NUM_GTES),
+            rgd_offset: u64_at(b, OFF_RGD),
+            gd_offset: u64_at(b, OFF_GD),
+            overhead_sectors: u64_at(b, OFF_OVERHEAD),
+            unclean_shutdown: b[OFF_UNCLEAN] != 0,
+            compress_algorithm: u16_at(b, OFF_COMPRESS),
+        };
+        if !(1..=3).contains(&h.version) {
+            return Err(VmdkError::UnsupportedVersion {
+                offset: at(OFF_VERSION),
+                version: h.version,
+            });
+        }
+        let stream = FLAG_COMPRESSED | FLAG_MARKERS;
+        if h.flags & stream != stream {
+            return Err(VmdkError::NotStreamOptimized {
+                offset: at(OFF_FLAGS),
+                flags: h.flags,
+            });
+        }
+        let newline = four(b, OFF_NEWLINE);
+        if h.flags & FLAG_NEWLINE_TEST != 0 && newline != NEWLINE_CHARS {
+            return Err(VmdkError::NewlineCorrupted {
+                offset: at(OFF_NEWLINE),
+                found: newline,
+            });
+        }
+        if h.compress_algorithm != COMPRESS_DEFLATE {
+            return Err(VmdkError::UnsupportedCompression {
+                offset: at(OFF_COMPRESS),
+                algorithm: h.compress_algorithm,
+            });
+        }
+        if !h.grain_sectors.is_power_of_two() || h.grain_sectors < 8 {
+            return Err(VmdkError::BadGrainSize {
+                offset: at(OFF_GRAIN),
+                sectors: h.grain_sectors,
+            });
+        }
+        if h.grain_sectors > limits::MAX_GRAIN_SIZE / SECTOR {
+            return Err(VmdkError::GrainSizeLimit {
+                offset: at(OFF_GRAIN),
+                sectors: h.grain_sectors,
+                limit: limits::MAX_GRAIN_SIZE,
+            });
+        }
+        if h.capacity_sectors > limits::MAX_CAPACITY / SECTOR {
+            return Err(VmdkError::CapacityLimit {
+                offset: at(OFF_CAPACITY),
+                sectors: h.capacity_sectors,
+                limit: limits::MAX_CAPACITY,
+            });
+        }
+        if h.overhead_sectors == 0 || h.overhead_sectors.checked_mul(SECTOR).is_none() {
+            return Err(VmdkError::BadOverhead {
+                offset: at(OFF_OVERHEAD),
+                sectors: h.overhead_sectors,
+            });
+        }
+        Ok(h)
+    }
+
+    /// Virtual size in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_sectors.saturating_mul(SECTOR)
+    }
+
+    /// Grain size in bytes.
+    pub fn grain_bytes(&self) -> u64 {
+        self.grain_sectors.saturating_mul(SECTOR)
+    }
+
+    /// Entry offset of the first marker.
+    pub fn data_start(&self) -> u64 {
+        self.overhead_sectors.saturating_mul(SECTOR)
+    }
+}
