@@ -1,5 +1,6 @@
 //! Entry points for `cargo fuzz` targets (see `fuzz/`); not a stable API.
 //! Each takes arbitrary bytes and must never panic.
 
-pub use crate::ova::demux::fuzz_entry as tar_demux;
+pub use crate::codec::qcow2::fuzz_entry as qcow2;
 pub use crate::codec::vmdk::fuzz_entry as vmdk;
+pub use crate::ova::demux::fuzz_entry as tar_demux;

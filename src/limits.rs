@@ -32,3 +32,8 @@ pub const MAX_QCOW2_L1_ENTRIES: u64 = 4 << 20;
 pub const MAX_QCOW2_HEADER: u64 = 64 << 10;
 /// Size of the chunks read from a source.
 pub const READ_CHUNK: usize = 1 << 20;
+/// Most outstanding reads a qcow2 stream decoder tracks at once (L2 tables
+/// and runs of data clusters mapped but not yet reached, spooled ranges).
+pub const MAX_QCOW2_PENDING: usize = 1 << 20;
+/// Most bytes of compressed qcow2 clusters a stream decoder buffers at once.
+pub const MAX_QCOW2_COMPRESSED_BUFFERED: u64 = 16 << 20;

@@ -1,1 +1,52 @@
-//! Command-line front.
+//! The command line: one module per subcommand. Each parses its flags into
+//! a pipeline request, runs it, and prints a human or `--json` summary.
+
+mod import;
+mod inspect;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+
+/// Streams virtual-machine disks in and out of OVA packages.
+#[derive(Debug, Parser)]
+#[command(name = "ovaio", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stream an OVA into target volumes, verifying its manifest.
+    Import(import::ImportArgs),
+    /// Print the OVF summary of an OVA: disks, formats, capacities, files, manifest.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Import(a) => import::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    }
+}
+
+/// Installs a `tracing` subscriber writing to stderr.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -6,7 +6,11 @@
 pub mod gzip;
 pub mod qcow2;
 pub mod raw;
+pub mod select;
 pub mod vmdk;
+
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use crate::error::Result;
 

@@ -1,5 +1,6 @@
 //! The OVA layer: tar demultiplexing, the OVF descriptor and the manifest.
 
 pub mod demux;
+pub mod digest;
 pub mod manifest;
 pub mod ovf;

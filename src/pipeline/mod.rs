@@ -1,1 +1,5 @@
-//! Import/export glue.
+//! Pipelines: glue between sources, the OVA layer, codecs and sinks.
+
+pub mod import;
+pub mod inspect;
+pub mod progress;

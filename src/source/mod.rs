@@ -1,1 +1,38 @@
-//! Byte sources.
+//! Byte sources of a package: a local (or NFS) file, or standard input.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// An opened source.
+#[allow(missing_debug_implementations)]
+pub struct Source {
+    /// The bytes.
+    pub reader: Box<dyn Read + Send>,
+    /// Total size when known (a regular file).
+    pub size: Option<u64>,
+    /// The path, for error messages; `None` for stdin.
+    pub path: Option<PathBuf>,
+}
+
+/// Opens `spec`: a path, or `-` for standard input.
+pub fn open(spec: &str) -> Result<Source> {
+    if spec == "-" {
+        return Ok(Source {
+            reader: Box::new(std::io::stdin()),
+            size: None,
+            path: None,
+        });
+    }
+    let path = PathBuf::from(spec);
+    let file = File::open(&path).map_err(|e| Error::from(e).at_path(&path))?;
+    let meta = file.metadata().map_err(|e| Error::from(e).at_path(&path))?;
+    let size = meta.is_file().then(|| meta.len());
+    Ok(Source {
+        reader: Box::new(file),
+        size,
+        path: Some(path),
+    })
+}

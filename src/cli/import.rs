@@ -1,0 +1,159 @@
+//! `ovaio import SRC.ova|- (--disk HREF=PATH[:raw|qcow2])... | --dir DIR [--format raw|qcow2]`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::cli::progress::Bar;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::import::{DiskTarget, Importer, Targets};
+use crate::pipeline::progress::Progress;
+use crate::sink::format::TargetFormat;
+use crate::source;
+
+/// Arguments of `ovaio import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The OVA package to read, or `-` for standard input.
+    source: String,
+    /// Where a disk goes: `HREF=PATH[:raw|qcow2]` (HREF as in the OVF
+    /// References); repeat for each disk. Format defaults to --format.
+    #[arg(
+        long = "disk",
+        value_name = "HREF=PATH[:FORMAT]",
+        conflicts_with = "dir"
+    )]
+    disks: Vec<String>,
+    /// Write every disk to DIR/<href without extension>.<format>.
+    #[arg(long, value_name = "DIR", required_unless_present = "disks")]
+    dir: Option<PathBuf>,
+    /// Target format: raw (sparse) or qcow2.
+    #[arg(long, value_name = "raw|qcow2", default_value = "raw", value_parser = parse_format)]
+    format: TargetFormat,
+    /// Print a machine-readable JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar even on a terminal.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_format(s: &str) -> std::result::Result<TargetFormat, String> {
+    TargetFormat::parse(s).ok_or_else(|| format!("unknown format '{s}' (raw or qcow2)"))
+}
+
+fn parse_disk(spec: &str, default: TargetFormat) -> Result<(String, DiskTarget)> {
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("--disk '{spec}': expected HREF=PATH[:raw|qcow2]"),
+        )
+    };
+    let (href, rest) = spec.split_once('=').ok_or_else(bad)?;
+    if href.is_empty() || rest.is_empty() {
+        return Err(bad());
+    }
+    let (path, format) = match rest.rsplit_once(':') {
+        Some((p, f)) if TargetFormat::parse(f).is_some() && !p.is_empty() => {
+            (p, TargetFormat::parse(f).unwrap_or(default))
+        }
+        _ => (rest, default),
+    };
+    Ok((
+        href.to_owned(),
+        DiskTarget {
+            path: PathBuf::from(path),
+            format,
+        },
+    ))
+}
+
+pub(crate) fn run(a: ImportArgs) -> Result<()> {
+    let targets = match &a.dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(
+                    Error::new(ErrorKind::NotFound, "target directory does not exist").at_path(dir),
+                );
+            }
+            Targets::Dir {
+                dir: dir.clone(),
+                format: a.format,
+            }
+        }
+        None => {
+            let mut map = BTreeMap::new();
+            for spec in &a.disks {
+                let (href, t) = parse_disk(spec, a.format)?;
+                if map.insert(href.clone(), t).is_some() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("--disk names '{href}' twice"),
+                    ));
+                }
+            }
+            Targets::Map(map)
+        }
+    };
+    let mut src = source::open(&a.source)?;
+    let progress = Arc::new(Progress::new(src.size));
+    let bar = Bar::start(progress.clone(), !a.quiet && !a.json);
+    let summary = Importer::new(targets, progress)
+        .run(&mut src.reader)
+        .map_err(|e| match &src.path {
+            Some(p) => e.at_path(p),
+            None => e,
+        })?;
+    drop(bar);
+    if a.json {
+        let mut v =
+            serde_json::to_value(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        v["source"] = serde_json::Value::String(a.source.clone());
+        println!("{v}");
+    } else {
+        for d in &summary.disks {
+            println!(
+                "{} ({}{}) -> {} ({}, {} bytes)",
+                d.href,
+                d.source_format,
+                if d.compression == "gzip" {
+                    ", gzip"
+                } else {
+                    ""
+                },
+                d.target.display(),
+                d.target_format,
+                d.capacity
+            );
+        }
+        println!(
+            "imported {} disk(s) from {} bytes; manifest {}",
+            summary.disks.len(),
+            summary.bytes_read,
+            summary.manifest
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_spec_forms() {
+        let (h, t) = parse_disk("a.vmdk=/x/y.img", TargetFormat::Raw).unwrap();
+        assert_eq!(h, "a.vmdk");
+        assert_eq!(t.path, PathBuf::from("/x/y.img"));
+        assert_eq!(t.format, TargetFormat::Raw);
+        let (_, t) = parse_disk("a.vmdk=/x/y:qcow2", TargetFormat::Raw).unwrap();
+        assert_eq!(t.format, TargetFormat::Qcow2);
+        assert_eq!(t.path, PathBuf::from("/x/y"));
+        let (_, t) = parse_disk("a=/x/c:d", TargetFormat::Raw).unwrap();
+        assert_eq!(t.path, PathBuf::from("/x/c:d"));
+        assert!(parse_disk("novalue", TargetFormat::Raw).is_err());
+        assert!(parse_disk("=x", TargetFormat::Raw).is_err());
+    }
+}

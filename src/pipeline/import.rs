@@ -1,0 +1,677 @@
+//! The import pipeline: package bytes in, verified target volumes out.
+//!
+//! [`Importer`] is pushed the package in pieces of any size. It drives the
+//! tar demux, routes each entry (descriptor, manifest, disk, known extra),
+//! digests every entry while it passes, decodes disks into target volumes
+//! written under `.partial` names, and on [`Importer::finish`] checks the
+//! package against its OVF and manifest before renaming any target.
+//! Dropping an unfinished importer removes every partial target.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::codec::select::Decoder;
+use crate::codec::{DiskDecoder, ExtentSink, SourceFormat};
+use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
+use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
+use crate::ova::digest::MultiDigest;
+use crate::ova::manifest::{self, Algorithm, Manifest};
+use crate::ova::ovf::{self, Compression, Envelope};
+use crate::pipeline::progress::Progress;
+use crate::sink::format::TargetFormat;
+use crate::sink::partial::PartialFile;
+use crate::sink::spool::FileSpool;
+use crate::sink::target::TargetVolume;
+use crate::sink::writer::VolumeWriter;
+
+/// Entries oVirt and others add beside the disks; skipped (but digested).
+const KNOWN_EXTRAS: [&str; 3] = ["tpm.dat", "nvram.dat", "pad"];
+
+/// Where one disk goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskTarget {
+    /// Final path of the target volume.
+    pub path: PathBuf,
+    /// Format of the target volume.
+    pub format: TargetFormat,
+}
+
+/// How disks are mapped to targets.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// Explicit `href → target` mapping; every disk must be named.
+    Map(BTreeMap<String, DiskTarget>),
+    /// Every disk to `DIR/<href stem>.<format>`.
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// The format of every target.
+        format: TargetFormat,
+    },
+}
+
+impl Targets {
+    fn target_for(&self, href: &str) -> Option<DiskTarget> {
+        match self {
+            Targets::Map(m) => m.get(href).cloned(),
+            Targets::Dir { dir, format } => {
+                let stem = Path::new(href)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| href.to_owned());
+                Some(DiskTarget {
+                    path: dir.join(format!("{stem}.{}", format.extension())),
+                    format: *format,
+                })
+            }
+        }
+    }
+}
+
+/// What an import did, for `--json` and logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportSummary {
+    /// Bytes of the package consumed.
+    pub bytes_read: u64,
+    /// Name of the OVF entry.
+    pub ovf: String,
+    /// `verified` or `absent`.
+    pub manifest: &'static str,
+    /// One record per disk written.
+    pub disks: Vec<DiskSummary>,
+    /// Entries passed over (known extras, non-disk files).
+    pub skipped: Vec<String>,
+}
+
+/// One imported disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskSummary {
+    /// Entry name (OVF href).
+    pub href: String,
+    /// Format found in the entry.
+    pub source_format: &'static str,
+    /// `none` or `gzip`.
+    pub compression: &'static str,
+    /// Final path of the target.
+    pub target: PathBuf,
+    /// Format of the target.
+    pub target_format: &'static str,
+    /// Virtual size in bytes.
+    pub capacity: u64,
+}
+
+/// One tar entry seen so far.
+#[derive(Debug)]
+struct EntryRecord {
+    name: String,
+    size: u64,
+    digests: Vec<(Algorithm, Vec<u8>)>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Ovf(Vec<u8>),
+    Manifest(Vec<u8>),
+    Disk(usize),
+    Skip,
+}
+
+#[derive(Debug)]
+struct Current {
+    record: usize,
+    role: Role,
+    digest: MultiDigest,
+    received: u64,
+}
+
+/// One disk being written.
+#[derive(Debug)]
+struct DiskState {
+    href: String,
+    target: DiskTarget,
+    gzip: bool,
+    decoder: Decoder,
+    out: TargetSlot,
+}
+
+/// A target volume opened lazily, once its capacity is known.
+#[derive(Debug)]
+struct TargetSlot {
+    target: DiskTarget,
+    capacity_hint: Option<u64>,
+    opened: Option<(PartialFile, VolumeWriter<TargetVolume>)>,
+}
+
+impl TargetSlot {
+    fn open(&mut self, capacity: u64) -> Result<&mut VolumeWriter<TargetVolume>> {
+        if self.opened.is_none() {
+            if capacity > limits::MAX_CAPACITY {
+                return Err(Error::new(
+                    ErrorKind::LimitExceeded,
+                    format!("disk capacity {capacity} exceeds the limit"),
+                ));
+            }
+            let (partial, file) = PartialFile::create(&self.target.path)?;
+            let volume = self
+                .target
+                .format
+                .create(file, capacity)
+                .map_err(|e| e.at_path(partial.partial_path()))?;
+            self.opened = Some((partial, VolumeWriter::new(volume)));
+        }
+        match &mut self.opened {
+            Some((_, w)) => Ok(w),
+            None => Err(Error::new(ErrorKind::Io, "target not open")),
+        }
+    }
+
+    fn writer(&mut self) -> Result<&mut VolumeWriter<TargetVolume>> {
+        if self.opened.is_none() {
+            let cap = self.capacity_hint.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    "disk capacity unknown: a compressed raw disk must come after the OVF descriptor",
+                )
+            })?;
+            return self.open(cap);
+        }
+        self.open(0)
+    }
+}
+
+impl ExtentSink for TargetSlot {
+    fn capacity(&mut self, bytes: u64) -> Result<()> {
+        if let Some(hint) = self.capacity_hint {
+            if hint != bytes {
+                tracing::warn!(
+                    target = %self.target.path.display(),
+                    ovf = hint,
+                    image = bytes,
+                    "OVF capacity differs from the image's own; using the image's"
+                );
+            }
+        }
+        self.open(bytes).map(|_| ())
+    }
+
+    fn data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writer()?.data(offset, data)
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.writer()?.zero(offset, len)
+    }
+}
+
+/// The import pipeline; see the module documentation.
+#[derive(Debug)]
+pub struct Importer {
+    targets: Targets,
+    demux: Demux,
+    records: Vec<EntryRecord>,
+    by_name: HashMap<String, usize>,
+    current: Option<Current>,
+    ovf: Option<(String, Envelope)>,
+    manifest: Option<(String, Manifest)>,
+    disks: Vec<DiskState>,
+    skipped: Vec<String>,
+    progress: Arc<Progress>,
+}
+
+impl Importer {
+    /// A new import into `targets`, reporting to `progress`.
+    pub fn new(targets: Targets, progress: Arc<Progress>) -> Self {
+        Importer {
+            targets,
+            demux: Demux::new(),
+            records: Vec::new(),
+            by_name: HashMap::new(),
+            current: None,
+            ovf: None,
+            manifest: None,
+            disks: Vec::new(),
+            skipped: Vec::new(),
+            progress,
+        }
+    }
+
+    /// Pushes the next bytes of the package.
+    pub fn feed(&mut self, mut buf: &[u8]) -> Result<()> {
+        self.progress.add_read(buf.len() as u64);
+        while !buf.is_empty() {
+            let pos = self.demux.position();
+            let (n, ev) = self.demux.step(buf).map_err(|e| {
+                let e: Error = e.into();
+                match self.current_name() {
+                    Some(name) => e.in_entry(name),
+                    None => e,
+                }
+            })?;
+            let chunk = &buf[..n];
+            buf = &buf[n..];
+            match ev {
+                None => {}
+                Some(Event::Begin(h)) => self.begin(h)?,
+                Some(Event::Data(d)) => self.data(d).map_err(|e| self.locate(e, pos))?,
+                Some(Event::End) => self.end()?,
+                Some(Event::Eof) => {}
+            }
+            let _ = chunk;
+        }
+        Ok(())
+    }
+
+    /// Reads the whole package from `reader`, then finishes.
+    pub fn run(mut self, reader: &mut dyn Read) -> Result<ImportSummary> {
+        let mut buf = vec![0u8; limits::READ_CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::from(e)
+                        .with_message("reading the package")
+                        .at_offset(self.demux.position()));
+                }
+            };
+            self.feed(&buf[..n])?;
+        }
+        self.finish()
+    }
+
+    fn current_name(&self) -> Option<&str> {
+        self.current
+            .as_ref()
+            .map(|c| self.records[c.record].name.as_str())
+    }
+
+    /// Adds the current entry's name and the offset inside it to an error.
+    fn locate(&self, e: Error, stream_pos: u64) -> Error {
+        match &self.current {
+            Some(c) => {
+                let _ = stream_pos;
+                e.in_entry(&self.records[c.record].name)
+                    .at_offset(c.received)
+            }
+            None => e.at_offset(stream_pos),
+        }
+    }
+
+    fn begin(&mut self, h: EntryHeader) -> Result<()> {
+        if h.entry_type != EntryType::Regular {
+            tracing::debug!(name = %h.name, "skipping non-file tar entry");
+            return Ok(());
+        }
+        let name = h.name;
+        let at = |e: Error| e.in_entry(&name).at_offset(h.header_offset);
+        if self.records.len() >= limits::MAX_ENTRIES {
+            return Err(at(Error::new(ErrorKind::LimitExceeded, "too many entries")));
+        }
+        if self.by_name.contains_key(&name) {
+            return Err(at(Error::new(
+                ErrorKind::CorruptImage,
+                "entry name appears twice in the package",
+            )));
+        }
+        let extra = KNOWN_EXTRAS.contains(&name.as_str());
+        if !extra
+            && (name.is_empty()
+                || name.contains('/')
+                || name.contains('\\')
+                || name == ".."
+                || name == ".")
+        {
+            return Err(at(Error::new(
+                ErrorKind::CorruptImage,
+                "entry name is not a plain file name (contains '/' or '..')",
+            )));
+        }
+        self.progress.set_entry(&name);
+        let lower = name.to_ascii_lowercase();
+        let role = if extra || lower.ends_with(".cert") {
+            self.skipped.push(name.clone());
+            Role::Skip
+        } else if lower.ends_with(".ovf") {
+            if self.ovf.is_some() {
+                return Err(at(Error::new(
+                    ErrorKind::CorruptImage,
+                    "a second OVF descriptor in the package",
+                )));
+            }
+            if h.size > limits::MAX_OVF_SIZE {
+                return Err(at(Error::new(
+                    ErrorKind::LimitExceeded,
+                    format!(
+                        "OVF descriptor is {} bytes, over the {} byte limit",
+                        h.size,
+                        limits::MAX_OVF_SIZE
+                    ),
+                )));
+            }
+            Role::Ovf(Vec::with_capacity(h.size as usize))
+        } else if lower.ends_with(".mf") {
+            if self.manifest.is_some() {
+                return Err(at(Error::new(
+                    ErrorKind::CorruptImage,
+                    "a second manifest in the package",
+                )));
+            }
+            if h.size > limits::MAX_MANIFEST_SIZE {
+                return Err(at(Error::new(
+                    ErrorKind::LimitExceeded,
+                    "manifest over the size limit",
+                )));
+            }
+            Role::Manifest(Vec::with_capacity(h.size as usize))
+        } else {
+            match self.start_disk(&name, h.size) {
+                Ok(Some(i)) => Role::Disk(i),
+                Ok(None) => {
+                    self.skipped.push(name.clone());
+                    Role::Skip
+                }
+                Err(e) => return Err(at(e)),
+            }
+        };
+        let record = self.records.len();
+        self.records.push(EntryRecord {
+            name: name.clone(),
+            size: h.size,
+            digests: Vec::new(),
+        });
+        self.by_name.insert(name, record);
+        let algs = self.digest_algorithms();
+        self.current = Some(Current {
+            record,
+            role,
+            digest: MultiDigest::new(&algs),
+            received: 0,
+        });
+        Ok(())
+    }
+
+    /// Digests computed for each entry: the manifest's algorithms once it
+    /// is known, else SHA-1 and SHA-256 (what OVF 1.x and 2.x tools write).
+    fn digest_algorithms(&self) -> Vec<Algorithm> {
+        match &self.manifest {
+            Some((_, m)) => m.algorithms(),
+            None => vec![Algorithm::Sha1, Algorithm::Sha256],
+        }
+    }
+
+    /// Decides whether an entry is a disk and where it goes.
+    fn start_disk(&mut self, name: &str, size: u64) -> Result<Option<usize>> {
+        let mut gzip = false;
+        let mut capacity_hint = None;
+        if let Some((_, env)) = &self.ovf {
+            let file = env.file_by_href(name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::CorruptImage,
+                    "entry is not listed in the OVF References",
+                )
+            })?;
+            gzip = file.compression == Compression::Gzip;
+            match env.disk_for_href(name) {
+                Some(d) => capacity_hint = Some(d.capacity),
+                // A referenced file that no disk uses (an ISO, say).
+                None => return Ok(None),
+            }
+        }
+        let target = self.targets.target_for(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                "no --disk target names this disk",
+            )
+        })?;
+        if self.disks.iter().any(|d| d.target.path == target.path) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("two disks map to the same target {}", target.path.display()),
+            ));
+        }
+        let decoder = if gzip {
+            Decoder::gzip(capacity_hint.unwrap_or(limits::MAX_CAPACITY))
+        } else {
+            if capacity_hint.is_none() {
+                capacity_hint = Some(size);
+            }
+            Decoder::sniffing(Some(size))
+        };
+        let spool_dir = target
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let decoder = decoder.with_spool(Box::new(FileSpool::new(spool_dir)));
+        self.disks.push(DiskState {
+            href: name.to_owned(),
+            target: target.clone(),
+            gzip,
+            decoder,
+            out: TargetSlot {
+                target,
+                capacity_hint,
+                opened: None,
+            },
+        });
+        Ok(Some(self.disks.len() - 1))
+    }
+
+    fn data(&mut self, d: &[u8]) -> Result<()> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(());
+        };
+        cur.digest.update(d);
+        match &mut cur.role {
+            Role::Ovf(buf) | Role::Manifest(buf) => buf.extend_from_slice(d),
+            Role::Disk(i) => {
+                let disk = &mut self.disks[*i];
+                disk.decoder.feed(d, &mut disk.out)?;
+            }
+            Role::Skip => {}
+        }
+        cur.received += d.len() as u64;
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        let name = self.records[cur.record].name.clone();
+        let received = cur.received;
+        let wrap = |e: Error| e.in_entry(&name).at_offset(received);
+        self.records[cur.record].digests = cur.digest.finish();
+        match cur.role {
+            Role::Ovf(buf) => {
+                let env = ovf::parse(&buf).map_err(|e| wrap(e.into()))?;
+                self.ovf_arrived(name, env)?;
+            }
+            Role::Manifest(buf) => {
+                let m = manifest::parse(&buf).map_err(|e| wrap(e.into()))?;
+                self.manifest = Some((name, m));
+            }
+            Role::Disk(i) => {
+                let disk = &mut self.disks[i];
+                disk.decoder.finish(&mut disk.out).map_err(wrap)?;
+                if disk.out.opened.is_none() {
+                    // An empty raw disk: still create the target.
+                    let cap = disk.out.capacity_hint.unwrap_or(0);
+                    disk.out.open(cap).map_err(wrap)?;
+                }
+            }
+            Role::Skip => {}
+        }
+        Ok(())
+    }
+
+    /// The descriptor arrived: check the entries that came before it.
+    fn ovf_arrived(&mut self, name: String, env: Envelope) -> Result<()> {
+        for d in &mut self.disks {
+            let at = |e: Error| e.in_entry(&d.href);
+            let file = env.file_by_href(&d.href).ok_or_else(|| {
+                at(Error::new(
+                    ErrorKind::CorruptImage,
+                    "entry is not listed in the OVF References",
+                ))
+            })?;
+            if file.compression == Compression::Gzip && !d.gzip {
+                return Err(at(Error::new(
+                    ErrorKind::Unsupported,
+                    "OVF declares the entry gzip-compressed but it arrived before the OVF and was not gzip",
+                )));
+            }
+            if let Some(disk) = env.disk_for_href(&d.href) {
+                if d.out.opened.is_none() {
+                    d.out.capacity_hint = Some(disk.capacity);
+                }
+            }
+        }
+        self.ovf = Some((name, env));
+        Ok(())
+    }
+
+    /// The stream ended: verify everything, then commit the targets.
+    pub fn finish(mut self) -> Result<ImportSummary> {
+        // A package without end-of-archive blocks leaves its last End pending.
+        if let (_, Some(Event::End)) = self.demux.step(&[]).map_err(Error::from)? {
+            self.end()?;
+        }
+        self.demux.finish().map_err(|e| {
+            let e: Error = e.into();
+            match self.current_name() {
+                Some(n) => e.in_entry(n),
+                None => e,
+            }
+        })?;
+        if let Some(name) = self.current_name() {
+            return Err(
+                Error::new(ErrorKind::CorruptImage, "package ends inside an entry").in_entry(name),
+            );
+        }
+        let Some((ovf_name, env)) = self.ovf.take() else {
+            return Err(Error::new(
+                ErrorKind::CorruptImage,
+                "the package has no OVF descriptor (.ovf entry)",
+            ));
+        };
+        // Every referenced file must have arrived, with the size the OVF promised.
+        for f in &env.files {
+            let Some(&ri) = self.by_name.get(&f.href) else {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the OVF references '{}' but the package has no such entry",
+                        f.href
+                    ),
+                )
+                .in_entry(&ovf_name));
+            };
+            let rec = &self.records[ri];
+            if let Some(size) = f.size {
+                if size != rec.size {
+                    return Err(Error::new(
+                        ErrorKind::Integrity,
+                        format!("entry is {} bytes but the OVF says {size}", rec.size),
+                    )
+                    .in_entry(&rec.name));
+                }
+            }
+        }
+        // Disks that came before the OVF but turned out not to be disks.
+        let mut keep = vec![true; self.disks.len()];
+        for (i, d) in self.disks.iter().enumerate() {
+            if env.disk_for_href(&d.href).is_none() {
+                keep[i] = false;
+                self.skipped.push(d.href.clone());
+            }
+        }
+        let manifest_state = self.verify_manifest()?;
+        // Flush and fsync every target before renaming any.
+        let mut summaries = Vec::new();
+        let mut commits = Vec::new();
+        for (i, d) in self.disks.into_iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            let format = d.decoder.format().unwrap_or(SourceFormat::Raw);
+            let Some((partial, writer)) = d.out.opened else {
+                return Err(
+                    Error::new(ErrorKind::CorruptImage, "disk produced no target")
+                        .in_entry(&d.href),
+                );
+            };
+            let capacity = writer.capacity();
+            writer
+                .finish()
+                .map_err(|e| e.at_path(partial.partial_path()))?;
+            summaries.push(DiskSummary {
+                href: d.href,
+                source_format: format.name(),
+                compression: if d.gzip { "gzip" } else { "none" },
+                target: partial.final_path().to_path_buf(),
+                target_format: d.target.format.name(),
+                capacity,
+            });
+            commits.push(partial);
+        }
+        for p in commits {
+            p.commit()?;
+        }
+        Ok(ImportSummary {
+            bytes_read: self.progress.bytes_read(),
+            ovf: ovf_name,
+            manifest: manifest_state,
+            disks: summaries,
+            skipped: self.skipped,
+        })
+    }
+
+    fn verify_manifest(&self) -> Result<&'static str> {
+        let Some((mf_name, m)) = &self.manifest else {
+            return Ok("absent");
+        };
+        for entry in &m.entries {
+            let Some(&ri) = self.by_name.get(&entry.name) else {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "the manifest lists '{}' but the package has no such entry",
+                        entry.name
+                    ),
+                )
+                .in_entry(mf_name));
+            };
+            let rec = &self.records[ri];
+            let Some((_, got)) = rec.digests.iter().find(|(a, _)| *a == entry.algorithm) else {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "cannot verify: the manifest uses {:?}, which was not computed because the entry came before the manifest",
+                        entry.algorithm
+                    ),
+                )
+                .in_entry(&rec.name));
+            };
+            if *got != entry.digest {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "{:?} digest mismatch: manifest says {}, content is {}",
+                        entry.algorithm,
+                        hex::encode(&entry.digest),
+                        hex::encode(got)
+                    ),
+                )
+                .in_entry(&rec.name));
+            }
+        }
+        Ok("verified")
+    }
+}
