@@ -89,7 +89,7 @@ impl Decoder {
     fn choose(head: &[u8], s: &mut Sniffer) -> Decoder {
         match SourceFormat::sniff(head) {
             SourceFormat::Raw => Decoder::Raw(RawDecoder::new()),
-            SourceFormat::Vmdk => Decoder::Vmdk(Box::new(VmdkStreamDecoder::new())),
+            SourceFormat::Vmdk => Decoder::Vmdk(Box::default()),
             SourceFormat::Qcow2 => {
                 let mut d = Qcow2StreamDecoder::new(s.spool.take());
                 if let Some(n) = s.known_size {
@@ -113,15 +113,15 @@ impl Decoder {
     /// An image that needs another file to be complete is refused: ovaio
     /// never opens files named inside an image.
     fn refuse_backing(&self) -> Result<()> {
-        if let Decoder::Qcow2(d) = self {
-            if let Some(name) = d.backing_file() {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "qcow2 image has a backing file '{name}'; backing files inside a package are never opened"
-                    ),
-                ));
-            }
+        if let Decoder::Qcow2(d) = self
+            && let Some(name) = d.backing_file()
+        {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "qcow2 image has a backing file '{name}'; backing files inside a package are never opened"
+                ),
+            ));
         }
         Ok(())
     }

@@ -18,10 +18,10 @@ impl ExtentSink for MemSink {
 
     fn data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
-        if let Some(cap) = self.capacity {
-            if end > cap {
-                return Err(Error::new(ErrorKind::CorruptImage, "write past capacity"));
-            }
+        if let Some(cap) = self.capacity
+            && end > cap
+        {
+            return Err(Error::new(ErrorKind::CorruptImage, "write past capacity"));
         }
         if self.bytes.len() < end as usize {
             self.bytes.resize(end as usize, 0);

@@ -186,15 +186,15 @@ impl TargetSlot {
 
 impl ExtentSink for TargetSlot {
     fn capacity(&mut self, bytes: u64) -> Result<()> {
-        if let Some(hint) = self.capacity_hint {
-            if hint != bytes {
-                tracing::warn!(
-                    target = %self.target.path.display(),
-                    ovf = hint,
-                    image = bytes,
-                    "OVF capacity differs from the image's own; using the image's"
-                );
-            }
+        if let Some(hint) = self.capacity_hint
+            && hint != bytes
+        {
+            tracing::warn!(
+                target = %self.target.path.display(),
+                ovf = hint,
+                image = bytes,
+                "OVF capacity differs from the image's own; using the image's"
+            );
         }
         self.open(bytes).map(|_| ())
     }
@@ -527,10 +527,10 @@ impl Importer {
                     "OVF declares the entry gzip-compressed but it arrived before the OVF and was not gzip",
                 )));
             }
-            if let Some(disk) = env.disk_for_href(&d.href) {
-                if d.out.opened.is_none() {
-                    d.out.capacity_hint = Some(disk.capacity);
-                }
+            if let Some(disk) = env.disk_for_href(&d.href)
+                && d.out.opened.is_none()
+            {
+                d.out.capacity_hint = Some(disk.capacity);
             }
         }
         self.ovf = Some((name, env));
@@ -574,14 +574,14 @@ impl Importer {
                 .in_entry(&ovf_name));
             };
             let rec = &self.records[ri];
-            if let Some(size) = f.size {
-                if size != rec.size {
-                    return Err(Error::new(
-                        ErrorKind::Integrity,
-                        format!("entry is {} bytes but the OVF says {size}", rec.size),
-                    )
-                    .in_entry(&rec.name));
-                }
+            if let Some(size) = f.size
+                && size != rec.size
+            {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!("entry is {} bytes but the OVF says {size}", rec.size),
+                )
+                .in_entry(&rec.name));
             }
         }
         // Disks that came before the OVF but turned out not to be disks.

@@ -134,11 +134,11 @@ pub fn inspect(reader: &mut dyn Read) -> Result<InspectReport> {
                     heads.push(Vec::new());
                 }
                 Some(Event::Data(d)) => {
-                    if let Some(h) = heads.last_mut() {
-                        if h.len() < 8 {
-                            let take = (8 - h.len()).min(d.len());
-                            h.extend_from_slice(&d[..take]);
-                        }
+                    if let Some(h) = heads.last_mut()
+                        && h.len() < 8
+                    {
+                        let take = (8 - h.len()).min(d.len());
+                        h.extend_from_slice(&d[..take]);
                     }
                     match collecting {
                         Some(0) => {

@@ -29,7 +29,7 @@ pub fn open(spec: &str) -> Result<Source> {
     let path = PathBuf::from(spec);
     let file = File::open(&path).map_err(|e| Error::from(e).at_path(&path))?;
     let meta = file.metadata().map_err(|e| Error::from(e).at_path(&path))?;
-    let size = meta.is_file().then(|| meta.len());
+    let size = meta.is_file().then_some(meta.len());
     Ok(Source {
         reader: Box::new(file),
         size,
