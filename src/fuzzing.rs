@@ -4,3 +4,5 @@
 pub use crate::codec::qcow2::fuzz_entry as qcow2;
 pub use crate::codec::vmdk::fuzz_entry as vmdk;
 pub use crate::ova::demux::fuzz_entry as tar_demux;
+pub use crate::ova::manifest::fuzz_entry as manifest;
+pub use crate::ova::ovf::fuzz_entry as ovf;

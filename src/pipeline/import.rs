@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::codec::select::Decoder;
@@ -19,9 +20,9 @@ use crate::codec::{DiskDecoder, ExtentSink, SourceFormat};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
 use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
-use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm, Manifest};
 use crate::ova::ovf::{self, Compression, Envelope};
+use crate::pipeline::digests::DigestTap;
 use crate::pipeline::progress::Progress;
 use crate::sink::format::TargetFormat;
 use crate::sink::partial::PartialFile;
@@ -125,7 +126,6 @@ enum Role {
 struct Current {
     record: usize,
     role: Role,
-    digest: MultiDigest,
     received: u64,
 }
 
@@ -221,6 +221,7 @@ pub struct Importer {
     disks: Vec<DiskState>,
     skipped: Vec<String>,
     progress: Arc<Progress>,
+    digests: DigestTap,
 }
 
 impl Importer {
@@ -237,12 +238,15 @@ impl Importer {
             disks: Vec::new(),
             skipped: Vec::new(),
             progress,
+            digests: DigestTap::start(),
         }
     }
 
     /// Pushes the next bytes of the package.
-    pub fn feed(&mut self, mut buf: &[u8]) -> Result<()> {
-        self.progress.add_read(buf.len() as u64);
+    pub fn feed(&mut self, chunk: Bytes) -> Result<()> {
+        self.progress.add_read(chunk.len() as u64);
+        self.digests.feed(&chunk);
+        let mut buf = &chunk[..];
         while !buf.is_empty() {
             let pos = self.demux.position();
             let (n, ev) = self.demux.step(buf).map_err(|e| {
@@ -252,7 +256,6 @@ impl Importer {
                     None => e,
                 }
             })?;
-            let chunk = &buf[..n];
             buf = &buf[n..];
             match ev {
                 None => {}
@@ -261,16 +264,18 @@ impl Importer {
                 Some(Event::End) => self.end()?,
                 Some(Event::Eof) => {}
             }
-            let _ = chunk;
         }
         Ok(())
     }
 
     /// Reads the whole package from `reader`, then finishes.
     pub fn run(mut self, reader: &mut dyn Read) -> Result<ImportSummary> {
-        let mut buf = vec![0u8; limits::READ_CHUNK];
+        let mut buf = BytesMut::new();
         loop {
-            let n = match reader.read(&mut buf) {
+            if buf.len() < limits::READ_CHUNK {
+                buf.resize(limits::READ_CHUNK, 0);
+            }
+            let n = match reader.read(&mut buf[..]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -280,7 +285,7 @@ impl Importer {
                         .at_offset(self.demux.position()));
                 }
             };
-            self.feed(&buf[..n])?;
+            self.feed(buf.split_to(n).freeze())?;
         }
         self.finish()
     }
@@ -386,23 +391,12 @@ impl Importer {
             digests: Vec::new(),
         });
         self.by_name.insert(name, record);
-        let algs = self.digest_algorithms();
         self.current = Some(Current {
             record,
             role,
-            digest: MultiDigest::new(&algs),
             received: 0,
         });
         Ok(())
-    }
-
-    /// Digests computed for each entry: the manifest's algorithms once it
-    /// is known, else SHA-1 and SHA-256 (what OVF 1.x and 2.x tools write).
-    fn digest_algorithms(&self) -> Vec<Algorithm> {
-        match &self.manifest {
-            Some((_, m)) => m.algorithms(),
-            None => vec![Algorithm::Sha1, Algorithm::Sha256],
-        }
     }
 
     /// Decides whether an entry is a disk and where it goes.
@@ -467,7 +461,6 @@ impl Importer {
         let Some(cur) = self.current.as_mut() else {
             return Ok(());
         };
-        cur.digest.update(d);
         match &mut cur.role {
             Role::Ovf(buf) | Role::Manifest(buf) => buf.extend_from_slice(d),
             Role::Disk(i) => {
@@ -487,7 +480,6 @@ impl Importer {
         let name = self.records[cur.record].name.clone();
         let received = cur.received;
         let wrap = |e: Error| e.in_entry(&name).at_offset(received);
-        self.records[cur.record].digests = cur.digest.finish();
         match cur.role {
             Role::Ovf(buf) => {
                 let env = ovf::parse(&buf).map_err(|e| wrap(e.into()))?;
@@ -574,14 +566,18 @@ impl Importer {
                 .in_entry(&ovf_name));
             };
             let rec = &self.records[ri];
+            // Some writers (oVirt) put the image's allocated size in
+            // ovf:size, so a difference is worth a warning, not a failure:
+            // the tar header frames the stream and the manifest vouches for it.
             if let Some(size) = f.size
                 && size != rec.size
             {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    format!("entry is {} bytes but the OVF says {size}", rec.size),
-                )
-                .in_entry(&rec.name));
+                tracing::warn!(
+                    entry = %rec.name,
+                    tar_size = rec.size,
+                    ovf_size = size,
+                    "entry size differs from the OVF's ovf:size"
+                );
             }
         }
         // Disks that came before the OVF but turned out not to be disks.
@@ -590,6 +586,12 @@ impl Importer {
             if env.disk_for_href(&d.href).is_none() {
                 keep[i] = false;
                 self.skipped.push(d.href.clone());
+            }
+        }
+        let digests = std::mem::replace(&mut self.digests, DigestTap::idle()).finish();
+        for r in &mut self.records {
+            if let Some(d) = digests.get(&r.name) {
+                r.digests.clone_from(d);
             }
         }
         let manifest_state = self.verify_manifest()?;

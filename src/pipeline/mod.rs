@@ -1,5 +1,6 @@
 //! Pipelines: glue between sources, the OVA layer, codecs and sinks.
 
+pub mod digests;
 pub mod import;
 pub mod inspect;
 pub mod progress;

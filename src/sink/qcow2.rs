@@ -94,7 +94,8 @@ impl Qcow2Volume {
     /// Takes a fresh file (any content is discarded) for an image of
     /// `capacity` bytes. Nothing valid is on disk before `finish()`.
     ///
-    /// qemu sees a capacity that is not a multiple of 512 rounded down.
+    /// A capacity that is not a multiple of 512 is recorded rounded up to
+    /// one (qemu counts whole sectors), like `qemu-img convert` does.
     pub fn new(file: File, capacity: u64) -> Result<Self> {
         check_capacity(capacity)?;
         file.set_len(0)
@@ -495,7 +496,10 @@ impl Volume for Qcow2Volume {
         h[0..4].copy_from_slice(MAGIC);
         h[4..8].copy_from_slice(&VERSION.to_be_bytes());
         h[20..24].copy_from_slice(&CLUSTER_BITS.to_be_bytes());
-        h[24..32].copy_from_slice(&self.capacity.to_be_bytes());
+        // qemu reads the size in whole sectors, rounded down: round up, as
+        // `qemu-img convert` does; the tail past the capacity reads as zero.
+        let size = self.capacity.div_ceil(512) * 512;
+        h[24..32].copy_from_slice(&size.to_be_bytes());
         h[36..40].copy_from_slice(&(self.l1.len() as u32).to_be_bytes());
         h[40..48].copy_from_slice(&self.l1_offset.to_be_bytes());
         h[48..56].copy_from_slice(&table_offset.to_be_bytes());
@@ -607,7 +611,7 @@ mod tests {
         let mut qv = Qcow2Volume::new(f, capacity).unwrap();
         apply(&mut qv, ops);
         check_clean(&q);
-        assert_eq!(virtual_size(&q), capacity);
+        assert_eq!(virtual_size(&q), capacity.div_ceil(512) * 512);
         let (ok, out) = qemu_img(&[
             "compare",
             "-f",
@@ -785,6 +789,7 @@ mod tests {
         same_as_raw(0, &[]);
         same_as_raw(512, &[Op::Data(1, vec![1, 2, 3])]);
         same_as_raw(CLUSTER_SIZE, &[]);
+        same_as_raw(1000, &[Op::Data(990, vec![5; 10])]);
     }
 
     #[test]

@@ -638,7 +638,7 @@ impl Parser {
                 self.system_id = attrs.get("id").map(str::to_owned);
                 Frame::VirtualSystem
             }
-            (Frame::VirtualSystem, "Name") => Frame::Name,
+            (Frame::VirtualSystem, "Name") if self.system_name.is_none() => Frame::Name,
             (Frame::References, "File") => {
                 let attrs = self.attrs(reader, e, "File", at)?;
                 self.file(&attrs)?;
@@ -821,7 +821,7 @@ impl Parser {
             .take()
             .map(|n| n.trim().to_owned())
             .filter(|n| !n.is_empty());
-        self.env.name = name.or(self.system_id.take());
+        self.env.name = name.or(self.system_id.take().filter(|id| !id.trim().is_empty()));
         Ok(self.env)
     }
 }
