@@ -4,6 +4,7 @@
 //! through a small trait).
 
 pub mod gzip;
+pub mod map;
 pub mod qcow2;
 pub mod raw;
 pub mod select;
