@@ -25,6 +25,12 @@ pub trait ExtentSink {
     fn capacity(&mut self, _bytes: u64) -> Result<()> {
         Ok(())
     }
+    /// The disk is at least this large (a raw entry's size): a fallback for
+    /// sinks that know no better capacity. Called at most once, before any
+    /// extent.
+    fn size_hint(&mut self, _bytes: u64) -> Result<()> {
+        Ok(())
+    }
     /// `data` belongs at guest offset `offset`.
     fn data(&mut self, offset: u64, data: &[u8]) -> Result<()>;
     /// `len` bytes at guest offset `offset` read as zero.

@@ -8,12 +8,22 @@ use crate::error::Result;
 #[derive(Debug, Default)]
 pub struct RawDecoder {
     offset: u64,
+    size_hint: Option<u64>,
 }
 
 impl RawDecoder {
     /// A decoder positioned at guest offset 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder that tells its sink the disk is `size` bytes (the entry's
+    /// size) before the first extent.
+    pub fn with_size_hint(size: u64) -> Self {
+        RawDecoder {
+            offset: 0,
+            size_hint: Some(size),
+        }
     }
 }
 
@@ -22,12 +32,18 @@ impl DiskDecoder for RawDecoder {
         if input.is_empty() {
             return Ok(());
         }
+        if let Some(size) = self.size_hint.take() {
+            out.size_hint(size)?;
+        }
         out.data(self.offset, input)?;
         self.offset += input.len() as u64;
         Ok(())
     }
 
-    fn finish(&mut self, _out: &mut dyn ExtentSink) -> Result<()> {
+    fn finish(&mut self, out: &mut dyn ExtentSink) -> Result<()> {
+        if let Some(size) = self.size_hint.take() {
+            out.size_hint(size)?;
+        }
         Ok(())
     }
 

@@ -32,6 +32,9 @@ pub struct Sniffer {
     head: Vec<u8>,
     known_size: Option<u64>,
     spool: Option<Box<dyn Spool + Send>>,
+    /// Cap for inflated output when gzip magic is recognised; `None`
+    /// when gzip must not be guessed (the OVF said the entry is plain).
+    gzip_cap: Option<u64>,
 }
 
 impl std::fmt::Debug for Sniffer {
@@ -52,7 +55,24 @@ impl Decoder {
             head: Vec::with_capacity(MAGIC_LEN),
             known_size: entry_size,
             spool: None,
+            gzip_cap: None,
         }))
+    }
+
+    /// Like [`Decoder::sniffing`], but also recognises gzip (`1f 8b`) and
+    /// inflates it, capped at `gzip_cap` bytes: for entries that arrive
+    /// before the OVF says whether they are compressed.
+    pub fn sniffing_any(entry_size: Option<u64>, gzip_cap: u64) -> Decoder {
+        let mut d = Decoder::sniffing(entry_size);
+        if let Decoder::Sniffing(s) = &mut d {
+            s.gzip_cap = Some(gzip_cap);
+        }
+        d
+    }
+
+    /// Whether the entry turned out to be gzip-compressed.
+    pub fn is_gzip(&self) -> bool {
+        matches!(self, Decoder::Gzip(_))
     }
 
     /// Gives a qcow2 decoder, if one is chosen, somewhere to spool bytes
@@ -87,8 +107,20 @@ impl Decoder {
     }
 
     fn choose(head: &[u8], s: &mut Sniffer) -> Decoder {
+        if let Some(cap) = s.gzip_cap
+            && head.starts_with(&[0x1f, 0x8b])
+        {
+            let mut inner = Decoder::sniffing(None);
+            if let (Decoder::Sniffing(i), Some(spool)) = (&mut inner, s.spool.take()) {
+                i.spool = Some(spool);
+            }
+            return Decoder::Gzip(Box::new(GzipDecoder::new(inner, cap)));
+        }
         match SourceFormat::sniff(head) {
-            SourceFormat::Raw => Decoder::Raw(RawDecoder::new()),
+            SourceFormat::Raw => Decoder::Raw(match s.known_size {
+                Some(n) => RawDecoder::with_size_hint(n),
+                None => RawDecoder::new(),
+            }),
             SourceFormat::Vmdk => Decoder::Vmdk(Box::default()),
             SourceFormat::Qcow2 => {
                 let mut d = Qcow2StreamDecoder::new(s.spool.take());
@@ -152,7 +184,10 @@ impl DiskDecoder for Decoder {
         if let Decoder::Sniffing(s) = self {
             // Shorter than any magic: a (tiny) raw disk.
             let head = std::mem::take(&mut s.head);
-            *self = Decoder::Raw(RawDecoder::new());
+            *self = Decoder::Raw(match s.known_size {
+                Some(n) => RawDecoder::with_size_hint(n),
+                None => RawDecoder::new(),
+            });
             self.feed(&head, out)?;
         }
         match self.as_decoder() {

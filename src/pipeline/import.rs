@@ -134,7 +134,6 @@ struct Current {
 struct DiskState {
     href: String,
     target: DiskTarget,
-    gzip: bool,
     decoder: Decoder,
     out: TargetSlot,
 }
@@ -143,7 +142,10 @@ struct DiskState {
 #[derive(Debug)]
 struct TargetSlot {
     target: DiskTarget,
+    /// Capacity from the OVF DiskSection.
     capacity_hint: Option<u64>,
+    /// Size of a raw entry, used when the OVF has not said.
+    entry_hint: Option<u64>,
     opened: Option<(PartialFile, VolumeWriter<TargetVolume>)>,
 }
 
@@ -172,7 +174,7 @@ impl TargetSlot {
 
     fn writer(&mut self) -> Result<&mut VolumeWriter<TargetVolume>> {
         if self.opened.is_none() {
-            let cap = self.capacity_hint.ok_or_else(|| {
+            let cap = self.capacity_hint.or(self.entry_hint).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Unsupported,
                     "disk capacity unknown: a compressed raw disk must come after the OVF descriptor",
@@ -197,6 +199,11 @@ impl ExtentSink for TargetSlot {
             );
         }
         self.open(bytes).map(|_| ())
+    }
+
+    fn size_hint(&mut self, bytes: u64) -> Result<()> {
+        self.entry_hint = Some(bytes);
+        Ok(())
     }
 
     fn data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
@@ -431,11 +438,12 @@ impl Importer {
         }
         let decoder = if gzip {
             Decoder::gzip(capacity_hint.unwrap_or(limits::MAX_CAPACITY))
-        } else {
-            if capacity_hint.is_none() {
-                capacity_hint = Some(size);
-            }
+        } else if self.ovf.is_some() {
             Decoder::sniffing(Some(size))
+        } else {
+            // Before the OVF: gzip is recognised by its magic, and a raw
+            // disk is as large as its entry until the OVF says otherwise.
+            Decoder::sniffing_any(Some(size), limits::MAX_CAPACITY)
         };
         let spool_dir = target
             .path
@@ -446,11 +454,11 @@ impl Importer {
         self.disks.push(DiskState {
             href: name.to_owned(),
             target: target.clone(),
-            gzip,
             decoder,
             out: TargetSlot {
                 target,
                 capacity_hint,
+                entry_hint: None,
                 opened: None,
             },
         });
@@ -494,7 +502,7 @@ impl Importer {
                 disk.decoder.finish(&mut disk.out).map_err(wrap)?;
                 if disk.out.opened.is_none() {
                     // An empty raw disk: still create the target.
-                    let cap = disk.out.capacity_hint.unwrap_or(0);
+                    let cap = disk.out.capacity_hint.or(disk.out.entry_hint).unwrap_or(0);
                     disk.out.open(cap).map_err(wrap)?;
                 }
             }
@@ -513,7 +521,7 @@ impl Importer {
                     "entry is not listed in the OVF References",
                 ))
             })?;
-            if file.compression == Compression::Gzip && !d.gzip {
+            if file.compression == Compression::Gzip && !d.decoder.is_gzip() {
                 return Err(at(Error::new(
                     ErrorKind::Unsupported,
                     "OVF declares the entry gzip-compressed but it arrived before the OVF and was not gzip",
@@ -580,6 +588,15 @@ impl Importer {
                 );
             }
         }
+        // Every disk named on the command line must have been in the package.
+        if let Targets::Map(map) = &self.targets
+            && let Some(href) = map.keys().find(|h| !self.disks.iter().any(|d| &d.href == *h))
+        {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("--disk names '{href}' but the package has no such disk"),
+            ));
+        }
         // Disks that came before the OVF but turned out not to be disks.
         let mut keep = vec![true; self.disks.len()];
         for (i, d) in self.disks.iter().enumerate() {
@@ -616,7 +633,7 @@ impl Importer {
             summaries.push(DiskSummary {
                 href: d.href,
                 source_format: format.name(),
-                compression: if d.gzip { "gzip" } else { "none" },
+                compression: if d.decoder.is_gzip() { "gzip" } else { "none" },
                 target: partial.final_path().to_path_buf(),
                 target_format: d.target.format.name(),
                 capacity,
