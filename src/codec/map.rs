@@ -63,7 +63,9 @@ impl AllocationMap {
             if offset < last_end {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
-                    format!("range at {offset} overlaps or precedes the range ending at {last_end}"),
+                    format!(
+                        "range at {offset} overlaps or precedes the range ending at {last_end}"
+                    ),
                 ));
             }
             if offset == last_end && last.kind == kind {

@@ -146,6 +146,8 @@ struct TargetSlot {
     capacity_hint: Option<u64>,
     /// Size of a raw entry, used when the OVF has not said.
     entry_hint: Option<u64>,
+    /// Opened before any capacity was known (gzip before the OVF).
+    provisional: bool,
     opened: Option<(PartialFile, VolumeWriter<TargetVolume>)>,
 }
 
@@ -174,13 +176,19 @@ impl TargetSlot {
 
     fn writer(&mut self) -> Result<&mut VolumeWriter<TargetVolume>> {
         if self.opened.is_none() {
-            let cap = self.capacity_hint.or(self.entry_hint).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    "disk capacity unknown: a compressed raw disk must come after the OVF descriptor",
-                )
-            })?;
-            return self.open(cap);
+            if let Some(cap) = self.capacity_hint.or(self.entry_hint) {
+                return self.open(cap);
+            }
+            // A compressed raw disk before the OVF: its size is settled
+            // when the OVF arrives.
+            let (partial, file) = PartialFile::create(&self.target.path)?;
+            let volume = self
+                .target
+                .format
+                .create_provisional(file)
+                .map_err(|e| e.at_path(partial.partial_path()))?;
+            self.opened = Some((partial, VolumeWriter::new(volume)));
+            self.provisional = true;
         }
         self.open(0)
     }
@@ -459,6 +467,7 @@ impl Importer {
                 target,
                 capacity_hint,
                 entry_hint: None,
+                provisional: false,
                 opened: None,
             },
         });
@@ -527,10 +536,14 @@ impl Importer {
                     "OVF declares the entry gzip-compressed but it arrived before the OVF and was not gzip",
                 )));
             }
-            if let Some(disk) = env.disk_for_href(&d.href)
-                && d.out.opened.is_none()
-            {
+            if let Some(disk) = env.disk_for_href(&d.href) {
                 d.out.capacity_hint = Some(disk.capacity);
+                if d.out.provisional
+                    && let Some((_, w)) = &mut d.out.opened
+                {
+                    w.set_capacity(disk.capacity).map_err(at)?;
+                    d.out.provisional = false;
+                }
             }
         }
         self.ovf = Some((name, env));
@@ -590,7 +603,9 @@ impl Importer {
         }
         // Every disk named on the command line must have been in the package.
         if let Targets::Map(map) = &self.targets
-            && let Some(href) = map.keys().find(|h| !self.disks.iter().any(|d| &d.href == *h))
+            && let Some(href) = map
+                .keys()
+                .find(|h| !self.disks.iter().any(|d| &d.href == *h))
         {
             return Err(Error::new(
                 ErrorKind::NotFound,

@@ -42,6 +42,17 @@ impl TargetFormat {
         }
     }
 
+    /// Creates a volume whose capacity is not known yet (settled later
+    /// with `set_capacity`), over a fresh, empty file.
+    pub fn create_provisional(self, file: File) -> Result<TargetVolume> {
+        Ok(match self {
+            TargetFormat::Raw => TargetVolume::Raw(RawVolume::growable(file)?),
+            TargetFormat::Qcow2 => {
+                TargetVolume::Qcow2(Qcow2Volume::new(file, crate::limits::MAX_CAPACITY)?)
+            }
+        })
+    }
+
     /// Creates a volume of this format over a fresh, empty file.
     pub fn create(self, file: File, capacity: u64) -> Result<TargetVolume> {
         Ok(match self {

@@ -17,4 +17,13 @@ pub trait Volume {
     fn finish(&mut self) -> crate::Result<()>;
     /// The virtual size in bytes.
     fn capacity(&self) -> u64;
+    /// Settles a provisional capacity (a volume opened before its size was
+    /// known) at `capacity`, which is not larger than the current one. The
+    /// caller guarantees nothing was written at or past it.
+    fn set_capacity(&mut self, capacity: u64) -> crate::Result<()> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("this volume cannot change its capacity to {capacity}"),
+        ))
+    }
 }

@@ -517,6 +517,15 @@ impl Volume for Qcow2Volume {
         Ok(())
     }
 
+    /// The L1 table keeps the size it was created with (a larger L1
+    /// table than the capacity needs is valid qcow2); only the recorded
+    /// virtual size changes.
+    fn set_capacity(&mut self, capacity: u64) -> Result<()> {
+        check_range(0, capacity, self.capacity)?;
+        self.capacity = capacity;
+        Ok(())
+    }
+
     fn capacity(&self) -> u64 {
         self.capacity
     }

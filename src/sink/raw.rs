@@ -47,6 +47,20 @@ impl RawVolume {
         })
     }
 
+    /// Takes a fresh file for a volume whose size is not known yet: it
+    /// grows as written, up to [`limits::MAX_CAPACITY`], until
+    /// [`Volume::set_capacity`] settles it.
+    pub fn growable(file: File) -> Result<Self> {
+        file.set_len(0)
+            .map_err(|e| Error::from(e).with_message("cannot truncate the raw volume"))?;
+        Ok(RawVolume {
+            file,
+            capacity: crate::limits::MAX_CAPACITY,
+            high_water: 0,
+            finished: false,
+        })
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<()> {
         if self.finished {
             return Err(VolumeError::Finished(offset).into());
@@ -91,6 +105,23 @@ impl Volume for RawVolume {
             .sync_all()
             .map_err(|e| Error::from(e).with_message("cannot sync the raw volume"))?;
         self.finished = true;
+        Ok(())
+    }
+
+    fn set_capacity(&mut self, capacity: u64) -> Result<()> {
+        check_range(0, capacity, self.capacity)?;
+        if self.high_water > capacity {
+            return Err(VolumeError::BeyondCapacity {
+                offset: capacity,
+                len: self.high_water - capacity,
+                capacity,
+            }
+            .into());
+        }
+        self.file.set_len(capacity).map_err(|e| {
+            Error::from(e).with_message(format!("cannot size the raw volume to {capacity} bytes"))
+        })?;
+        self.capacity = capacity;
         Ok(())
     }
 

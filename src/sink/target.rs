@@ -93,6 +93,13 @@ impl Volume for TargetVolume {
         }
     }
 
+    fn set_capacity(&mut self, capacity: u64) -> Result<()> {
+        match self {
+            TargetVolume::Raw(v) => v.set_capacity(capacity),
+            TargetVolume::Qcow2(v) => v.set_capacity(capacity),
+        }
+    }
+
     fn capacity(&self) -> u64 {
         match self {
             TargetVolume::Raw(v) => v.capacity(),

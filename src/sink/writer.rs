@@ -34,6 +34,8 @@ pub struct VolumeWriter<V> {
     volume: V,
     capacity: u64,
     data_bytes: u64,
+    /// End of the furthest extent received.
+    high_water: u64,
 }
 
 impl<V: Volume> VolumeWriter<V> {
@@ -44,7 +46,24 @@ impl<V: Volume> VolumeWriter<V> {
             volume,
             capacity,
             data_bytes: 0,
+            high_water: 0,
         }
+    }
+
+    /// Settles a provisional capacity; fails if extents already lie past it.
+    pub fn set_capacity(&mut self, capacity: u64) -> Result<()> {
+        if self.high_water > capacity {
+            return Err(Error::new(
+                ErrorKind::CorruptImage,
+                format!(
+                    "disk content reaches guest offset {} but the disk capacity is {capacity} bytes",
+                    self.high_water
+                ),
+            ));
+        }
+        self.volume.set_capacity(capacity)?;
+        self.capacity = capacity;
+        Ok(())
     }
 
     /// The volume's virtual size.
@@ -62,9 +81,12 @@ impl<V: Volume> VolumeWriter<V> {
         self.volume.finish()
     }
 
-    fn check(&self, offset: u64, len: u64) -> Result<()> {
+    fn check(&mut self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.capacity => Ok(()),
+            Some(end) if end <= self.capacity => {
+                self.high_water = self.high_water.max(end);
+                Ok(())
+            }
             _ => Err(Error::new(
                 ErrorKind::CorruptImage,
                 format!(
