@@ -6,10 +6,10 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ovaio::codec::DiskDecoder;
 use ovaio::codec::qcow2::Qcow2StreamDecoder;
 use ovaio::codec::select::Decoder;
 use ovaio::codec::vmdk::VmdkStreamDecoder;
-use ovaio::codec::DiskDecoder;
 use ovaio::ova::demux::{Demux, Event};
 use ovaio::sink::writer::is_zero;
 use support::{CountingSink, convert, half_data_image, tar_of};
@@ -63,7 +63,11 @@ fn run(dec: &mut dyn DiskDecoder, input: &[u8]) -> u64 {
 fn decoders(c: &mut Criterion) {
     let raw = half_data_image(IMAGE);
     let dir = tempfile::tempdir().expect("tempdir");
-    let vmdk = convert(&raw, dir.path(), &["-O", "vmdk", "-o", "subformat=streamOptimized"]);
+    let vmdk = convert(
+        &raw,
+        dir.path(),
+        &["-O", "vmdk", "-o", "subformat=streamOptimized"],
+    );
     let qcow2 = convert(&raw, dir.path(), &["-O", "qcow2"]);
     let qcow2_zlib = convert(&raw, dir.path(), &["-O", "qcow2", "-c"]);
     let qcow2_zstd = convert(
@@ -84,7 +88,9 @@ fn decoders(c: &mut Criterion) {
     g.bench_function("raw", |b| {
         b.iter(|| run(&mut Decoder::sniffing(Some(raw.len() as u64)), &raw))
     });
-    g.bench_function("gzip_raw", |b| b.iter(|| run(&mut Decoder::gzip(1 << 40), &gz)));
+    g.bench_function("gzip_raw", |b| {
+        b.iter(|| run(&mut Decoder::gzip(1 << 40), &gz))
+    });
     g.bench_function("vmdk_stream", |b| {
         b.iter(|| run(&mut VmdkStreamDecoder::new(), &vmdk))
     });

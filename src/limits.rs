@@ -37,3 +37,6 @@ pub const READ_CHUNK: usize = 1 << 20;
 pub const MAX_QCOW2_PENDING: usize = 1 << 20;
 /// Most bytes of compressed qcow2 clusters a stream decoder buffers at once.
 pub const MAX_QCOW2_COMPRESSED_BUFFERED: u64 = 16 << 20;
+/// Most images in a qcow2 backing chain opened for export (the top image
+/// included); a longer chain is refused as a probable loop.
+pub const MAX_BACKING_CHAIN: usize = 16;

@@ -3,11 +3,17 @@
 //! Hashing costs more CPU than demultiplexing and decoding a raw disk, so
 //! it runs in parallel: each digest thread is sent the same package
 //! chunks (`Bytes`, shared, not copied), runs its own tar demux to find
-//! entry boundaries, and hashes every regular entry. A thread also parses
-//! the manifest when it passes, so that entries after it are hashed with
-//! exactly the algorithms the manifest uses; before the manifest, the
-//! threads compute SHA-1 and SHA-256 (what OVF 1.x and 2.x tools write).
-//! The channel is bounded, so memory stays at a few chunks.
+//! entry boundaries, and hashes every regular entry.
+//!
+//! Which digests an entry gets depends on what has passed before it:
+//! * after the manifest, exactly the algorithms it uses;
+//! * after an OVF 2.x descriptor, SHA-256 (the algorithm OVF 2.x names);
+//! * otherwise SHA-1 and SHA-256: OVF 1.x packages carry either (VirtualBox
+//!   writes a SHA-1 manifest last, ovaio and newer ovftool SHA-256).
+//!
+//! A manifest whose algorithm was not computed for an entry fails the
+//! import as unverifiable; it never passes silently. The channel is
+//! bounded, so memory stays at a few chunks.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -35,9 +41,37 @@ enum Share {
     Rest,
 }
 
+/// What the stream has told so far about the digests to expect.
+#[derive(Debug, Default)]
+struct Seen {
+    manifest: Option<Vec<Algorithm>>,
+    /// Major OVF version of the descriptor, once it passed.
+    ovf_major: Option<u8>,
+}
+
+impl Seen {
+    fn expected(&self) -> Vec<Algorithm> {
+        match (&self.manifest, self.ovf_major) {
+            (Some(m), _) => m.clone(),
+            (None, Some(2)) => vec![Algorithm::Sha256],
+            (None, _) => vec![Algorithm::Sha1, Algorithm::Sha256],
+        }
+    }
+}
+
+/// The major OVF version of a descriptor, from its envelope namespace.
+fn ovf_major(xml: &[u8]) -> u8 {
+    const V2: &[u8] = b"http://schemas.dmtf.org/ovf/envelope/2";
+    if xml.windows(V2.len()).any(|w| w == V2) {
+        2
+    } else {
+        1
+    }
+}
+
 impl Share {
-    fn algorithms(self, manifest: Option<&[Algorithm]>) -> Vec<Algorithm> {
-        let all = manifest.unwrap_or(&[Algorithm::Sha1, Algorithm::Sha256]);
+    fn algorithms(self, seen: &Seen) -> Vec<Algorithm> {
+        let all = seen.expected();
         all.iter()
             .copied()
             .filter(|a| matches!(self, Share::Sha1) == (*a == Algorithm::Sha1))
@@ -97,26 +131,20 @@ impl DigestTap {
     }
 }
 
+/// The entry being hashed.
+struct Hashing {
+    name: String,
+    digest: MultiDigest,
+    /// Content kept when the entry is the manifest or the OVF.
+    text: Option<(Vec<u8>, bool)>,
+}
+
 fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
     let mut out = EntryDigests::new();
     let mut demux = Demux::new();
-    let mut manifest_algs: Option<Vec<Algorithm>> = None;
-    let mut current: Option<(String, MultiDigest, Option<Vec<u8>>)> = None;
-    let mut finish_entry = |cur: &mut Option<(String, MultiDigest, Option<Vec<u8>>)>,
-                            manifest_algs: &mut Option<Vec<Algorithm>>| {
-        if let Some((name, d, mf)) = cur.take() {
-            if let Some(text) = mf
-                && let Ok(m) = manifest::parse(&text)
-            {
-                *manifest_algs = Some(m.algorithms());
-            }
-            out.insert(name, d.finish());
-        }
-    };
-    let mut step = |buf: &[u8],
-                    current: &mut Option<(String, MultiDigest, Option<Vec<u8>>)>,
-                    manifest_algs: &mut Option<Vec<Algorithm>>|
-     -> bool {
+    let mut seen = Seen::default();
+    let mut current: Option<Hashing> = None;
+    let mut step = |buf: &[u8], current: &mut Option<Hashing>, seen: &mut Seen| -> bool {
         let mut rest = buf;
         loop {
             let Ok((n, ev)) = demux.step(rest) else {
@@ -125,39 +153,135 @@ fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
             rest = &rest[n..];
             match ev {
                 Some(Event::Begin(h)) if h.entry_type == EntryType::Regular => {
-                    let algs = share.algorithms(manifest_algs.as_deref());
-                    let is_mf = h.name.to_ascii_lowercase().ends_with(".mf")
-                        && manifest_algs.is_none()
-                        && h.size <= limits::MAX_MANIFEST_SIZE;
-                    *current = Some((h.name, MultiDigest::new(&algs), is_mf.then(Vec::new)));
+                    let lower = h.name.to_ascii_lowercase();
+                    let text = if lower.ends_with(".mf")
+                        && seen.manifest.is_none()
+                        && h.size <= limits::MAX_MANIFEST_SIZE
+                    {
+                        Some((Vec::new(), true))
+                    } else if lower.ends_with(".ovf")
+                        && seen.ovf_major.is_none()
+                        && h.size <= limits::MAX_OVF_SIZE
+                    {
+                        Some((Vec::new(), false))
+                    } else {
+                        None
+                    };
+                    *current = Some(Hashing {
+                        name: h.name,
+                        digest: MultiDigest::new(&share.algorithms(seen)),
+                        text,
+                    });
                 }
                 Some(Event::Data(d)) => {
-                    if let Some((_, md, mf)) = current.as_mut() {
-                        md.update(d);
-                        if let Some(t) = mf {
+                    if let Some(c) = current.as_mut() {
+                        c.digest.update(d);
+                        if let Some((t, _)) = &mut c.text {
                             t.extend_from_slice(d);
                         }
                     }
                 }
-                Some(Event::End) => finish_entry(current, manifest_algs),
+                Some(Event::End) => {
+                    if let Some(c) = current.take() {
+                        match c.text {
+                            Some((t, true)) => {
+                                if let Ok(m) = manifest::parse(&t) {
+                                    seen.manifest = Some(m.algorithms());
+                                }
+                            }
+                            Some((t, false)) => seen.ovf_major = Some(ovf_major(&t)),
+                            None => {}
+                        }
+                        out.insert(c.name, c.digest.finish());
+                    }
+                }
                 Some(Event::Eof) => return true,
                 _ => {}
             }
             if rest.is_empty() && n == 0 {
                 return true;
             }
-            if rest.is_empty() {
-                // One more step with no input may still yield a pending End.
-                continue;
-            }
         }
     };
     while let Ok(chunk) = rx.recv() {
-        if !step(&chunk, &mut current, &mut manifest_algs) {
+        if !step(&chunk, &mut current, &mut seen) {
             return out;
         }
     }
     // End of stream: a package without end blocks leaves its last End pending.
-    step(&[], &mut current, &mut manifest_algs);
+    step(&[], &mut current, &mut seen);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_entry(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut w = Vec::new();
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        w.extend_from_slice(&h);
+        w.extend_from_slice(data);
+        w.resize(w.len().div_ceil(512) * 512, 0);
+        w
+    }
+
+    fn digests_of(tar: Vec<u8>, piece: usize) -> EntryDigests {
+        let tap = DigestTap::start();
+        for p in tar.chunks(piece) {
+            tap.feed(&Bytes::copy_from_slice(p));
+        }
+        tap.finish()
+    }
+
+    fn algs(d: &EntryDigests, name: &str) -> Vec<Algorithm> {
+        d[name].iter().map(|(a, _)| *a).collect()
+    }
+
+    #[test]
+    fn algorithms_follow_what_passed_before() {
+        let ovf2 = br#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2"/>"#;
+        let mut tar = tar_entry("a.img", b"first");
+        tar.extend(tar_entry("vm.ovf", ovf2));
+        tar.extend(tar_entry("b.img", b"second"));
+        let mf = format!(
+            "SHA512(c.img)= {}\n",
+            hex::encode(crate::ova::digest::digest(Algorithm::Sha512, b"third"))
+        );
+        tar.extend(tar_entry("vm.mf", mf.as_bytes()));
+        tar.extend(tar_entry("c.img", b"third"));
+        tar.extend([0u8; 1024]);
+        for piece in [1, 7, 512, 1 << 20] {
+            let d = digests_of(tar.clone(), piece);
+            assert_eq!(algs(&d, "a.img"), [Algorithm::Sha1, Algorithm::Sha256]);
+            assert_eq!(algs(&d, "b.img"), [Algorithm::Sha256]);
+            assert_eq!(algs(&d, "c.img"), [Algorithm::Sha512]);
+            assert_eq!(
+                d["c.img"][0].1,
+                crate::ova::digest::digest(Algorithm::Sha512, b"third")
+            );
+        }
+    }
+
+    #[test]
+    fn ovf_one_keeps_both_digests() {
+        assert_eq!(
+            ovf_major(b"xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\""),
+            1
+        );
+        let seen = Seen {
+            manifest: None,
+            ovf_major: Some(1),
+        };
+        assert_eq!(seen.expected(), [Algorithm::Sha1, Algorithm::Sha256]);
+    }
 }

@@ -7,6 +7,7 @@
 //! Bytes met before the table that maps them go to a [`Spool`] when one is
 //! provided.
 
+pub mod encoder;
 pub mod header;
 pub mod spool;
 mod stream;

@@ -1,0 +1,269 @@
+//! qcow2 source volumes, read through `imago` with the backing chain
+//! collapsed: every read and the allocation map show the guest view
+//! through all layers.
+//!
+//! imago is never allowed to open a file by itself (each layer is opened
+//! with `open_image`, which follows no reference). The chain is walked
+//! here instead: each backing file name is resolved like qemu does
+//! (relative to the directory of the image naming it), checked against the
+//! [`AllowedRoots`], opened, and attached with `set_backing` from the bottom
+//! up. External data files are refused.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use imago::file::File as ImagoFile;
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{FormatAccess, Mapping};
+
+use super::{VolumeError, VolumeFormat, imago_err, io_at, raw};
+use crate::codec::map::{AllocationMap, RangeKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::limits::MAX_BACKING_CHAIN;
+use crate::source::volume::roots::AllowedRoots;
+
+/// A raw file at the bottom of a backing chain, kept so that the map can
+/// tell its holes from its data (imago reports a raw layer as all data).
+#[derive(Debug)]
+struct RawBase {
+    /// Address of the imago storage object inside the chain, to recognise
+    /// mappings that resolve to this file.
+    storage_addr: usize,
+    /// The file's own data ranges (host offset == guest offset of the base).
+    map: AllocationMap,
+}
+
+/// An opened qcow2 image with its backing chain attached.
+#[derive(Debug)]
+pub(crate) struct Qcow2Volume {
+    top: FormatAccess<ImagoFile>,
+    raw_base: Option<RawBase>,
+    path: PathBuf,
+}
+
+/// One opened layer before the chain is assembled.
+struct Layer {
+    image: Qcow2<ImagoFile>,
+}
+
+impl Qcow2Volume {
+    /// Opens the image in `file` (already checked against `roots`; `path`
+    /// is the name the caller gave) and its backing chain.
+    pub(crate) fn open(file: File, canonical: PathBuf, path: &Path, roots: &AllowedRoots) -> Result<Self> {
+        let mut seen = vec![canonical];
+        let mut layers: Vec<Layer> = Vec::new();
+        let mut cur_file = file;
+        let mut cur_path = path.to_path_buf();
+        let mut cur_format = VolumeFormat::Qcow2;
+        let mut base: Option<FormatAccess<ImagoFile>> = None;
+        let mut raw_base = None;
+
+        loop {
+            match cur_format {
+                VolumeFormat::Raw => {
+                    let seek_file = cur_file
+                        .try_clone()
+                        .map_err(|e| io_at(e, &cur_path, "cannot duplicate descriptor"))?;
+                    let storage = ImagoFile::try_from(cur_file)
+                        .map_err(|e| imago_err(e, &cur_path, "cannot open raw backing file"))?;
+                    let raw = Raw::open_image(storage, false)
+                        .map_err(|e| imago_err(e, &cur_path, "cannot open raw backing file"))?;
+                    let access = FormatAccess::new(raw);
+                    let capacity = access.size();
+                    let map = raw::data_ranges(&seek_file, capacity, &cur_path)?;
+                    let storage_addr = access
+                        .inner()
+                        .collect_storage_dependencies()
+                        .first()
+                        .map(|s| std::ptr::from_ref::<ImagoFile>(s) as usize);
+                    if let Some(storage_addr) = storage_addr {
+                        raw_base = Some(RawBase { storage_addr, map });
+                    }
+                    base = Some(access);
+                    break;
+                }
+                VolumeFormat::Qcow2 => {
+                    let storage = ImagoFile::try_from(cur_file)
+                        .map_err(|e| imago_err(e, &cur_path, "cannot open qcow2 image"))?;
+                    let image = Qcow2::<ImagoFile>::open_image(storage, false)
+                        .map_err(|e| imago_err(e, &cur_path, "cannot open qcow2 image"))?;
+                    if image.requires_external_data_file() {
+                        return Err(VolumeError::ExternalDataFile { path: cur_path }.into());
+                    }
+                    let backing = image.implicit_backing_file().cloned();
+                    let backing_format = image.implicit_backing_format().cloned();
+                    layers.push(Layer { image });
+                    let Some(name) = backing else {
+                        break;
+                    };
+                    if layers.len() >= MAX_BACKING_CHAIN {
+                        return Err(VolumeError::ChainTooLong {
+                            path: path.to_path_buf(),
+                            max: MAX_BACKING_CHAIN,
+                        }
+                        .into());
+                    }
+                    let next = resolve_backing(&cur_path, &name)?;
+                    let canon = roots
+                        .check(&next)
+                        .map_err(|e| e.with_message(format!("backing file of {}", cur_path.display())))?;
+                    if seen.contains(&canon) {
+                        return Err(VolumeError::BackingLoop {
+                            path: cur_path,
+                            backing: next,
+                        }
+                        .into());
+                    }
+                    let (file, canon) = roots
+                        .open_checked(&next)
+                        .map_err(|e| e.with_message(format!("backing file of {}", cur_path.display())))?;
+                    seen.push(canon);
+                    cur_format = match backing_format.as_deref() {
+                        Some("qcow2") => VolumeFormat::Qcow2,
+                        Some("raw") | Some("file") => VolumeFormat::Raw,
+                        Some(other) => {
+                            return Err(VolumeError::UnknownBackingFormat {
+                                path: cur_path,
+                                format: other.to_owned(),
+                            }
+                            .into());
+                        }
+                        None => super::probe(&file, &next)?,
+                    };
+                    cur_file = file;
+                    cur_path = next;
+                }
+            }
+        }
+
+        // Attach from the bottom up; no layer opens anything on its own.
+        let mut below = base;
+        for Layer { mut image } in layers.into_iter().rev() {
+            image.set_data_file(None);
+            image.set_backing(below.take());
+            below = Some(FormatAccess::new(image));
+        }
+        let top = below.ok_or_else(|| {
+            Error::new(ErrorKind::InvalidArgument, "no qcow2 layer opened").at_path(path)
+        })?;
+        Ok(Qcow2Volume {
+            top,
+            raw_base,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Virtual size of the top image.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.top.size()
+    }
+
+    /// The guest view's map: data from any layer (compressed clusters
+    /// included) is `Data`; zero clusters of the top image are `Zero`;
+    /// ranges unallocated through the whole chain (and zero clusters of
+    /// lower layers) are left out. Holes of a raw base are left out too.
+    pub(crate) fn allocation_map(&self) -> Result<AllocationMap> {
+        let capacity = self.capacity();
+        let mut map = AllocationMap::new(capacity);
+        let mut off = 0u64;
+        while off < capacity {
+            let (mapping, len) = self
+                .top
+                .get_mapping(off, capacity - off)
+                .map_err(|e| imago_err(e, &self.path, "mapping query failed").at_offset(off))?;
+            let len = len.min(capacity - off);
+            match mapping {
+                Mapping::Eof {} => break,
+                _ if len == 0 => {
+                    return Err(Error::new(ErrorKind::CorruptImage, "empty mapping")
+                        .at_path(&self.path)
+                        .at_offset(off));
+                }
+                Mapping::Raw { storage, offset: host, .. } => {
+                    let addr = std::ptr::from_ref::<ImagoFile>(storage) as usize;
+                    match &self.raw_base {
+                        Some(b) if b.storage_addr == addr => {
+                            push_raw_base(&mut map, &b.map, off, host, len)?;
+                        }
+                        _ => map.push(off, len, RangeKind::Data)?,
+                    }
+                }
+                Mapping::Special { .. } => map.push(off, len, RangeKind::Data)?,
+                Mapping::Zero { explicit: true } => map.push(off, len, RangeKind::Zero)?,
+                Mapping::Zero { .. } => {}
+                // `Mapping` is non-exhaustive: anything new is read as data.
+                _ => map.push(off, len, RangeKind::Data)?,
+            }
+            off += len;
+        }
+        Ok(map)
+    }
+
+    /// Reads guest bytes through the whole chain.
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.top
+            .read(&mut *buf, offset)
+            .map_err(|e| imago_err(e, &self.path, "read failed").at_offset(offset))
+    }
+}
+
+/// Pushes guest `[guest, guest+len)`, mapped to host `[host, host+len)` of
+/// the raw base, as data where the base holds data and leaves its holes out.
+fn push_raw_base(
+    map: &mut AllocationMap,
+    base: &AllocationMap,
+    guest: u64,
+    host: u64,
+    len: u64,
+) -> Result<()> {
+    let end = host.saturating_add(len);
+    let ranges = base.ranges();
+    let first = ranges.partition_point(|r| r.offset + r.len <= host);
+    for r in &ranges[first..] {
+        if r.offset >= end {
+            break;
+        }
+        let s = r.offset.max(host);
+        let e = (r.offset + r.len).min(end);
+        if e > s {
+            map.push(guest + (s - host), e - s, r.kind)?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves a backing file name as qemu does: relative names are relative
+/// to the directory of the image that names them. Protocol and `json:`
+/// names are refused.
+fn resolve_backing(image: &Path, name: &str) -> Result<PathBuf> {
+    if name.starts_with("json:") || name.contains("://") || name.is_empty() {
+        return Err(VolumeError::BackingNotAFile {
+            path: image.to_path_buf(),
+            name: name.to_owned(),
+        }
+        .into());
+    }
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let dir = image.parent().unwrap_or(Path::new(""));
+    Ok(dir.join(p))
+}
+
+/// Reads the first bytes of `file` to tell qcow2 from raw.
+pub(crate) fn has_qcow2_magic(file: &File, path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read_at(&mut magic[got..], got as u64) {
+            Ok(0) => return Ok(false),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_at(e, path, "cannot read the format magic")),
+        }
+    }
+    Ok(magic == crate::codec::qcow2::header::MAGIC)
+}
