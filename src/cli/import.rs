@@ -99,6 +99,7 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
     };
     let mut src = source::open(&a.source)?;
     let progress = Arc::new(Progress::new(src.size));
+    crate::cli::cancel_on_signals(&progress);
     let bar = Bar::start(progress.clone(), !a.quiet && !a.json);
     let summary = Importer::new(targets, progress)
         .run(&mut src.reader)

@@ -36,6 +36,18 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Makes SIGINT and SIGTERM cancel the transfer, so that it stops at its
+/// next chunk and removes its partial files; a second signal ends the
+/// process at once.
+pub(crate) fn cancel_on_signals(progress: &crate::pipeline::progress::Progress) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = progress.cancel_flag();
+    for sig in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+}
+
 /// Installs a `tracing` subscriber writing to stderr.
 pub fn init_logging(verbose: u8) {
     let level = match verbose {

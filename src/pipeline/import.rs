@@ -259,6 +259,7 @@ impl Importer {
 
     /// Pushes the next bytes of the package.
     pub fn feed(&mut self, chunk: Bytes) -> Result<()> {
+        self.progress.check_cancelled()?;
         self.progress.add_read(chunk.len() as u64);
         self.digests.feed(&chunk);
         let mut buf = &chunk[..];
@@ -552,6 +553,7 @@ impl Importer {
 
     /// The stream ended: verify everything, then commit the targets.
     pub fn finish(mut self) -> Result<ImportSummary> {
+        self.progress.check_cancelled()?;
         // A package without end-of-archive blocks leaves its last End pending.
         if let (_, Some(Event::End)) = self.demux.step(&[]).map_err(Error::from)? {
             self.end()?;

@@ -1,8 +1,10 @@
 //! Live progress of a transfer, shared between the pipeline and whoever
 //! displays it (a terminal bar, later the control API).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, ErrorKind, Result};
 
 /// Counters updated by the pipeline as bytes go through.
 #[derive(Debug, Default)]
@@ -10,6 +12,7 @@ pub struct Progress {
     bytes_read: AtomicU64,
     total: AtomicU64,
     entry: Mutex<String>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -36,6 +39,25 @@ impl Progress {
     /// The entry being processed.
     pub fn entry(&self) -> String {
         self.entry.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The flag that cancels the transfer when set (by a signal handler,
+    /// or a control-API DELETE).
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Asks the transfer to stop at its next chunk.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Fails with [`ErrorKind::Cancelled`] once cancelled.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Cancelled, "transfer cancelled"));
+        }
+        Ok(())
     }
 
     pub(crate) fn add_read(&self, n: u64) {
