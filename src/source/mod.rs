@@ -1,5 +1,7 @@
 //! Byte sources of a package: a local (or NFS) file, or standard input.
 
+pub mod volume;
+
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;

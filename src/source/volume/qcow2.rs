@@ -20,6 +20,7 @@ use imago::{FormatAccess, Mapping};
 
 use super::{VolumeError, VolumeFormat, imago_err, io_at, raw};
 use crate::codec::map::{AllocationMap, RangeKind};
+use crate::codec::qcow2::header::{INCOMPAT_COMPRESSION, MAGIC, V3_MIN_HEADER_LEN, field};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::MAX_BACKING_CHAIN;
 use crate::source::volume::roots::AllowedRoots;
@@ -51,7 +52,12 @@ struct Layer {
 impl Qcow2Volume {
     /// Opens the image in `file` (already checked against `roots`; `path`
     /// is the name the caller gave) and its backing chain.
-    pub(crate) fn open(file: File, canonical: PathBuf, path: &Path, roots: &AllowedRoots) -> Result<Self> {
+    pub(crate) fn open(
+        file: File,
+        canonical: PathBuf,
+        path: &Path,
+        roots: &AllowedRoots,
+    ) -> Result<Self> {
         let mut seen = vec![canonical];
         let mut layers: Vec<Layer> = Vec::new();
         let mut cur_file = file;
@@ -85,6 +91,7 @@ impl Qcow2Volume {
                     break;
                 }
                 VolumeFormat::Qcow2 => {
+                    precheck(&cur_file, &cur_path)?;
                     let storage = ImagoFile::try_from(cur_file)
                         .map_err(|e| imago_err(e, &cur_path, "cannot open qcow2 image"))?;
                     let image = Qcow2::<ImagoFile>::open_image(storage, false)
@@ -108,7 +115,7 @@ impl Qcow2Volume {
                     let next = resolve_backing(&cur_path, &name)?;
                     let canon = roots
                         .check(&next)
-                        .map_err(|e| e.with_message(format!("backing file of {}", cur_path.display())))?;
+                        .map_err(|e| backing_err(e, &next, &cur_path))?;
                     if seen.contains(&canon) {
                         return Err(VolumeError::BackingLoop {
                             path: cur_path,
@@ -118,7 +125,7 @@ impl Qcow2Volume {
                     }
                     let (file, canon) = roots
                         .open_checked(&next)
-                        .map_err(|e| e.with_message(format!("backing file of {}", cur_path.display())))?;
+                        .map_err(|e| backing_err(e, &next, &cur_path))?;
                     seen.push(canon);
                     cur_format = match backing_format.as_deref() {
                         Some("qcow2") => VolumeFormat::Qcow2,
@@ -175,13 +182,17 @@ impl Qcow2Volume {
                 .map_err(|e| imago_err(e, &self.path, "mapping query failed").at_offset(off))?;
             let len = len.min(capacity - off);
             match mapping {
-                Mapping::Eof {} => break,
+                Mapping::Eof { .. } => break,
                 _ if len == 0 => {
                     return Err(Error::new(ErrorKind::CorruptImage, "empty mapping")
                         .at_path(&self.path)
                         .at_offset(off));
                 }
-                Mapping::Raw { storage, offset: host, .. } => {
+                Mapping::Raw {
+                    storage,
+                    offset: host,
+                    ..
+                } => {
                     let addr = std::ptr::from_ref::<ImagoFile>(storage) as usize;
                     match &self.raw_base {
                         Some(b) if b.storage_addr == addr => {
@@ -191,7 +202,7 @@ impl Qcow2Volume {
                     }
                 }
                 Mapping::Special { .. } => map.push(off, len, RangeKind::Data)?,
-                Mapping::Zero { explicit: true } => map.push(off, len, RangeKind::Zero)?,
+                Mapping::Zero { explicit: true, .. } => map.push(off, len, RangeKind::Zero)?,
                 Mapping::Zero { .. } => {}
                 // `Mapping` is non-exhaustive: anything new is read as data.
                 _ => map.push(off, len, RangeKind::Data)?,
@@ -234,6 +245,12 @@ fn push_raw_base(
     Ok(())
 }
 
+/// Names the backing file and the image naming it in an error.
+fn backing_err(e: Error, backing: &Path, image: &Path) -> Error {
+    e.at_path(backing)
+        .with_message(format!("backing file named by {}", image.display()))
+}
+
 /// Resolves a backing file name as qemu does: relative names are relative
 /// to the directory of the image that names them. Protocol and `json:`
 /// names are refused.
@@ -253,17 +270,55 @@ fn resolve_backing(image: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir.join(p))
 }
 
+/// Refuses, by name, what imago 0.2 cannot read: encrypted images and
+/// zstd-compressed clusters (imago only decodes zlib).
+fn precheck(file: &File, path: &Path) -> Result<()> {
+    // Bytes past the end of a short file stay zero: no feature is seen.
+    let mut h = [0u8; V3_MIN_HEADER_LEN as usize];
+    read_prefix(file, &mut h, path)?;
+    let be32 = |o: u64| {
+        let o = o as usize;
+        h.get(o..o + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+    };
+    if be32(field::CRYPT_METHOD).unwrap_or(0) != 0 {
+        return Err(VolumeError::Encrypted {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    if be32(field::VERSION).unwrap_or(0) >= 3 {
+        let o = field::INCOMPATIBLE_FEATURES as usize;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[o..o + 8]);
+        if u64::from_be_bytes(b) & INCOMPAT_COMPRESSION != 0 {
+            return Err(VolumeError::ZstdCompressed {
+                path: path.to_path_buf(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes from the start of `file`; returns how many.
+fn read_prefix(file: &File, buf: &mut [u8], path: &Path) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_at(e, path, "cannot read the image header")),
+        }
+    }
+    Ok(got)
+}
+
 /// Reads the first bytes of `file` to tell qcow2 from raw.
 pub(crate) fn has_qcow2_magic(file: &File, path: &Path) -> Result<bool> {
     let mut magic = [0u8; 4];
-    let mut got = 0;
-    while got < magic.len() {
-        match file.read_at(&mut magic[got..], got as u64) {
-            Ok(0) => return Ok(false),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_at(e, path, "cannot read the format magic")),
-        }
-    }
-    Ok(magic == crate::codec::qcow2::header::MAGIC)
+    let n = read_prefix(file, &mut magic, path)?;
+    Ok(n == magic.len() && magic == MAGIC)
 }

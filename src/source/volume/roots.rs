@@ -28,10 +28,7 @@ impl AllowedRoots {
                     .with_message("cannot resolve storage root")
             })?;
             if !canon.is_dir() {
-                return Err(VolumeError::RootNotDirectory {
-                    path: root.clone(),
-                }
-                .into());
+                return Err(VolumeError::RootNotDirectory { path: root.clone() }.into());
             }
             out.push(canon);
         }
