@@ -35,6 +35,10 @@ pub(crate) struct ImportArgs {
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     json: bool,
+    /// Compute no digests and do not check the manifest (faster; for
+    /// packages verified by other means).
+    #[arg(long)]
+    no_verify: bool,
     /// No progress bar even on a terminal.
     #[arg(long, short)]
     quiet: bool,
@@ -101,12 +105,14 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
     let progress = Arc::new(Progress::new(src.size));
     crate::cli::cancel_on_signals(&progress);
     let bar = Bar::start(progress.clone(), !a.quiet && !a.json);
-    let summary = Importer::new(targets, progress)
-        .run(&mut src.reader)
-        .map_err(|e| match &src.path {
-            Some(p) => e.at_path(p),
-            None => e,
-        })?;
+    let mut importer = Importer::new(targets, progress);
+    if a.no_verify {
+        importer = importer.without_verification();
+    }
+    let summary = importer.run(&mut src.reader).map_err(|e| match &src.path {
+        Some(p) => e.at_path(p),
+        None => e,
+    })?;
     drop(bar);
     if a.json {
         let mut v =

@@ -1,0 +1,173 @@
+//! `ovaio export (--ovf FILE.ovf | --name NAME) --disk HREF=PATH[:raw|qcow2]... -o OUT.ova|-`
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::cli::progress::Bar;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
+use crate::pipeline::progress::Progress;
+use crate::sink::partial::PartialFile;
+use crate::source::volume::{AllowedRoots, VolumeFormat};
+
+/// Output buffer: large sequential writes.
+const OUT_BUFFER: usize = 1 << 20;
+
+/// Arguments of `ovaio export`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// OVF descriptor to complete with the exact sizes (the rest is kept).
+    #[arg(long, value_name = "FILE.ovf", required_unless_present = "name")]
+    ovf: Option<PathBuf>,
+    /// Generate a minimal OVF 1.0 descriptor for a VM of this name.
+    #[arg(long, value_name = "NAME", conflicts_with = "ovf")]
+    name: Option<String>,
+    /// A disk: `HREF=PATH[:raw|qcow2]` (the source format; probed when
+    /// omitted). Repeat in References order.
+    #[arg(long = "disk", value_name = "HREF=PATH[:FORMAT]", required = true)]
+    disks: Vec<String>,
+    /// Output OVA, or `-` for standard output. A file is written as
+    /// OUT.ova.partial and renamed when complete.
+    #[arg(short = 'o', long = "output", value_name = "OUT.ova|-")]
+    output: String,
+    /// Do not write the SHA-256 manifest.
+    #[arg(long)]
+    no_manifest: bool,
+    /// Align each disk's data to 4 KiB with `pad` entries (as oVirt writes).
+    #[arg(long)]
+    align: bool,
+    /// Also leave out allocated clusters that hold only zeros (reads the data twice).
+    #[arg(long)]
+    detect_zeros: bool,
+    /// Only read sources (and backing files) under this directory; repeatable.
+    #[arg(long = "root", value_name = "DIR")]
+    roots: Vec<PathBuf>,
+    /// Replace an existing OUT.ova.partial left by an earlier run.
+    #[arg(long)]
+    force: bool,
+    /// Print a JSON summary (on stderr when the OVA goes to stdout).
+    #[arg(long)]
+    json: bool,
+    /// No progress bar even on a terminal.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_disk(spec: &str) -> Result<ExportDisk> {
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("--disk '{spec}': expected HREF=PATH[:raw|qcow2]"),
+        )
+    };
+    let (href, rest) = spec.split_once('=').ok_or_else(bad)?;
+    if href.is_empty() || rest.is_empty() {
+        return Err(bad());
+    }
+    let (path, format) = match rest.rsplit_once(':') {
+        Some((p, "raw")) if !p.is_empty() => (p, Some(VolumeFormat::Raw)),
+        Some((p, "qcow2")) if !p.is_empty() => (p, Some(VolumeFormat::Qcow2)),
+        _ => (rest, None),
+    };
+    Ok(ExportDisk {
+        href: href.to_owned(),
+        path: PathBuf::from(path),
+        format,
+    })
+}
+
+pub(crate) fn run(a: ExportArgs) -> Result<()> {
+    let disks = a
+        .disks
+        .iter()
+        .map(|s| parse_disk(s))
+        .collect::<Result<Vec<_>>>()?;
+    let (ovf, ovf_name) = match (&a.ovf, &a.name) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path).map_err(|e| Error::from(e).at_path(path))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "vm.ovf".into());
+            (OvfSource::Descriptor(bytes), name)
+        }
+        (None, Some(name)) => (OvfSource::Generate(name.clone()), format!("{name}.ovf")),
+        (None, None) => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "give --ovf FILE or --name NAME",
+            ));
+        }
+    };
+    let roots = if a.roots.is_empty() {
+        AllowedRoots::any()
+    } else {
+        AllowedRoots::new(&a.roots)?
+    };
+    let to_stdout = a.output == "-";
+    // Fail before the (possibly long) planning if the output cannot be made.
+    let partial = if to_stdout {
+        None
+    } else {
+        Some(PartialFile::create_with(&PathBuf::from(&a.output), a.force)?)
+    };
+    let plan = ExportPlan::prepare(ExportRequest {
+        disks,
+        ovf,
+        ovf_name,
+        manifest: !a.no_manifest,
+        align: a.align,
+        detect_zeros: a.detect_zeros,
+        roots,
+    })?;
+    let progress = Arc::new(Progress::new(Some(plan.total_size())));
+    crate::cli::cancel_on_signals(&progress);
+    let bar = Bar::start(progress.clone(), !a.quiet);
+    let summary = match partial {
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
+            let s = plan.write_to(&mut w, progress.clone())?;
+            w.flush().map_err(|e| Error::from(e).with_message("writing to stdout"))?;
+            s
+        }
+        Some((partial, file)) => {
+            let at = |e: Error| e.at_path(partial.partial_path());
+            let mut w = BufWriter::with_capacity(OUT_BUFFER, file);
+            let s = plan.write_to(&mut w, progress.clone()).map_err(at)?;
+            let file = w
+                .into_inner()
+                .map_err(|e| at(Error::from(e.into_error()).with_message("writing the OVA")))?;
+            file.sync_all()
+                .map_err(|e| at(Error::from(e).with_message("fsync of the OVA")))?;
+            progress.check_cancelled()?;
+            partial.commit()?;
+            s
+        }
+    };
+    drop(bar);
+    let json = serde_json::to_string(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+    if a.json {
+        if to_stdout {
+            eprintln!("{json}");
+        } else {
+            println!("{json}");
+        }
+    } else if !to_stdout {
+        for d in &summary.disks {
+            println!(
+                "{} ({}, {} bytes) -> {} (qcow2, {} bytes)",
+                d.source.display(),
+                d.source_format,
+                d.capacity,
+                d.href,
+                d.size
+            );
+        }
+        println!("wrote {} ({} bytes)", a.output, summary.size);
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The export pipeline: source volumes in, one OVA stream out.
+//!
+//! [`ExportPlan::prepare`] opens every source, computes its allocation map
+//! and the exact qcow2 layout, fills the OVF sizes and lays out the whole
+//! archive, so [`ExportPlan::total_size`] is known before the first byte
+//! (a tar header, `ovf:size` and a `Content-Length` all need it).
+//! [`ExportPlan::write_to`] then streams the archive in one pass: the OVF
+//! first, the disks in References order, the SHA-256 manifest last.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::codec::qcow2::encoder::{Qcow2Encoder, Qcow2Layout};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ova::digest::MultiDigest;
+use crate::ova::manifest::{self, Algorithm};
+use crate::ova::ovf;
+use crate::ova::ovf::writer::{GeneratedDisk, fill_sizes, generate};
+use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
+use crate::pipeline::progress::Progress;
+use crate::source::volume::{AllowedRoots, SourceVolume, VolumeFormat};
+
+/// Bytes copied per read from an encoder.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// One disk to export.
+#[derive(Debug, Clone)]
+pub struct ExportDisk {
+    /// Its href in the OVA (and the OVF References).
+    pub href: String,
+    /// The source volume.
+    pub path: PathBuf,
+    /// Source format; `None` probes the file.
+    pub format: Option<VolumeFormat>,
+}
+
+/// Where the OVF descriptor comes from.
+#[derive(Debug, Clone)]
+pub enum OvfSource {
+    /// A descriptor to complete with the exact sizes.
+    Descriptor(Vec<u8>),
+    /// Generate a minimal OVF 1.0 descriptor for a VM of this name.
+    Generate(String),
+}
+
+/// What to export and how.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    /// Disks in References order.
+    pub disks: Vec<ExportDisk>,
+    /// The descriptor.
+    pub ovf: OvfSource,
+    /// Name of the OVF entry (`<name>.ovf`).
+    pub ovf_name: String,
+    /// Write a SHA-256 manifest last.
+    pub manifest: bool,
+    /// Align each disk's data to 4 KiB with `pad` entries.
+    pub align: bool,
+    /// Read allocated data and leave all-zero clusters out.
+    pub detect_zeros: bool,
+    /// Where sources (and their backing files) may live.
+    pub roots: AllowedRoots,
+}
+
+/// One disk of a prepared export.
+#[derive(Debug)]
+struct PlannedDisk {
+    href: String,
+    path: PathBuf,
+    volume: SourceVolume,
+    layout: Qcow2Layout,
+    capacity: u64,
+}
+
+/// A fully laid out export; see the module documentation.
+#[derive(Debug)]
+pub struct ExportPlan {
+    ovf_name: String,
+    ovf_bytes: Vec<u8>,
+    disks: Vec<PlannedDisk>,
+    manifest_name: Option<String>,
+    archive: ArchiveLayout,
+    align: bool,
+}
+
+/// What an export wrote, for `--json` and logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportSummary {
+    /// Total bytes of the OVA.
+    pub size: u64,
+    /// Name of the OVF entry.
+    pub ovf: String,
+    /// Name of the manifest entry, if written.
+    pub manifest: Option<String>,
+    /// The disks.
+    pub disks: Vec<ExportedDisk>,
+}
+
+/// One exported disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportedDisk {
+    /// Entry name.
+    pub href: String,
+    /// Source path.
+    pub source: PathBuf,
+    /// Source format.
+    pub source_format: &'static str,
+    /// Virtual size.
+    pub capacity: u64,
+    /// Size of the qcow2 entry.
+    pub size: u64,
+    /// Bytes of guest data in it.
+    pub populated_size: u64,
+}
+
+fn manifest_text_len(names: &[&str]) -> u64 {
+    names
+        .iter()
+        .map(|n| manifest::format_line(Algorithm::Sha256, n, &[0u8; 32]).len() as u64)
+        .sum()
+}
+
+impl ExportPlan {
+    /// Opens the sources and lays out the archive.
+    pub fn prepare(req: ExportRequest) -> Result<ExportPlan> {
+        if req.disks.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "no disk to export"));
+        }
+        let mut disks = Vec::with_capacity(req.disks.len());
+        for d in &req.disks {
+            if d.href.is_empty() || d.href.contains('/') || d.href.contains("..") {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("href '{}' is not a plain file name", d.href),
+                ));
+            }
+            if disks.iter().any(|p: &PlannedDisk| p.href == d.href) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("href '{}' given twice", d.href),
+                ));
+            }
+            let mut volume = SourceVolume::open(&d.path, d.format, &req.roots)
+                .map_err(|e| e.at_path(&d.path))?;
+            let map = volume
+                .allocation_map(req.detect_zeros)
+                .map_err(|e| e.at_path(&d.path))?;
+            let layout = Qcow2Layout::new(&map).map_err(|e| e.at_path(&d.path))?;
+            disks.push(PlannedDisk {
+                href: d.href.clone(),
+                path: d.path.clone(),
+                capacity: volume.capacity(),
+                volume,
+                layout,
+            });
+        }
+        let sizes: Vec<(String, u64)> = disks
+            .iter()
+            .map(|d| (d.href.clone(), d.layout.total_size()))
+            .collect();
+        let populated: Vec<(String, u64)> = disks
+            .iter()
+            .map(|d| {
+                (
+                    d.href.clone(),
+                    d.layout.data_clusters() * d.layout.cluster_size(),
+                )
+            })
+            .collect();
+        let ovf_bytes = match &req.ovf {
+            OvfSource::Descriptor(xml) => fill_sizes(xml, &sizes, &populated)?,
+            OvfSource::Generate(name) => {
+                let gen: Vec<GeneratedDisk> = disks
+                    .iter()
+                    .zip(&populated)
+                    .map(|(d, (_, pop))| GeneratedDisk {
+                        href: d.href.clone(),
+                        size: d.layout.total_size(),
+                        capacity: d.capacity,
+                        populated_size: *pop,
+                    })
+                    .collect();
+                generate(name, &gen)
+            }
+        };
+        // The descriptor we write must be one we would read.
+        let env = ovf::parse(&ovf_bytes).map_err(|e| {
+            Error::from(e)
+                .in_entry(&req.ovf_name)
+                .with_message("the completed OVF descriptor does not parse")
+        })?;
+        for d in &disks {
+            if env.file_by_href(&d.href).is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("the OVF References do not list '{}'", d.href),
+                ));
+            }
+        }
+        let manifest_name = req.manifest.then(|| {
+            let stem = req
+                .ovf_name
+                .strip_suffix(".ovf")
+                .unwrap_or(&req.ovf_name)
+                .to_owned();
+            format!("{stem}.mf")
+        });
+        let mut plan = vec![EntryPlan {
+            name: req.ovf_name.clone(),
+            size: ovf_bytes.len() as u64,
+        }];
+        for d in &disks {
+            plan.push(EntryPlan {
+                name: d.href.clone(),
+                size: d.layout.total_size(),
+            });
+        }
+        if let Some(mf) = &manifest_name {
+            let mut names: Vec<&str> = vec![req.ovf_name.as_str()];
+            names.extend(disks.iter().map(|d| d.href.as_str()));
+            plan.push(EntryPlan {
+                name: mf.clone(),
+                size: manifest_text_len(&names),
+            });
+        }
+        let archive = archive_layout(&plan, req.align)?;
+        Ok(ExportPlan {
+            ovf_name: req.ovf_name,
+            ovf_bytes,
+            disks,
+            manifest_name,
+            archive,
+            align: req.align,
+        })
+    }
+
+    /// Exact size of the OVA in bytes.
+    pub fn total_size(&self) -> u64 {
+        self.archive.total_size
+    }
+
+    /// Streams the OVA into `out`; returns what was written. `out` is not
+    /// flushed to stable storage here: that is the caller's sink's job.
+    pub fn write_to<W: Write>(self, out: W, progress: Arc<Progress>) -> Result<ExportSummary> {
+        let counted = Counting {
+            inner: out,
+            progress: progress.clone(),
+        };
+        let mut tar = TarWriter::new(counted).with_align(self.align);
+        let mut lines = String::new();
+        let mut summary_disks = Vec::new();
+
+        progress.set_entry(&self.ovf_name);
+        tar.begin_entry(&self.ovf_name, self.ovf_bytes.len() as u64)?;
+        tar.write_data(&self.ovf_bytes)?;
+        tar.end_entry()?;
+        lines.push_str(&manifest::format_line(
+            Algorithm::Sha256,
+            &self.ovf_name,
+            &crate::ova::digest::digest(Algorithm::Sha256, &self.ovf_bytes),
+        ));
+
+        let mut buf = vec![0u8; COPY_CHUNK];
+        for d in self.disks {
+            progress.set_entry(&d.href);
+            let size = d.layout.total_size();
+            let populated = d.layout.data_clusters() * d.layout.cluster_size();
+            let source_format = d.volume.format().name();
+            tar.begin_entry(&d.href, size)?;
+            let mut enc = Qcow2Encoder::new(d.layout, d.volume);
+            let mut digest = MultiDigest::new(&[Algorithm::Sha256]);
+            let mut written = 0u64;
+            loop {
+                progress.check_cancelled()?;
+                let n = match enc.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(Error::from(e)
+                            .with_message("reading the source volume")
+                            .at_path(&d.path));
+                    }
+                };
+                digest.update(&buf[..n]);
+                tar.write_data(&buf[..n])?;
+                written += n as u64;
+            }
+            if written != size {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("encoder produced {written} bytes, {size} were announced"),
+                )
+                .in_entry(&d.href));
+            }
+            tar.end_entry()?;
+            if let Some((_, h)) = digest.finish().pop() {
+                lines.push_str(&manifest::format_line(Algorithm::Sha256, &d.href, &h));
+            }
+            summary_disks.push(ExportedDisk {
+                href: d.href,
+                source: d.path,
+                source_format,
+                capacity: d.capacity,
+                size,
+                populated_size: populated,
+            });
+        }
+        if let Some(mf) = &self.manifest_name {
+            progress.set_entry(mf);
+            tar.begin_entry(mf, lines.len() as u64)?;
+            tar.write_data(lines.as_bytes())?;
+            tar.end_entry()?;
+        }
+        let counted = tar.finish()?;
+        let size = self.archive.total_size;
+        if progress.bytes_read() != size {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "wrote {} bytes but the archive was laid out as {size}",
+                    progress.bytes_read()
+                ),
+            ));
+        }
+        drop(counted);
+        Ok(ExportSummary {
+            size,
+            ovf: self.ovf_name,
+            manifest: self.manifest_name,
+            disks: summary_disks,
+        })
+    }
+}
+
+/// Counts bytes into the progress record as they are written.
+struct Counting<W> {
+    inner: W,
+    progress: Arc<Progress>,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.add_read(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
