@@ -112,7 +112,10 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     let partial = if to_stdout {
         None
     } else {
-        Some(PartialFile::create_with(&PathBuf::from(&a.output), a.force)?)
+        Some(PartialFile::create_with(
+            &PathBuf::from(&a.output),
+            a.force,
+        )?)
     };
     let plan = ExportPlan::prepare(ExportRequest {
         disks,
@@ -131,7 +134,8 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
             let stdout = std::io::stdout();
             let mut w = BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
             let s = plan.write_to(&mut w, progress.clone())?;
-            w.flush().map_err(|e| Error::from(e).with_message("writing to stdout"))?;
+            w.flush()
+                .map_err(|e| Error::from(e).with_message("writing to stdout"))?;
             s
         }
         Some((partial, file)) => {
@@ -149,7 +153,8 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         }
     };
     drop(bar);
-    let json = serde_json::to_string(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+    let json =
+        serde_json::to_string(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
     if a.json {
         if to_stdout {
             eprintln!("{json}");

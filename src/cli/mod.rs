@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand. Each parses its flags into
 //! a pipeline request, runs it, and prints a human or `--json` summary.
 
+mod export;
 mod import;
 mod inspect;
 mod progress;
@@ -24,6 +25,8 @@ pub struct Cli {
 enum Command {
     /// Stream an OVA into target volumes, verifying its manifest.
     Import(import::ImportArgs),
+    /// Stream volumes into an OVA with qcow2 disks, OVF first, manifest last.
+    Export(export::ExportArgs),
     /// Print the OVF summary of an OVA: disks, formats, capacities, files, manifest.
     Inspect(inspect::InspectArgs),
 }
@@ -31,6 +34,7 @@ enum Command {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Export(a) => export::run(a),
         Command::Import(a) => import::run(a),
         Command::Inspect(a) => inspect::run(a),
     }

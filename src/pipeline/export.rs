@@ -17,9 +17,9 @@ use crate::codec::qcow2::encoder::{Qcow2Encoder, Qcow2Layout};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm};
+use crate::ova::mux::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::ova::ovf;
-use crate::ova::ovf::writer::{GeneratedDisk, fill_sizes, generate};
-use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
+use crate::ova::ovf::fill::{GeneratedDisk, fill_sizes, generate};
 use crate::pipeline::progress::Progress;
 use crate::source::volume::{AllowedRoots, SourceVolume, VolumeFormat};
 
@@ -83,7 +83,6 @@ pub struct ExportPlan {
     disks: Vec<PlannedDisk>,
     manifest_name: Option<String>,
     archive: ArchiveLayout,
-    align: bool,
 }
 
 /// What an export wrote, for `--json` and logs.
@@ -173,7 +172,7 @@ impl ExportPlan {
         let ovf_bytes = match &req.ovf {
             OvfSource::Descriptor(xml) => fill_sizes(xml, &sizes, &populated)?,
             OvfSource::Generate(name) => {
-                let gen: Vec<GeneratedDisk> = disks
+                let generated: Vec<GeneratedDisk> = disks
                     .iter()
                     .zip(&populated)
                     .map(|(d, (_, pop))| GeneratedDisk {
@@ -183,7 +182,7 @@ impl ExportPlan {
                         populated_size: *pop,
                     })
                     .collect();
-                generate(name, &gen)
+                generate(name, &generated)
             }
         };
         // The descriptor we write must be one we would read.
@@ -211,11 +210,13 @@ impl ExportPlan {
         let mut plan = vec![EntryPlan {
             name: req.ovf_name.clone(),
             size: ovf_bytes.len() as u64,
+            align: false,
         }];
         for d in &disks {
             plan.push(EntryPlan {
                 name: d.href.clone(),
                 size: d.layout.total_size(),
+                align: true,
             });
         }
         if let Some(mf) = &manifest_name {
@@ -224,6 +225,7 @@ impl ExportPlan {
             plan.push(EntryPlan {
                 name: mf.clone(),
                 size: manifest_text_len(&names),
+                align: false,
             });
         }
         let archive = archive_layout(&plan, req.align)?;
@@ -233,7 +235,6 @@ impl ExportPlan {
             disks,
             manifest_name,
             archive,
-            align: req.align,
         })
     }
 
@@ -249,73 +250,57 @@ impl ExportPlan {
             inner: out,
             progress: progress.clone(),
         };
-        let mut tar = TarWriter::new(counted).with_align(self.align);
+        let mut tar = TarWriter::new(counted);
         let mut lines = String::new();
         let mut summary_disks = Vec::new();
-
-        progress.set_entry(&self.ovf_name);
-        tar.begin_entry(&self.ovf_name, self.ovf_bytes.len() as u64)?;
-        tar.write_data(&self.ovf_bytes)?;
-        tar.end_entry()?;
-        lines.push_str(&manifest::format_line(
-            Algorithm::Sha256,
-            &self.ovf_name,
-            &crate::ova::digest::digest(Algorithm::Sha256, &self.ovf_bytes),
-        ));
-
+        let mut disks = self.disks.into_iter();
         let mut buf = vec![0u8; COPY_CHUNK];
-        for d in self.disks {
-            progress.set_entry(&d.href);
-            let size = d.layout.total_size();
-            let populated = d.layout.data_clusters() * d.layout.cluster_size();
-            let source_format = d.volume.format().name();
-            tar.begin_entry(&d.href, size)?;
-            let mut enc = Qcow2Encoder::new(d.layout, d.volume);
-            let mut digest = MultiDigest::new(&[Algorithm::Sha256]);
-            let mut written = 0u64;
-            loop {
-                progress.check_cancelled()?;
-                let n = match enc.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(Error::from(e)
-                            .with_message("reading the source volume")
-                            .at_path(&d.path));
-                    }
+        for entry in &self.archive.entries {
+            progress.check_cancelled()?;
+            progress.set_entry(&entry.name);
+            if entry.is_pad {
+                tar.zero_entry(&entry.name, entry.size)?;
+            } else if entry.name == self.ovf_name {
+                tar.begin_entry(&self.ovf_name, self.ovf_bytes.len() as u64)?;
+                tar.write_data(&self.ovf_bytes)?;
+                tar.end_entry()?;
+                lines.push_str(&manifest::format_line(
+                    Algorithm::Sha256,
+                    &self.ovf_name,
+                    &crate::ova::digest::digest(Algorithm::Sha256, &self.ovf_bytes),
+                ));
+            } else if Some(&entry.name) == self.manifest_name.as_ref() {
+                if lines.len() as u64 != entry.size {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "manifest is {} bytes, {} were planned",
+                            lines.len(),
+                            entry.size
+                        ),
+                    ));
+                }
+                tar.begin_entry(&entry.name, entry.size)?;
+                tar.write_data(lines.as_bytes())?;
+                tar.end_entry()?;
+            } else {
+                let Some(d) = disks.next() else {
+                    return Err(
+                        Error::new(ErrorKind::Io, "archive layout lists an unknown entry")
+                            .in_entry(&entry.name),
+                    );
                 };
-                digest.update(&buf[..n]);
-                tar.write_data(&buf[..n])?;
-                written += n as u64;
+                let (digest, exported) = write_disk(&mut tar, d, &mut buf, &progress)?;
+                lines.push_str(&manifest::format_line(
+                    Algorithm::Sha256,
+                    &exported.href,
+                    &digest,
+                ));
+                summary_disks.push(exported);
             }
-            if written != size {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!("encoder produced {written} bytes, {size} were announced"),
-                )
-                .in_entry(&d.href));
-            }
-            tar.end_entry()?;
-            if let Some((_, h)) = digest.finish().pop() {
-                lines.push_str(&manifest::format_line(Algorithm::Sha256, &d.href, &h));
-            }
-            summary_disks.push(ExportedDisk {
-                href: d.href,
-                source: d.path,
-                source_format,
-                capacity: d.capacity,
-                size,
-                populated_size: populated,
-            });
-        }
-        if let Some(mf) = &self.manifest_name {
-            progress.set_entry(mf);
-            tar.begin_entry(mf, lines.len() as u64)?;
-            tar.write_data(lines.as_bytes())?;
-            tar.end_entry()?;
         }
         let counted = tar.finish()?;
+        drop(counted);
         let size = self.archive.total_size;
         if progress.bytes_read() != size {
             return Err(Error::new(
@@ -326,7 +311,6 @@ impl ExportPlan {
                 ),
             ));
         }
-        drop(counted);
         Ok(ExportSummary {
             size,
             ovf: self.ovf_name,
@@ -334,6 +318,58 @@ impl ExportPlan {
             disks: summary_disks,
         })
     }
+}
+
+/// Streams one disk entry through the qcow2 encoder; returns its SHA-256.
+fn write_disk<W: Write>(
+    tar: &mut TarWriter<W>,
+    d: PlannedDisk,
+    buf: &mut [u8],
+    progress: &Progress,
+) -> Result<(Vec<u8>, ExportedDisk)> {
+    let size = d.layout.total_size();
+    let populated = d.layout.data_clusters() * d.layout.cluster_size();
+    let source_format = d.volume.format().name();
+    tar.begin_entry(&d.href, size)?;
+    let mut enc = Qcow2Encoder::new(d.layout, d.volume);
+    let mut digest = MultiDigest::new(&[Algorithm::Sha256]);
+    let mut written = 0u64;
+    loop {
+        progress.check_cancelled()?;
+        let n = match enc.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::from(e)
+                    .with_message("reading the source volume")
+                    .at_path(&d.path));
+            }
+        };
+        digest.update(&buf[..n]);
+        tar.write_data(&buf[..n])?;
+        written += n as u64;
+    }
+    if written != size {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("encoder produced {written} bytes, {size} were announced"),
+        )
+        .in_entry(&d.href));
+    }
+    tar.end_entry()?;
+    let hash = digest.finish().pop().map(|(_, h)| h).unwrap_or_default();
+    Ok((
+        hash,
+        ExportedDisk {
+            href: d.href,
+            source: d.path,
+            source_format,
+            capacity: d.capacity,
+            size,
+            populated_size: populated,
+        },
+    ))
 }
 
 /// Counts bytes into the progress record as they are written.

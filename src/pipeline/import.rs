@@ -345,7 +345,8 @@ impl Importer {
         if self.records.len() >= limits::MAX_ENTRIES {
             return Err(at(Error::new(ErrorKind::LimitExceeded, "too many entries")));
         }
-        if self.by_name.contains_key(&name) {
+        // oVirt pads with several `pad` entries; any other repeat is an error.
+        if self.by_name.contains_key(&name) && name != "pad" {
             return Err(at(Error::new(
                 ErrorKind::CorruptImage,
                 "entry name appears twice in the package",

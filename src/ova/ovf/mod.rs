@@ -14,6 +14,8 @@
 //! no namespace at all. Attributes are matched in the OVF namespace under
 //! whatever prefix it is bound to, falling back to unprefixed attributes.
 
+pub mod fill;
+
 use std::collections::HashSet;
 
 use quick_xml::XmlVersion;

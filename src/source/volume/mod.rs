@@ -33,6 +33,16 @@ pub enum VolumeFormat {
     Qcow2,
 }
 
+impl VolumeFormat {
+    /// Name as used in summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            VolumeFormat::Raw => "raw",
+            VolumeFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
 /// Errors particular to opening source volumes.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VolumeError {
