@@ -3,6 +3,5 @@
 pub mod demux;
 pub mod digest;
 pub mod manifest;
-pub mod mux;
 pub mod ovf;
 pub mod writer;

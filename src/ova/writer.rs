@@ -264,10 +264,11 @@ pub fn archive_layout(entries: &[EntryPlan], align_pad: bool) -> crate::Result<A
     };
     for (i, e) in entries.iter().enumerate() {
         validate(&e.name, e.size)?;
-        if align_pad && i > 0 {
-            if let Some(p) = pad_size(pos, header_len(&e.name, e.size)) {
-                push(&mut out, &mut pos, PAD_NAME, p, true)?;
-            }
+        if align_pad
+            && i > 0
+            && let Some(p) = pad_size(pos, header_len(&e.name, e.size))
+        {
+            push(&mut out, &mut pos, PAD_NAME, p, true)?;
         }
         push(&mut out, &mut pos, &e.name, e.size, false)?;
     }
@@ -463,12 +464,13 @@ impl<W: Write> TarWriter<W> {
             .into());
         }
         validate(name, size)?;
-        if self.align && self.entries > 0 {
-            if let Some(p) = pad_size(self.pos, header_len(name, size)) {
-                let h = headers(PAD_NAME, p, self.mtime);
-                self.put(&h)?;
-                self.put_zeros(p + block_padding(p))?;
-            }
+        if self.align
+            && self.entries > 0
+            && let Some(p) = pad_size(self.pos, header_len(name, size))
+        {
+            let h = headers(PAD_NAME, p, self.mtime);
+            self.put(&h)?;
+            self.put_zeros(p + block_padding(p))?;
         }
         let h = headers(name, size, self.mtime);
         self.put(&h)?;
@@ -1018,7 +1020,7 @@ mod tests {
             let n = 1 + (r.next() % 5) as usize;
             let plan: Vec<EntryPlan> = (0..n)
                 .map(|i| EntryPlan {
-                    name: if r.next() % 4 == 0 {
+                    name: if r.next().is_multiple_of(4) {
                         format!("{}{round}-{i}", "é".repeat(60))
                     } else {
                         format!("e{round}-{i}")
@@ -1026,7 +1028,7 @@ mod tests {
                     size: r.next() % 9000,
                 })
                 .collect();
-            let align = r.next() % 2 == 0;
+            let align = r.next().is_multiple_of(2);
             let layout = archive_layout(&plan, align).unwrap();
             let bytes = write(&plan, align);
             assert_eq!(layout.total_size, bytes.len() as u64);

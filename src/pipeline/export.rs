@@ -17,9 +17,9 @@ use crate::codec::qcow2::encoder::{Qcow2Encoder, Qcow2Layout};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm};
-use crate::ova::mux::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::ova::ovf;
-use crate::ova::ovf::fill::{GeneratedDisk, fill_sizes, generate};
+use crate::ova::ovf::writer::{GeneratedDisk, fill_sizes, generate};
+use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::pipeline::progress::Progress;
 use crate::source::volume::{AllowedRoots, SourceVolume, VolumeFormat};
 
@@ -83,6 +83,7 @@ pub struct ExportPlan {
     disks: Vec<PlannedDisk>,
     manifest_name: Option<String>,
     archive: ArchiveLayout,
+    align: bool,
 }
 
 /// What an export wrote, for `--json` and logs.
@@ -210,13 +211,11 @@ impl ExportPlan {
         let mut plan = vec![EntryPlan {
             name: req.ovf_name.clone(),
             size: ovf_bytes.len() as u64,
-            align: false,
         }];
         for d in &disks {
             plan.push(EntryPlan {
                 name: d.href.clone(),
                 size: d.layout.total_size(),
-                align: true,
             });
         }
         if let Some(mf) = &manifest_name {
@@ -225,7 +224,6 @@ impl ExportPlan {
             plan.push(EntryPlan {
                 name: mf.clone(),
                 size: manifest_text_len(&names),
-                align: false,
             });
         }
         let archive = archive_layout(&plan, req.align)?;
@@ -235,6 +233,7 @@ impl ExportPlan {
             disks,
             manifest_name,
             archive,
+            align: req.align,
         })
     }
 
@@ -250,7 +249,8 @@ impl ExportPlan {
             inner: out,
             progress: progress.clone(),
         };
-        let mut tar = TarWriter::new(counted);
+        // The writer inserts the `pad` entries the layout predicted.
+        let mut tar = TarWriter::new(counted).with_align(self.align);
         let mut lines = String::new();
         let mut summary_disks = Vec::new();
         let mut disks = self.disks.into_iter();
@@ -259,8 +259,9 @@ impl ExportPlan {
             progress.check_cancelled()?;
             progress.set_entry(&entry.name);
             if entry.is_pad {
-                tar.zero_entry(&entry.name, entry.size)?;
-            } else if entry.name == self.ovf_name {
+                continue;
+            }
+            if entry.name == self.ovf_name {
                 tar.begin_entry(&self.ovf_name, self.ovf_bytes.len() as u64)?;
                 tar.write_data(&self.ovf_bytes)?;
                 tar.end_entry()?;
