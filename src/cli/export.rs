@@ -57,25 +57,15 @@ pub(crate) struct ExportArgs {
 }
 
 fn parse_disk(spec: &str) -> Result<ExportDisk> {
-    let bad = || {
-        Error::new(
-            ErrorKind::InvalidArgument,
-            format!("--disk '{spec}': expected HREF=PATH[:raw|qcow2]"),
-        )
-    };
-    let (href, rest) = spec.split_once('=').ok_or_else(bad)?;
-    if href.is_empty() || rest.is_empty() {
-        return Err(bad());
-    }
-    let (path, format) = match rest.rsplit_once(':') {
-        Some((p, "raw")) if !p.is_empty() => (p, Some(VolumeFormat::Raw)),
-        Some((p, "qcow2")) if !p.is_empty() => (p, Some(VolumeFormat::Qcow2)),
-        _ => (rest, None),
-    };
+    let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
     Ok(ExportDisk {
         href: href.to_owned(),
         path: PathBuf::from(path),
-        format,
+        format: match format {
+            Some("qcow2") => Some(VolumeFormat::Qcow2),
+            Some(_) => Some(VolumeFormat::Raw),
+            None => None,
+        },
     })
 }
 

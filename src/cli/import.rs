@@ -49,27 +49,12 @@ fn parse_format(s: &str) -> std::result::Result<TargetFormat, String> {
 }
 
 fn parse_disk(spec: &str, default: TargetFormat) -> Result<(String, DiskTarget)> {
-    let bad = || {
-        Error::new(
-            ErrorKind::InvalidArgument,
-            format!("--disk '{spec}': expected HREF=PATH[:raw|qcow2]"),
-        )
-    };
-    let (href, rest) = spec.split_once('=').ok_or_else(bad)?;
-    if href.is_empty() || rest.is_empty() {
-        return Err(bad());
-    }
-    let (path, format) = match rest.rsplit_once(':') {
-        Some((p, f)) if TargetFormat::parse(f).is_some() && !p.is_empty() => {
-            (p, TargetFormat::parse(f).unwrap_or(default))
-        }
-        _ => (rest, default),
-    };
+    let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
     Ok((
         href.to_owned(),
         DiskTarget {
             path: PathBuf::from(path),
-            format,
+            format: format.and_then(TargetFormat::parse).unwrap_or(default),
         },
     ))
 }

@@ -40,6 +40,31 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Splits a `--disk HREF=PATH[:FORMAT]` value; `formats` lists the format
+/// suffixes recognised (anything else after a `:` is part of the path).
+pub(crate) fn split_disk_spec<'a>(
+    spec: &'a str,
+    formats: &[&str],
+) -> Result<(&'a str, &'a str, Option<&'a str>)> {
+    let bad = || {
+        crate::error::Error::new(
+            crate::error::ErrorKind::InvalidArgument,
+            format!(
+                "--disk '{spec}': expected HREF=PATH[:{}]",
+                formats.join("|")
+            ),
+        )
+    };
+    let (href, rest) = spec.split_once('=').ok_or_else(bad)?;
+    if href.is_empty() || rest.is_empty() {
+        return Err(bad());
+    }
+    Ok(match rest.rsplit_once(':') {
+        Some((p, f)) if !p.is_empty() && formats.contains(&f) => (href, p, Some(f)),
+        _ => (href, rest, None),
+    })
+}
+
 /// Makes SIGINT and SIGTERM cancel the transfer, so that it stops at its
 /// next chunk and removes its partial files; a second signal ends the
 /// process at once.
