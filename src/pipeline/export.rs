@@ -11,6 +11,10 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::codec::qcow2::encoder::{Qcow2Encoder, Qcow2Layout};
@@ -254,7 +258,6 @@ impl ExportPlan {
         let mut lines = String::new();
         let mut summary_disks = Vec::new();
         let mut disks = self.disks.into_iter();
-        let mut buf = vec![0u8; COPY_CHUNK];
         for entry in &self.archive.entries {
             progress.check_cancelled()?;
             progress.set_entry(&entry.name);
@@ -291,12 +294,15 @@ impl ExportPlan {
                             .in_entry(&entry.name),
                     );
                 };
-                let (digest, exported) = write_disk(&mut tar, d, &mut buf, &progress)?;
-                lines.push_str(&manifest::format_line(
-                    Algorithm::Sha256,
-                    &exported.href,
-                    &digest,
-                ));
+                let want = self.manifest_name.is_some();
+                let (digest, exported) = write_disk(&mut tar, d, want, &progress)?;
+                if let Some(h) = digest {
+                    lines.push_str(&manifest::format_line(
+                        Algorithm::Sha256,
+                        &exported.href,
+                        &h,
+                    ));
+                }
                 summary_disks.push(exported);
             }
         }
@@ -322,22 +328,60 @@ impl ExportPlan {
 }
 
 /// Streams one disk entry through the qcow2 encoder; returns its SHA-256.
+/// Hashes chunks on its own thread, so that the digest of a disk costs
+/// no time on the thread that encodes and writes it.
+struct HashThread {
+    tx: SyncSender<Bytes>,
+    thread: JoinHandle<Vec<u8>>,
+}
+
+impl HashThread {
+    fn start() -> HashThread {
+        let (tx, rx) = sync_channel::<Bytes>(4);
+        let thread = std::thread::spawn(move || {
+            let mut d = MultiDigest::new(&[Algorithm::Sha256]);
+            while let Ok(chunk) = rx.recv() {
+                d.update(&chunk);
+            }
+            d.finish().pop().map(|(_, h)| h).unwrap_or_default()
+        });
+        HashThread { tx, thread }
+    }
+
+    fn feed(&self, chunk: Bytes) -> Result<()> {
+        self.tx
+            .send(chunk)
+            .map_err(|_| Error::new(ErrorKind::Io, "the digest thread stopped"))
+    }
+
+    fn finish(self) -> Result<Vec<u8>> {
+        drop(self.tx);
+        self.thread
+            .join()
+            .map_err(|_| Error::new(ErrorKind::Io, "the digest thread failed"))
+    }
+}
+
+/// Streams one disk entry through the qcow2 encoder; returns its SHA-256
+/// when `digest` is asked for.
 fn write_disk<W: Write>(
     tar: &mut TarWriter<W>,
     d: PlannedDisk,
-    buf: &mut [u8],
+    digest: bool,
     progress: &Progress,
-) -> Result<(Vec<u8>, ExportedDisk)> {
+) -> Result<(Option<Vec<u8>>, ExportedDisk)> {
     let size = d.layout.total_size();
     let populated = d.layout.data_clusters() * d.layout.cluster_size();
     let source_format = d.volume.format().name();
     tar.begin_entry(&d.href, size)?;
     let mut enc = Qcow2Encoder::new(d.layout, d.volume);
-    let mut digest = MultiDigest::new(&[Algorithm::Sha256]);
+    let hasher = digest.then(HashThread::start);
+    let mut buf = BytesMut::new();
     let mut written = 0u64;
     loop {
         progress.check_cancelled()?;
-        let n = match enc.read(buf) {
+        buf.resize(COPY_CHUNK, 0);
+        let n = match enc.read(&mut buf[..]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -347,8 +391,11 @@ fn write_disk<W: Write>(
                     .at_path(&d.path));
             }
         };
-        digest.update(&buf[..n]);
-        tar.write_data(&buf[..n])?;
+        let chunk = buf.split_to(n).freeze();
+        tar.write_data(&chunk)?;
+        if let Some(h) = &hasher {
+            h.feed(chunk)?;
+        }
         written += n as u64;
     }
     if written != size {
@@ -359,7 +406,7 @@ fn write_disk<W: Write>(
         .in_entry(&d.href));
     }
     tar.end_entry()?;
-    let hash = digest.finish().pop().map(|(_, h)| h).unwrap_or_default();
+    let hash = hasher.map(HashThread::finish).transpose()?;
     Ok((
         hash,
         ExportedDisk {

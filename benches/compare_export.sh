@@ -1,0 +1,309 @@
+#!/usr/bin/env bash
+# Compares `ovaio export` with the usual way of building an OVA with a qcow2
+# disk from a volume:
+#   ovaio   ovaio export --name vm --disk disk1.qcow2=SRC -o out.ova
+#   peer    qemu-img convert -O qcow2 SRC disk1.qcow2, write vm.ovf with the
+#           file's size, tar --format=ustar -cf out.ova vm.ovf disk1.qcow2,
+#           fsync out.ova and its directory
+# for source formats raw (sparse) and qcow2, each twice: without a manifest
+# (ovaio --no-manifest against the plain peer) and with a SHA-256 manifest
+# (ovaio's default against the peer that also runs sha256sum and writes
+# vm.mf). Prints a table and checks the targets: ovaio at least 2x faster than
+# convert-then-tar, and a peak RSS below 64 MiB.
+#
+# Environment:
+#   SIZE_MIB   virtual disk size in MiB (default 1024; about half is data)
+#   REPS       timed runs per command, the best is kept (default 3)
+#   OVAIO      ovaio binary (default target/release/ovaio, built if missing)
+#   BENCH_DIR  parent of the work directory (default /tmp/ovaio-bench)
+#   KEEP=1     keep the work directory
+#   PEER_SYNC  how the peer makes its OVA durable: file (default: fsync of
+#              out.ova and its directory, what ovaio does) or fs (`sync -f`,
+#              which also flushes the peer's intermediate disk1.qcow2)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SIZE_MIB=${SIZE_MIB:-1024}
+REPS=${REPS:-3}
+OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
+BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
+KEEP=${KEEP:-0}
+PEER_SYNC=${PEER_SYNC:-file}
+TIME=/usr/bin/time
+
+die() { echo "compare_export: $*" >&2; exit 1; }
+
+[[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "SIZE_MIB must be an integer >= 8"
+[[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || die "REPS must be an integer >= 1"
+[[ $PEER_SYNC = file || $PEER_SYNC = fs ]] || die "PEER_SYNC must be file or fs"
+for t in qemu-img tar dd truncate awk sha256sum sync stat; do
+  command -v "$t" >/dev/null 2>&1 || die "$t is required"
+done
+tar --version 2>/dev/null | grep -q 'GNU tar' || die "GNU tar is required"
+[ -x "$TIME" ] || die "$TIME (GNU time) is required"
+command -v openssl >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 ||
+  die "openssl or python3 is required to generate data"
+
+# ---------------------------------------------------------------- ovaio binary
+# The default binary is also rebuilt when it predates the export command.
+OVAIO_OK=1
+has_export() { [ -x "$OVAIO" ] && "$OVAIO" export --help >/dev/null 2>&1; }
+if ! has_export; then
+  if [ "$OVAIO" = "$ROOT/target/release/ovaio" ]; then
+    echo "building ovaio (cargo build --release)..." >&2
+    (cd "$ROOT" && cargo build --release >&2) || true
+  fi
+  has_export || { echo "warning: no ovaio with 'export' at $OVAIO; its column shows n/a" >&2; OVAIO_OK=0; }
+fi
+
+mkdir -p "$BENCH_DIR"
+WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
+cleanup() {
+  if [ "$KEEP" = 1 ]; then
+    echo "work directory kept: $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+
+SIZE=$((SIZE_MIB * 1024 * 1024))
+RAW=$WORK/source.raw
+
+# ------------------------------------------------------------- source image
+# The same image as compare_import.sh: keep both generators identical.
+
+# An endless deterministic stream of incompressible bytes.
+data_stream() {
+  if command -v openssl >/dev/null 2>&1; then
+    openssl enc -aes-128-ctr -nosalt \
+      -K 000102030405060708090a0b0c0d0e0f -iv 00000000000000000000000000000000 \
+      -in /dev/zero 2>/dev/null
+  else
+    python3 -c '
+import random, sys
+r = random.Random(20240601)
+out = sys.stdout.buffer
+try:
+    while True:
+        out.write(r.randbytes(1 << 20))
+except BrokenPipeError:
+    pass
+' 2>/dev/null
+  fi
+}
+
+# Data runs and holes alternate, each 1 to 6 MiB in 512 KiB steps; both
+# lengths cycle through the same eleven values, so about half of the disk is
+# data. The raw file is sparse: holes are never written.
+make_source() {
+  local unit=$((512 * 1024)) off=0 i=0 d h
+  : >"$RAW"
+  {
+    while [ "$off" -lt "$SIZE" ]; do
+      d=$((2 + (i * 5) % 11))
+      h=$((2 + (i * 7 + 3) % 11))
+      if [ $((off + d * unit)) -gt "$SIZE" ]; then d=$(((SIZE - off) / unit)); fi
+      [ "$d" -gt 0 ] || break
+      dd of="$RAW" bs="$unit" count="$d" seek=$((off / unit)) \
+        iflag=fullblock conv=notrunc status=none
+      off=$((off + (d + h) * unit))
+      i=$((i + 1))
+    done
+  } < <(data_stream)
+  truncate -s "$SIZE" "$RAW"
+}
+
+# ------------------------------------------------------------------- peer
+# The peer as one script, timed as a whole: convert, OVF, [sha256sum and
+# manifest,] tar, then with PEER_SYNC=file an fsync of the OVA and its
+# directory (what ovaio guarantees), with PEER_SYNC=fs a `sync -f`. qemu-img
+# keeps its default cache mode: disk1.qcow2 is a temporary file that needs no
+# fsync of its own.
+PEER=$WORK/peer.sh
+cat >"$PEER" <<'PEER_EOF'
+set -eu
+src=$1 fmt=$2 size=$3 mf=$4 dir=$5 how=$6
+cd "$dir"
+qemu-img convert -f "$fmt" -O qcow2 "$src" disk1.qcow2
+cat >vm.ovf <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="1.0">
+  <References>
+    <File ovf:id="file1" ovf:href="disk1.qcow2" ovf:size="$(stat -c %s disk1.qcow2)"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disks</Info>
+    <Disk ovf:diskId="disk1" ovf:fileRef="file1" ovf:capacity="$size" ovf:capacityAllocationUnits="byte" ovf:format="http://www.gnome.org/~markmc/qcow-image-format.html"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="vm">
+    <Info>A virtual machine</Info>
+    <Name>vm</Name>
+  </VirtualSystem>
+</Envelope>
+EOF
+members="vm.ovf disk1.qcow2"
+if [ "$mf" = 1 ]; then
+  sha256sum vm.ovf disk1.qcow2 | awk '{ printf "SHA256(%s)= %s\n", $2, $1 }' >vm.mf
+  members="$members vm.mf"
+fi
+tar --format=ustar -cf out.ova $members
+if [ "$how" = fs ]; then sync -f out.ova; else sync out.ova .; fi
+PEER_EOF
+
+# ---------------------------------------------------------------- timing
+TF=$WORK/time.out
+
+# run_timed CMD...: runs CMD under GNU time ("secs kib" into $TF); on failure
+# shows CMD's stderr and returns its status.
+run_timed() {
+  local rc=0
+  "$TIME" -f '%e %M' -o "$TF" "$@" >/dev/null 2>"$WORK/cmd.err" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "  failed ($rc): $*" >&2
+    sed 's/^/    /' "$WORK/cmd.err" | tail -5 >&2
+  fi
+  return "$rc"
+}
+
+min_of() { awk 'NR == 1 || $1 < m { m = $1 } END { print m }'; }
+
+# verify_ova OVA SRC FMT MF: checks ovaio's OVA outside the timing: member
+# order, the OVF's ovf:size, the manifest's digests, `qemu-img check` of the
+# disk and `qemu-img compare` against the source.
+verify_ova() {
+  local ova=$1 src=$2 fmt=$3 mf=$4 x=$WORK/verify names want size ovf_size
+  rm -rf "$x"; mkdir -p "$x"
+  tar -xf "$ova" -C "$x" || { echo "  tar -xf failed" >&2; return 1; }
+  names=$(tar -tf "$ova" | tr '\n' ' ')
+  want="vm.ovf disk1.qcow2 "
+  [ "$mf" = 1 ] && want="${want}vm.mf "
+  [ "$names" = "$want" ] || { echo "  members are '$names', expected '$want'" >&2; return 1; }
+  size=$(stat -c %s "$x/disk1.qcow2")
+  ovf_size=$(grep -o '<File [^>]*>' "$x/vm.ovf" | grep 'ovf:href="disk1.qcow2"' |
+    sed -n 's/.*ovf:size="\([0-9]*\)".*/\1/p')
+  [ "$ovf_size" = "$size" ] || { echo "  ovf:size '$ovf_size' but the entry holds $size bytes" >&2; return 1; }
+  if [ "$mf" = 1 ]; then
+    (cd "$x" && sha256sum vm.ovf disk1.qcow2 | awk '{ printf "SHA256(%s)= %s\n", $2, $1 }' |
+      cmp -s - vm.mf) || { echo "  the manifest does not match the entries" >&2; return 1; }
+  fi
+  qemu-img check -q -f qcow2 "$x/disk1.qcow2" >&2 || { echo "  qemu-img check failed" >&2; return 1; }
+  qemu-img compare -q -f "$fmt" -F qcow2 "$src" "$x/disk1.qcow2" >&2 ||
+    { echo "  the disk differs from the source" >&2; return 1; }
+  rm -rf "$x"
+}
+
+# bench_one FMT MF: fills OV_S OV_RSS PE_S for source format FMT, with (MF=1)
+# or without (MF=0) a manifest; verifies ovaio's last OVA.
+bench_one() {
+  local fmt=$1 mf=$2 src=$WORK/source.$1 out=$WORK/out.ova pdir=$WORK/peer r
+  local ovaio_args=(export --name vm --disk "disk1.qcow2=$src:$fmt" -o "$out" -q)
+  [ "$mf" = 1 ] || ovaio_args+=(--no-manifest)
+  : >"$WORK/ov.t"; : >"$WORK/pe.t"
+  OV_S=n/a OV_RSS=n/a
+  local ov_state=n/a
+  [ "$OVAIO_OK" = 1 ] && ov_state=todo
+  for ((r = 1; r <= REPS; r++)); do
+    # a. ovaio (the last run's OVA is verified)
+    if [ "$ov_state" = todo ] || [ "$ov_state" = ran ]; then
+      rm -f "$out" "$out.partial"
+      if run_timed "$OVAIO" "${ovaio_args[@]}"; then
+        tail -1 "$TF" >>"$WORK/ov.t"
+        ov_state=ran
+      else
+        ov_state=fail
+      fi
+      if [ "$ov_state" = ran ] && [ "$r" -eq "$REPS" ]; then
+        if verify_ova "$out" "$src" "$fmt" "$mf"; then ov_state=ok; else ov_state=wrong; fi
+      fi
+      rm -f "$out" "$out.partial"
+    fi
+
+    # b. convert, then tar
+    rm -rf "$pdir"; mkdir -p "$pdir"
+    run_timed bash "$PEER" "$src" "$fmt" "$SIZE" "$mf" "$pdir" "$PEER_SYNC"
+    tail -1 "$TF" >>"$WORK/pe.t"
+    if [ "$r" -eq 1 ]; then
+      # the peer's OVA must hold the same disk, or its number means nothing
+      (cd "$pdir" && rm -f disk1.qcow2 && tar -xf out.ova disk1.qcow2) &&
+        qemu-img compare -q -f "$fmt" -F qcow2 "$src" "$pdir/disk1.qcow2" >/dev/null 2>&1 ||
+        die "the peer produced a wrong OVA for $fmt"
+    fi
+    rm -rf "$pdir"
+  done
+
+  PE_S=$(min_of <"$WORK/pe.t")
+  case $ov_state in
+    ok)
+      OV_S=$(min_of <"$WORK/ov.t")
+      OV_RSS=$(awk '$2 > m { m = $2 } END { printf "%.1f\n", m / 1024 }' "$WORK/ov.t")
+      ;;
+    wrong) OV_S=WRONG ;;
+  esac
+}
+
+# ------------------------------------------------------------------ main
+echo "work directory: $WORK" >&2
+uptime >&2
+echo "generating a ${SIZE_MIB} MiB sparse source image..." >&2
+make_source
+alloc_mib=$(($(stat -c %b "$RAW") * $(stat -c %B "$RAW") / 1048576))
+echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+for fmt in raw qcow2; do
+  src=$WORK/source.$fmt
+  if [ "$fmt" = qcow2 ]; then
+    echo "converting the source to qcow2..." >&2
+    qemu-img convert -f raw -O qcow2 "$RAW" "$src"
+  fi
+  # Both tools read the source from the page cache (dropping it needs root).
+  cat "$src" >/dev/null
+  for mf in 0 1; do
+    name=$fmt; [ "$mf" = 1 ] && name="$fmt+mf"
+    echo "timing $name (best of $REPS)..." >&2
+    bench_one "$fmt" "$mf"
+    echo "$name $OV_S $PE_S $OV_RSS" >>"$RESULTS"
+  done
+  [ "$fmt" = raw ] || rm -f "$src"
+done
+rm -f "$RAW"
+uptime >&2
+
+echo
+echo "ovaio export vs qemu-img convert + tar"
+echo "(${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; best of $REPS; source in page cache; peer sync: $PEER_SYNC)"
+awk '
+function ratio(a, b) {
+  if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) return "n/a"
+  if (b < 0.01) b = 0.01
+  return sprintf("%.2f", a / b)
+}
+BEGIN {
+  printf "%-12s %9s %9s %12s %10s\n", "combination", "ovaio s", "peer s", "peer/ovaio", "RSS MiB"
+  bad_speed = bad_rss = missing = wrong = 0
+  min_r = max_rss = ""
+}
+{
+  r = ratio($3, $2)
+  printf "%-12s %9s %9s %12s %10s\n", $1, $2, $3, r, $4
+  if ($2 == "WRONG") { wrong++; next }
+  if (r == "n/a" || $4 == "n/a") { missing++; next }
+  if (min_r == "" || r + 0 < min_r) min_r = r + 0
+  if (max_rss == "" || $4 + 0 > max_rss) max_rss = $4 + 0
+  if (r + 0 < 2) bad_speed++
+  if ($4 + 0 >= 64) bad_rss++
+}
+END {
+  if (wrong) {
+    printf "targets: FAIL (%d combination(s) where ovaio wrote a wrong OVA)\n", wrong
+    exit 2
+  }
+  if (missing) {
+    printf "targets: not judged (%d combination(s) without a verified ovaio result)\n", missing
+    exit
+  }
+  printf "targets: >=2x faster than convert+tar: %s (worst %.2fx); ", bad_speed ? "FAIL" : "PASS", min_r
+  printf "peak RSS <64 MiB: %s (max %.1f MiB)\n", bad_rss ? "FAIL" : "PASS", max_rss
+}' "$RESULTS"
