@@ -15,7 +15,9 @@ use support::ova::{self, Ova};
 fn sigterm_mid_import_removes_partial_targets() {
     let w = Work::new();
     let a = ova::prepare(w.root(), "a", &MAIN, Source::Raw);
-    let path = Ova::new().disk(a.disk(1, "disk1.img")).build(w.root(), "in.ova");
+    let path = Ova::new()
+        .disk(a.disk(1, "disk1.img"))
+        .build(w.root(), "in.ova");
     let bytes = std::fs::read(&path).expect("read ova");
     let out = w.mkdir("out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ovaio"))
@@ -28,7 +30,9 @@ fn sigterm_mid_import_removes_partial_targets() {
         .expect("spawn ovaio");
     let mut stdin = child.stdin.take().expect("stdin");
     // Half the package: the disk's target exists as a partial file.
-    stdin.write_all(&bytes[..bytes.len() / 2]).expect("write half");
+    stdin
+        .write_all(&bytes[..bytes.len() / 2])
+        .expect("write half");
     stdin.flush().expect("flush");
     let partial = out.join("disk1.raw.partial");
     let deadline = Instant::now() + Duration::from_secs(30);
