@@ -1112,3 +1112,37 @@ fn sigterm_mid_export_leaves_no_output() {
     assert_absent(&out);
     assert_dir_empty(&out_dir);
 }
+
+/// A size that is not a multiple of 512 survives export → import to raw
+/// exactly: qcow2 counts whole sectors, the OVF keeps the byte count.
+#[test]
+fn round_trip_keeps_a_byte_exact_size() {
+    let w = Work::new();
+    let src = w.path("odd.raw");
+    let f = File::create(&src).expect("create");
+    f.set_len(1_000_000).expect("size");
+    drop(f);
+    qemu_io(&src, "raw", &["write -P 0x77 999000 1000"]);
+    let ova = w.path("o.ova");
+    ovaio()
+        .arg("export")
+        .arg("--name")
+        .arg("vm")
+        .arg("--disk")
+        .arg(format!("odd.qcow2={}", src.display()))
+        .arg("-o")
+        .arg(&ova)
+        .run()
+        .assert_success();
+    let out = w.mkdir("out");
+    ovaio()
+        .arg("import")
+        .arg(&ova)
+        .arg("--dir")
+        .arg(&out)
+        .run()
+        .assert_success();
+    let got = fs::read(out.join("odd.raw")).expect("read target");
+    assert_eq!(got.len(), 1_000_000);
+    assert_eq!(got, fs::read(&src).expect("read source"));
+}

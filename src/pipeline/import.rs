@@ -148,6 +148,9 @@ struct TargetSlot {
     entry_hint: Option<u64>,
     /// Opened before any capacity was known (gzip before the OVF).
     provisional: bool,
+    /// The image counts whole sectors past the OVF's exact capacity: bytes
+    /// from here on must be zero and are dropped.
+    zero_tail_from: Option<u64>,
     opened: Option<(PartialFile, VolumeWriter<TargetVolume>)>,
 }
 
@@ -196,6 +199,15 @@ impl TargetSlot {
 
 impl ExtentSink for TargetSlot {
     fn capacity(&mut self, bytes: u64) -> Result<()> {
+        // qcow2 and VMDK count whole sectors: an image one partial sector
+        // larger than the OVF capacity is that capacity, rounded up.
+        if let Some(hint) = self.capacity_hint
+            && hint < bytes
+            && bytes == hint.div_ceil(512) * 512
+        {
+            self.zero_tail_from = Some(hint);
+            return self.open(hint).map(|_| ());
+        }
         if let Some(hint) = self.capacity_hint
             && hint != bytes
         {
@@ -215,10 +227,33 @@ impl ExtentSink for TargetSlot {
     }
 
     fn data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut data = data;
+        if let Some(cap) = self.zero_tail_from
+            && offset.saturating_add(data.len() as u64) > cap
+        {
+            let keep = cap.saturating_sub(offset).min(data.len() as u64) as usize;
+            if !crate::sink::writer::is_zero(&data[keep..]) {
+                return Err(Error::new(
+                    ErrorKind::CorruptImage,
+                    format!("non-zero data past the OVF capacity of {cap} bytes"),
+                ));
+            }
+            data = &data[..keep];
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
         self.writer()?.data(offset, data)
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        let len = match self.zero_tail_from {
+            Some(cap) => len.min(cap.saturating_sub(offset)),
+            None => len,
+        };
+        if len == 0 {
+            return Ok(());
+        }
         self.writer()?.zero(offset, len)
     }
 }
@@ -481,6 +516,7 @@ impl Importer {
                 capacity_hint,
                 entry_hint: None,
                 provisional: false,
+                zero_tail_from: None,
                 opened: None,
             },
         });
