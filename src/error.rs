@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Io,
     /// The transfer was cancelled.
     Cancelled,
+    /// A data-plane request is not authorized: no such ticket, an expired
+    /// ticket, or an operation the ticket does not allow (HTTP 403).
+    Auth,
 }
 
 impl ErrorKind {

@@ -25,6 +25,7 @@ pub mod ova;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod ticket;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -40,3 +40,7 @@ pub const MAX_QCOW2_COMPRESSED_BUFFERED: u64 = 16 << 20;
 /// Most images in a qcow2 backing chain opened for export (the top image
 /// included); a longer chain is refused as a probable loop.
 pub const MAX_BACKING_CHAIN: usize = 16;
+/// Longest ticket `timeout` or `inactivity_timeout` accepted (seconds): 30 days.
+pub const MAX_TICKET_TIMEOUT: u64 = 30 * 24 * 3600;
+/// Longest ticket id accepted (bytes).
+pub const MAX_TICKET_ID_LEN: usize = 256;

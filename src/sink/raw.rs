@@ -48,7 +48,7 @@ impl RawVolume {
     }
 
     /// Takes a fresh file for a volume whose size is not known yet: it
-    /// grows as written, up to [`limits::MAX_CAPACITY`], until
+    /// grows as written, up to [`crate::limits::MAX_CAPACITY`], until
     /// [`Volume::set_capacity`] settles it.
     pub fn growable(file: File) -> Result<Self> {
         file.set_len(0)

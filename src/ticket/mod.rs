@@ -1,0 +1,147 @@
+//! Transfer tickets: what the engine installs over the control API and what
+//! authorizes every data-plane request. The field names follow
+//! ovirt-imageio's tickets so that engine-side habits carry over.
+//!
+//! This module knows no HTTP: the server parses a request body into a
+//! [`TicketRequest`], calls the [`TicketStore`], and maps
+//! [`crate::ErrorKind`] to a status (`InvalidArgument` → 400, `NotFound` →
+//! 404, `Auth` → 403).
+//!
+//! Time comes from a [`Clock`], so expiry is tested without sleeping.
+
+mod clock;
+mod model;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use model::{
+    DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
+};
+pub use store::{ResolvedDisk, ResolvedOva, TicketHandle, TicketStore};
+
+use crate::error::{Classify, ErrorKind};
+
+/// Idle time after which a ticket without an `inactivity_timeout` expires
+/// (seconds); ovirt-imageio's daemon default.
+pub const DEFAULT_INACTIVITY_TIMEOUT: u64 = 60;
+
+/// Why a ticket was refused or could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// The ticket id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
+    #[error("invalid ticket id: {reason}")]
+    InvalidId {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The body's `uuid` differs from the id in the request path.
+    #[error("ticket uuid '{uuid}' does not match the id '{id}' in the path")]
+    IdMismatch {
+        /// The id from the path.
+        id: String,
+        /// The `uuid` field.
+        uuid: String,
+    },
+    /// A field is missing or has a value that is not allowed.
+    #[error("invalid ticket field '{field}': {reason}")]
+    InvalidField {
+        /// The field name, as in the JSON body (`ops`, `url`, `ova.disks[1].format`).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A number is beyond its limit.
+    #[error("ticket field '{field}' is {value}, more than the limit of {max}")]
+    TooLarge {
+        /// The field name.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// A field asks for a feature ovaio does not implement.
+    #[error("ticket field '{field}' asks for an unsupported feature: {reason}")]
+    Unsupported {
+        /// The field name.
+        field: &'static str,
+        /// What is not supported.
+        reason: &'static str,
+    },
+    /// No ticket with this id, or it expired (control API).
+    #[error("no such ticket '{id}'")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// A data-plane request is refused. The message never repeats the id
+    /// the client sent.
+    #[error("{reason}")]
+    Forbidden {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Classify for TicketError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            TicketError::InvalidId { .. }
+            | TicketError::IdMismatch { .. }
+            | TicketError::InvalidField { .. } => ErrorKind::InvalidArgument,
+            TicketError::TooLarge { .. } => ErrorKind::LimitExceeded,
+            TicketError::Unsupported { .. } => ErrorKind::Unsupported,
+            TicketError::NotFound { .. } => ErrorKind::NotFound,
+            TicketError::Forbidden { .. } => ErrorKind::Auth,
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths,
+/// never on where they first differ, so a client cannot guess a ticket id
+/// byte by byte from response times.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len().max(b.len());
+    // Different lengths never compare equal, but the loop still runs over
+    // the longer one so the work does not depend on the contents.
+    let mut acc = u8::from(a.len() != b.len());
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        acc |= x ^ y;
+    }
+    std::hint::black_box(acc) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ct_eq_compares_whole_strings() {
+        assert!(ct_eq(b"", b""));
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"xbc"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert!(!ct_eq(b"ab", b"abc"));
+        assert!(!ct_eq(b"", b"a"));
+        // A shorter string padded with the zeros the loop substitutes is
+        // still different.
+        assert!(!ct_eq(b"ab", b"ab\0"));
+        let id = "9f7d0e3a-0c6e-4c59-9f4b-1d1f1b2f6c11";
+        assert!(ct_eq(id.as_bytes(), id.to_owned().as_bytes()));
+    }
+
+    #[test]
+    fn errors_map_to_kinds() {
+        let e: crate::Error = TicketError::Forbidden {
+            reason: "no such ticket".into(),
+        }
+        .into();
+        assert_eq!(e.kind(), ErrorKind::Auth);
+        assert_eq!(e.kind().exit_code(), 1);
+        let e: crate::Error = TicketError::NotFound { id: "x".into() }.into();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+}

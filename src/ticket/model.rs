@@ -1,0 +1,649 @@
+//! The ticket as the control API carries it: the `PUT /tickets/{id}` body
+//! ([`TicketRequest`]), its checks that need no file system, and what
+//! `GET /tickets/{id}` answers ([`TicketStatus`]).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::TicketError;
+use crate::limits::{MAX_CAPACITY, MAX_OVF_FILES, MAX_TICKET_ID_LEN, MAX_TICKET_TIMEOUT};
+
+/// An operation a ticket allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Read bytes (`GET`).
+    Read,
+    /// Write bytes (`PUT`, `PATCH`).
+    Write,
+}
+
+impl Op {
+    /// The name used in tickets.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+        }
+    }
+}
+
+/// What a ticket transfers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TicketKind {
+    /// One volume, read or written at offsets (ovirt-imageio's only kind).
+    #[default]
+    Image,
+    /// A whole OVA uploaded with one `PUT`, demultiplexed into volumes.
+    OvaImport,
+    /// A whole OVA streamed by one `GET`, built from volumes.
+    OvaExport,
+}
+
+impl TicketKind {
+    /// The name used in tickets.
+    pub fn name(self) -> &'static str {
+        match self {
+            TicketKind::Image => "image",
+            TicketKind::OvaImport => "ova-import",
+            TicketKind::OvaExport => "ova-export",
+        }
+    }
+}
+
+/// One disk of an OVA ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvaDisk {
+    /// The disk's `File/@ovf:href` (its tar entry name).
+    pub href: String,
+    /// Target (import) or source (export) volume, `file:///path`.
+    pub url: String,
+    /// `raw` or `qcow2`; on import the target format (default raw), on
+    /// export the source format (default: probed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// The OVA part of an `ova-import` or `ova-export` ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvaSpec {
+    /// Every disk, in References order for an export.
+    pub disks: Vec<OvaDisk>,
+    /// Export only: an OVF descriptor to complete, `file:///path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovf: Option<String>,
+    /// Export only: the VM name (names the `.ovf` entry; a minimal
+    /// descriptor is generated when `ovf` is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The body of `PUT /tickets/{id}`. Unknown fields are ignored, as
+/// ovirt-imageio does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketRequest {
+    /// The ticket id; must equal the id in the path.
+    pub uuid: String,
+    /// Image size in bytes (required for `image`); for OVA kinds the
+    /// package size when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The volume, `file:///path` (`image` kind only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Allowed operations; for `image`, `write` also allows reading.
+    pub ops: Vec<Op>,
+    /// Seconds until the ticket expires; each completed request moves the
+    /// expiry this far ahead again.
+    pub timeout: u64,
+    /// Seconds without activity after which an unused ticket expires;
+    /// default [`super::DEFAULT_INACTIVITY_TIMEOUT`], 0 disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactivity_timeout: Option<u64>,
+    /// Whether writing zeros may deallocate (punch holes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<bool>,
+    /// Incremental-backup dirty extents; only `false` is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<bool>,
+    /// The engine's transfer id, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_id: Option<String>,
+    /// A file name to suggest to browsers downloading the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// What the ticket transfers.
+    #[serde(default)]
+    pub kind: TicketKind,
+    /// Disks and descriptor of an OVA kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ova: Option<OvaSpec>,
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    /// No client has used the ticket yet.
+    #[default]
+    Pending,
+    /// A client has connected.
+    Active,
+    /// The transfer completed and was verified.
+    Succeeded,
+    /// The transfer failed; see `error`.
+    Failed,
+    /// The ticket was removed or expired during the transfer.
+    Cancelled,
+}
+
+/// Progress of one disk of an OVA ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    /// The disk's href.
+    pub href: String,
+    /// Guest bytes written (import) or image bytes sent (export) so far.
+    pub bytes: u64,
+    /// Where this disk stands.
+    pub state: TransferState,
+}
+
+/// What `GET /tickets/{id}` answers: the ticket as installed, plus live
+/// status under ovirt-imageio's names (`expires`, `idle_time`, `active`,
+/// `canceled`, `connections`, `transferred`) and ovaio's (`state`,
+/// `error`, `disks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketStatus {
+    /// The ticket (with `inactivity_timeout` filled in).
+    #[serde(flatten)]
+    pub ticket: TicketRequest,
+    /// When the ticket expires unless used or extended, Unix seconds.
+    pub expires: u64,
+    /// Seconds since the last activity; 0 while a client is connected.
+    pub idle_time: u64,
+    /// Whether a client is connected.
+    pub active: bool,
+    /// Whether the ticket was cancelled (always false for a visible one;
+    /// kept because imageio's clients look for it).
+    pub canceled: bool,
+    /// Bytes moved through the data plane so far.
+    pub transferred: u64,
+    /// Connections currently using the ticket.
+    pub connections: u64,
+    /// Where the transfer stands.
+    pub state: TransferState,
+    /// Why the transfer failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Per-disk progress (OVA kinds).
+    #[serde(default)]
+    pub disks: Vec<DiskStatus>,
+}
+
+impl TicketRequest {
+    /// Checks everything that needs no file system: the id, `ops` against
+    /// the kind, limits, URL syntax, the `ova` object.
+    pub fn validate(&self, id: &str) -> Result<(), TicketError> {
+        validate_id(id)?;
+        if self.uuid != id {
+            return Err(TicketError::IdMismatch {
+                id: id.to_owned(),
+                uuid: self.uuid.clone(),
+            });
+        }
+        if self.ops.is_empty() {
+            return Err(invalid("ops", "must name at least one of read, write"));
+        }
+        max("timeout", self.timeout, MAX_TICKET_TIMEOUT)?;
+        if let Some(t) = self.inactivity_timeout {
+            max("inactivity_timeout", t, MAX_TICKET_TIMEOUT)?;
+        }
+        if self.dirty == Some(true) {
+            return Err(TicketError::Unsupported {
+                field: "dirty",
+                reason: "dirty extents (incremental backup) are not served",
+            });
+        }
+        match self.kind {
+            TicketKind::Image => self.validate_image(),
+            TicketKind::OvaImport | TicketKind::OvaExport => self.validate_ova(),
+        }
+    }
+
+    fn validate_image(&self) -> Result<(), TicketError> {
+        let Some(url) = &self.url else {
+            return Err(invalid("url", "required for an image ticket"));
+        };
+        file_url_path("url", url)?;
+        let Some(size) = self.size else {
+            return Err(invalid("size", "required for an image ticket"));
+        };
+        max("size", size, MAX_CAPACITY)?;
+        if self.ova.is_some() {
+            return Err(invalid("ova", "only for ova-import and ova-export tickets"));
+        }
+        Ok(())
+    }
+
+    fn validate_ova(&self) -> Result<(), TicketError> {
+        let kind = self.kind;
+        let Some(ova) = &self.ova else {
+            return Err(invalid(
+                "ova",
+                format!("required for an {} ticket", kind.name()),
+            ));
+        };
+        if self.url.is_some() {
+            return Err(invalid(
+                "url",
+                format!(
+                    "not used by an {} ticket; name the volumes in ova.disks",
+                    kind.name()
+                ),
+            ));
+        }
+        let wanted = if kind == TicketKind::OvaImport {
+            Op::Write
+        } else {
+            Op::Read
+        };
+        if self.ops.iter().any(|&op| op != wanted) {
+            return Err(invalid(
+                "ops",
+                format!(
+                    "an {} ticket allows only [\"{}\"]",
+                    kind.name(),
+                    wanted.name()
+                ),
+            ));
+        }
+        if let Some(size) = self.size {
+            max(
+                "size",
+                size,
+                MAX_CAPACITY.saturating_mul(MAX_OVF_FILES as u64),
+            )?;
+        }
+        if ova.disks.is_empty() {
+            return Err(invalid("ova.disks", "must name at least one disk"));
+        }
+        max("ova.disks", ova.disks.len() as u64, MAX_OVF_FILES as u64)?;
+        let mut hrefs = HashSet::new();
+        for (i, d) in ova.disks.iter().enumerate() {
+            if d.href.is_empty() || d.href.contains('\0') {
+                return Err(invalid(
+                    format!("ova.disks[{i}].href"),
+                    "must be a non-empty entry name",
+                ));
+            }
+            if !hrefs.insert(d.href.as_str()) {
+                return Err(invalid(
+                    format!("ova.disks[{i}].href"),
+                    format!("'{}' is named twice", d.href),
+                ));
+            }
+            file_url_path(&format!("ova.disks[{i}].url"), &d.url)?;
+            if let Some(f) = &d.format
+                && f != "raw"
+                && f != "qcow2"
+            {
+                return Err(invalid(
+                    format!("ova.disks[{i}].format"),
+                    format!("'{f}' is not raw or qcow2"),
+                ));
+            }
+        }
+        if kind == TicketKind::OvaImport {
+            if ova.ovf.is_some() {
+                return Err(invalid("ova.ovf", "only for ova-export tickets"));
+            }
+            if ova.name.is_some() {
+                return Err(invalid("ova.name", "only for ova-export tickets"));
+            }
+        } else {
+            if let Some(ovf) = &ova.ovf {
+                file_url_path("ova.ovf", ovf)?;
+            }
+            if let Some(name) = &ova.name
+                && (name.is_empty() || name.contains(['/', '\0']))
+            {
+                return Err(invalid("ova.name", "must be non-empty, without '/'"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ticket ids appear in URLs (`/images/{id}`): keep them to unreserved
+/// characters.
+fn validate_id(id: &str) -> Result<(), TicketError> {
+    let reason = if id.is_empty() {
+        "empty"
+    } else if id.len() > MAX_TICKET_ID_LEN {
+        "too long"
+    } else if id == "." || id == ".." {
+        "a dot segment"
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        "only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"
+    } else {
+        return Ok(());
+    };
+    Err(TicketError::InvalidId { reason })
+}
+
+/// The absolute path named by a `file:///path` (or
+/// `file://localhost/path`) URL. Like ovirt-imageio, the path is taken as
+/// written: no percent-decoding.
+pub(crate) fn file_url_path(field: &str, url: &str) -> Result<PathBuf, TicketError> {
+    let bad = |reason: &str| invalid(field, format!("'{url}': {reason}"));
+    let Some(rest) = url.strip_prefix("file://") else {
+        return Err(bad("not a file:// URL"));
+    };
+    let path = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !path.starts_with('/') {
+        return Err(bad("the path must be absolute (file:///path)"));
+    }
+    if path.contains(['?', '#', '\0']) {
+        return Err(bad("query, fragment and NUL are not allowed"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> TicketError {
+    TicketError::InvalidField {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn max(field: &'static str, value: u64, max: u64) -> Result<(), TicketError> {
+    if value > max {
+        return Err(TicketError::TooLarge { field, value, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "7c2b1f5e-3c51-4e53-9a0d-0e9f6f0a1b2c";
+
+    /// A ticket as the engine (through vdsm) installs it for an upload.
+    const IMAGEIO_TICKET: &str = r#"{
+        "uuid": "7c2b1f5e-3c51-4e53-9a0d-0e9f6f0a1b2c",
+        "timeout": 300,
+        "ops": ["write"],
+        "size": 10737418240,
+        "url": "file:///rhev/data-center/mnt/sd/images/img/vol",
+        "transfer_id": "a4e0c1c2-2f4b-43a8-9a4f-6c8e1e7f0d55",
+        "filename": "fedora.qcow2",
+        "sparse": true,
+        "dirty": false,
+        "inactivity_timeout": 120,
+        "some_future_field": {"ignored": true}
+    }"#;
+
+    fn image() -> TicketRequest {
+        serde_json::from_str(IMAGEIO_TICKET).unwrap()
+    }
+
+    fn ova(kind: TicketKind, op: Op) -> TicketRequest {
+        TicketRequest {
+            uuid: ID.into(),
+            size: None,
+            url: None,
+            ops: vec![op],
+            timeout: 300,
+            inactivity_timeout: None,
+            sparse: None,
+            dirty: None,
+            transfer_id: None,
+            filename: None,
+            kind,
+            ova: Some(OvaSpec {
+                disks: vec![OvaDisk {
+                    href: "vm-disk1.vmdk".into(),
+                    url: "file:///data/vm-disk1.raw".into(),
+                    format: Some("raw".into()),
+                }],
+                ovf: None,
+                name: None,
+            }),
+        }
+    }
+
+    fn field_of(e: TicketError) -> String {
+        match e {
+            TicketError::InvalidField { field, .. } => field,
+            other => panic!("not an invalid field: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn imageio_ticket_round_trips() {
+        let t = image();
+        assert_eq!(t.uuid, ID);
+        assert_eq!(t.ops, vec![Op::Write]);
+        assert_eq!(t.size, Some(10 << 30));
+        assert_eq!(t.timeout, 300);
+        assert_eq!(t.inactivity_timeout, Some(120));
+        assert_eq!(t.sparse, Some(true));
+        assert_eq!(t.dirty, Some(false));
+        assert_eq!(t.filename.as_deref(), Some("fedora.qcow2"));
+        assert_eq!(t.kind, TicketKind::Image);
+        assert_eq!(t.ova, None);
+        t.validate(ID).unwrap();
+
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["ops"], serde_json::json!(["write"]));
+        assert_eq!(json["kind"], "image");
+        assert!(json.get("ova").is_none());
+        assert!(json.get("some_future_field").is_none());
+        let back: TicketRequest = serde_json::from_value(json).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn kinds_and_ova_object_parse() {
+        let t: TicketRequest = serde_json::from_str(
+            r#"{"uuid": "t1", "timeout": 60, "ops": ["write"], "kind": "ova-import",
+                "ova": {"disks": [{"href": "d1.vmdk", "url": "file:///s/d1.qcow2", "format": "qcow2"},
+                                  {"href": "d2.vmdk", "url": "file:///s/d2.raw"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.kind, TicketKind::OvaImport);
+        let o = t.ova.as_ref().unwrap();
+        assert_eq!(o.disks.len(), 2);
+        assert_eq!(o.disks[0].format.as_deref(), Some("qcow2"));
+        assert_eq!(o.disks[1].format, None);
+        t.validate("t1").unwrap();
+
+        let t: TicketRequest = serde_json::from_str(
+            r#"{"uuid": "t2", "timeout": 60, "ops": ["read"], "kind": "ova-export",
+                "ova": {"disks": [{"href": "d1.qcow2", "url": "file:///s/d1.qcow2"}],
+                        "ovf": "file:///s/vm.ovf", "name": "vm"}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.kind, TicketKind::OvaExport);
+        t.validate("t2").unwrap();
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["kind"], "ova-export");
+        assert_eq!(json["ova"]["ovf"], "file:///s/vm.ovf");
+
+        let bad = serde_json::from_str::<TicketRequest>(
+            r#"{"uuid": "t", "timeout": 1, "ops": ["delete"]}"#,
+        );
+        assert!(bad.is_err());
+        let bad = serde_json::from_str::<TicketRequest>(r#"{"uuid": "t", "timeout": 1, "ops": []"#);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn status_serializes_flat() {
+        let s = TicketStatus {
+            ticket: image(),
+            expires: 1_700_000_300,
+            idle_time: 0,
+            active: true,
+            canceled: false,
+            transferred: 4096,
+            connections: 2,
+            state: TransferState::Active,
+            error: None,
+            disks: vec![],
+        };
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["uuid"], ID);
+        assert_eq!(
+            json["url"],
+            "file:///rhev/data-center/mnt/sd/images/img/vol"
+        );
+        assert_eq!(json["state"], "active");
+        assert_eq!(json["transferred"], 4096);
+        assert!(json.get("error").is_none());
+        let back: TicketStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn uuid_must_match_id() {
+        assert_eq!(
+            image().validate("other").unwrap_err(),
+            TicketError::IdMismatch {
+                id: "other".into(),
+                uuid: ID.into()
+            }
+        );
+    }
+
+    #[test]
+    fn ids_are_url_safe() {
+        for id in ["", ".", "..", "a/b", "a b", "é"] {
+            let mut t = image();
+            t.uuid = id.into();
+            assert!(
+                matches!(t.validate(id), Err(TicketError::InvalidId { .. })),
+                "{id:?}"
+            );
+        }
+        let long = "a".repeat(MAX_TICKET_ID_LEN + 1);
+        let mut t = image();
+        t.uuid = long.clone();
+        assert!(t.validate(&long).is_err());
+    }
+
+    #[test]
+    fn ops_must_not_be_empty() {
+        let mut t = image();
+        t.ops.clear();
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ops");
+    }
+
+    #[test]
+    fn image_url_must_be_absolute_file_url() {
+        for url in [
+            "file://relative/path",
+            "file://data/x",
+            "http://host/x",
+            "/data/x",
+            "file:///data/x?y",
+        ] {
+            let mut t = image();
+            t.url = Some(url.into());
+            let e = t.validate(ID).unwrap_err();
+            assert!(e.to_string().contains(url), "{e}");
+            assert_eq!(field_of(e), "url");
+        }
+        assert_eq!(
+            file_url_path("url", "file://localhost/a/b").unwrap(),
+            PathBuf::from("/a/b")
+        );
+        let mut t = image();
+        t.url = None;
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "url");
+    }
+
+    #[test]
+    fn sizes_and_timeouts_are_bounded() {
+        let mut t = image();
+        t.size = None;
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "size");
+        t.size = Some(MAX_CAPACITY + 1);
+        assert!(matches!(
+            t.validate(ID),
+            Err(TicketError::TooLarge { field: "size", .. })
+        ));
+        let mut t = image();
+        t.timeout = MAX_TICKET_TIMEOUT + 1;
+        assert!(matches!(
+            t.validate(ID),
+            Err(TicketError::TooLarge {
+                field: "timeout",
+                ..
+            })
+        ));
+        let mut t = image();
+        t.dirty = Some(true);
+        assert!(matches!(
+            t.validate(ID),
+            Err(TicketError::Unsupported { field: "dirty", .. })
+        ));
+    }
+
+    #[test]
+    fn ova_kinds_need_ova_and_matching_ops() {
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        t.validate(ID).unwrap();
+        t.ova = None;
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova");
+
+        let t = ova(TicketKind::OvaImport, Op::Read);
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ops");
+        let t = ova(TicketKind::OvaExport, Op::Write);
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ops");
+        ova(TicketKind::OvaExport, Op::Read).validate(ID).unwrap();
+
+        let mut t = image();
+        t.ova = ova(TicketKind::OvaImport, Op::Write).ova;
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova");
+
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        t.url = Some("file:///x".into());
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "url");
+    }
+
+    #[test]
+    fn ova_disks_are_checked() {
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        let d = t.ova.as_ref().unwrap().disks[0].clone();
+        t.ova.as_mut().unwrap().disks.push(d);
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova.disks[1].href");
+
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        t.ova.as_mut().unwrap().disks[0].format = Some("vmdk".into());
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova.disks[0].format");
+
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        t.ova.as_mut().unwrap().disks[0].url = "file://d.raw".into();
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova.disks[0].url");
+
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        t.ova.as_mut().unwrap().disks.clear();
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova.disks");
+
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        t.ova.as_mut().unwrap().ovf = Some("file:///x.ovf".into());
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova.ovf");
+
+        let mut t = ova(TicketKind::OvaExport, Op::Read);
+        t.ova.as_mut().unwrap().name = Some("a/b".into());
+        assert_eq!(field_of(t.validate(ID).unwrap_err()), "ova.name");
+    }
+}

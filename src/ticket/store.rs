@@ -1,0 +1,1003 @@
+//! The ticket store: tickets by id, their expiry, and the live state of the
+//! transfers using them. One `std` mutex guards the map and one guards each
+//! ticket's live state (always taken in that order); no lock is held
+//! across I/O or while bytes move.
+//!
+//! A ticket expires `timeout` seconds after it was added or extended, or
+//! after the last data-plane request completed (whichever is later), and
+//! also when it has had no connection for `inactivity_timeout` seconds
+//! (unless its transfer has finished: the outcome stays readable).
+//! An expired ticket is invisible; it is dropped, and any transfer still
+//! attached to it cancelled, on the next call into the store.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use super::clock::{Clock, SystemClock};
+use super::model::{
+    DiskStatus, Op, TicketKind, TicketRequest, TicketStatus, TransferState, file_url_path,
+};
+use super::{DEFAULT_INACTIVITY_TIMEOUT, TicketError, ct_eq};
+use crate::error::{Error, Result};
+use crate::limits::MAX_TICKET_TIMEOUT;
+use crate::pipeline::progress::Progress;
+use crate::source::volume::AllowedRoots;
+
+/// One disk of an OVA ticket with its path resolved under the storage roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDisk {
+    /// The disk's href.
+    pub href: String,
+    /// Canonical path of the volume (for an import target that does not
+    /// exist yet: its canonical directory joined with its file name).
+    pub path: PathBuf,
+    /// `raw` or `qcow2`, as given.
+    pub format: Option<String>,
+}
+
+/// The `ova` object of a ticket with its paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedOva {
+    /// The disks, in the ticket's order.
+    pub disks: Vec<ResolvedDisk>,
+    /// Export: canonical path of the descriptor to complete.
+    pub ovf: Option<PathBuf>,
+    /// Export: the VM name.
+    pub name: Option<String>,
+}
+
+/// What never changes for the life of a ticket.
+#[derive(Debug)]
+struct Spec {
+    req: TicketRequest,
+    path: Option<PathBuf>,
+    ova: Option<ResolvedOva>,
+}
+
+/// Live state shared between the store and the handles of one ticket.
+#[derive(Debug)]
+struct Live {
+    clock: Arc<dyn Clock>,
+    timeout: Duration,
+    /// `None`: idle tickets do not expire.
+    inactivity: Option<Duration>,
+    /// The ticket's own progress record, handed to every transfer.
+    progress: Arc<Progress>,
+    state: Mutex<LiveState>,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    deadline: Instant,
+    last_activity: Instant,
+    connections: usize,
+    canceled: bool,
+    state: TransferState,
+    error: Option<String>,
+    disks: Vec<DiskStatus>,
+    /// Further progress records attached by transfers.
+    attached: Vec<Arc<Progress>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    spec: Arc<Spec>,
+    live: Arc<Live>,
+}
+
+/// Tickets by id. Share it in an `Arc` between the control API and the
+/// data API.
+#[derive(Debug)]
+pub struct TicketStore {
+    roots: AllowedRoots,
+    clock: Arc<dyn Clock>,
+    tickets: Mutex<HashMap<String, Entry>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TicketStore {
+    /// A store whose ticket paths must resolve under `roots`, on the
+    /// system clock.
+    pub fn new(roots: AllowedRoots) -> Self {
+        TicketStore::with_clock(roots, Arc::new(SystemClock))
+    }
+
+    /// A store on the given clock.
+    pub fn with_clock(roots: AllowedRoots, clock: Arc<dyn Clock>) -> Self {
+        TicketStore {
+            roots,
+            clock,
+            tickets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds the ticket `id`, or replaces it (`PUT /tickets/{id}`).
+    ///
+    /// Every path must resolve under the storage roots: an existing file
+    /// by its canonical path, a write target that does not exist yet by
+    /// its directory. Putting the very same ticket again only renews its
+    /// expiry (a retried request); a different ticket under the same id
+    /// cancels the transfers of the old one, which may name another target.
+    pub fn add(&self, id: &str, req: TicketRequest) -> Result<()> {
+        req.validate(id)?;
+        let mut req = req;
+        req.inactivity_timeout = Some(req.inactivity_timeout.unwrap_or(DEFAULT_INACTIVITY_TIMEOUT));
+        let spec = self.resolve(req)?;
+
+        let now = self.clock.now();
+        let timeout = Duration::from_secs(spec.req.timeout);
+        let deadline = deadline(now, spec.req.timeout)?;
+        let mut map = lock(&self.tickets);
+        self.purge(&mut map, now);
+        if let Some(old) = map.get(id) {
+            if old.spec.req == spec.req {
+                lock(&old.live.state).deadline = deadline;
+                return Ok(());
+            }
+            old.live.cancel(&mut lock(&old.live.state));
+        }
+        let disks = spec
+            .ova
+            .iter()
+            .flat_map(|o| &o.disks)
+            .map(|d| DiskStatus {
+                href: d.href.clone(),
+                bytes: 0,
+                state: TransferState::Pending,
+            })
+            .collect();
+        let live = Live {
+            clock: self.clock.clone(),
+            timeout,
+            inactivity: spec
+                .req
+                .inactivity_timeout
+                .filter(|&t| t > 0)
+                .map(Duration::from_secs),
+            progress: Arc::new(Progress::new(spec.req.size)),
+            state: Mutex::new(LiveState {
+                deadline,
+                last_activity: now,
+                connections: 0,
+                canceled: false,
+                state: TransferState::Pending,
+                error: None,
+                disks,
+                attached: Vec::new(),
+            }),
+        };
+        map.insert(
+            id.to_owned(),
+            Entry {
+                spec: Arc::new(spec),
+                live: Arc::new(live),
+            },
+        );
+        Ok(())
+    }
+
+    /// The ticket with its live status (`GET /tickets/{id}`); `NotFound`
+    /// for an unknown or expired ticket.
+    pub fn get_status(&self, id: &str) -> Result<TicketStatus> {
+        let now = self.clock.now();
+        let wall = self.clock.wall();
+        let mut map = lock(&self.tickets);
+        self.purge(&mut map, now);
+        let entry = map.get(id).ok_or_else(|| not_found(id))?;
+        let s = lock(&entry.live.state);
+        let remaining = s.deadline.saturating_duration_since(now);
+        let expires = wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(remaining)
+            .as_secs();
+        let idle_time = if s.connections > 0 {
+            0
+        } else {
+            now.saturating_duration_since(s.last_activity).as_secs()
+        };
+        Ok(TicketStatus {
+            ticket: entry.spec.req.clone(),
+            expires,
+            idle_time,
+            active: s.connections > 0,
+            canceled: s.canceled,
+            transferred: entry.live.transferred(&s),
+            connections: s.connections as u64,
+            state: s.state,
+            error: s.error.clone(),
+            disks: s.disks.clone(),
+        })
+    }
+
+    /// Makes the ticket expire `timeout` seconds from now (`PATCH
+    /// /tickets/{id}`); 0 expires it at once.
+    pub fn extend(&self, id: &str, timeout: u64) -> Result<()> {
+        if timeout > MAX_TICKET_TIMEOUT {
+            return Err(TicketError::TooLarge {
+                field: "timeout",
+                value: timeout,
+                max: MAX_TICKET_TIMEOUT,
+            }
+            .into());
+        }
+        let now = self.clock.now();
+        let deadline = deadline(now, timeout)?;
+        let mut map = lock(&self.tickets);
+        self.purge(&mut map, now);
+        let entry = map.get(id).ok_or_else(|| not_found(id))?;
+        lock(&entry.live.state).deadline = deadline;
+        Ok(())
+    }
+
+    /// Removes the ticket and cancels its transfers (`DELETE
+    /// /tickets/{id}`). Removing an unknown ticket succeeds: the request
+    /// may be a retry. Cancelled transfers stop at their next chunk; the
+    /// store does not wait for them.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let now = self.clock.now();
+        let mut map = lock(&self.tickets);
+        self.purge(&mut map, now);
+        if let Some(entry) = map.remove(id) {
+            entry.live.cancel(&mut lock(&entry.live.state));
+        }
+        Ok(())
+    }
+
+    /// Authorizes a data-plane request: the ticket must exist, be
+    /// unexpired and allow `op` (on an `image` ticket `write` implies
+    /// `read`, as in ovirt-imageio). The id is compared with every
+    /// ticket's in constant time. Every failure is [`crate::ErrorKind::Auth`].
+    pub fn authorize(&self, id: &str, op: Op) -> Result<TicketHandle> {
+        let now = self.clock.now();
+        let mut map = lock(&self.tickets);
+        self.purge(&mut map, now);
+        let mut found = None;
+        for (key, entry) in map.iter() {
+            if ct_eq(key.as_bytes(), id.as_bytes()) {
+                found = Some(entry);
+            }
+        }
+        let Some(entry) = found else {
+            return Err(forbidden("no such ticket".to_owned()));
+        };
+        let req = &entry.spec.req;
+        let allowed = req.ops.contains(&op)
+            || (req.kind == TicketKind::Image && op == Op::Read && req.ops.contains(&Op::Write));
+        if !allowed {
+            return Err(forbidden(format!(
+                "transfer {} does not allow {}",
+                req.transfer_id.as_deref().unwrap_or("(no transfer id)"),
+                op.name()
+            )));
+        }
+        let mut s = lock(&entry.live.state);
+        s.connections += 1;
+        s.last_activity = now;
+        if s.state == TransferState::Pending {
+            s.state = TransferState::Active;
+        }
+        drop(s);
+        Ok(TicketHandle {
+            spec: entry.spec.clone(),
+            live: entry.live.clone(),
+        })
+    }
+
+    /// Drops expired tickets, cancelling whatever still uses them.
+    fn purge(&self, map: &mut HashMap<String, Entry>, now: Instant) {
+        map.retain(|_, e| {
+            let mut s = lock(&e.live.state);
+            if e.live.expired(&s, now) {
+                e.live.cancel(&mut s);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Resolves every path of a validated request under the roots.
+    fn resolve(&self, req: TicketRequest) -> Result<Spec> {
+        let mut path = None;
+        let mut ova = None;
+        match req.kind {
+            TicketKind::Image => {
+                if let Some(url) = &req.url {
+                    let p = file_url_path("url", url)?;
+                    path = Some(self.resolve_path("url", &p, req.ops.contains(&Op::Write))?);
+                }
+            }
+            TicketKind::OvaImport | TicketKind::OvaExport => {
+                let create = req.kind == TicketKind::OvaImport;
+                if let Some(spec) = &req.ova {
+                    let mut disks = Vec::with_capacity(spec.disks.len());
+                    let mut seen = HashSet::new();
+                    for (i, d) in spec.disks.iter().enumerate() {
+                        let field = format!("ova.disks[{i}].url");
+                        let p =
+                            self.resolve_path(&field, &file_url_path(&field, &d.url)?, create)?;
+                        if !seen.insert(p.clone()) {
+                            return Err(TicketError::InvalidField {
+                                field,
+                                reason: format!("{} is named by another disk", p.display()),
+                            }
+                            .into());
+                        }
+                        disks.push(ResolvedDisk {
+                            href: d.href.clone(),
+                            path: p,
+                            format: d.format.clone(),
+                        });
+                    }
+                    let ovf = match &spec.ovf {
+                        Some(u) => Some(self.resolve_path(
+                            "ova.ovf",
+                            &file_url_path("ova.ovf", u)?,
+                            false,
+                        )?),
+                        None => None,
+                    };
+                    ova = Some(ResolvedOva {
+                        disks,
+                        ovf,
+                        name: spec.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(Spec { req, path, ova })
+    }
+
+    /// The canonical form of `p` under the roots. A write target that does
+    /// not exist yet (`create`) is judged by its directory.
+    fn resolve_path(&self, field: &str, p: &Path, create: bool) -> Result<PathBuf> {
+        let invalid = |reason: &str| -> Error {
+            TicketError::InvalidField {
+                field: field.to_owned(),
+                reason: format!("{}: {reason}", p.display()),
+            }
+            .into()
+        };
+        let canon = match std::fs::symlink_metadata(p) {
+            Ok(_) => self.roots.check(p)?,
+            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+                    return Err(invalid("names no file"));
+                };
+                self.roots.check(dir)?.join(name)
+            }
+            Err(e) => return Err(Error::from(e).at_path(p)),
+        };
+        if canon.is_dir() {
+            return Err(invalid("is a directory"));
+        }
+        Ok(canon)
+    }
+}
+
+fn deadline(now: Instant, secs: u64) -> Result<Instant> {
+    now.checked_add(Duration::from_secs(secs)).ok_or_else(|| {
+        TicketError::TooLarge {
+            field: "timeout",
+            value: secs,
+            max: MAX_TICKET_TIMEOUT,
+        }
+        .into()
+    })
+}
+
+fn not_found(id: &str) -> Error {
+    TicketError::NotFound { id: id.to_owned() }.into()
+}
+
+fn forbidden(reason: String) -> Error {
+    TicketError::Forbidden { reason }.into()
+}
+
+impl Live {
+    fn expired(&self, s: &LiveState, now: Instant) -> bool {
+        if now >= s.deadline {
+            return true;
+        }
+        // A finished transfer keeps its ticket until `timeout`, so the
+        // engine can read the outcome however slowly it polls.
+        let finished = matches!(s.state, TransferState::Succeeded | TransferState::Failed);
+        match self.inactivity {
+            Some(idle) if s.connections == 0 && !finished => {
+                now.saturating_duration_since(s.last_activity) >= idle
+            }
+            _ => false,
+        }
+    }
+
+    fn cancel(&self, s: &mut LiveState) {
+        s.canceled = true;
+        if matches!(s.state, TransferState::Pending | TransferState::Active) {
+            s.state = TransferState::Cancelled;
+        }
+        self.progress.cancel();
+        for p in &s.attached {
+            p.cancel();
+        }
+    }
+
+    fn transferred(&self, s: &LiveState) -> u64 {
+        s.attached
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p, &self.progress))
+            .fold(self.progress.bytes_read(), |acc, p| {
+                acc.saturating_add(p.bytes_read())
+            })
+    }
+
+    /// Records activity: the idle clock restarts and the ticket lives at
+    /// least `timeout` more seconds (an extension is never shortened).
+    fn touch(&self, s: &mut LiveState) {
+        let now = self.clock.now();
+        s.last_activity = now;
+        if let Some(d) = now.checked_add(self.timeout)
+            && d > s.deadline
+        {
+            s.deadline = d;
+        }
+    }
+}
+
+/// One authorized use of a ticket, held by a data-plane connection for the
+/// length of a request or transfer. It carries what the transfer needs
+/// and reports back into the store; dropping it ends the connection's use
+/// (and counts as activity).
+#[derive(Debug)]
+pub struct TicketHandle {
+    spec: Arc<Spec>,
+    live: Arc<Live>,
+}
+
+impl TicketHandle {
+    /// The ticket id.
+    pub fn id(&self) -> &str {
+        &self.spec.req.uuid
+    }
+
+    /// The ticket kind.
+    pub fn kind(&self) -> TicketKind {
+        self.spec.req.kind
+    }
+
+    /// Allowed operations, as given.
+    pub fn ops(&self) -> &[Op] {
+        &self.spec.req.ops
+    }
+
+    /// Image size (`image`), or the package size when the engine gave one.
+    pub fn size(&self) -> Option<u64> {
+        self.spec.req.size
+    }
+
+    /// Canonical path of the volume of an `image` ticket.
+    pub fn path(&self) -> Option<&Path> {
+        self.spec.path.as_deref()
+    }
+
+    /// Resolved disks and descriptor of an OVA ticket.
+    pub fn ova(&self) -> Option<&ResolvedOva> {
+        self.spec.ova.as_ref()
+    }
+
+    /// Whether zeroing may deallocate.
+    pub fn sparse(&self) -> bool {
+        self.spec.req.sparse.unwrap_or(false)
+    }
+
+    /// The ticket as installed (with `inactivity_timeout` filled in).
+    pub fn request(&self) -> &TicketRequest {
+        &self.spec.req
+    }
+
+    /// Seconds a connection may stay silent; 0 means no limit.
+    pub fn inactivity_timeout(&self) -> u64 {
+        self.spec.req.inactivity_timeout.unwrap_or(0)
+    }
+
+    /// The ticket's progress record: give it to the pipeline; its bytes
+    /// show as `transferred`, and removing the ticket cancels it.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.live.progress.clone()
+    }
+
+    /// Registers another progress record of this transfer (counted in
+    /// `transferred`, cancelled with the ticket). Cancelled at once when
+    /// the ticket already is.
+    pub fn attach(&self, progress: Arc<Progress>) {
+        let mut s = lock(&self.live.state);
+        if s.canceled {
+            progress.cancel();
+        }
+        if !Arc::ptr_eq(&progress, &self.live.progress)
+            && !s.attached.iter().any(|p| Arc::ptr_eq(p, &progress))
+        {
+            s.attached.push(progress);
+        }
+    }
+
+    /// Counts `n` bytes moved by a ranged request and records activity.
+    pub fn add_transferred(&self, n: u64) {
+        self.live.progress.add_read(n);
+        self.touch();
+    }
+
+    /// Records activity: keeps an active ticket from expiring. Call it as
+    /// bytes flow (at least every few seconds) and when a request ends.
+    pub fn touch(&self) {
+        self.live.touch(&mut lock(&self.live.state));
+    }
+
+    /// Whether the ticket was removed, replaced or expired: the transfer
+    /// must stop (the progress record says so too).
+    pub fn is_cancelled(&self) -> bool {
+        lock(&self.live.state).canceled
+    }
+
+    /// Reports the progress of one disk of an OVA ticket; an unknown href
+    /// is ignored.
+    pub fn set_disk_progress(&self, href: &str, bytes: u64, state: TransferState) {
+        let mut s = lock(&self.live.state);
+        if let Some(d) = s.disks.iter_mut().find(|d| d.href == href) {
+            d.bytes = bytes;
+            d.state = state;
+        }
+    }
+
+    /// Marks the transfer complete and verified.
+    pub fn succeed(&self) {
+        self.finish(TransferState::Succeeded, None);
+    }
+
+    /// Marks the transfer failed, with the one-line reason `GET` shows.
+    pub fn fail(&self, error: impl Into<String>) {
+        self.finish(TransferState::Failed, Some(error.into()));
+    }
+
+    fn finish(&self, state: TransferState, error: Option<String>) {
+        let mut s = lock(&self.live.state);
+        if s.state != TransferState::Cancelled {
+            s.state = state;
+            s.error = error;
+        }
+    }
+}
+
+impl Drop for TicketHandle {
+    fn drop(&mut self) {
+        let mut s = lock(&self.live.state);
+        s.connections = s.connections.saturating_sub(1);
+        self.live.touch(&mut s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::super::clock::ManualClock;
+    use super::super::model::{OvaDisk, OvaSpec};
+    use super::*;
+    use crate::ErrorKind;
+
+    const ID: &str = "5a1d3c7e-1f0b-4b8e-8a57-2d6c0e4f9a13";
+    const T0: u64 = 1_700_000_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        clock: Arc<ManualClock>,
+        store: TicketStore,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        std::fs::write(root.join("vol.raw"), b"").unwrap();
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(T0),
+        ));
+        let roots = AllowedRoots::new(std::slice::from_ref(&root)).unwrap();
+        let store = TicketStore::with_clock(roots, clock.clone());
+        Fixture {
+            _dir: dir,
+            root,
+            clock,
+            store,
+        }
+    }
+
+    impl Fixture {
+        fn url(&self, name: &str) -> String {
+            format!("file://{}", self.root.join(name).display())
+        }
+
+        fn image(&self, ops: &[Op]) -> TicketRequest {
+            TicketRequest {
+                uuid: ID.into(),
+                size: Some(1 << 30),
+                url: Some(self.url("vol.raw")),
+                ops: ops.to_vec(),
+                timeout: 300,
+                inactivity_timeout: Some(60),
+                sparse: None,
+                dirty: None,
+                transfer_id: Some("tr-1".into()),
+                filename: None,
+                kind: TicketKind::Image,
+                ova: None,
+            }
+        }
+
+        fn ova_import(&self) -> TicketRequest {
+            TicketRequest {
+                url: None,
+                size: None,
+                kind: TicketKind::OvaImport,
+                ova: Some(OvaSpec {
+                    disks: vec![
+                        OvaDisk {
+                            href: "d1.vmdk".into(),
+                            url: self.url("new1.qcow2"),
+                            format: Some("qcow2".into()),
+                        },
+                        OvaDisk {
+                            href: "d2.vmdk".into(),
+                            url: self.url("new2.raw"),
+                            format: None,
+                        },
+                    ],
+                    ovf: None,
+                    name: None,
+                }),
+                ..self.image(&[Op::Write])
+            }
+        }
+
+        fn advance(&self, secs: u64) {
+            self.clock.advance(Duration::from_secs(secs));
+        }
+
+        fn visible(&self) -> bool {
+            match self.store.get_status(ID) {
+                Ok(_) => true,
+                Err(e) if e.kind() == ErrorKind::NotFound => false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<TicketStore>();
+        check::<TicketHandle>();
+    }
+
+    #[test]
+    fn status_shows_ticket_and_live_fields() {
+        let f = fixture();
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        f.advance(10);
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.ticket.uuid, ID);
+        assert_eq!(s.ticket.url, Some(f.url("vol.raw")));
+        assert_eq!(s.expires, T0 + 300);
+        assert_eq!(s.idle_time, 10);
+        assert!(!s.active);
+        assert_eq!(s.connections, 0);
+        assert_eq!(s.state, TransferState::Pending);
+        assert_eq!(s.transferred, 0);
+
+        let h = f.store.authorize(ID, Op::Read).unwrap();
+        assert_eq!(h.path(), Some(f.root.join("vol.raw").as_path()));
+        assert_eq!(h.size(), Some(1 << 30));
+        h.add_transferred(4096);
+        let s = f.store.get_status(ID).unwrap();
+        assert!(s.active);
+        assert_eq!(s.connections, 1);
+        assert_eq!(s.idle_time, 0);
+        assert_eq!(s.transferred, 4096);
+        assert_eq!(s.state, TransferState::Active);
+        // Activity moved the expiry.
+        assert_eq!(s.expires, T0 + 10 + 300);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["uuid"], ID);
+        assert_eq!(json["active"], true);
+    }
+
+    #[test]
+    fn default_inactivity_timeout_is_filled_in() {
+        let f = fixture();
+        let mut req = f.image(&[Op::Read]);
+        req.inactivity_timeout = None;
+        f.store.add(ID, req).unwrap();
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(
+            s.ticket.inactivity_timeout,
+            Some(DEFAULT_INACTIVITY_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn validation_errors_reach_the_caller() {
+        let f = fixture();
+        let e = f.store.add("other", f.image(&[Op::Read])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("does not match"), "{e}");
+
+        let e = f.store.add(ID, f.image(&[])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+
+        let mut req = f.image(&[Op::Read]);
+        req.url = Some("file://vol.raw".into());
+        assert_eq!(
+            f.store.add(ID, req).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+
+        let mut req = f.ova_import();
+        req.ova = None;
+        let e = f.store.add(ID, req).unwrap_err();
+        assert!(e.to_string().contains("'ova'"), "{e}");
+        assert!(!f.visible());
+    }
+
+    #[test]
+    fn path_outside_roots_is_refused_by_name() {
+        let f = fixture();
+        let outside = f.root.parent().unwrap().join("secret.raw");
+        std::fs::write(&outside, b"").unwrap();
+        let mut req = f.image(&[Op::Read]);
+        req.url = Some(format!("file://{}", outside.display()));
+        let e = f.store.add(ID, req).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.one_line().contains(&outside.display().to_string()), "{e}");
+
+        // `..` cannot climb out either.
+        let mut req = f.image(&[Op::Read]);
+        req.url = Some(f.url("../secret.raw"));
+        assert!(f.store.add(ID, req).is_err());
+
+        // A new target is judged by its directory.
+        let mut req = f.ova_import();
+        req.ova.as_mut().unwrap().disks[1].url = f.url("../new.raw");
+        let e = f.store.add(ID, req).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(!f.visible());
+    }
+
+    #[test]
+    fn missing_sources_and_directories_are_refused() {
+        let f = fixture();
+        let mut req = f.image(&[Op::Read]);
+        req.url = Some(f.url("missing.raw"));
+        let e = f.store.add(ID, req).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+
+        // A write target may be new.
+        let mut req = f.image(&[Op::Write]);
+        req.url = Some(f.url("new.raw"));
+        f.store.add(ID, req).unwrap();
+
+        let mut req = f.image(&[Op::Write]);
+        req.url = Some(format!("file://{}", f.root.display()));
+        let e = f.store.add(ID, req).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+
+        let mut req = f.ova_import();
+        req.kind = TicketKind::OvaExport;
+        req.ops = vec![Op::Read];
+        let e = f.store.add(ID, req).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn ova_import_resolves_new_targets() {
+        let f = fixture();
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        assert_eq!(h.kind(), TicketKind::OvaImport);
+        let ova = h.ova().unwrap();
+        assert_eq!(ova.disks[0].href, "d1.vmdk");
+        assert_eq!(ova.disks[0].path, f.root.join("new1.qcow2"));
+        assert_eq!(ova.disks[0].format.as_deref(), Some("qcow2"));
+        assert_eq!(ova.disks[1].path, f.root.join("new2.raw"));
+
+        h.set_disk_progress("d1.vmdk", 1 << 20, TransferState::Active);
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.disks.len(), 2);
+        assert_eq!(s.disks[0].bytes, 1 << 20);
+        assert_eq!(s.disks[0].state, TransferState::Active);
+        assert_eq!(s.disks[1].state, TransferState::Pending);
+
+        h.fail("entry 'd2.vmdk' at byte 512: bad magic");
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Failed);
+        assert_eq!(
+            s.error.as_deref(),
+            Some("entry 'd2.vmdk' at byte 512: bad magic")
+        );
+
+        // Two disks may not share a target.
+        let mut req = f.ova_import();
+        let o = req.ova.as_mut().unwrap();
+        o.disks[1].url = o.disks[0].url.clone();
+        let e = f.store.add(ID, req).unwrap_err();
+        assert!(e.to_string().contains("another disk"), "{e}");
+    }
+
+    #[test]
+    fn tickets_expire_and_extend() {
+        let f = fixture();
+        let mut req = f.image(&[Op::Read]);
+        req.inactivity_timeout = Some(0);
+        f.store.add(ID, req).unwrap();
+        f.advance(299);
+        assert!(f.visible());
+        f.advance(1);
+        assert!(!f.visible());
+        let e = f.store.authorize(ID, Op::Read).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Auth);
+        assert_eq!(
+            f.store.extend(ID, 300).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+
+        let mut req = f.image(&[Op::Read]);
+        req.inactivity_timeout = Some(0);
+        f.store.add(ID, req).unwrap();
+        f.advance(200);
+        f.store.extend(ID, 300).unwrap();
+        assert_eq!(f.store.get_status(ID).unwrap().expires, T0 + 300 + 500);
+        f.advance(299);
+        assert!(f.visible());
+        f.advance(1);
+        assert!(!f.visible());
+
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        f.store.extend(ID, 0).unwrap();
+        assert!(!f.visible());
+        assert!(matches!(
+            f.store
+                .extend(ID, MAX_TICKET_TIMEOUT + 1)
+                .map_err(|e| e.kind()),
+            Err(ErrorKind::LimitExceeded)
+        ));
+    }
+
+    #[test]
+    fn idle_tickets_expire_unless_connected() {
+        let f = fixture();
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        f.advance(59);
+        assert!(f.visible());
+        f.advance(1);
+        assert!(!f.visible());
+
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        let h = f.store.authorize(ID, Op::Read).unwrap();
+        f.advance(100);
+        h.touch();
+        f.advance(100);
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.idle_time, 0);
+        drop(h);
+        // Dropping the handle is activity: a fresh idle period starts.
+        f.advance(59);
+        assert_eq!(f.store.get_status(ID).unwrap().idle_time, 59);
+        f.advance(1);
+        assert!(!f.visible());
+
+        // The outcome of a finished transfer outlives the idle limit.
+        f.store.add(ID, f.ova_import()).unwrap();
+        f.store.authorize(ID, Op::Write).unwrap().succeed();
+        f.advance(299);
+        assert_eq!(
+            f.store.get_status(ID).unwrap().state,
+            TransferState::Succeeded
+        );
+        f.advance(1);
+        assert!(!f.visible());
+    }
+
+    #[test]
+    fn expiry_while_connected_cancels_the_transfer() {
+        let f = fixture();
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        let h = f.store.authorize(ID, Op::Read).unwrap();
+        f.advance(300);
+        assert!(!f.visible());
+        assert!(h.is_cancelled());
+        assert_eq!(
+            h.progress().check_cancelled().unwrap_err().kind(),
+            ErrorKind::Cancelled
+        );
+    }
+
+    #[test]
+    fn remove_is_idempotent_and_cancels() {
+        let f = fixture();
+        f.store.remove("never-added").unwrap();
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        let extra = Arc::new(Progress::new(None));
+        h.attach(extra.clone());
+        extra.add_read(10);
+        h.progress().add_read(5);
+        assert_eq!(f.store.get_status(ID).unwrap().transferred, 15);
+
+        f.store.remove(ID).unwrap();
+        f.store.remove(ID).unwrap();
+        assert!(!f.visible());
+        assert!(h.is_cancelled());
+        assert!(h.progress().check_cancelled().is_err());
+        assert!(extra.check_cancelled().is_err());
+        // A late attach is cancelled at once.
+        let late = Arc::new(Progress::new(None));
+        h.attach(late.clone());
+        assert!(late.check_cancelled().is_err());
+        // A finished report does not hide the cancellation.
+        h.succeed();
+        assert_eq!(lock(&h.live.state).state, TransferState::Cancelled);
+    }
+
+    #[test]
+    fn replacing_a_ticket() {
+        let f = fixture();
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        let h = f.store.authorize(ID, Op::Read).unwrap();
+        // The same ticket again (a retried PUT) keeps the transfer.
+        f.advance(100);
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        assert!(!h.is_cancelled());
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.connections, 1);
+        assert_eq!(s.expires, T0 + 100 + 300);
+        // A different one cancels it.
+        f.store.add(ID, f.image(&[Op::Read, Op::Write])).unwrap();
+        assert!(h.is_cancelled());
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.connections, 0);
+        assert_eq!(s.state, TransferState::Pending);
+    }
+
+    #[test]
+    fn authorize_checks_ops_and_ids() {
+        let f = fixture();
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        let e = f.store.authorize(ID, Op::Write).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Auth);
+        assert_eq!(e.to_string(), "transfer tr-1 does not allow write");
+
+        for wrong in ["", "5a1d3c7e", &ID[..ID.len() - 1], &format!("{ID}0")] {
+            let e = f.store.authorize(wrong, Op::Read).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Auth);
+            assert_eq!(e.to_string(), "no such ticket");
+        }
+
+        // On an image ticket write implies read; not on an OVA ticket.
+        f.store.add(ID, f.image(&[Op::Write])).unwrap();
+        let a = f.store.authorize(ID, Op::Read).unwrap();
+        let b = f.store.authorize(ID, Op::Write).unwrap();
+        assert_eq!(f.store.get_status(ID).unwrap().connections, 2);
+        drop(a);
+        assert_eq!(f.store.get_status(ID).unwrap().connections, 1);
+        drop(b);
+        f.store.add(ID, f.ova_import()).unwrap();
+        let e = f.store.authorize(ID, Op::Read).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Auth);
+    }
+}
