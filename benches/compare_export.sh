@@ -71,48 +71,9 @@ SIZE=$((SIZE_MIB * 1024 * 1024))
 RAW=$WORK/source.raw
 
 # ------------------------------------------------------------- source image
-# The same image as compare_import.sh: keep both generators identical.
-
-# An endless deterministic stream of incompressible bytes.
-data_stream() {
-  if command -v openssl >/dev/null 2>&1; then
-    openssl enc -aes-128-ctr -nosalt \
-      -K 000102030405060708090a0b0c0d0e0f -iv 00000000000000000000000000000000 \
-      -in /dev/zero 2>/dev/null
-  else
-    python3 -c '
-import random, sys
-r = random.Random(20240601)
-out = sys.stdout.buffer
-try:
-    while True:
-        out.write(r.randbytes(1 << 20))
-except BrokenPipeError:
-    pass
-' 2>/dev/null
-  fi
-}
-
-# Data runs and holes alternate, each 1 to 6 MiB in 512 KiB steps; both
-# lengths cycle through the same eleven values, so about half of the disk is
-# data. The raw file is sparse: holes are never written.
-make_source() {
-  local unit=$((512 * 1024)) off=0 i=0 d h
-  : >"$RAW"
-  {
-    while [ "$off" -lt "$SIZE" ]; do
-      d=$((2 + (i * 5) % 11))
-      h=$((2 + (i * 7 + 3) % 11))
-      if [ $((off + d * unit)) -gt "$SIZE" ]; then d=$(((SIZE - off) / unit)); fi
-      [ "$d" -gt 0 ] || break
-      dd of="$RAW" bs="$unit" count="$d" seek=$((off / unit)) \
-        iflag=fullblock conv=notrunc status=none
-      off=$((off + (d + h) * unit))
-      i=$((i + 1))
-    done
-  } < <(data_stream)
-  truncate -s "$SIZE" "$RAW"
-}
+# The same image as compare_import.sh.
+# shellcheck source=benches/lib/source_image.sh
+. "$ROOT/benches/lib/source_image.sh"
 
 # ------------------------------------------------------------------- peer
 # The peer as one script, timed as a whole: convert, OVF, [sha256sum and
@@ -246,7 +207,7 @@ bench_one() {
 echo "work directory: $WORK" >&2
 uptime >&2
 echo "generating a ${SIZE_MIB} MiB sparse source image..." >&2
-make_source
+make_source "$RAW" "$SIZE"
 alloc_mib=$(($(stat -c %b "$RAW") * $(stat -c %B "$RAW") / 1048576))
 echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
 
