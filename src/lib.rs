@@ -25,6 +25,8 @@ pub mod ova;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+#[cfg(test)]
+mod test_support;
 pub mod ticket;
 
 #[doc(hidden)]

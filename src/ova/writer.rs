@@ -544,23 +544,13 @@ impl<W: Write> TarWriter<W> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::Rng;
     use std::process::Command;
 
     use super::*;
     use crate::ova::demux::{Demux, EntryType, Event};
 
     const MTIME: u64 = 1_700_000_000;
-
-    /// A small deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-    }
 
     fn content(name: &str, size: u64) -> Vec<u8> {
         let mut r = Rng(0x9e37_79b9 ^ name.len() as u64 ^ size);

@@ -533,6 +533,7 @@ impl Volume for Qcow2Volume {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::Rng;
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
@@ -547,23 +548,9 @@ mod tests {
         Zero(u64, u64),
     }
 
-    /// xorshift64*: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            // Non-zero bytes so that every data write is visible.
-            (0..n).map(|_| (self.next() % 255 + 1) as u8).collect()
-        }
+    /// Non-zero bytes, so that every data write is visible.
+    fn nonzero_bytes(r: &mut Rng, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (r.next() % 255 + 1) as u8).collect()
     }
 
     fn apply(v: &mut dyn Volume, ops: &[Op]) {
@@ -645,7 +632,7 @@ mod tests {
             if rng.below(5) == 0 {
                 ops.push(Op::Zero(pos, n));
             } else {
-                ops.push(Op::Data(pos, rng.bytes(n as usize)));
+                ops.push(Op::Data(pos, nonzero_bytes(&mut rng, n as usize)));
             }
             pos += n;
         }
@@ -668,7 +655,7 @@ mod tests {
             };
             match rng.below(4) {
                 0 => ops.push(Op::Zero(off, len)),
-                _ => ops.push(Op::Data(off, rng.bytes(len as usize))),
+                _ => ops.push(Op::Data(off, nonzero_bytes(&mut rng, len as usize))),
             }
         }
         same_as_raw(cap, &ops);
@@ -681,24 +668,24 @@ mod tests {
         let mut rng = Rng(0x5eed_0003);
         // Pieces, then the whole tail at once, then the very last bytes.
         let ops = vec![
-            Op::Data(cap - 100, rng.bytes(100)),
-            Op::Data(tail, rng.bytes(10)),
-            Op::Data(0, rng.bytes(10)),
-            Op::Data(tail, rng.bytes((cap - tail) as usize)),
+            Op::Data(cap - 100, nonzero_bytes(&mut rng, 100)),
+            Op::Data(tail, nonzero_bytes(&mut rng, 10)),
+            Op::Data(0, nonzero_bytes(&mut rng, 10)),
+            Op::Data(tail, nonzero_bytes(&mut rng, (cap - tail) as usize)),
             Op::Zero(cap - 600, 300),
             Op::Data(cap - 1, vec![9]),
         ];
         same_as_raw(cap, &ops);
         // A tail cluster filled exactly and then partly zeroed.
         let ops = vec![
-            Op::Data(tail - 5, rng.bytes((cap - tail + 5) as usize)),
+            Op::Data(tail - 5, nonzero_bytes(&mut rng, (cap - tail + 5) as usize)),
             Op::Zero(tail + 1, 2),
         ];
         same_as_raw(cap, &ops);
         // A tail cluster assembled from pieces and flushed by finish().
         let ops = vec![
-            Op::Data(tail + 512, rng.bytes(512)),
-            Op::Data(tail, rng.bytes(512)),
+            Op::Data(tail + 512, nonzero_bytes(&mut rng, 512)),
+            Op::Data(tail, nonzero_bytes(&mut rng, 512)),
         ];
         same_as_raw(cap, &ops);
     }
@@ -708,21 +695,21 @@ mod tests {
         let cap = 1 << 20;
         let mut rng = Rng(0x5eed_0004);
         let ops = vec![
-            Op::Data(0, rng.bytes(cap as usize)),
+            Op::Data(0, nonzero_bytes(&mut rng, cap as usize)),
             Op::Zero(100, 200_000),
-            Op::Data(300_000, rng.bytes(10)),
+            Op::Data(300_000, nonzero_bytes(&mut rng, 10)),
             // Assembling cluster 5, then zeroed whole: never allocated.
-            Op::Data(5 * CLUSTER_SIZE + 7, rng.bytes(100)),
+            Op::Data(5 * CLUSTER_SIZE + 7, nonzero_bytes(&mut rng, 100)),
             Op::Zero(0, 0),
             Op::Zero(300_001, 3),
         ];
         same_as_raw(cap, &ops);
         let ops = vec![
-            Op::Data(3 * CLUSTER_SIZE + 7, rng.bytes(100)),
+            Op::Data(3 * CLUSTER_SIZE + 7, nonzero_bytes(&mut rng, 100)),
             Op::Zero(3 * CLUSTER_SIZE, CLUSTER_SIZE),
-            Op::Data(CLUSTER_SIZE, rng.bytes(10)),
+            Op::Data(CLUSTER_SIZE, nonzero_bytes(&mut rng, 10)),
             Op::Zero(CLUSTER_SIZE + 5, 1),
-            Op::Data(CLUSTER_SIZE + 20, rng.bytes(10)),
+            Op::Data(CLUSTER_SIZE + 20, nonzero_bytes(&mut rng, 10)),
         ];
         let (_dir, q) = same_as_raw(cap, &ops);
         // Header, L1, L2, one data cluster, refcount block and table.
@@ -733,7 +720,7 @@ mod tests {
     fn whole_clusters_are_contiguous_in_one_run() {
         let cap = 4 << 20;
         let mut rng = Rng(0x5eed_0005);
-        let ops = vec![Op::Data(0, rng.bytes(1 << 20))];
+        let ops = vec![Op::Data(0, nonzero_bytes(&mut rng, 1 << 20))];
         let (_dir, q) = same_as_raw(cap, &ops);
         // Header, L1, L2, 16 data clusters, refcount block and table.
         assert_eq!(
@@ -755,18 +742,21 @@ mod tests {
         // Zero ranges stay below the raw file's high-water mark where it
         // is large, so the raw reference writes few zeros.
         let ops = vec![
-            Op::Data(0, rng.bytes(3 * CLUSTER_SIZE as usize + 17)),
+            Op::Data(0, nonzero_bytes(&mut rng, 3 * CLUSTER_SIZE as usize + 17)),
             Op::Zero(100, 3 << 30),
-            Op::Data((600 << 20) + 12345, rng.bytes(200_000)),
-            Op::Data(L2_COVERAGE - 1000, rng.bytes(2000)),
-            Op::Data(L2_COVERAGE + (16 << 20), rng.bytes(100)),
+            Op::Data((600 << 20) + 12345, nonzero_bytes(&mut rng, 200_000)),
+            Op::Data(L2_COVERAGE - 1000, nonzero_bytes(&mut rng, 2000)),
+            Op::Data(L2_COVERAGE + (16 << 20), nonzero_bytes(&mut rng, 100)),
             Op::Zero(L2_COVERAGE - (32 << 20), 64 << 20),
-            Op::Data((1 << 30) + 3, rng.bytes(70_000)),
-            Op::Data(L2_COVERAGE * 2, rng.bytes(CLUSTER_SIZE as usize)),
-            Op::Data((3 << 30) - 100, rng.bytes(200)),
-            Op::Data(100, rng.bytes(10)),
+            Op::Data((1 << 30) + 3, nonzero_bytes(&mut rng, 70_000)),
+            Op::Data(
+                L2_COVERAGE * 2,
+                nonzero_bytes(&mut rng, CLUSTER_SIZE as usize),
+            ),
+            Op::Data((3 << 30) - 100, nonzero_bytes(&mut rng, 200)),
+            Op::Data(100, nonzero_bytes(&mut rng, 10)),
             Op::Zero((1 << 30) + 10, 100),
-            Op::Data(cap - 1000, rng.bytes(1000)),
+            Op::Data(cap - 1000, nonzero_bytes(&mut rng, 1000)),
         ];
         same_as_raw(cap, &ops);
     }
@@ -781,15 +771,21 @@ mod tests {
         let tables = cap / L2_COVERAGE;
         for i in 0..(L2_CACHE_TABLES as u64 * 2 + 3) {
             let t = (i * 97) % tables;
-            ops.push(Op::Data(t * L2_COVERAGE + 4096 * i, rng.bytes(5000)));
+            ops.push(Op::Data(
+                t * L2_COVERAGE + 4096 * i,
+                nonzero_bytes(&mut rng, 5000),
+            ));
         }
         // Revisit every table: data into allocated clusters and zeroes.
         for i in 0..(L2_CACHE_TABLES as u64 * 2 + 3) {
             let t = (i * 97) % tables;
-            ops.push(Op::Data(t * L2_COVERAGE + 4096 * i + 10, rng.bytes(10)));
+            ops.push(Op::Data(
+                t * L2_COVERAGE + 4096 * i + 10,
+                nonzero_bytes(&mut rng, 10),
+            ));
             ops.push(Op::Zero(t * L2_COVERAGE + 4096 * i + 100, 50));
         }
-        ops.push(Op::Data(cap - 512, rng.bytes(512)));
+        ops.push(Op::Data(cap - 512, nonzero_bytes(&mut rng, 512)));
         same_as_raw(cap, &ops);
     }
 

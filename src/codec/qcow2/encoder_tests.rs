@@ -3,6 +3,7 @@
 //! `qemu-img check`/`compare`/`info` as referee.
 
 use super::*;
+use crate::test_support::Rng;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -14,23 +15,6 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const CS: u64 = 64 * KIB;
-
-/// splitmix64: a seeded PRNG with no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
 
 fn map_of(capacity: u64, ranges: &[(u64, u64, RangeKind)]) -> AllocationMap {
     let mut m = AllocationMap::new(capacity);

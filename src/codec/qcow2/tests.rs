@@ -1,6 +1,7 @@
 //! Tests of the qcow2 stream decoder against images made by qemu-img and
 //! images crafted here (tables after data, hostile fields).
 
+use crate::test_support::Rng;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -11,23 +12,6 @@ use crate::codec::{DiskDecoder, ExtentSink};
 use crate::error::ErrorKind;
 
 // ---------------------------------------------------------------- helpers
-
-/// Seeded xorshift PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Flat in-memory sink that checks the extent contract.
 #[derive(Debug, Default)]
@@ -300,7 +284,10 @@ fn qemu_small_clusters_many_l2_tables() {
             &raw,
             &["-c", "-o", &format!("cluster_size={cs}")],
         );
-        check_all_splits(&img, &raw, false);
+        // qemu packs compressed clusters into shared sectors, so with small
+        // clusters one can land before the L2 table that maps it: whether
+        // it does depends on the data. The import pipeline always spools.
+        check_all_splits(&img, &raw, true);
     }
 }
 

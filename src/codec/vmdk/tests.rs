@@ -3,6 +3,7 @@
 //! GT/GD/footer/EOS markers, split-point invariance and one regression test
 //! per validation rule.
 
+use crate::test_support::Rng;
 use std::io::Write;
 use std::process::Command;
 
@@ -86,25 +87,9 @@ fn decode_err(data: &[u8]) -> VmdkError {
     decode(data).expect_err("decoding should fail")
 }
 
-/// xorshift64*: a seeded generator for piece sizes and test data.
-struct Prng(u64);
-
-impl Prng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// Random cut points, pieces of 1 to `max` bytes.
 fn random_cuts(len: usize, seed: u64, max: u64) -> Vec<usize> {
-    let mut rng = Prng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut cuts = Vec::new();
     let mut at = 0;
     loop {
@@ -174,7 +159,7 @@ const GRAIN64K: usize = 64 << 10;
 /// A raw disk with data, holes, a partial grain and a capacity that is not
 /// a grain multiple.
 fn mixed_raw() -> Vec<u8> {
-    let mut rng = Prng(7);
+    let mut rng = Rng(7);
     let mut raw = vec![0u8; 3 * (1 << 20) + 40 * 1024];
     raw[..GRAIN64K].fill(0xab);
     let g5 = 5 * GRAIN64K;
@@ -246,7 +231,7 @@ fn qemu_all_zero_disk_emits_nothing() {
 
 #[test]
 fn qemu_incompressible_disk_matches_source() {
-    let raw = Prng(99).bytes(1 << 20);
+    let raw = Rng(99).bytes(1 << 20);
     let vmdk = qemu_stream_optimized(&raw);
     let d = decode_cut(&vmdk, &random_cuts(vmdk.len(), 3, 5000)).unwrap();
     assert_eq!(d.disk(), raw);
@@ -884,7 +869,7 @@ fn error_message_names_offset() {
 #[test]
 fn fuzz_entry_survives_mutations() {
     let base = vmware_sample();
-    let mut rng = Prng(42);
+    let mut rng = Rng(42);
     for _ in 0..300 {
         let mut v = base.clone();
         for _ in 0..(rng.next() % 8 + 1) {

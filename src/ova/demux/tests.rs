@@ -1,6 +1,7 @@
 //! Tests of the tar demultiplexer: a small in-test writer, GNU tar as an
 //! oracle, split-point equivalence and named regressions.
 
+use crate::test_support::Rng;
 use std::path::Path;
 use std::process::Command;
 
@@ -129,16 +130,6 @@ fn contents(events: &[Owned]) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// Whole, random small pieces, byte by byte and every two-way split give
