@@ -391,10 +391,16 @@ fn write_disk<W: Write>(
                     .at_path(&d.path));
             }
         };
-        let chunk = buf.split_to(n).freeze();
-        tar.write_data(&chunk)?;
-        if let Some(h) = &hasher {
-            h.feed(chunk)?;
+        match &hasher {
+            // The chunk is shared with the digest thread; the next one
+            // gets a fresh buffer.
+            Some(h) => {
+                let chunk = buf.split_to(n).freeze();
+                tar.write_data(&chunk)?;
+                h.feed(chunk)?;
+            }
+            // No digest: the one buffer is reused, never re-zeroed.
+            None => tar.write_data(&buf[..n])?,
         }
         written += n as u64;
     }

@@ -361,11 +361,9 @@ impl Importer {
     /// Adds the current entry's name and the offset inside it to an error.
     fn locate(&self, e: Error, stream_pos: u64) -> Error {
         match &self.current {
-            Some(c) => {
-                let _ = stream_pos;
-                e.in_entry(&self.records[c.record].name)
-                    .at_offset(c.received)
-            }
+            Some(c) => e
+                .in_entry(&self.records[c.record].name)
+                .at_offset(c.received),
             None => e.at_offset(stream_pos),
         }
     }
