@@ -23,6 +23,7 @@ pub mod error;
 pub mod limits;
 pub mod ova;
 pub mod pipeline;
+pub mod server;
 pub mod sink;
 pub mod source;
 #[cfg(test)]

@@ -8,7 +8,7 @@ use ovaio::cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ovaio::cli::init_logging(cli.verbose);
+    ovaio::cli::init_logging(cli.verbose, cli.is_server());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -128,19 +128,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
                 .map_err(|e| Error::from(e).with_message("writing to stdout"))?;
             s
         }
-        Some((partial, file)) => {
-            let at = |e: Error| e.at_path(partial.partial_path());
-            let mut w = BufWriter::with_capacity(OUT_BUFFER, file);
-            let s = plan.write_to(&mut w, progress.clone()).map_err(at)?;
-            let file = w
-                .into_inner()
-                .map_err(|e| at(Error::from(e.into_error()).with_message("writing the OVA")))?;
-            file.sync_all()
-                .map_err(|e| at(Error::from(e).with_message("fsync of the OVA")))?;
-            progress.check_cancelled()?;
-            partial.commit()?;
-            s
-        }
+        Some((partial, file)) => plan.write_partial(partial, file, progress.clone())?,
     };
     drop(bar);
     let json =

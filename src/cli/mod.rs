@@ -5,6 +5,7 @@ mod export;
 mod import;
 mod inspect;
 mod progress;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,15 @@ enum Command {
     Export(export::ExportArgs),
     /// Print the OVF summary of an OVA: disks, formats, capacities, files, manifest.
     Inspect(inspect::InspectArgs),
+    /// Run the HTTPS data API and the control API (tickets, jobs).
+    Serve(serve::ServeArgs),
+}
+
+impl Cli {
+    /// Whether the command is a long-running server (logs at info by default).
+    pub fn is_server(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
 }
 
 /// Runs one parsed command line.
@@ -37,6 +47,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export::run(a),
         Command::Import(a) => import::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 
@@ -77,17 +88,21 @@ pub(crate) fn cancel_on_signals(progress: &crate::pipeline::progress::Progress) 
     }
 }
 
-/// Installs a `tracing` subscriber writing to stderr.
-pub fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        2 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
+/// Installs a `tracing` subscriber writing to stderr: `RUST_LOG` when set,
+/// else warnings (info for a server) raised by each `-v`.
+pub fn init_logging(verbose: u8, server: bool) {
+    let level = match verbose + u8::from(server) {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ovaio={level},warn")));
     let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -7,7 +7,8 @@
 //! [`ExportPlan::write_to`] then streams the archive in one pass: the OVF
 //! first, the disks in References order, the SHA-256 manifest last.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use crate::ova::ovf;
 use crate::ova::ovf::writer::{GeneratedDisk, fill_sizes, generate};
 use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::pipeline::progress::Progress;
+use crate::sink::partial::PartialFile;
 use crate::source::volume::{AllowedRoots, SourceVolume, VolumeFormat};
 
 /// Bytes copied per read from an encoder.
@@ -246,6 +248,28 @@ impl ExportPlan {
         self.archive.total_size
     }
 
+    /// Writes the OVA into the `.partial` file made for it, fsyncs it and
+    /// renames it to its final name; on any failure (or cancellation) the
+    /// partial file is removed and no final file appears.
+    pub fn write_partial(
+        self,
+        partial: PartialFile,
+        file: File,
+        progress: Arc<Progress>,
+    ) -> Result<ExportSummary> {
+        let at = |e: Error| e.at_path(partial.partial_path());
+        let mut w = BufWriter::with_capacity(COPY_CHUNK, file);
+        let s = self.write_to(&mut w, progress.clone()).map_err(at)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| at(Error::from(e.into_error()).with_message("writing the OVA")))?;
+        file.sync_all()
+            .map_err(|e| at(Error::from(e).with_message("fsync of the OVA")))?;
+        progress.check_cancelled()?;
+        partial.commit()?;
+        Ok(s)
+    }
+
     /// Streams the OVA into `out`; returns what was written. `out` is not
     /// flushed to stable storage here: that is the caller's sink's job.
     pub fn write_to<W: Write>(self, out: W, progress: Arc<Progress>) -> Result<ExportSummary> {
@@ -436,6 +460,7 @@ impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.progress.add_read(n as u64);
+        self.progress.add_entry_bytes(n as u64);
         Ok(n)
     }
 

@@ -534,6 +534,7 @@ impl Importer {
             Role::Skip => {}
         }
         cur.received += d.len() as u64;
+        self.progress.add_entry_bytes(d.len() as u64);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub struct Progress {
     bytes_read: AtomicU64,
     total: AtomicU64,
     entry: Mutex<String>,
+    entry_bytes: AtomicU64,
     cancel: Arc<AtomicBool>,
 }
 
@@ -41,6 +42,11 @@ impl Progress {
         self.entry.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
+    /// Bytes of the current entry's data consumed so far.
+    pub fn entry_bytes(&self) -> u64 {
+        self.entry_bytes.load(Ordering::Relaxed)
+    }
+
     /// The flag that cancels the transfer when set (by a signal handler,
     /// or a control-API DELETE).
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
@@ -64,9 +70,14 @@ impl Progress {
         self.bytes_read.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub(crate) fn add_entry_bytes(&self, n: u64) {
+        self.entry_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_entry(&self, name: &str) {
         if let Ok(mut e) = self.entry.lock() {
             name.clone_into(&mut e);
+            self.entry_bytes.store(0, Ordering::Relaxed);
         }
     }
 }

@@ -14,6 +14,7 @@ mod model;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub(crate) use model::file_url_path;
 pub use model::{
     DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
 };

@@ -289,6 +289,19 @@ impl TicketStore {
         })
     }
 
+    /// The storage roots every path must resolve under.
+    pub fn roots(&self) -> &AllowedRoots {
+        &self.roots
+    }
+
+    /// Cancels every active transfer (server shutdown). The tickets stay.
+    pub fn cancel_all(&self) {
+        let map = lock(&self.tickets);
+        for e in map.values() {
+            e.live.cancel(&mut lock(&e.live.state));
+        }
+    }
+
     /// Drops expired tickets, cancelling whatever still uses them.
     fn purge(&self, map: &mut HashMap<String, Entry>, now: Instant) {
         map.retain(|_, e| {
@@ -356,7 +369,7 @@ impl TicketStore {
 
     /// The canonical form of `p` under the roots. A write target that does
     /// not exist yet (`create`) is judged by its directory.
-    fn resolve_path(&self, field: &str, p: &Path, create: bool) -> Result<PathBuf> {
+    pub(crate) fn resolve_path(&self, field: &str, p: &Path, create: bool) -> Result<PathBuf> {
         let invalid = |reason: &str| -> Error {
             TicketError::InvalidField {
                 field: field.to_owned(),

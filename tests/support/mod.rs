@@ -12,6 +12,7 @@
 
 pub mod image;
 pub mod ova;
+pub mod server;
 pub mod tar;
 
 use std::ffi::{OsStr, OsString};

@@ -13,6 +13,7 @@ mod tests;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+pub(crate) use raw::data_ranges;
 pub use roots::AllowedRoots;
 
 use crate::codec::map::{AllocationMap, GuestReader, RangeKind};

@@ -1,0 +1,295 @@
+//! `ovaio serve` settings: embedded defaults, then a TOML file, then flags.
+//!
+//! ```toml
+//! state_dir = "/var/lib/ovaio"        # certificate, control socket
+//! roots = ["/srv/images"]             # every ticket and job path lies under one
+//!
+//! [data]
+//! listen = "127.0.0.1:54322"          # HTTPS data API
+//! cert = "/etc/pki/ovaio/server.crt"  # default: generated in state_dir/tls
+//! key = "/etc/pki/ovaio/server.key"
+//! max_connections = 64
+//!
+//! [control]
+//! socket = "/run/ovaio/control.sock"  # default: state_dir/control.sock
+//! listen = "127.0.0.1:54324"          # optional loopback TCP
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Default data API address (ovirt-imageio's port).
+pub const DEFAULT_DATA_LISTEN: &str = "127.0.0.1:54322";
+
+/// Everything `ovaio serve` needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Where the generated certificate and the control socket live.
+    pub state_dir: PathBuf,
+    /// Storage roots: every ticket and job path must resolve under one.
+    pub roots: Vec<PathBuf>,
+    /// The data API.
+    pub data: DataConfig,
+    /// The control API.
+    pub control: ControlConfig,
+}
+
+/// Data API settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataConfig {
+    /// HTTPS listen address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; `None`: generated in `state_dir/tls`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (with `cert`).
+    pub key: Option<PathBuf>,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: usize,
+    /// Seconds a client may take to send a request head.
+    pub header_timeout: u64,
+    /// Bytes per read or write on the volumes.
+    pub buffer_size: usize,
+    /// Buffers in flight between the network and the disk, per transfer.
+    pub queue_depth: usize,
+}
+
+/// Control API settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Unix socket path; `None`: `state_dir/control.sock`.
+    pub socket: Option<PathBuf>,
+    /// Optional loopback TCP address (plain HTTP).
+    pub listen: Option<SocketAddr>,
+}
+
+impl ServeConfig {
+    /// The embedded defaults: loopback data API on 54322, state under the
+    /// user's state directory, one storage root `state_dir/storage`.
+    pub fn defaults() -> Self {
+        let state_dir = default_state_dir();
+        ServeConfig {
+            roots: vec![state_dir.join("storage")],
+            state_dir,
+            data: DataConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 54322)),
+                cert: None,
+                key: None,
+                max_connections: 64,
+                max_header_bytes: 16 << 10,
+                header_timeout: 30,
+                buffer_size: 1 << 20,
+                queue_depth: 4,
+            },
+            control: ControlConfig {
+                socket: None,
+                listen: None,
+            },
+        }
+    }
+
+    /// The defaults overridden by the TOML file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::from(e).at_path(path))?;
+        Self::from_toml(&text).map_err(|e| e.at_path(path))
+    }
+
+    /// The defaults overridden by a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("bad configuration: {}", e.message()),
+            )
+        })?;
+        let mut c = ServeConfig::defaults();
+        let state_given = file.state_dir.is_some();
+        if let Some(s) = file.state_dir {
+            c.state_dir = s;
+        }
+        match file.roots {
+            Some(r) => c.roots = r,
+            None if state_given => c.roots = vec![c.state_dir.join("storage")],
+            None => {}
+        }
+        if let Some(d) = file.data {
+            if let Some(l) = d.listen {
+                c.data.listen = parse_addr("data.listen", &l)?;
+            }
+            c.data.cert = d.cert.or(c.data.cert);
+            c.data.key = d.key.or(c.data.key);
+            set(&mut c.data.max_connections, d.max_connections);
+            set(&mut c.data.max_header_bytes, d.max_header_bytes);
+            set(&mut c.data.header_timeout, d.header_timeout);
+            set(&mut c.data.buffer_size, d.buffer_size);
+            set(&mut c.data.queue_depth, d.queue_depth);
+        }
+        if let Some(k) = file.control {
+            c.control.socket = k.socket.or(c.control.socket);
+            if let Some(l) = k.listen {
+                c.control.listen = Some(parse_addr("control.listen", &l)?);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Checks the values that cannot be right.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::new(ErrorKind::InvalidArgument, m));
+        if self.roots.is_empty() {
+            return bad("at least one storage root is needed".into());
+        }
+        if self.data.cert.is_some() != self.data.key.is_some() {
+            return bad("data.cert and data.key go together".into());
+        }
+        if !(1..=65_536).contains(&self.data.max_connections) {
+            return bad("data.max_connections must be 1..=65536".into());
+        }
+        if !(8 << 10..=1 << 20).contains(&self.data.max_header_bytes) {
+            return bad("data.max_header_bytes must be 8 KiB..=1 MiB".into());
+        }
+        if !(4 << 10..=16 << 20).contains(&self.data.buffer_size) {
+            return bad("data.buffer_size must be 4 KiB..=16 MiB".into());
+        }
+        if !(1..=64).contains(&self.data.queue_depth) {
+            return bad("data.queue_depth must be 1..=64".into());
+        }
+        if self.data.header_timeout == 0 {
+            return bad("data.header_timeout must be at least 1 second".into());
+        }
+        if let Some(l) = self.control.listen
+            && !l.ip().is_loopback()
+        {
+            return bad(format!(
+                "control.listen {l} is not a loopback address: the control API has no authentication"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The control socket path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("control.sock"))
+    }
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr> {
+    s.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{field} '{s}' is not an address like 127.0.0.1:54322"),
+        )
+    })
+}
+
+/// `$OVAIO_STATE_DIR`, else `/var/lib/ovaio` for root, else
+/// `$XDG_STATE_HOME/ovaio`, else `~/.local/state/ovaio`.
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("OVAIO_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/ovaio");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("ovaio");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/ovaio"),
+        None => PathBuf::from("/tmp/ovaio"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    roots: Option<Vec<PathBuf>>,
+    data: Option<FileData>,
+    control: Option<FileControl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileData {
+    listen: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<usize>,
+    header_timeout: Option<u64>,
+    buffer_size: Option<usize>,
+    queue_depth: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileControl {
+    socket: Option<PathBuf>,
+    listen: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = ServeConfig::defaults();
+        c.validate().unwrap();
+        assert_eq!(c.data.listen.to_string(), DEFAULT_DATA_LISTEN);
+        assert!(c.control.listen.is_none());
+        assert_eq!(c.control_socket(), c.state_dir.join("control.sock"));
+        assert_eq!(c.roots, vec![c.state_dir.join("storage")]);
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let c = ServeConfig::from_toml(
+            r#"
+state_dir = "/s"
+[data]
+listen = "127.0.0.1:0"
+max_connections = 8
+[control]
+listen = "127.0.0.1:54324"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        assert_eq!(c.roots, vec![PathBuf::from("/s/storage")]);
+        assert_eq!(c.data.listen.port(), 0);
+        assert_eq!(c.data.max_connections, 8);
+        assert_eq!(c.data.queue_depth, 4);
+        assert_eq!(c.control.listen.map(|a| a.port()), Some(54324));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_field() {
+        let e = ServeConfig::from_toml("[data]\nlisten = \"nowhere\"").unwrap_err();
+        assert!(e.to_string().contains("data.listen"), "{e}");
+        let e = ServeConfig::from_toml("[data]\nlistn = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        let c = ServeConfig::from_toml("[control]\nlisten = \"0.0.0.0:1\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("loopback"));
+        let c = ServeConfig::from_toml("roots = []").unwrap();
+        assert!(c.validate().is_err());
+        let c = ServeConfig::from_toml("[data]\ncert = \"/c\"").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

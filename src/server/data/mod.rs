@@ -1,0 +1,271 @@
+//! The data API (`/images/{ticket}`), compatible with ovirt-imageio's:
+//! every request names a ticket, which decides what it may do and on
+//! which volume. `image` tickets get imageio's ranged reads and writes on
+//! a raw file ([`image`]); OVA tickets stream a whole package in or out
+//! ([`ova`]).
+
+mod blocking;
+mod image;
+mod ova;
+
+pub(crate) use ova::{export_request, import_targets};
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::header::{ALLOW, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use serde_json::json;
+use tracing::Instrument;
+
+use super::config::DataConfig;
+use super::http::{self as h, Request, Response};
+use crate::error::{ErrorKind, Result};
+use crate::ticket::{Op, TicketHandle, TicketKind, TicketStore};
+
+/// What `OPTIONS` advertises for writers and readers at once per ticket.
+pub const MAX_READERS: u32 = 8;
+/// See [`MAX_READERS`].
+pub const MAX_WRITERS: u32 = 8;
+
+/// The data API's shared state.
+#[derive(Debug)]
+pub struct DataApi {
+    store: Arc<TicketStore>,
+    cfg: DataConfig,
+    /// OVA tickets with an upload or download in progress: one at a time.
+    busy: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Which resource under `/images/{ticket}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Image,
+    Extents,
+}
+
+impl DataApi {
+    /// The data API over `store`.
+    pub fn new(store: Arc<TicketStore>, cfg: DataConfig) -> Self {
+        DataApi {
+            store,
+            cfg,
+            busy: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Answers one request; never fails (errors become responses).
+    pub async fn handle(self: Arc<Self>, req: Request) -> Response {
+        let mut resp = self.route(req).await;
+        cors(resp.headers_mut());
+        resp
+    }
+
+    async fn route(&self, req: Request) -> Response {
+        let path = req.uri().path().to_owned();
+        if path == "/info" || path == "/info/" {
+            return h::json(
+                StatusCode::OK,
+                &json!({"version": env!("CARGO_PKG_VERSION"), "server": "ovaio"}),
+            );
+        }
+        let Some(rest) = path.strip_prefix("/images/") else {
+            return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}"));
+        };
+        let (id, res) = match rest.split_once('/') {
+            None => (rest, Resource::Image),
+            Some((id, "extents")) => (id, Resource::Extents),
+            Some(_) => return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}")),
+        };
+        let method = req.method().clone();
+        if method == Method::OPTIONS && id == "*" {
+            return options_response(&["OPTIONS", "GET", "PUT", "PATCH"], &FULL_FEATURES);
+        }
+        let op = match (&method, res) {
+            (&Method::OPTIONS, Resource::Image) => None,
+            (&Method::GET, _) => Some(Op::Read),
+            (&Method::PUT | &Method::PATCH, Resource::Image) => Some(Op::Write),
+            _ => {
+                let mut r = h::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("{method} is not allowed on {path}"),
+                );
+                r.headers_mut().insert(
+                    ALLOW,
+                    HeaderValue::from_static(match res {
+                        Resource::Image => "OPTIONS, GET, PUT, PATCH",
+                        Resource::Extents => "GET",
+                    }),
+                );
+                return r;
+            }
+        };
+        let ticket = match self.authorize(id, op) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(%method, error = %e.one_line(), "refused");
+                return h::error_text(&e);
+            }
+        };
+        let span = tracing::info_span!(
+            "ticket",
+            id = %short(ticket.id()),
+            transfer = ticket.request().transfer_id.as_deref().unwrap_or("-"),
+        );
+        async move {
+            tracing::debug!(%method, %path, "request");
+            let r = self.dispatch(ticket, method.clone(), res, req).await;
+            if r.status().is_client_error() || r.status().is_server_error() {
+                tracing::warn!(%method, status = r.status().as_u16(), "request failed");
+            }
+            r
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch(
+        &self,
+        ticket: TicketHandle,
+        method: Method,
+        res: Resource,
+        req: Request,
+    ) -> Response {
+        let kind = ticket.kind();
+        let r: Result<Response> = match (kind, method, res) {
+            (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
+            (TicketKind::Image, Method::GET, Resource::Image) => {
+                image::get(ticket, req, &self.cfg).await
+            }
+            (TicketKind::Image, Method::GET, Resource::Extents) => {
+                image::extents(ticket, req).await
+            }
+            (TicketKind::Image, Method::PUT, _) => image::put(ticket, req, &self.cfg).await,
+            (TicketKind::Image, Method::PATCH, _) => image::patch(ticket, req, &self.cfg).await,
+            (TicketKind::OvaImport, Method::PUT, Resource::Image) => {
+                match self.claim(ticket.id()) {
+                    Some(_guard) => ova::put(ticket, req, &self.cfg).await,
+                    None => Ok(busy()),
+                }
+            }
+            (TicketKind::OvaExport, Method::GET, Resource::Image) => {
+                match self.claim(ticket.id()) {
+                    Some(guard) => {
+                        ova::get(ticket, self.store.roots().clone(), &self.cfg, guard).await
+                    }
+                    None => Ok(busy()),
+                }
+            }
+            (kind, method, _) => Ok(h::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{method} is not supported on an {} ticket", kind.name()),
+            )),
+        };
+        r.unwrap_or_else(|e| h::error_text(&e))
+    }
+
+    /// Authorizes `op`; `None` (OPTIONS) accepts any op the ticket has.
+    fn authorize(&self, id: &str, op: Option<Op>) -> Result<TicketHandle> {
+        match op {
+            Some(op) => self.store.authorize(id, op),
+            None => match self.store.authorize(id, Op::Read) {
+                Err(e) if e.kind() == ErrorKind::Auth => self.store.authorize(id, Op::Write),
+                r => r,
+            },
+        }
+    }
+
+    /// Marks an OVA ticket busy until the guard drops; `None` when it is.
+    fn claim(&self, id: &str) -> Option<BusyGuard> {
+        let mut set = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(id.to_owned()).then(|| BusyGuard {
+            set: self.busy.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// Holds an OVA ticket's single transfer slot.
+#[derive(Debug)]
+pub(crate) struct BusyGuard {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+fn busy() -> Response {
+    h::text(
+        StatusCode::CONFLICT,
+        "another transfer is already using this ticket",
+    )
+}
+
+const FULL_FEATURES: [&str; 3] = ["extents", "zero", "flush"];
+
+fn ticket_options(t: &TicketHandle) -> Response {
+    let can_write = t.ops().contains(&Op::Write);
+    match t.kind() {
+        TicketKind::Image if can_write => {
+            options_response(&["OPTIONS", "GET", "PUT", "PATCH"], &FULL_FEATURES)
+        }
+        TicketKind::Image => options_response(&["OPTIONS", "GET"], &["extents"]),
+        TicketKind::OvaImport => options_response(&["OPTIONS", "PUT"], &[]),
+        TicketKind::OvaExport => options_response(&["OPTIONS", "GET"], &[]),
+    }
+}
+
+fn options_response(methods: &[&str], features: &[&str]) -> Response {
+    let mut r = h::json(
+        StatusCode::OK,
+        &json!({
+            "features": features,
+            "max_readers": MAX_READERS,
+            "max_writers": MAX_WRITERS,
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&methods.join(", ")) {
+        r.headers_mut().insert(ALLOW, v);
+    }
+    r
+}
+
+/// CORS headers on every data API response, so a browser page from any
+/// origin can upload with a ticket (the ticket is the credential; no
+/// cookies are involved).
+fn cors(headers: &mut http::HeaderMap) {
+    let set = |headers: &mut http::HeaderMap, name: &'static str, v: &'static str| {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(v));
+    };
+    set(headers, "access-control-allow-origin", "*");
+    set(
+        headers,
+        "access-control-allow-methods",
+        "OPTIONS, GET, PUT, PATCH",
+    );
+    set(
+        headers,
+        "access-control-allow-headers",
+        "content-type, content-range, range",
+    );
+    set(
+        headers,
+        "access-control-expose-headers",
+        "content-length, content-range, content-disposition",
+    );
+    set(headers, "access-control-max-age", "300");
+}
+
+/// The first characters of a ticket id, enough to tell tickets apart in
+/// logs without writing the whole credential there.
+fn short(id: &str) -> &str {
+    let end = id.char_indices().nth(8).map(|(i, _)| i).unwrap_or(id.len());
+    &id[..end]
+}

@@ -1,0 +1,325 @@
+//! OVA tickets: `PUT` streams a whole package through the import
+//! pipeline while it arrives; `GET` streams an export with its exact
+//! `Content-Length`.
+//!
+//! The pipelines are blocking code; each transfer runs one on the
+//! blocking pool and talks to the request through a channel of at most
+//! `queue_depth` buffers. The ticket records the outcome: `succeeded`
+//! only after the import verified and renamed every target, `failed` with
+//! the reason otherwise (a client that disconnects included), and then no
+//! target is left under its final name.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use http::{HeaderValue, StatusCode};
+use tokio::sync::mpsc;
+
+use super::BusyGuard;
+use super::blocking::{self, ChannelWriter};
+use super::image::add_disposition;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
+use crate::pipeline::import::{DiskTarget, Importer, Targets};
+use crate::server::config::DataConfig;
+use crate::server::http::{self as h, BodyReader, Request, Response};
+use crate::server::range;
+use crate::sink::format::TargetFormat;
+use crate::source::volume::{AllowedRoots, VolumeFormat};
+use crate::ticket::{ResolvedOva, TicketHandle, TransferState};
+
+/// What the blocking import thread receives.
+#[derive(Debug)]
+enum Msg {
+    Data(Bytes),
+    /// The body ended where it should: verify and commit.
+    End,
+}
+
+fn ova_of(t: &TicketHandle) -> Result<&ResolvedOva> {
+    t.ova().filter(|o| !o.disks.is_empty()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            "the ticket's ova object names no disk",
+        )
+    })
+}
+
+/// The import targets an `ova-import` ticket maps.
+pub(crate) fn import_targets(ova: &ResolvedOva) -> Result<Targets> {
+    let mut map = BTreeMap::new();
+    for d in &ova.disks {
+        let format = match d.format.as_deref() {
+            None => TargetFormat::Raw,
+            Some(f) => TargetFormat::parse(f).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("disk '{}': unknown target format '{f}'", d.href),
+                )
+            })?,
+        };
+        map.insert(
+            d.href.clone(),
+            DiskTarget {
+                path: d.path.clone(),
+                format,
+            },
+        );
+    }
+    Ok(Targets::Map(map))
+}
+
+/// The export request an `ova-export` ticket describes.
+pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<ExportRequest> {
+    let disks = ova
+        .disks
+        .iter()
+        .map(|d| {
+            let format = match d.format.as_deref() {
+                None => None,
+                Some("raw") => Some(VolumeFormat::Raw),
+                Some("qcow2") => Some(VolumeFormat::Qcow2),
+                Some(f) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("disk '{}': unknown source format '{f}'", d.href),
+                    ));
+                }
+            };
+            Ok(ExportDisk {
+                href: d.href.clone(),
+                path: d.path.clone(),
+                format,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let name = ova.name.clone().unwrap_or_else(|| "vm".to_owned());
+    let (ovf, ovf_name) = match &ova.ovf {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| Error::from(e).at_path(p))?;
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("{name}.ovf"));
+            (OvfSource::Descriptor(bytes), n)
+        }
+        None => (OvfSource::Generate(name.clone()), format!("{name}.ovf")),
+    };
+    Ok(ExportRequest {
+        disks,
+        ovf,
+        ovf_name,
+        manifest: true,
+        align: false,
+        detect_zeros: false,
+        roots,
+    })
+}
+
+/// Reports the current disk's bytes from the pipeline's progress record
+/// and remembers them, so the final state keeps the count.
+fn report_disk(
+    t: &TicketHandle,
+    hrefs: &[String],
+    p: &crate::pipeline::progress::Progress,
+    seen: &mut BTreeMap<String, u64>,
+) {
+    let entry = p.entry();
+    if hrefs.contains(&entry) {
+        let bytes = p.entry_bytes();
+        t.set_disk_progress(&entry, bytes, TransferState::Active);
+        seen.insert(entry, bytes);
+    }
+}
+
+/// Sets every disk's final state, keeping the bytes last seen.
+fn finish_disks(
+    t: &TicketHandle,
+    hrefs: &[String],
+    seen: &BTreeMap<String, u64>,
+    state: TransferState,
+) {
+    for h in hrefs {
+        t.set_disk_progress(h, seen.get(h).copied().unwrap_or(0), state);
+    }
+}
+
+/// `PUT /images/{ticket}` on an `ova-import` ticket.
+pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Result<Response> {
+    let ova = ova_of(&t)?.clone();
+    let (parts, body) = req.into_parts();
+    if let Some(v) = h::header(&parts, CONTENT_RANGE) {
+        let cr = range::parse_content_range(v).map_err(Error::from)?;
+        if cr.range.start != 0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "an OVA upload is one stream from its first byte; it cannot start at an offset",
+            ));
+        }
+    }
+    let length = h::header(&parts, CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+    let targets = import_targets(&ova)?;
+    let hrefs: Arc<Vec<String>> = Arc::new(ova.disks.iter().map(|d| d.href.clone()).collect());
+    let progress = t.progress();
+    let t = Arc::new(t);
+    tracing::info!(length, disks = hrefs.len(), "OVA upload started");
+
+    let (tx, mut rx) = mpsc::channel::<Msg>(cfg.queue_depth);
+    let tt = t.clone();
+    let hh = hrefs.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut importer = Importer::new(targets, progress.clone());
+        let mut seen = BTreeMap::new();
+        let mut ended = false;
+        while let Some(m) = rx.blocking_recv() {
+            match m {
+                Msg::Data(b) => {
+                    if let Err(e) = importer.feed(b) {
+                        return (Err(e), seen);
+                    }
+                    report_disk(&tt, &hh, &progress, &mut seen);
+                }
+                Msg::End => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if !ended {
+            // Dropping the importer removes every partial target.
+            return (
+                Err(Error::new(ErrorKind::Cancelled, "upload ended early")),
+                seen,
+            );
+        }
+        (importer.finish(), seen)
+    });
+
+    let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()));
+    let mut body_error = None;
+    loop {
+        match reader.next().await {
+            Ok(Some(b)) => {
+                t.touch();
+                if tx.send(Msg::Data(b)).await.is_err() {
+                    break; // the pipeline failed; its error says why
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send(Msg::End).await;
+                break;
+            }
+            Err(e) => {
+                body_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (outcome, seen) = worker
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("import thread failed: {e}")))?;
+    let outcome = match (outcome, body_error) {
+        (Ok(s), _) => Ok(s),
+        // The client's failure is the real reason when the pipeline only
+        // saw the stream stop.
+        (Err(_), Some(be)) => Err(be),
+        (Err(e), None) => Err(e),
+    };
+    match outcome {
+        Ok(summary) => {
+            finish_disks(&t, &hrefs, &seen, TransferState::Succeeded);
+            t.succeed();
+            tracing::info!(
+                bytes = reader.received(),
+                disks = summary.disks.len(),
+                "OVA import succeeded"
+            );
+            Ok(h::json(StatusCode::OK, &summary))
+        }
+        Err(e) => {
+            let msg = e.one_line();
+            finish_disks(&t, &hrefs, &seen, TransferState::Failed);
+            t.fail(msg.clone());
+            tracing::warn!(bytes = reader.received(), error = %msg, "OVA import failed");
+            Err(e)
+        }
+    }
+}
+
+/// `GET /images/{ticket}` on an `ova-export` ticket.
+pub(super) async fn get(
+    t: TicketHandle,
+    roots: AllowedRoots,
+    cfg: &DataConfig,
+    guard: BusyGuard,
+) -> Result<Response> {
+    let ova = ova_of(&t)?.clone();
+    let filename = t
+        .request()
+        .filename
+        .clone()
+        .unwrap_or_else(|| format!("{}.ova", ova.name.as_deref().unwrap_or("vm")));
+    let t = Arc::new(t);
+    let plan = match blocking::run(move || ExportPlan::prepare(export_request(&ova, roots)?)).await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            t.fail(e.one_line());
+            return Err(e);
+        }
+    };
+    let total = plan.total_size();
+    tracing::info!(size = total, "OVA download started");
+    let (tx, rx) = mpsc::channel(cfg.queue_depth);
+    let chunk = cfg.buffer_size;
+    let progress = t.progress();
+    // The transfer outlives this handler: the thread keeps the ticket busy.
+    let hrefs: Vec<String> = t
+        .ova()
+        .map(|o| o.disks.iter().map(|d| d.href.clone()).collect())
+        .unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        let mut seen = BTreeMap::new();
+        let report = {
+            let progress = progress.clone();
+            let hrefs = hrefs.clone();
+            move |t: &TicketHandle, seen: &mut BTreeMap<String, u64>| {
+                report_disk(t, &hrefs, &progress, seen)
+            }
+        };
+        let t2 = t.clone();
+        let mut w = ChannelWriter::new(tx, chunk).on_send(Box::new(move || report(&t2, &mut seen)));
+        let r = plan
+            .write_to(&mut w, progress)
+            .and_then(|s| w.flush().map(|()| s).map_err(Error::from));
+        match r {
+            Ok(s) => {
+                for d in &s.disks {
+                    t.set_disk_progress(&d.href, d.size, TransferState::Succeeded);
+                }
+                t.succeed();
+                tracing::info!(size = s.size, "OVA download finished");
+            }
+            Err(e) => {
+                let msg = e.one_line();
+                tracing::warn!(error = %msg, "OVA download failed");
+                for h in &hrefs {
+                    t.set_disk_progress(h, 0, TransferState::Failed);
+                }
+                t.fail(msg.clone());
+                w.abort(msg);
+            }
+        }
+    });
+    let mut r = h::streaming(StatusCode::OK, rx, Some(total));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    add_disposition(&mut r, Some(&filename));
+    Ok(r)
+}

@@ -1,0 +1,277 @@
+//! What both APIs share: the body type, responses for errors and JSON,
+//! reading request bodies with a size limit and an inactivity timeout, and
+//! a streaming response body fed from a blocking thread.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Every response body.
+pub type Body = BoxBody<Bytes, io::Error>;
+/// Every response.
+pub type Response = hyper::Response<Body>;
+/// Every request.
+pub type Request = hyper::Request<Incoming>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body of these bytes.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A response with no body.
+pub fn status(code: StatusCode) -> Response {
+    let mut r = hyper::Response::new(empty());
+    *r.status_mut() = code;
+    r
+}
+
+/// A plain-text response: the message and a newline, as ovirt-imageio
+/// sends its errors (its client shows the body as the error).
+pub fn text(code: StatusCode, msg: &str) -> Response {
+    let mut r = hyper::Response::new(full(format!("{msg}\n")));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(code: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => {
+            let mut r = hyper::Response::new(full(body));
+            *r.status_mut() = code;
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// The HTTP status for an error kind.
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Auth => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::InvalidArgument
+        | ErrorKind::InvalidFormat
+        | ErrorKind::CorruptImage
+        | ErrorKind::Integrity => StatusCode::BAD_REQUEST,
+        ErrorKind::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorKind::Cancelled => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A plain-text error response with the error's one-line message.
+pub fn error_text(e: &Error) -> Response {
+    text(status_for(e.kind()), &e.one_line())
+}
+
+/// Reads a request body of at most `limit` bytes (control requests, PATCH
+/// messages), giving up after `idle` without a byte.
+pub async fn read_small_body(body: Incoming, limit: usize, idle: Duration) -> Result<Bytes> {
+    let mut reader = BodyReader::new(body, idle);
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next().await? {
+        if out.len() + chunk.len() > limit {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!("request body larger than {limit} bytes"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Reads a streamed request body chunk by chunk; a client silent for
+/// longer than the idle limit, or gone, is an error.
+#[derive(Debug)]
+pub struct BodyReader {
+    body: Incoming,
+    idle: Option<Duration>,
+    received: u64,
+}
+
+impl BodyReader {
+    /// Reads `body`; `idle` zero means no limit.
+    pub fn new(body: Incoming, idle: Duration) -> Self {
+        BodyReader {
+            body,
+            idle: (!idle.is_zero()).then_some(idle),
+            received: 0,
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The next data chunk, `None` at the end of the body.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            let frame = match self.idle {
+                Some(idle) => match tokio::time::timeout(idle, self.body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::Cancelled,
+                            format!(
+                                "client sent nothing for {} s after {} bytes",
+                                idle.as_secs(),
+                                self.received
+                            ),
+                        ));
+                    }
+                },
+                None => self.body.frame().await,
+            };
+            let Some(frame) = frame else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| {
+                Error::new(
+                    ErrorKind::Cancelled,
+                    format!("client connection lost after {} bytes: {e}", self.received),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if data.is_empty() {
+                    continue;
+                }
+                self.received += data.len() as u64;
+                return Ok(Some(data));
+            }
+        }
+    }
+}
+
+/// A response body fed through a bounded channel, typically by a blocking
+/// thread reading a volume. An `Err` item aborts the response (the client
+/// sees the connection close before `Content-Length` bytes).
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    remaining: Option<u64>,
+}
+
+impl ChannelBody {
+    /// A body of exactly `len` bytes when given, read from `rx`.
+    pub fn new(rx: mpsc::Receiver<io::Result<Bytes>>, len: Option<u64>) -> Self {
+        ChannelBody { rx, remaining: len }
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, io::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                if let Some(r) = self.remaining.as_mut() {
+                    *r = r.saturating_sub(b.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => match self.remaining {
+                Some(r) if r > 0 => Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("response ended {r} bytes short"),
+                )))),
+                _ => Poll::Ready(None),
+            },
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(r) => SizeHint::with_exact(r),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// A streaming response of `len` bytes (when known) from `rx`.
+pub fn streaming(
+    code: StatusCode,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    len: Option<u64>,
+) -> Response {
+    let mut r = hyper::Response::new(ChannelBody::new(rx, len).boxed());
+    *r.status_mut() = code;
+    if let Some(len) = len {
+        r.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    r
+}
+
+/// The value of a header as text, if present and visible ASCII.
+pub fn header(req: &http::request::Parts, name: http::header::HeaderName) -> Option<&str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    #[test]
+    fn kinds_map_to_imageio_statuses() {
+        assert_eq!(status_for(ErrorKind::Auth), StatusCode::FORBIDDEN);
+        assert_eq!(status_for(ErrorKind::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(status_for(ErrorKind::Integrity), StatusCode::BAD_REQUEST);
+        assert_eq!(status_for(ErrorKind::Io), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn channel_body_reports_a_short_stream() {
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+        drop(tx);
+        let body = ChannelBody::new(rx, Some(5));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("2 bytes short"), "{err}");
+
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Ok(Bytes::from_static(b"abcde"))).await.unwrap();
+        drop(tx);
+        let got = ChannelBody::new(rx, Some(5)).collect().await.unwrap();
+        assert_eq!(got.to_bytes(), Bytes::from_static(b"abcde"));
+    }
+}

@@ -1,0 +1,406 @@
+//! Server-side jobs: an import from, or an export to, a path under the
+//! storage roots, run without a data-plane client (`POST /jobs`). Each
+//! job runs the same pipeline as the command line on a thread of its own
+//! and reports into a [`Progress`] the control API shows.
+//!
+//! ```json
+//! {"type": "import", "source": "file:///nfs/in/vm.ova",
+//!  "disks": [{"href": "disk1.vmdk", "url": "file:///srv/images/d1.qcow2", "format": "qcow2"}]}
+//! {"type": "export", "target": "file:///nfs/out/vm.ova", "name": "vm",
+//!  "disks": [{"href": "disk1.qcow2", "url": "file:///srv/images/d1.raw"}]}
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::export::ExportPlan;
+use crate::pipeline::import::Importer;
+use crate::pipeline::progress::Progress;
+use crate::server::data::{export_request, import_targets};
+use crate::sink::partial::PartialFile;
+use crate::source::volume::AllowedRoots;
+use crate::ticket::{OvaDisk, ResolvedDisk, ResolvedOva, TicketStore, TransferState};
+
+/// Jobs kept at once (finished ones included); older finished jobs are
+/// dropped first.
+const MAX_JOBS: usize = 256;
+
+/// The body of `POST /jobs`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum JobRequest {
+    /// Import an OVA file into target volumes.
+    Import {
+        /// The package, `file:///path`.
+        source: String,
+        /// Where each disk goes (`format`: target format, default raw).
+        disks: Vec<OvaDisk>,
+        /// Check the manifest (default true).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verify: Option<bool>,
+    },
+    /// Export volumes into an OVA file.
+    Export {
+        /// The OVA to write, `file:///path` (written as `.partial` first).
+        target: String,
+        /// The disks in References order (`format`: source format, default probed).
+        disks: Vec<OvaDisk>,
+        /// An OVF descriptor to complete, `file:///path`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ovf: Option<String>,
+        /// The VM name when no descriptor is given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Replace an existing target (default false).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        overwrite: Option<bool>,
+    },
+}
+
+/// What `GET /jobs/{id}` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    /// The job id.
+    pub id: String,
+    /// The request as given.
+    pub request: JobRequest,
+    /// pending, active, succeeded, failed, cancelled.
+    pub state: TransferState,
+    /// Bytes read from the source (import) or written (export).
+    pub bytes: u64,
+    /// Total bytes when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// The tar entry in progress.
+    pub entry: String,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The pipeline's summary once succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Unix time the job was created.
+    pub created: u64,
+    /// Unix time it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: String,
+    request: JobRequest,
+    progress: Arc<Progress>,
+    created: u64,
+    outcome: Mutex<Outcome>,
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    state: Option<TransferState>,
+    error: Option<String>,
+    result: Option<serde_json::Value>,
+    finished: Option<u64>,
+}
+
+/// Every job, by id.
+#[derive(Debug)]
+pub struct Jobs {
+    store: Arc<TicketStore>,
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    next: AtomicU64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Jobs {
+    /// Jobs whose paths resolve under the store's roots.
+    pub fn new(store: Arc<TicketStore>) -> Self {
+        Jobs {
+            store,
+            jobs: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Checks the request, then starts it on its own thread. Every path is
+    /// resolved under the roots before anything starts.
+    pub fn start(&self, request: JobRequest) -> Result<JobStatus> {
+        let work = self.resolve(&request)?;
+        let id = format!("{:x}-{}", now(), self.next.fetch_add(1, Ordering::Relaxed));
+        let progress = Arc::new(Progress::new(None));
+        let job = Arc::new(Job {
+            id: id.clone(),
+            request,
+            progress: progress.clone(),
+            created: now(),
+            outcome: Mutex::new(Outcome::default()),
+        });
+        {
+            let mut map = self.lock();
+            if map.len() >= MAX_JOBS {
+                let mut done: Vec<_> = map
+                    .values()
+                    .filter(|j| j.outcome().finished.is_some())
+                    .map(|j| (j.created, j.id.clone()))
+                    .collect();
+                done.sort();
+                match done.first() {
+                    Some((_, old)) => {
+                        map.remove(&old.clone());
+                    }
+                    None => {
+                        return Err(Error::new(
+                            ErrorKind::LimitExceeded,
+                            format!("{MAX_JOBS} jobs are running; wait for one to end"),
+                        ));
+                    }
+                }
+            }
+            map.insert(id.clone(), job.clone());
+        }
+        let j = job.clone();
+        std::thread::Builder::new()
+            .name(format!("job-{id}"))
+            .spawn(move || {
+                let span = tracing::info_span!("job", id = %j.id);
+                let _e = span.enter();
+                j.set_state(TransferState::Active);
+                let r = work.run(j.progress.clone());
+                let mut o = j.outcome_mut();
+                o.finished = Some(now());
+                match r {
+                    Ok(v) => {
+                        tracing::info!("job succeeded");
+                        o.state = Some(TransferState::Succeeded);
+                        o.result = Some(v);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.one_line(), "job failed");
+                        o.state = Some(if e.kind() == ErrorKind::Cancelled {
+                            TransferState::Cancelled
+                        } else {
+                            TransferState::Failed
+                        });
+                        o.error = Some(e.one_line());
+                    }
+                }
+            })
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start a job thread: {e}")))?;
+        Ok(job.status())
+    }
+
+    /// One job's status.
+    pub fn get(&self, id: &str) -> Result<JobStatus> {
+        self.lock()
+            .get(id)
+            .map(|j| j.status())
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no such job '{id}'")))
+    }
+
+    /// Every job, oldest first.
+    pub fn list(&self) -> Vec<JobStatus> {
+        let mut v: Vec<_> = self.lock().values().map(|j| j.status()).collect();
+        v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        v
+    }
+
+    /// Cancels a running job and forgets it; unknown ids succeed (a retry).
+    pub fn remove(&self, id: &str) {
+        if let Some(j) = self.lock().remove(id) {
+            j.progress.cancel();
+        }
+    }
+
+    /// Cancels every running job (server shutdown).
+    pub fn cancel_all(&self) {
+        for j in self.lock().values() {
+            j.progress.cancel();
+        }
+    }
+
+    /// Jobs still running.
+    pub fn running(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|j| j.outcome().finished.is_none())
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn resolve(&self, r: &JobRequest) -> Result<Work> {
+        let url =
+            |field: &str, u: &str| crate::ticket::file_url_path(field, u).map_err(Error::from);
+        let disks = |list: &[OvaDisk], create: bool| -> Result<Vec<ResolvedDisk>> {
+            if list.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "the job names no disk",
+                ));
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let field = format!("disks[{i}].url");
+                    let p = url(&field, &d.url)?;
+                    Ok(ResolvedDisk {
+                        href: d.href.clone(),
+                        path: self.store.resolve_path(&field, &p, create)?,
+                        format: d.format.clone(),
+                    })
+                })
+                .collect()
+        };
+        match r {
+            JobRequest::Import {
+                source,
+                disks: d,
+                verify,
+            } => {
+                let src = self
+                    .store
+                    .resolve_path("source", &url("source", source)?, false)?;
+                Ok(Work::Import {
+                    source: src,
+                    ova: ResolvedOva {
+                        disks: disks(d, true)?,
+                        ovf: None,
+                        name: None,
+                    },
+                    verify: verify.unwrap_or(true),
+                })
+            }
+            JobRequest::Export {
+                target,
+                disks: d,
+                ovf,
+                name,
+                overwrite,
+            } => {
+                let target = self
+                    .store
+                    .resolve_path("target", &url("target", target)?, true)?;
+                let ovf = match ovf {
+                    Some(u) => Some(self.store.resolve_path("ovf", &url("ovf", u)?, false)?),
+                    None => None,
+                };
+                Ok(Work::Export {
+                    target,
+                    ova: ResolvedOva {
+                        disks: disks(d, false)?,
+                        ovf,
+                        name: name.clone(),
+                    },
+                    overwrite: overwrite.unwrap_or(false),
+                    roots: self.store.roots().clone(),
+                })
+            }
+        }
+    }
+}
+
+/// A job with its paths resolved.
+#[derive(Debug)]
+enum Work {
+    Import {
+        source: std::path::PathBuf,
+        ova: ResolvedOva,
+        verify: bool,
+    },
+    Export {
+        target: std::path::PathBuf,
+        ova: ResolvedOva,
+        overwrite: bool,
+        roots: AllowedRoots,
+    },
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))
+}
+
+impl Work {
+    fn run(self, progress: Arc<Progress>) -> Result<serde_json::Value> {
+        match self {
+            Work::Import {
+                source,
+                ova,
+                verify,
+            } => {
+                let targets = import_targets(&ova)?;
+                let mut src = crate::source::open(path_str(&source)?)?;
+                let mut importer = Importer::new(targets, progress);
+                if !verify {
+                    importer = importer.without_verification();
+                }
+                let s = importer
+                    .run(&mut src.reader)
+                    .map_err(|e| e.at_path(&source))?;
+                to_json(&s)
+            }
+            Work::Export {
+                target,
+                ova,
+                overwrite,
+                roots,
+            } => {
+                // Fails at once when the target cannot be made.
+                let (partial, file) = PartialFile::create_with(&target, overwrite)?;
+                // Backing chains are checked against the same roots.
+                let plan = ExportPlan::prepare(export_request(&ova, roots)?)?;
+                let s = plan.write_partial(partial, file, progress)?;
+                to_json(&s)
+            }
+        }
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().ok_or_else(|| {
+        Error::new(ErrorKind::InvalidArgument, "the path is not valid UTF-8").at_path(p)
+    })
+}
+
+impl Job {
+    fn outcome(&self) -> std::sync::MutexGuard<'_, Outcome> {
+        self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn outcome_mut(&self) -> std::sync::MutexGuard<'_, Outcome> {
+        self.outcome()
+    }
+
+    fn set_state(&self, s: TransferState) {
+        self.outcome_mut().state = Some(s);
+    }
+
+    fn status(&self) -> JobStatus {
+        let o = self.outcome();
+        JobStatus {
+            id: self.id.clone(),
+            request: self.request.clone(),
+            state: o.state.unwrap_or(TransferState::Pending),
+            bytes: self.progress.bytes_read(),
+            total: self.progress.total(),
+            entry: self.progress.entry(),
+            error: o.error.clone(),
+            result: o.result.clone(),
+            created: self.created,
+            finished: o.finished,
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The HTTP front, `ovaio serve`: the HTTPS data API
+//! ([`data`], imageio-compatible `/images/{ticket}`) and the control API
+//! ([`control`], tickets and [`jobs`]) over one [`crate::ticket::TicketStore`].
+//!
+//! Each accepted connection is one tokio task running hyper's HTTP/1.1
+//! server; blocking file and pipeline work runs on the blocking pool and
+//! meets the connection through bounded channels. Connections are capped
+//! (`data.max_connections`), request heads are bounded in size and time,
+//! and on shutdown the listeners close, every transfer is cancelled (its
+//! targets removed) and open connections get a grace period to finish.
+
+pub mod config;
+pub mod control;
+pub mod data;
+pub mod http;
+pub mod jobs;
+pub mod range;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use self::config::ServeConfig;
+use self::control::ControlApi;
+use self::data::DataApi;
+use self::jobs::Jobs;
+use crate::error::{Error, ErrorKind, Result};
+use crate::source::volume::AllowedRoots;
+use crate::ticket::TicketStore;
+
+/// How long open connections may take to finish after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Control API connections at once.
+const MAX_CONTROL_CONNECTIONS: usize = 64;
+
+/// Where a started server listens, for the start-up lines and tests.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The data API's address.
+    pub data: SocketAddr,
+    /// The certificate the data API presents.
+    pub cert: PathBuf,
+    /// Whether the certificate was generated at this start.
+    pub cert_generated: bool,
+    /// The control socket.
+    pub control_socket: PathBuf,
+    /// The control API's TCP address, if any.
+    pub control_tcp: Option<SocketAddr>,
+    /// Canonical storage roots.
+    pub roots: Vec<PathBuf>,
+}
+
+/// Runs the server until `shutdown` completes; `ready` is called once
+/// every listener is bound.
+pub async fn serve(
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&Endpoints),
+) -> Result<()> {
+    cfg.validate()?;
+    create_private_dir(&cfg.state_dir)?;
+    if cfg.roots == [cfg.state_dir.join("storage")] {
+        create_private_dir(&cfg.roots[0])?;
+    }
+    let roots = AllowedRoots::new(&cfg.roots)?;
+    let canon_roots = cfg
+        .roots
+        .iter()
+        .map(|r| std::fs::canonicalize(r).map_err(|e| Error::from(e).at_path(r)))
+        .collect::<Result<Vec<_>>>()?;
+
+    let tls = match (&cfg.data.cert, &cfg.data.key) {
+        (Some(c), Some(k)) => tls::TlsFiles {
+            cert: c.clone(),
+            key: k.clone(),
+            generated: false,
+        },
+        _ => tls::ensure_self_signed(&cfg.state_dir.join("tls"), &[])?,
+    };
+    let acceptor = TlsAcceptor::from(tls::server_config(&tls.cert, &tls.key)?);
+
+    let store = Arc::new(TicketStore::new(roots));
+    let jobs = Arc::new(Jobs::new(store.clone()));
+    let data_api = Arc::new(DataApi::new(store.clone(), cfg.data.clone()));
+    let control_api = Arc::new(ControlApi::new(store.clone(), jobs.clone()));
+
+    let data_listener = TcpListener::bind(cfg.data.listen)
+        .await
+        .map_err(|e| bind_error(e, &cfg.data.listen.to_string()))?;
+    let socket_path = cfg.control_socket();
+    let unix_listener = bind_unix(&socket_path)?;
+    let control_tcp = match cfg.control.listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| bind_error(e, &a.to_string()))?,
+        ),
+        None => None,
+    };
+
+    let endpoints = Endpoints {
+        data: data_listener.local_addr()?,
+        cert: tls.cert.clone(),
+        cert_generated: tls.generated,
+        control_socket: socket_path.clone(),
+        control_tcp: match &control_tcp {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
+        roots: canon_roots,
+    };
+    tracing::info!(data = %endpoints.data, control = %socket_path.display(), "serving");
+    ready(&endpoints);
+
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(cfg.data.header_timeout))
+            .max_buf_size(cfg.data.max_header_bytes.max(8192))
+            .keep_alive(true);
+        b
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let sem = Arc::new(Semaphore::new(cfg.data.max_connections));
+        let graceful = graceful.clone();
+        let http = http.clone();
+        let stop = stop_rx.clone();
+        let handshake = Duration::from_secs(cfg.data.header_timeout);
+        tasks.spawn(accept_loop(
+            data_listener,
+            sem,
+            stop,
+            move |tcp: tokio::net::TcpStream, permit| {
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let api = data_api.clone();
+                let http = http.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let svc = service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    });
+                    let conn = http.serve_connection(TokioIo::new(tls), svc);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "data connection ended");
+                    }
+                });
+            },
+        ));
+    }
+    let control_conn = {
+        let graceful = graceful.clone();
+        let http = http.clone();
+        move |io: Box<dyn IoStream>, permit| {
+            let api = control_api.clone();
+            let http = http.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let svc = service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(api.handle(req).await) }
+                });
+                let conn = http.serve_connection(TokioIo::new(io), svc);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "control connection ended");
+                }
+            });
+        }
+    };
+    let control_sem = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    {
+        let f = control_conn.clone();
+        tasks.spawn(accept_loop(
+            UnixAccept(unix_listener),
+            control_sem.clone(),
+            stop_rx.clone(),
+            move |s: tokio::net::UnixStream, p| f(Box::new(s), p),
+        ));
+    }
+    match control_tcp {
+        Some(l) => {
+            tasks.spawn(accept_loop(
+                l,
+                control_sem,
+                stop_rx.clone(),
+                move |s: tokio::net::TcpStream, p| control_conn(Box::new(s), p),
+            ));
+        }
+        None => drop(control_conn),
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: cancelling transfers");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    store.cancel_all();
+    jobs.cancel_all();
+    // The accept loops are gone, and with them every other reference.
+    match Arc::try_unwrap(graceful) {
+        Ok(g) => {
+            if tokio::time::timeout(SHUTDOWN_GRACE, g.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("connections still open after the grace period; closing them");
+            }
+        }
+        Err(_) => tracing::warn!("connections not tracked; closing them"),
+    }
+    // Cancelled jobs remove their partial files; give them the same grace.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while jobs.running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A byte stream hyper can serve: a TCP or Unix socket.
+pub trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> IoStream for T {}
+
+/// A listener of some socket kind.
+trait Accept: Send + 'static {
+    type Stream: Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+struct UnixAccept(UnixListener);
+
+impl Accept for UnixAccept {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        self.0.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Accepts connections while a permit is free, until `stop`.
+async fn accept_loop<L: Accept>(
+    listener: L,
+    sem: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    on_conn: impl Fn(L::Stream, tokio::sync::OwnedSemaphorePermit) + Send + 'static,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        match stream {
+            Ok(s) => on_conn(s, permit),
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little
+                // rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+fn bind_error(e: std::io::Error, what: &str) -> Error {
+    Error::new(ErrorKind::Io, format!("cannot listen on {what}: {e}"))
+}
+
+/// Binds the control socket (mode 0600). A stale socket file from an
+/// earlier run is replaced; any other file in the way is an error.
+fn bind_unix(path: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    "another server is listening on the control socket",
+                )
+                .at_path(path));
+            }
+            std::fs::remove_file(path).map_err(|e| Error::from(e).at_path(path))?;
+        }
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the control socket path exists and is not a socket",
+            )
+            .at_path(path));
+        }
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path).map_err(|e| bind_error(e, &path.display().to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::from(e).at_path(path))?;
+    Ok(l)
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            Error::from(e)
+                .at_path(dir)
+                .with_message("cannot create directory")
+        })
+}

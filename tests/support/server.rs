@@ -1,0 +1,304 @@
+//! A real `ovaio serve` for a test: started on an ephemeral loopback port
+//! with its own state directory and storage root, stopped (SIGTERM) when
+//! dropped. Control requests go through `curl --unix-socket`, data
+//! requests through `curl` over HTTPS trusting the generated certificate,
+//! and the `ovirt_imageio` client runs in the venv the test setup made.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Work;
+
+/// How long the server may take to print its start-up lines.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// `https://127.0.0.1:PORT`.
+    pub base: String,
+    /// The data API port.
+    pub port: u16,
+    /// The certificate clients must trust.
+    pub cert: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The (canonical) storage root.
+    pub root: PathBuf,
+    /// The state directory.
+    pub state: PathBuf,
+    stderr: mpsc::Receiver<String>,
+}
+
+/// A response: status, headers (lower-case names) and body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status; 0 when curl could not complete the request.
+    pub status: u16,
+    /// Response headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header of this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Server {
+    /// Starts a server whose state and storage root live in `work`.
+    pub fn start(work: &Work) -> Server {
+        Server::start_with(work, &[])
+    }
+
+    /// Like [`Server::start`], with extra `ovaio serve` arguments.
+    pub fn start_with(work: &Work, extra: &[&str]) -> Server {
+        let state = work.mkdir("state");
+        let root = work.mkdir("storage");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ovaio"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--root")
+            .arg(&root)
+            .args(extra)
+            .env("RUST_LOG", "ovaio=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ovaio serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if err_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let done = line.contains("ready");
+                lines.push(line);
+                if done {
+                    let _ = tx.send(lines.clone());
+                }
+            }
+        });
+        let lines = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let err: Vec<String> = err_rx.try_iter().collect();
+                panic!("ovaio serve did not start:\n{}", err.join("\n"));
+            }
+        };
+        let data = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("ovaio serve: data API https://"))
+            .expect("data API line");
+        let addr = data.split('/').next().expect("address");
+        let port: u16 = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Server {
+            child: Some(child),
+            base: format!("https://127.0.0.1:{port}"),
+            port,
+            cert: state.join("tls/server.crt"),
+            socket: state.join("control.sock"),
+            root: std::fs::canonicalize(&root).expect("canonical root"),
+            state,
+            stderr: err_rx,
+        }
+    }
+
+    /// `base/images/{ticket}`.
+    pub fn image_url(&self, ticket: &str) -> String {
+        format!("{}/images/{ticket}", self.base)
+    }
+
+    /// `file://` URL of `name` in the storage root.
+    pub fn file_url(&self, name: &str) -> String {
+        format!("file://{}", self.root.join(name).display())
+    }
+
+    /// A control API request; `body` is sent as JSON when given.
+    pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let mut args: Vec<String> = vec![
+            "--unix-socket".into(),
+            self.socket.display().to_string(),
+            "-X".into(),
+            method.into(),
+        ];
+        if let Some(b) = body {
+            args.push("-H".into());
+            args.push("content-type: application/json".into());
+            args.push("--data-binary".into());
+            args.push(b.to_string());
+        }
+        args.push(format!("http://localhost{path}"));
+        curl(&args)
+    }
+
+    /// `PUT /tickets/{id}`, asserting 200.
+    pub fn add_ticket(&self, ticket: &Value) {
+        let id = ticket["uuid"].as_str().expect("uuid");
+        let r = self.control("PUT", &format!("/tickets/{id}"), Some(ticket));
+        assert_eq!(r.status, 200, "adding ticket: {}", r.text());
+    }
+
+    /// `GET /tickets/{id}` as JSON, asserting 200.
+    pub fn ticket(&self, id: &str) -> Value {
+        let r = self.control("GET", &format!("/tickets/{id}"), None);
+        assert_eq!(r.status, 200, "getting ticket: {}", r.text());
+        r.json()
+    }
+
+    /// A data API request with curl; `extra` are more curl arguments
+    /// (headers, `--data-binary @file`, `-T file`...).
+    pub fn data(&self, method: &str, path: &str, extra: &[&str]) -> Reply {
+        let mut args: Vec<String> = vec![
+            "--cacert".into(),
+            self.cert.display().to_string(),
+            "-X".into(),
+            method.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("{}{path}", self.base));
+        curl(&args)
+    }
+
+    /// Runs a Python script with the venv interpreter (ovirt_imageio,
+    /// selenium); returns (success, stdout+stderr).
+    pub fn python(&self, script: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new(python())
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("run python");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().expect("wait for server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The venv Python with ovirt_imageio and selenium: `$OVAIO_TEST_PYTHON`,
+/// else `target/test-venv/bin/python` (made by `scripts/test.sh`).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("OVAIO_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh (it creates the venv with ovirt-imageio)",
+        p.display()
+    );
+    p
+}
+
+/// Runs curl, returning the status, headers and body.
+pub fn curl(args: &[String]) -> Reply {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let headers = dir.path().join("headers");
+    let body = dir.path().join("body");
+    let out = Command::new("curl")
+        .arg("-sS")
+        .arg("--max-time")
+        .arg("120")
+        .arg("-D")
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body)
+        .arg("-w")
+        .arg("%{http_code}")
+        .args(args)
+        .output()
+        .expect("run curl");
+    let status: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(&headers) {
+        let _ = f.read_to_string(&mut text);
+    }
+    // Only the last response's headers (after any 100 Continue).
+    let last = text
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or("");
+    let headers = last
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: std::fs::read(&body).unwrap_or_default(),
+    }
+}
