@@ -13,6 +13,7 @@ pub struct Progress {
     total: AtomicU64,
     entry: Mutex<String>,
     entry_bytes: AtomicU64,
+    previous: Mutex<(String, u64)>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -47,6 +48,11 @@ impl Progress {
         self.entry_bytes.load(Ordering::Relaxed)
     }
 
+    /// The entry before the current one and its final byte count.
+    pub fn previous_entry(&self) -> (String, u64) {
+        self.previous.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
     /// The flag that cancels the transfer when set (by a signal handler,
     /// or a control-API DELETE).
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
@@ -76,8 +82,10 @@ impl Progress {
 
     pub(crate) fn set_entry(&self, name: &str) {
         if let Ok(mut e) = self.entry.lock() {
-            name.clone_into(&mut e);
-            self.entry_bytes.store(0, Ordering::Relaxed);
+            let bytes = self.entry_bytes.swap(0, Ordering::Relaxed);
+            if let Ok(mut p) = self.previous.lock() {
+                *p = (std::mem::replace(&mut *e, name.to_owned()), bytes);
+            }
         }
     }
 }

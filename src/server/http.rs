@@ -4,6 +4,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -114,7 +116,11 @@ pub struct BodyReader {
     body: Incoming,
     idle: Option<Duration>,
     received: u64,
+    cancel: Option<Arc<AtomicBool>>,
 }
+
+/// How often a waiting read looks at its cancellation flag.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
 
 impl BodyReader {
     /// Reads `body`; `idle` zero means no limit.
@@ -123,6 +129,41 @@ impl BodyReader {
             body,
             idle: (!idle.is_zero()).then_some(idle),
             received: 0,
+            cancel: None,
+        }
+    }
+
+    /// Stops reading, with a `Cancelled` error, once `flag` is set (the
+    /// ticket was removed), even while the client sends nothing.
+    pub fn cancelled_by(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// The next frame, watching the cancellation flag while waiting.
+    async fn frame(&mut self) -> Result<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        if self.cancel.is_none() {
+            return Ok(self.body.frame().await);
+        }
+        let mut tick = tokio::time::interval(CANCEL_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.is_cancelled() {
+                return Err(Error::new(
+                    ErrorKind::Cancelled,
+                    format!("transfer cancelled after {} bytes", self.received),
+                ));
+            }
+            tokio::select! {
+                f = self.body.frame() => return Ok(f),
+                _ = tick.tick() => {}
+            }
         }
     }
 
@@ -135,8 +176,8 @@ impl BodyReader {
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         loop {
             let frame = match self.idle {
-                Some(idle) => match tokio::time::timeout(idle, self.body.frame()).await {
-                    Ok(f) => f,
+                Some(idle) => match tokio::time::timeout(idle, self.frame()).await {
+                    Ok(f) => f?,
                     Err(_) => {
                         return Err(Error::new(
                             ErrorKind::Cancelled,
@@ -148,7 +189,7 @@ impl BodyReader {
                         ));
                     }
                 },
-                None => self.body.frame().await,
+                None => self.frame().await?,
             };
             let Some(frame) = frame else {
                 return Ok(None);

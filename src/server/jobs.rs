@@ -294,6 +294,13 @@ impl Jobs {
                 let target = self
                     .store
                     .resolve_path("target", &url("target", target)?, true)?;
+                if !overwrite.unwrap_or(false) && std::fs::symlink_metadata(&target).is_ok() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "the export target exists; set \"overwrite\": true to replace it",
+                    )
+                    .at_path(&target));
+                }
                 let ovf = match ovf {
                     Some(u) => Some(self.store.resolve_path("ovf", &url("ovf", u)?, false)?),
                     None => None,

@@ -378,6 +378,9 @@ impl TicketStore {
             .into()
         };
         let canon = match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() && std::fs::metadata(p).is_err() => {
+                return Err(invalid("is a symbolic link to nothing"));
+            }
             Ok(_) => self.roots.check(p)?,
             Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
                 let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {

@@ -56,7 +56,16 @@ fn idle(t: &TicketHandle) -> Duration {
 /// added.
 fn open_volume(path: &Path, write: bool, size: Option<u64>) -> Result<File> {
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-    let at = |e: io::Error| Error::from(e).at_path(path);
+    let at = |e: io::Error| {
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            return Error::new(
+                ErrorKind::InvalidArgument,
+                "the volume was replaced by a symbolic link; it is not followed",
+            )
+            .at_path(path);
+        }
+        Error::from(e).at_path(path)
+    };
     if !write {
         return std::fs::OpenOptions::new()
             .read(true)
@@ -244,7 +253,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
         }
         Ok(off - offset)
     });
-    let mut reader = BodyReader::new(body, idle(&t));
+    let mut reader = BodyReader::new(body, idle(&t)).cancelled_by(t.progress().cancel_flag());
     let mut sent = 0u64;
     let mut failure = None;
     loop {

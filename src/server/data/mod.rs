@@ -78,6 +78,17 @@ impl DataApi {
             Some(_) => return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}")),
         };
         let method = req.method().clone();
+        // A browser's CORS preflight carries no credentials and reveals
+        // nothing: answer it for any ticket, so that the request itself
+        // reaches the server and the page sees its real status (403 for a
+        // bad ticket) instead of a network error.
+        if method == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return h::status(StatusCode::NO_CONTENT);
+        }
         if method == Method::OPTIONS && id == "*" {
             return options_response(&["OPTIONS", "GET", "PUT", "PATCH"], &FULL_FEATURES);
         }

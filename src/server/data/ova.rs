@@ -128,6 +128,12 @@ fn report_disk(
     p: &crate::pipeline::progress::Progress,
     seen: &mut BTreeMap<String, u64>,
 ) {
+    // The entry that ended inside the last chunk, with its final count.
+    let (prev, prev_bytes) = p.previous_entry();
+    if hrefs.contains(&prev) && seen.get(&prev) != Some(&prev_bytes) {
+        t.set_disk_progress(&prev, prev_bytes, TransferState::Active);
+        seen.insert(prev, prev_bytes);
+    }
     let entry = p.entry();
     if hrefs.contains(&entry) {
         let bytes = p.entry_bytes();
@@ -199,7 +205,8 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
         (importer.finish(), seen)
     });
 
-    let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()));
+    let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()))
+        .cancelled_by(t.progress().cancel_flag());
     let mut body_error = None;
     loop {
         match reader.next().await {
