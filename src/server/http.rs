@@ -109,6 +109,17 @@ pub async fn read_small_body(body: Incoming, limit: usize, idle: Duration) -> Re
     Ok(Bytes::from(out))
 }
 
+/// Polls `f` once: its output if ready now, else `None` (and `f` is
+/// dropped, which the body reads used here tolerate).
+async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
 /// Reads a streamed request body chunk by chunk; a client silent for
 /// longer than the idle limit, or gone, is an error.
 #[derive(Debug)]
@@ -117,6 +128,8 @@ pub struct BodyReader {
     idle: Option<Duration>,
     received: u64,
     cancel: Option<Arc<AtomicBool>>,
+    /// An error met while gathering a batch, reported by the next call.
+    failed: Option<Error>,
 }
 
 /// How often a waiting read looks at its cancellation flag.
@@ -130,6 +143,7 @@ impl BodyReader {
             idle: (!idle.is_zero()).then_some(idle),
             received: 0,
             cancel: None,
+            failed: None,
         }
     }
 
@@ -170,6 +184,39 @@ impl BodyReader {
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// The next piece of the body, `None` at its end: one frame, joined
+    /// by the frames already received behind it up to `want` bytes. Small
+    /// frames are gathered into one buffer so that what follows (a disk
+    /// write, the import pipeline) works on large pieces, without ever
+    /// waiting for more than one frame; a frame already that large passes
+    /// without a copy.
+    pub async fn next_batch(&mut self, want: usize) -> Result<Option<Bytes>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let Some(first) = self.next().await? else {
+            return Ok(None);
+        };
+        if first.len() >= want {
+            return Ok(Some(first));
+        }
+        let mut buf = bytes::BytesMut::with_capacity(want);
+        buf.extend_from_slice(&first);
+        while buf.len() < want {
+            match ready_now(self.next()).await {
+                Some(Ok(Some(b))) => buf.extend_from_slice(&b),
+                // The end is seen again by the next call; an error is kept
+                // for it.
+                Some(Err(e)) => {
+                    self.failed = Some(e);
+                    break;
+                }
+                Some(Ok(None)) | None => break,
+            }
+        }
+        Ok(Some(buf.freeze()))
     }
 
     /// The next data chunk, `None` at the end of the body.

@@ -257,7 +257,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
     let mut sent = 0u64;
     let mut failure = None;
     loop {
-        match reader.next().await {
+        match reader.next_batch(cfg.buffer_size).await {
             Ok(Some(b)) => {
                 let end = offset + sent + b.len() as u64;
                 if end > size {

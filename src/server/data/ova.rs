@@ -209,7 +209,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
         .cancelled_by(t.progress().cancel_flag());
     let mut body_error = None;
     loop {
-        match reader.next().await {
+        match reader.next_batch(cfg.buffer_size).await {
             Ok(Some(b)) => {
                 t.touch();
                 if tx.send(Msg::Data(b)).await.is_err() {
