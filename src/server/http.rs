@@ -109,6 +109,34 @@ pub async fn read_small_body(body: Incoming, limit: usize, idle: Duration) -> Re
     Ok(Bytes::from(out))
 }
 
+/// Most of a refused request body read and thrown away, so that the
+/// client (a browser still sending) reads the error response instead of a
+/// connection reset.
+const DRAIN_LIMIT: u64 = 64 << 20;
+/// How long a refused body is read at most.
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+/// Reads and discards a request body in the background (up to
+/// [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`]) while the error response goes
+/// out. A client that keeps sending past that has its connection closed.
+pub fn drain_in_background(body: Incoming) {
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut n = 0u64;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(f)) = body.frame().await {
+                if let Ok(d) = f.into_data() {
+                    n += d.len() as u64;
+                    if n > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// Polls `f` once: its output if ready now, else `None` (and `f` is
 /// dropped, which the body reads used here tolerate).
 async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {

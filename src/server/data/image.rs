@@ -229,6 +229,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
     if let Some(len) = length
         && offset.checked_add(len).is_none_or(|end| end > size)
     {
+        h::drain_in_background(body);
         return Ok(unsatisfiable(
             size,
             &format!(

@@ -115,6 +115,7 @@ impl DataApi {
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(%method, error = %e.one_line(), "refused");
+                h::drain_in_background(req.into_body());
                 return h::error_text(&e);
             }
         };
