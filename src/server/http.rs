@@ -148,6 +148,35 @@ async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
     .await
 }
 
+/// Consecutive pieces of a request body.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pieces: Vec<Bytes>,
+    len: u64,
+}
+
+impl Batch {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len() as u64;
+        self.pieces.push(b);
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces, in order.
+    pub fn into_pieces(self) -> Vec<Bytes> {
+        self.pieces
+    }
+}
+
 /// Reads a streamed request body chunk by chunk; a client silent for
 /// longer than the idle limit, or gone, is an error.
 #[derive(Debug)]
@@ -215,26 +244,21 @@ impl BodyReader {
     }
 
     /// The next piece of the body, `None` at its end: one frame, joined
-    /// by the frames already received behind it up to `want` bytes. Small
-    /// frames are gathered into one buffer so that what follows (a disk
-    /// write, the import pipeline) works on large pieces, without ever
-    /// waiting for more than one frame; a frame already that large passes
-    /// without a copy.
-    pub async fn next_batch(&mut self, want: usize) -> Result<Option<Bytes>> {
+    /// by the frames already received behind it up to `want` bytes, so
+    /// that what follows (a disk write, the import pipeline) is handed
+    /// large batches; never waits for more than one frame, never copies.
+    pub async fn next_batch(&mut self, want: usize) -> Result<Option<Batch>> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
         let Some(first) = self.next().await? else {
             return Ok(None);
         };
-        if first.len() >= want {
-            return Ok(Some(first));
-        }
-        let mut buf = bytes::BytesMut::with_capacity(want);
-        buf.extend_from_slice(&first);
-        while buf.len() < want {
+        let mut batch = Batch::default();
+        batch.push(first);
+        while batch.len() < want as u64 {
             match ready_now(self.next()).await {
-                Some(Ok(Some(b))) => buf.extend_from_slice(&b),
+                Some(Ok(Some(b))) => batch.push(b),
                 // The end is seen again by the next call; an error is kept
                 // for it.
                 Some(Err(e)) => {
@@ -244,7 +268,7 @@ impl BodyReader {
                 Some(Ok(None)) | None => break,
             }
         }
-        Ok(Some(buf.freeze()))
+        Ok(Some(batch))
     }
 
     /// The next data chunk, `None` at the end of the body.
@@ -354,6 +378,28 @@ pub fn streaming(
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
     r
+}
+
+/// A 431 response when the request line and headers exceed `limit`
+/// bytes (counted as sent: name, `: `, value, CRLF).
+pub fn head_too_large(req: &Request, limit: usize) -> Option<Response> {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    let size = req.headers().iter().fold(line, |acc, (n, v)| {
+        acc.saturating_add(n.as_str().len() + v.len() + 4)
+    });
+    (size > limit).then(|| {
+        let r = text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("request head of {size} bytes is larger than the limit of {limit}"),
+        );
+        // The body (if any) is not read: the connection cannot be reused.
+        let mut r = r;
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    })
 }
 
 /// The value of a header as text, if present and visible ASCII.

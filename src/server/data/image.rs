@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ use super::blocking;
 use crate::codec::map::RangeKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::config::DataConfig;
-use crate::server::http::{self as h, BodyReader, Request, Response};
+use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
 use crate::server::range::{self, ByteRange, RangeError};
 use crate::ticket::TicketHandle;
 
@@ -238,19 +238,21 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
         ));
     }
     // The writer thread: pwrite each chunk in order, fdatasync at the end.
-    let (tx, mut rx) = mpsc::channel::<Bytes>(cfg.queue_depth);
+    let (tx, mut rx) = mpsc::channel::<Batch>(cfg.queue_depth);
     let f = file.clone();
     let wpath = path.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut off = offset;
-        while let Some(b) = rx.blocking_recv() {
-            f.write_all_at(&b, off).map_err(|e| {
-                Error::from(e)
-                    .at_path(&wpath)
-                    .at_offset(off)
-                    .with_message("write failed")
-            })?;
-            off += b.len() as u64;
+        while let Some(batch) = rx.blocking_recv() {
+            for b in batch.into_pieces() {
+                f.write_all_at(&b, off).map_err(|e| {
+                    Error::from(e)
+                        .at_path(&wpath)
+                        .at_offset(off)
+                        .with_message("write failed")
+                })?;
+                off += b.len() as u64;
+            }
         }
         Ok(off - offset)
     });
@@ -260,7 +262,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
     loop {
         match reader.next_batch(cfg.buffer_size).await {
             Ok(Some(b)) => {
-                let end = offset + sent + b.len() as u64;
+                let end = offset + sent + b.len();
                 if end > size {
                     failure = Some(Err(unsatisfiable(
                         size,
@@ -270,8 +272,8 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
                     )));
                     break;
                 }
-                sent += b.len() as u64;
-                t.add_transferred(b.len() as u64);
+                sent += b.len();
+                t.add_transferred(b.len());
                 if tx.send(b).await.is_err() {
                     break;
                 }

@@ -14,7 +14,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
 use tokio::sync::mpsc;
@@ -26,7 +25,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::server::config::DataConfig;
-use crate::server::http::{self as h, BodyReader, Request, Response};
+use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
 use crate::server::range;
 use crate::sink::format::TargetFormat;
 use crate::source::volume::{AllowedRoots, VolumeFormat};
@@ -35,7 +34,7 @@ use crate::ticket::{ResolvedOva, TicketHandle, TransferState};
 /// What the blocking import thread receives.
 #[derive(Debug)]
 enum Msg {
-    Data(Bytes),
+    Data(Batch),
     /// The body ended where it should: verify and commit.
     End,
 }
@@ -183,9 +182,11 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
         let mut ended = false;
         while let Some(m) = rx.blocking_recv() {
             match m {
-                Msg::Data(b) => {
-                    if let Err(e) = importer.feed(b) {
-                        return (Err(e), seen);
+                Msg::Data(batch) => {
+                    for b in batch.into_pieces() {
+                        if let Err(e) = importer.feed(b) {
+                            return (Err(e), seen);
+                        }
                     }
                     report_disk(&tt, &hh, &progress, &mut seen);
                 }

@@ -1,0 +1,546 @@
+#!/usr/bin/env bash
+# Compares `ovaio serve` with the ovirt-imageio daemon on the same input,
+# through the same client, in one run:
+#   upload   ovirt_imageio.client.upload(image, url, cafile) into an image
+#            ticket of each server; best of REPS; MB/s and ovaio/imageio
+#   OVA      curl -T bench.ova into an ova-import ticket of ovaio serve
+#            against cat bench.ova | ovaio import - (both ovaio; best of REPS)
+#   8-way    CONCURRENCY uploads at once (one ticket, target and client
+#            process each) into a freshly started server; aggregate MB/s and
+#            the server's peak RSS (VmHWM), per transfer
+# Every target is checked against the source with `qemu-img compare`.
+# Prints a table of the figures with their ratios.
+#
+# Environment:
+#   SIZE_MIB     virtual disk size in MiB (default 1024; about half is data)
+#   REPS         timed runs per single upload and per OVA import, the best
+#                is kept (default 3)
+#   CONCURRENCY  uploads at once in the 8-way part (default 8)
+#   OVA_FORMAT   disk format inside the OVA: qcow2 (default) or vmdk
+#                (streamOptimized)
+#   OVAIO        ovaio binary (default target/release/ovaio, always rebuilt
+#                with cargo build --release)
+#   BENCH_DIR    parent of the work directory (default /tmp/ovaio-bench)
+#   KEEP=1       keep the work directory (server logs; images are deleted)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SIZE_MIB=${SIZE_MIB:-1024}
+REPS=${REPS:-3}
+CONCURRENCY=${CONCURRENCY:-8}
+OVA_FORMAT=${OVA_FORMAT:-qcow2}
+OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
+BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
+KEEP=${KEEP:-0}
+TIME=/usr/bin/time
+VENV=$ROOT/target/test-venv
+PY=$VENV/bin/python
+IMAGEIO_VERSION=2.5.1
+# Seconds a server may take to print that it is ready.
+START_TIMEOUT=30
+
+die() { echo "compare_serve: $*" >&2; exit 1; }
+
+[[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "SIZE_MIB must be an integer >= 8"
+[[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || die "REPS must be an integer >= 1"
+[[ $CONCURRENCY =~ ^[0-9]+$ && $CONCURRENCY -ge 1 ]] || die "CONCURRENCY must be an integer >= 1"
+[[ $OVA_FORMAT = qcow2 || $OVA_FORMAT = vmdk ]] || die "OVA_FORMAT must be qcow2 or vmdk"
+for t in qemu-img qemu-nbd curl tar dd truncate awk sed stat python3; do
+  command -v "$t" >/dev/null 2>&1 || die "$t is required"
+done
+tar --version 2>/dev/null | grep -q 'GNU tar' || die "GNU tar is required"
+[ -x "$TIME" ] || die "$TIME (GNU time) is required"
+
+# ---------------------------------------------------------------- ovaio binary
+if [ "$OVAIO" = "$ROOT/target/release/ovaio" ]; then
+  echo "building ovaio (cargo build --release)..." >&2
+  (cd "$ROOT" && cargo build --release >&2) || die "cargo build --release failed"
+fi
+"$OVAIO" serve --help >/dev/null 2>&1 || die "$OVAIO has no 'serve' command"
+
+# ------------------------------------------------------ ovirt-imageio (venv)
+# The venv scripts/test.sh makes; created here when missing.
+if ! "$PY" -c 'import ovirt_imageio.client' >/dev/null 2>&1 || [ ! -x "$VENV/bin/ovirt-imageio" ]; then
+  echo "installing ovirt-imageio==$IMAGEIO_VERSION into $VENV..." >&2
+  python3 -m venv "$VENV" || die "cannot create $VENV (python3-venv missing?)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "ovirt-imageio==$IMAGEIO_VERSION" >&2 ||
+    die "pip install ovirt-imageio==$IMAGEIO_VERSION failed"
+fi
+IMAGEIO_HAVE=$("$PY" -c 'from ovirt_imageio._internal import version; print(version.string)' 2>/dev/null || echo unknown)
+
+# ----------------------------------------------------------- work directory
+mkdir -p "$BENCH_DIR"
+WORK=$(cd "$(mktemp -d "$BENCH_DIR/run.XXXXXX")" && pwd -P)
+# Unix socket paths are limited to 107 bytes.
+[ ${#WORK} -le 60 ] || die "BENCH_DIR is too long for the control sockets: $WORK"
+
+declare -A PID PORT SOCK
+CLIENT_PIDS=()
+
+# stop_pid PID: SIGTERM, then up to 10 s for the exit, then SIGKILL.
+stop_pid() {
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local p
+  for p in "${CLIENT_PIDS[@]}"; do
+    # SIGINT lets the client stop its qemu-nbd.
+    kill -INT "$p" 2>/dev/null || true
+  done
+  for p in "${CLIENT_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${PID[@]}"; do stop_pid "$p"; done
+  if [ "$KEEP" = 1 ]; then
+    find "$WORK" \( -name '*.raw' -o -name '*.img' -o -name '*.ova' \) -delete
+    echo "work directory kept: $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+SIZE=$((SIZE_MIB * 1024 * 1024))
+SRC=$WORK/source.img
+OV_DIR=$WORK/ovaio
+IM_DIR=$WORK/imageio
+mkdir -p "$OV_DIR/state" "$OV_DIR/root" "$IM_DIR/conf/conf.d" "$IM_DIR/run" "$IM_DIR/data"
+OV_ROOT=$OV_DIR/root
+CERT=$OV_DIR/state/tls/server.crt
+KEY=$OV_DIR/state/tls/server.key
+# Where each server's targets live (the same file system).
+declare -A DATA=([ovaio]=$OV_ROOT [imageio]=$IM_DIR/data)
+
+# ------------------------------------------------------------- source image
+# shellcheck source=benches/lib/source_image.sh
+. "$ROOT/benches/lib/source_image.sh"
+
+# ----------------------------------------------------------------- servers
+# wait_for FILE PATTERN PID NAME LOG: until FILE holds PATTERN.
+wait_for() {
+  local file=$1 pat=$2 pid=$3 name=$4 log=$5 i
+  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    grep -q "$pat" "$file" 2>/dev/null && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -20 "$log" >&2
+      die "$name exited during start-up"
+    fi
+    sleep 0.1
+  done
+  tail -20 "$log" >&2
+  die "$name did not start within ${START_TIMEOUT}s"
+}
+
+# ovaio serve on an ephemeral loopback port; its generated certificate and
+# key are kept in the state directory across restarts and serve imageio too.
+start_ovaio() {
+  : >"$OV_DIR/stdout"
+  "$OVAIO" serve --listen 127.0.0.1:0 --state-dir "$OV_DIR/state" --root "$OV_ROOT" \
+    </dev/null >"$OV_DIR/stdout" 2>>"$OV_DIR/stderr" &
+  PID[ovaio]=$!
+  wait_for "$OV_DIR/stdout" 'ready' "${PID[ovaio]}" "ovaio serve" "$OV_DIR/stderr"
+  PORT[ovaio]=$(sed -n 's|^ovaio serve: data API https://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$OV_DIR/stdout")
+  SOCK[ovaio]=$(sed -n 's|^ovaio serve: control API unix:||p' "$OV_DIR/stdout")
+  [ -n "${PORT[ovaio]}" ] && [ -S "${SOCK[ovaio]}" ] || die "cannot parse ovaio serve's start-up lines"
+  [ -f "$CERT" ] && [ -f "$KEY" ] || die "ovaio serve made no certificate in $OV_DIR/state/tls"
+}
+
+# The ovirt-imageio daemon: only conf.d/99-local.conf in its conf dir (the
+# package's defaults live in ovirt_imageio/_internal/config.py); TLS with
+# ovaio's certificate, remote service on an ephemeral loopback port (read
+# from its log), control service on a Unix socket, no local service, as the
+# current user, log to a file at INFO (the package default).
+start_imageio() {
+  cat >"$IM_DIR/conf/conf.d/99-local.conf" <<EOF
+[daemon]
+run_dir = $IM_DIR/run
+drop_privileges = false
+systemd_enable = false
+
+[tls]
+enable = true
+key_file = $KEY
+cert_file = $CERT
+ca_file =
+
+[remote]
+host = 127.0.0.1
+port = 0
+
+[local]
+enable = false
+
+[control]
+transport = unix
+socket = $IM_DIR/run/control.sock
+
+[profile]
+filename = $IM_DIR/run/profile
+
+[handler_logfile]
+class = logging.FileHandler
+args = ('$IM_DIR/daemon.log',)
+kwargs = {}
+EOF
+  : >"$IM_DIR/daemon.log"
+  "$VENV/bin/ovirt-imageio" --conf-dir "$IM_DIR/conf" </dev/null >>"$IM_DIR/stderr" 2>&1 &
+  PID[imageio]=$!
+  wait_for "$IM_DIR/daemon.log" 'Ready for requests' "${PID[imageio]}" "ovirt-imageio" "$IM_DIR/stderr"
+  PORT[imageio]=$(sed -n "s/.*remote\.service listening on ('127\.0\.0\.1', \([0-9]*\)).*/\1/p" "$IM_DIR/daemon.log" | tail -1)
+  SOCK[imageio]=$IM_DIR/run/control.sock
+  [ -n "${PORT[imageio]}" ] && [ -S "${SOCK[imageio]}" ] || die "cannot find ovirt-imageio's port in $IM_DIR/daemon.log"
+}
+
+stop_servers() {
+  local s
+  for s in "${!PID[@]}"; do
+    stop_pid "${PID[$s]}"
+    unset "PID[$s]"
+  done
+}
+
+# status_kib PID FIELD: VmRSS or VmHWM of PID in KiB.
+status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+# cpu_s PID: user + system CPU seconds PID used so far (fields 14 and 15 of
+# /proc/PID/stat, counted after the parenthesised command name).
+CLK_TCK=$(getconf CLK_TCK)
+cpu_s() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$CLK_TCK" '{ printf "%.2f\n", ($12 + $13) / hz }'; }
+
+# control SERVER METHOD PATH [JSON]: a control API request; fails unless 2xx.
+control() {
+  local srv=$1 method=$2 path=$3 body=${4-} code
+  local args=(-sS --unix-socket "${SOCK[$srv]}" -X "$method" -o "$WORK/control.out" -w '%{http_code}')
+  if [ -n "$body" ]; then
+    args+=(-H 'content-type: application/json' --data-binary "$body")
+  fi
+  code=$(curl "${args[@]}" "http://localhost$path") || code=000
+  case $code in
+    2??) ;;
+    *)
+      echo "  $srv: $method $path -> $code $(head -c 300 "$WORK/control.out" 2>/dev/null)" >&2
+      return 1
+      ;;
+  esac
+}
+
+# image_ticket ID PATH: a write ticket for the raw volume PATH.
+image_ticket() {
+  printf '{"uuid":"%s","size":%d,"url":"file://%s","ops":["write"],"timeout":3600,"sparse":true}' \
+    "$1" "$SIZE" "$2"
+}
+
+# ------------------------------------------------------------------- client
+# The same client for both servers; the time covers client.upload() only
+# (OPTIONS, qemu-img info, qemu-nbd, the transfer and the final flush), not
+# the interpreter's start.
+cat >"$WORK/upload.py" <<'EOF'
+import sys
+import time
+
+from ovirt_imageio import client
+
+src, url, cafile = sys.argv[1:4]
+start = time.monotonic()
+client.upload(src, url, cafile)
+print(f"{time.monotonic() - start:.3f}")
+EOF
+
+# fresh_target PATH: an empty sparse file of SIZE bytes (imageio's file
+# backend needs the volume to exist; ovaio gets the same).
+fresh_target() {
+  truncate -s 0 "$1"
+  truncate -s "$SIZE" "$1"
+}
+
+# verify PATH LABEL: the target equals the source, else BAD=1.
+BAD=0
+verify() {
+  if qemu-img compare -q -f raw -F raw "$SRC" "$1" >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "  WRONG: $2 ($1) differs from the source" >&2
+  BAD=1
+  return 1
+}
+
+min_of() { awk 'NR == 1 || $1 < m { m = $1 } END { if (NR) print m; else print "n/a" }' "$1"; }
+# mbps BYTES SECS
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s !~ /^[0-9.]+$/ || s <= 0) print "n/a"; else printf "%.1f\n", b / 1e6 / s }'; }
+# ratio A B: A/B, or n/a
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b <= 0) print "n/a"; else printf "%.2f\n", a / b }'; }
+mib() { awk -v k="$1" 'BEGIN { if (k !~ /^[0-9.]+$/) print "n/a"; else printf "%.1f\n", k / 1024 }'; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
+
+# single SERVER REP: one timed upload into a fresh ticket and target.
+single() {
+  local srv=$1 r=$2 id="single-$1-$2" target="${DATA[$1]}/single.raw"
+  fresh_target "$target"
+  control "$srv" PUT "/tickets/$id" "$(image_ticket "$id" "$target")" || return 1
+  if "$PY" "$WORK/upload.py" "$SRC" "https://127.0.0.1:${PORT[$srv]}/images/$id" "$CERT" \
+    >"$WORK/up.out" 2>"$WORK/up.err"; then
+    if verify "$target" "$srv upload $r"; then
+      tail -1 "$WORK/up.out" >>"$WORK/single-$srv.t"
+    fi
+  else
+    echo "  $srv upload $r failed:" >&2
+    tail -5 "$WORK/up.err" | sed 's/^/    /' >&2
+  fi
+  control "$srv" DELETE "/tickets/$id" || true
+}
+
+# ------------------------------------------------------------------- OVA
+ovf_format_uri() {
+  case $1 in
+    vmdk) echo "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized" ;;
+    qcow2) echo "http://www.gnome.org/~markmc/qcow-image-format.html" ;;
+  esac
+}
+
+# make_ova: bench.ova holding the source as disk1.$OVA_FORMAT after a
+# minimal OVF 1.0 descriptor (as compare_import.sh builds it); no manifest.
+HREF=disk1.$OVA_FORMAT
+OVA=$WORK/bench.ova
+make_ova() {
+  local dir=$WORK/ova disk
+  mkdir -p "$dir"
+  disk=$dir/$HREF
+  case $OVA_FORMAT in
+    vmdk) qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$SRC" "$disk" ;;
+    qcow2) qemu-img convert -f raw -O qcow2 "$SRC" "$disk" ;;
+  esac
+  cat >"$dir/bench.ovf" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:id="file1" ovf:href="$HREF" ovf:size="$(stat -c %s "$disk")"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="$SIZE" ovf:capacityAllocationUnits="byte" ovf:format="$(ovf_format_uri "$OVA_FORMAT")"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="bench">
+    <Info>A virtual machine</Info>
+    <Name>bench</Name>
+  </VirtualSystem>
+</Envelope>
+EOF
+  tar --format=ustar -cf "$OVA" -C "$dir" bench.ovf "$HREF"
+  rm -rf "$dir"
+}
+
+# ova_serve REP: curl -T bench.ova into an ova-import ticket (raw target).
+ova_serve() {
+  local r=$1 id="ova-$1" target=$OV_ROOT/ova-serve.raw t0 t1 code
+  rm -f "$target"
+  control ovaio PUT "/tickets/$id" "$(printf '{"uuid":"%s","kind":"ova-import","ops":["write"],"timeout":3600,"size":%d,"ova":{"disks":[{"href":"%s","url":"file://%s","format":"raw"}]}}' \
+    "$id" "$(stat -c %s "$OVA")" "$HREF" "$target")" || return 1
+  t0=$(now)
+  code=$(curl -sS --cacert "$CERT" -T "$OVA" -o "$WORK/ova.resp" -w '%{http_code}' \
+    "https://127.0.0.1:${PORT[ovaio]}/images/$id" 2>"$WORK/ova.err") || code=000
+  t1=$(now)
+  if [ "$code" = 200 ]; then
+    if verify "$target" "serve OVA import $r"; then
+      elapsed "$t0" "$t1" >>"$WORK/ova-serve.t"
+    fi
+  else
+    echo "  curl -T into the ova-import ticket: HTTP $code" >&2
+    { cat "$WORK/ova.err"; head -c 300 "$WORK/ova.resp"; echo; } | sed 's/^/    /' >&2
+  fi
+  control ovaio DELETE "/tickets/$id" || true
+  rm -f "$target"
+}
+
+# ova_pipe REP: cat bench.ova | ovaio import - (a pipe, as from a network
+# stream); wall clock of the pipeline, peak RSS of ovaio.
+ova_pipe() {
+  local r=$1 target=$OV_ROOT/ova-pipe.raw t0 t1 rc=0
+  rm -f "$target"
+  t0=$(now)
+  { cat "$OVA" || true; } | "$TIME" -f '%M' -o "$WORK/pipe.time" \
+    "$OVAIO" import - --quiet --disk "$HREF=$target:raw" >/dev/null 2>"$WORK/pipe.err" || rc=$?
+  t1=$(now)
+  if [ "$rc" -eq 0 ]; then
+    if verify "$target" "ovaio import - $r"; then
+      echo "$(elapsed "$t0" "$t1") $(tail -1 "$WORK/pipe.time")" >>"$WORK/ova-pipe.t"
+    fi
+  else
+    echo "  ovaio import - failed ($rc):" >&2
+    tail -5 "$WORK/pipe.err" | sed 's/^/    /' >&2
+  fi
+  rm -f "$target"
+}
+
+# ------------------------------------------------------------------ 8-way
+# many SERVER: CONCURRENCY clients at once, one ticket and target each;
+# writes "wall_s ok_count min_s max_s" to many-SERVER.t.
+many() {
+  local srv=$1 i id target t0 t1 c0 ok=0 rc
+  local -a pids=()
+  for ((i = 1; i <= CONCURRENCY; i++)); do
+    id="many-$srv-$i"
+    target="${DATA[$srv]}/many-$i.raw"
+    fresh_target "$target"
+    control "$srv" PUT "/tickets/$id" "$(image_ticket "$id" "$target")" || return 1
+  done
+  c0=$(cpu_s "${PID[$srv]}")
+  t0=$(now)
+  for ((i = 1; i <= CONCURRENCY; i++)); do
+    "$PY" "$WORK/upload.py" "$SRC" "https://127.0.0.1:${PORT[$srv]}/images/many-$srv-$i" "$CERT" \
+      >"$WORK/many-$i.out" 2>"$WORK/many-$i.err" &
+    pids+=($!)
+  done
+  CLIENT_PIDS=("${pids[@]}")
+  for ((i = 1; i <= CONCURRENCY; i++)); do
+    rc=0
+    wait "${pids[i - 1]}" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      echo "  $srv: concurrent upload $i failed ($rc):" >&2
+      tail -3 "$WORK/many-$i.err" | sed 's/^/    /' >&2
+    fi
+  done
+  t1=$(now)
+  CLIENT_PIDS=()
+  HWM[$srv]=$(status_kib "${PID[$srv]}" VmHWM)
+  CPU8[$srv]=$(awk -v a="$c0" -v b="$(cpu_s "${PID[$srv]}")" 'BEGIN { printf "%.2f\n", b - a }')
+  for ((i = 1; i <= CONCURRENCY; i++)); do
+    target="${DATA[$srv]}/many-$i.raw"
+    if [ -s "$WORK/many-$i.out" ] && verify "$target" "$srv concurrent upload $i"; then
+      ok=$((ok + 1))
+      tail -1 "$WORK/many-$i.out" >>"$WORK/many-$srv.each"
+    fi
+    rm -f "$target"
+    control "$srv" DELETE "/tickets/many-$srv-$i" || true
+  done
+  if [ "$ok" -eq "$CONCURRENCY" ]; then
+    echo "$(elapsed "$t0" "$t1") $(awk 'NR == 1 || $1 < a { a = $1 } NR == 1 || $1 > b { b = $1 } END { print a, b }' "$WORK/many-$srv.each")" \
+      >"$WORK/many-$srv.t"
+  else
+    echo "n/a n/a n/a" >"$WORK/many-$srv.t"
+  fi
+}
+
+# ------------------------------------------------------------------ main
+declare -A IDLE IDLE8 HWM SINGLE_HWM SINGLE_CPU CPU8
+echo "work directory: $WORK" >&2
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+uptime >&2
+echo "generating a ${SIZE_MIB} MiB sparse source image..." >&2
+make_source "$SRC" "$SIZE"
+alloc_mib=$(($(stat -c %b "$SRC") * $(stat -c %B "$SRC") / 1048576))
+echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
+
+# 1. one upload at a time, best of REPS, the servers' order alternating.
+start_ovaio
+start_imageio
+echo "ovaio serve pid ${PID[ovaio]} port ${PORT[ovaio]}; ovirt-imageio $IMAGEIO_HAVE pid ${PID[imageio]} port ${PORT[imageio]}" >&2
+for s in ovaio imageio; do IDLE[$s]=$(status_kib "${PID[$s]}" VmRSS); done
+: >"$WORK/single-ovaio.t"
+: >"$WORK/single-imageio.t"
+for ((r = 1; r <= REPS; r++)); do
+  if ((r % 2)); then order="ovaio imageio"; else order="imageio ovaio"; fi
+  for s in $order; do
+    echo "upload $r/$REPS: $s..." >&2
+    single "$s" "$r" || true
+  done
+done
+rm -f "$OV_ROOT/single.raw" "$IM_DIR/data/single.raw"
+for s in ovaio imageio; do
+  SINGLE_HWM[$s]=$(status_kib "${PID[$s]}" VmHWM)
+  # CPU per upload: everything the server used since its start, over REPS.
+  SINGLE_CPU[$s]=$(awk -v c="$(cpu_s "${PID[$s]}")" -v n="$REPS" 'BEGIN { printf "%.2f\n", c / n }')
+done
+
+# 2. OVA upload into ovaio serve against ovaio import from a pipe.
+echo "building bench.ova ($OVA_FORMAT)..." >&2
+make_ova
+OVA_BYTES=$(stat -c %s "$OVA")
+echo "  $((OVA_BYTES / 1048576)) MiB; warming the page cache" >&2
+cat "$OVA" >/dev/null
+# Peak RSS of the server over the OVA imports alone, when the kernel lets
+# the high-water mark be reset (clear_refs 5).
+OVA_HWM=n/a
+ova_hwm_reset=0
+if { echo 5 >"/proc/${PID[ovaio]}/clear_refs"; } 2>/dev/null; then ova_hwm_reset=1; fi
+: >"$WORK/ova-serve.t"
+: >"$WORK/ova-pipe.t"
+for ((r = 1; r <= REPS; r++)); do
+  echo "OVA $r/$REPS: curl -T into ovaio serve, then ovaio import -..." >&2
+  ova_serve "$r" || true
+  ova_pipe "$r"
+done
+if [ "$ova_hwm_reset" = 1 ]; then OVA_HWM=$(status_kib "${PID[ovaio]}" VmHWM); fi
+rm -f "$OVA"
+
+# 3. CONCURRENCY uploads at once into freshly started servers.
+echo "restarting both servers for $CONCURRENCY concurrent uploads..." >&2
+stop_servers
+start_ovaio
+start_imageio
+for s in ovaio imageio; do IDLE8[$s]=$(status_kib "${PID[$s]}" VmRSS); done
+: >"$WORK/many-ovaio.each"
+: >"$WORK/many-imageio.each"
+for s in ovaio imageio; do
+  echo "$CONCURRENCY concurrent uploads: $s..." >&2
+  many "$s" || echo "n/a n/a n/a" >"$WORK/many-$s.t"
+done
+stop_servers
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+uptime >&2
+
+# ----------------------------------------------------------------- report
+ov_s=$(min_of "$WORK/single-ovaio.t")
+im_s=$(min_of "$WORK/single-imageio.t")
+ov_mbps=$(mbps "$SIZE" "$ov_s")
+im_mbps=$(mbps "$SIZE" "$im_s")
+read -r ov8_wall ov8_min ov8_max <"$WORK/many-ovaio.t"
+read -r im8_wall im8_min im8_max <"$WORK/many-imageio.t"
+ov8_mbps=$(mbps $((SIZE * CONCURRENCY)) "$ov8_wall")
+im8_mbps=$(mbps $((SIZE * CONCURRENCY)) "$im8_wall")
+per_transfer() { awk -v h="$1" -v i="$2" -v n="$CONCURRENCY" 'BEGIN { if (h !~ /^[0-9]+$/ || i !~ /^[0-9]+$/) print "n/a"; else printf "%.1f\n", (h - i) / 1024 / n }'; }
+ov8_hwm=$(mib "${HWM[ovaio]:-n/a}")
+im8_hwm=$(mib "${HWM[imageio]:-n/a}")
+ov8_per=$(per_transfer "${HWM[ovaio]:-n/a}" "${IDLE8[ovaio]}")
+im8_per=$(per_transfer "${HWM[imageio]:-n/a}" "${IDLE8[imageio]}")
+serve_s=$(min_of "$WORK/ova-serve.t")
+pipe_s=$(min_of "$WORK/ova-pipe.t")
+pipe_rss=$(awk '$2 > m { m = $2 } END { if (NR) printf "%.1f\n", m / 1024; else print "n/a" }' "$WORK/ova-pipe.t")
+serve_mbps=$(mbps "$OVA_BYTES" "$serve_s")
+pipe_mbps=$(mbps "$OVA_BYTES" "$pipe_s")
+
+row() { printf '%-40s %12s %12s %14s\n' "$@"; }
+echo
+echo "ovaio serve vs ovirt-imageio $IMAGEIO_HAVE daemon, same client (ovirt_imageio.client.upload)"
+echo "(${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; MB = 10^6 bytes of virtual size; best of $REPS;"
+echo " the client reads the source through qemu-nbd, cache=none)"
+echo "($(nproc) CPUs; load average before: $LOAD_BEFORE, after: $LOAD_AFTER)"
+row "figure" "ovaio" "imageio" "ovaio/imageio"
+row "upload s (best)" "$ov_s" "$im_s" "$(ratio "$ov_s" "$im_s")"
+row "upload MB/s" "$ov_mbps" "$im_mbps" "$(ratio "$ov_mbps" "$im_mbps")"
+row "server CPU s per upload" "${SINGLE_CPU[ovaio]}" "${SINGLE_CPU[imageio]}" "$(ratio "${SINGLE_CPU[ovaio]}" "${SINGLE_CPU[imageio]}")"
+row "server RSS idle MiB" "$(mib "${IDLE[ovaio]}")" "$(mib "${IDLE[imageio]}")" "$(ratio "$(mib "${IDLE[ovaio]}")" "$(mib "${IDLE[imageio]}")")"
+row "server VmHWM after uploads MiB" "$(mib "${SINGLE_HWM[ovaio]}")" "$(mib "${SINGLE_HWM[imageio]}")" "$(ratio "$(mib "${SINGLE_HWM[ovaio]}")" "$(mib "${SINGLE_HWM[imageio]}")")"
+row "${CONCURRENCY}-way wall s" "$ov8_wall" "$im8_wall" "$(ratio "$ov8_wall" "$im8_wall")"
+row "${CONCURRENCY}-way aggregate MB/s" "$ov8_mbps" "$im8_mbps" "$(ratio "$ov8_mbps" "$im8_mbps")"
+row "${CONCURRENCY}-way per client s (min-max)" "$ov8_min-$ov8_max" "$im8_min-$im8_max" ""
+row "${CONCURRENCY}-way server CPU s" "${CPU8[ovaio]:-n/a}" "${CPU8[imageio]:-n/a}" "$(ratio "${CPU8[ovaio]:-n/a}" "${CPU8[imageio]:-n/a}")"
+row "${CONCURRENCY}-way server VmHWM MiB" "$ov8_hwm" "$im8_hwm" "$(ratio "$ov8_hwm" "$im8_hwm")"
+row "${CONCURRENCY}-way per transfer MiB" "$ov8_per" "$im8_per" "$(ratio "$ov8_per" "$im8_per")"
+echo
+echo "OVA upload: bench.ova ($OVA_FORMAT, $((OVA_BYTES / 1048576)) MiB) to a raw target; MB/s of OVA bytes"
+row "figure" "serve" "import -" "serve/import"
+row "time s (best)" "$serve_s" "$pipe_s" "$(ratio "$serve_s" "$pipe_s")"
+row "MB/s" "$serve_mbps" "$pipe_mbps" "$(ratio "$serve_mbps" "$pipe_mbps")"
+row "peak RSS MiB" "$(mib "$OVA_HWM")" "$pipe_rss" "$(ratio "$(mib "$OVA_HWM")" "$pipe_rss")"
+if [ "$BAD" -ne 0 ]; then
+  echo "FAIL: some target differs from the source (see above)"
+  exit 2
+fi
