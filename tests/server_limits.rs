@@ -116,3 +116,56 @@ fn a_client_too_slow_to_send_its_head_is_disconnected() {
     );
     let _ = c.write_all(b"late");
 }
+
+#[test]
+fn a_client_that_stops_reading_a_download_is_dropped() {
+    let work = Work::new();
+    let s = start_with_config(&work, "[data]\nwrite_timeout = 1\n");
+    let vol = s.root.join("big.raw");
+    let f = std::fs::File::create(&vol).expect("create volume");
+    f.set_len(256 << 20).expect("size volume");
+    s.add_ticket(&serde_json::json!({
+        "uuid": "dl-1", "size": 256u64 << 20, "url": s.file_url("big.raw"),
+        "ops": ["read"], "timeout": 300, "inactivity_timeout": 0,
+    }));
+    // A client that asks for the whole volume and then reads nothing,
+    // keeping its socket open until the server gives up.
+    let script = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s = ctx.wrap_socket(raw, server_hostname="localhost")
+s.sendall(b"GET /images/dl-1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+print("sent", flush=True)
+time.sleep(60)
+"#;
+    let mut client = Command::new(support::server::python())
+        .arg("-c")
+        .arg(script)
+        .arg(&s.cert)
+        .arg(s.port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start client");
+    let t0 = Instant::now();
+    let mut saw_active = false;
+    let mut log = String::new();
+    loop {
+        let t = s.ticket("dl-1");
+        let conns = t["connections"].as_u64().unwrap_or(0);
+        log.push_str(&s.log());
+        if conns > 0 {
+            saw_active = true;
+        } else if saw_active && log.contains("accepted no data") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the stalled download still holds the ticket: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+}

@@ -9,6 +9,8 @@
 //! cert = "/etc/pki/ovaio/server.crt"  # default: generated in state_dir/tls
 //! key = "/etc/pki/ovaio/server.key"
 //! max_connections = 64
+//! header_timeout = 30                 # seconds to send a request head
+//! write_timeout = 60                  # seconds a client may leave a response unread
 //!
 //! [control]
 //! socket = "/run/ovaio/control.sock"  # default: state_dir/control.sock
@@ -53,6 +55,9 @@ pub struct DataConfig {
     pub max_header_bytes: usize,
     /// Seconds a client may take to send a request head.
     pub header_timeout: u64,
+    /// Seconds a client may leave response bytes unread before its
+    /// connection is dropped (a stalled download).
+    pub write_timeout: u64,
     /// Bytes per read or write on the volumes.
     pub buffer_size: usize,
     /// Buffers in flight between the network and the disk, per transfer.
@@ -83,6 +88,7 @@ impl ServeConfig {
                 max_connections: 64,
                 max_header_bytes: 16 << 10,
                 header_timeout: 30,
+                write_timeout: 60,
                 buffer_size: 1 << 20,
                 queue_depth: 4,
             },
@@ -126,6 +132,7 @@ impl ServeConfig {
             set(&mut c.data.max_connections, d.max_connections);
             set(&mut c.data.max_header_bytes, d.max_header_bytes);
             set(&mut c.data.header_timeout, d.header_timeout);
+            set(&mut c.data.write_timeout, d.write_timeout);
             set(&mut c.data.buffer_size, d.buffer_size);
             set(&mut c.data.queue_depth, d.queue_depth);
         }
@@ -159,8 +166,10 @@ impl ServeConfig {
         if !(1..=64).contains(&self.data.queue_depth) {
             return bad("data.queue_depth must be 1..=64".into());
         }
-        if self.data.header_timeout == 0 {
-            return bad("data.header_timeout must be at least 1 second".into());
+        if self.data.header_timeout == 0 || self.data.write_timeout == 0 {
+            return bad(
+                "data.header_timeout and data.write_timeout must be at least 1 second".into(),
+            );
         }
         if let Some(l) = self.control.listen
             && !l.ip().is_loopback()
@@ -232,6 +241,7 @@ struct FileData {
     max_connections: Option<usize>,
     max_header_bytes: Option<usize>,
     header_timeout: Option<u64>,
+    write_timeout: Option<u64>,
     buffer_size: Option<usize>,
     queue_depth: Option<usize>,
 }

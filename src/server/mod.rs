@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod data;
 pub mod http;
+pub mod io;
 pub mod jobs;
 pub mod range;
 pub mod tls;
@@ -149,6 +150,7 @@ pub async fn serve(
         let stop = stop_rx.clone();
         let handshake = Duration::from_secs(cfg.data.header_timeout);
         let max_head = cfg.data.max_header_bytes;
+        let write_timeout = Duration::from_secs(cfg.data.write_timeout);
         tasks.spawn(accept_loop(
             data_listener,
             sem,
@@ -181,9 +183,12 @@ pub async fn serve(
                             Ok::<_, Infallible>(api.handle(req).await)
                         }
                     });
-                    let conn = http.serve_connection(TokioIo::new(tls), svc);
+                    let conn = http.serve_connection(
+                        TokioIo::new(io::WriteTimeout::new(tls, write_timeout)),
+                        svc,
+                    );
                     if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "data connection ended");
+                        tracing::info!(error = %chain(&e), "data connection ended");
                     }
                 });
             },
@@ -323,6 +328,18 @@ async fn accept_loop<L: Accept>(
             }
         }
     }
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn bind_error(e: std::io::Error, what: &str) -> Error {
