@@ -1,4 +1,5 @@
 //! Volume sinks: target files written under `.partial` names.
+pub mod direct;
 pub mod format;
 pub mod partial;
 pub mod qcow2;

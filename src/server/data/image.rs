@@ -32,6 +32,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
 use crate::server::range::{self, ByteRange, RangeError};
+use crate::sink::direct::DirectWriter;
 use crate::ticket::TicketHandle;
 
 /// Largest `PATCH` message.
@@ -237,24 +238,26 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
             ),
         ));
     }
-    // The writer thread: pwrite each chunk in order, fdatasync at the end.
+    // The writer thread: whole blocks with O_DIRECT where the file system
+    // allows it, the rest through the page cache; fdatasync at the end.
     let (tx, mut rx) = mpsc::channel::<Batch>(cfg.queue_depth);
     let f = file.clone();
     let wpath = path.clone();
+    let chunk = cfg.buffer_size;
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let mut off = offset;
+        let mut w = DirectWriter::new(&f, offset, chunk);
+        let fail = |e: io::Error| {
+            Error::from(e)
+                .at_path(&wpath)
+                .at_offset(offset)
+                .with_message("write failed")
+        };
         while let Some(batch) = rx.blocking_recv() {
             for b in batch.into_pieces() {
-                f.write_all_at(&b, off).map_err(|e| {
-                    Error::from(e)
-                        .at_path(&wpath)
-                        .at_offset(off)
-                        .with_message("write failed")
-                })?;
-                off += b.len() as u64;
+                w.write(&b).map_err(fail)?;
             }
         }
-        Ok(off - offset)
+        Ok(w.finish().map_err(fail)? - offset)
     });
     let mut reader = BodyReader::new(body, idle(&t)).cancelled_by(t.progress().cancel_flag());
     let mut sent = 0u64;
