@@ -174,22 +174,8 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let svc = service_fn(move |req: http::Request| {
-                        let api = api.clone();
-                        async move {
-                            if let Some(r) = http::head_too_large(&req, max_head) {
-                                return Ok::<_, Infallible>(r);
-                            }
-                            Ok::<_, Infallible>(api.handle(req).await)
-                        }
-                    });
-                    let conn = http.serve_connection(
-                        TokioIo::new(io::WriteTimeout::new(tls, write_timeout)),
-                        svc,
-                    );
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::info!(error = %chain(&e), "data connection ended");
-                    }
+                    let io = TokioIo::new(io::WriteTimeout::new(tls, write_timeout));
+                    serve_conn(&http, io, api, max_head, watcher, "data").await;
                 });
             },
         ));
@@ -204,19 +190,7 @@ pub async fn serve(
             let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _permit = permit;
-                let svc = service_fn(move |req: http::Request| {
-                    let api = api.clone();
-                    async move {
-                        if let Some(r) = http::head_too_large(&req, max_head) {
-                            return Ok::<_, Infallible>(r);
-                        }
-                        Ok::<_, Infallible>(api.handle(req).await)
-                    }
-                });
-                let conn = http.serve_connection(TokioIo::new(io), svc);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "control connection ended");
-                }
+                serve_conn(&http, TokioIo::new(io), api, max_head, watcher, "control").await;
             });
         }
     };
@@ -268,6 +242,51 @@ pub async fn serve(
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One of the two APIs.
+pub trait Api: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send;
+}
+
+impl Api for DataApi {
+    fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send {
+        DataApi::handle(self, req)
+    }
+}
+
+impl Api for ControlApi {
+    fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send {
+        ControlApi::handle(self, req)
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends or the server stops;
+/// request heads over `max_head` bytes get 431.
+async fn serve_conn<A: Api, I>(
+    builder: &http1::Builder,
+    io: TokioIo<I>,
+    api: Arc<A>,
+    max_head: usize,
+    watcher: hyper_util::server::graceful::Watcher,
+    what: &'static str,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = service_fn(move |req: http::Request| {
+        let api = api.clone();
+        async move {
+            if let Some(r) = http::head_too_large(&req, max_head) {
+                return Ok::<_, Infallible>(r);
+            }
+            Ok::<_, Infallible>(api.handle(req).await)
+        }
+    });
+    let conn = builder.serve_connection(io, svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::info!(error = %chain(&e), "{what} connection ended");
+    }
 }
 
 /// A byte stream hyper can serve: a TCP or Unix socket.
