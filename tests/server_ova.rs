@@ -1041,3 +1041,81 @@ fn export_job_keeps_an_existing_target() {
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(support::tar::list(&out).len(), 3, "vm.ovf, disk, vm.mf");
 }
+
+/// An interrupted download resumes: the export of unchanged sources is
+/// the same bytes every time, so any range of it matches the whole
+/// download; `If-Range` with another validator gets the whole package.
+#[test]
+fn export_download_resumes_with_a_range() {
+    let w = Work::new();
+    let s = Server::start(&w);
+    MAIN.write_raw(&s.root.join("vol1.raw"));
+    s.add_ticket(&json!({
+        "uuid": "resume", "kind": "ova-export", "ops": ["read"], "timeout": 120,
+        "ova": {"name": "vm1", "disks": [
+            {"href": "disk1.qcow2", "url": s.file_url("vol1.raw")},
+        ]},
+    }));
+    let whole = s.data("GET", "/images/resume", &[]);
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    let etag = whole.header("etag").expect("ETag").to_owned();
+    let total = whole.body.len() as u64;
+    assert!(total > 2 << 20, "a package of some size: {total}");
+
+    // The rest after a cut at an odd place.
+    let cut = total / 3 + 7;
+    let rest = s.data(
+        "GET",
+        "/images/resume",
+        &["-H", &format!("Range: bytes={cut}-")],
+    );
+    assert_eq!(rest.status, 206, "{}", rest.text());
+    assert_eq!(
+        rest.header("content-range"),
+        Some(format!("bytes {cut}-{}/{total}", total - 1).as_str())
+    );
+    assert_eq!(rest.header("etag"), Some(etag.as_str()));
+    assert!(
+        rest.body == whole.body[cut as usize..],
+        "the resumed tail differs"
+    );
+
+    // A piece from the middle (the export stops after it).
+    let (a, b) = (1_000_000u64, 1_500_000u64);
+    let mid = s.data(
+        "GET",
+        "/images/resume",
+        &["-H", &format!("Range: bytes={a}-{b}")],
+    );
+    assert_eq!(mid.status, 206, "{}", mid.text());
+    assert!(
+        mid.body == whole.body[a as usize..=b as usize],
+        "the middle range differs"
+    );
+
+    // A validator from another package: the whole package again.
+    let other = s.data(
+        "GET",
+        "/images/resume",
+        &["-H", "Range: bytes=10-", "-H", "If-Range: \"0-0\""],
+    );
+    assert_eq!(other.status, 200);
+    assert!(
+        other.body == whole.body,
+        "If-Range mismatch must send the whole package"
+    );
+
+    // Past the end.
+    let past = s.data(
+        "GET",
+        "/images/resume",
+        &["-H", &format!("Range: bytes={total}-")],
+    );
+    assert_eq!(past.status, 416);
+    assert_eq!(
+        past.header("content-range"),
+        Some(format!("bytes */{total}").as_str())
+    );
+    assert_eq!(s.ticket("resume")["state"], "succeeded");
+}

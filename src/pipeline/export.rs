@@ -90,6 +90,8 @@ pub struct ExportPlan {
     manifest_name: Option<String>,
     archive: ArchiveLayout,
     align: bool,
+    /// Modification time of every tar entry; `None`: now.
+    mtime: Option<u64>,
 }
 
 /// What an export wrote, for `--json` and logs.
@@ -240,7 +242,16 @@ impl ExportPlan {
             manifest_name,
             archive,
             align: req.align,
+            mtime: None,
         })
+    }
+
+    /// Stamps every tar entry with this modification time (seconds since
+    /// the epoch) instead of the time of writing. With it, two exports of
+    /// unchanged sources are byte-identical, so a download can resume.
+    pub fn with_mtime(mut self, mtime: u64) -> Self {
+        self.mtime = Some(mtime);
+        self
     }
 
     /// Exact size of the OVA in bytes.
@@ -276,9 +287,13 @@ impl ExportPlan {
         let counted = Counting {
             inner: out,
             progress: progress.clone(),
+            written: 0,
         };
         // The writer inserts the `pad` entries the layout predicted.
         let mut tar = TarWriter::new(counted).with_align(self.align);
+        if let Some(t) = self.mtime {
+            tar = tar.with_mtime(t);
+        }
         let mut lines = String::new();
         let mut summary_disks = Vec::new();
         let mut disks = self.disks.into_iter();
@@ -331,15 +346,13 @@ impl ExportPlan {
             }
         }
         let counted = tar.finish()?;
+        let written = counted.written;
         drop(counted);
         let size = self.archive.total_size;
-        if progress.bytes_read() != size {
+        if written != size {
             return Err(Error::new(
                 ErrorKind::Io,
-                format!(
-                    "wrote {} bytes but the archive was laid out as {size}",
-                    progress.bytes_read()
-                ),
+                format!("wrote {written} bytes but the archive was laid out as {size}"),
             ));
         }
         Ok(ExportSummary {
@@ -454,11 +467,15 @@ fn write_disk<W: Write>(
 struct Counting<W> {
     inner: W,
     progress: Arc<Progress>,
+    /// Bytes written through this writer (the progress record may be
+    /// shared by several transfers).
+    written: u64,
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
+        self.written += n as u64;
         self.progress.add_read(n as u64);
         self.progress.add_entry_bytes(n as u64);
         Ok(n)

@@ -273,6 +273,8 @@ pub struct Importer {
     progress: Arc<Progress>,
     digests: DigestTap,
     verify: bool,
+    /// Bytes fed to this import (the progress record may be shared).
+    fed: u64,
 }
 
 impl Importer {
@@ -291,6 +293,7 @@ impl Importer {
             progress,
             digests: DigestTap::start(),
             verify: true,
+            fed: 0,
         }
     }
 
@@ -307,6 +310,7 @@ impl Importer {
     pub fn feed(&mut self, chunk: Bytes) -> Result<()> {
         self.progress.check_cancelled()?;
         self.progress.add_read(chunk.len() as u64);
+        self.fed += chunk.len() as u64;
         self.digests.feed(&chunk);
         let mut buf = &chunk[..];
         while !buf.is_empty() {
@@ -708,7 +712,7 @@ impl Importer {
             p.commit()?;
         }
         Ok(ImportSummary {
-            bytes_read: self.progress.bytes_read(),
+            bytes_read: self.fed,
             ovf: ovf_name,
             manifest: manifest_state,
             disks: summaries,

@@ -163,7 +163,7 @@ impl DataApi {
             (TicketKind::OvaExport, Method::GET, Resource::Image) => {
                 match self.claim(ticket.id()) {
                     Some(guard) => {
-                        ova::get(ticket, self.store.roots().clone(), &self.cfg, guard).await
+                        ova::get(ticket, req, self.store.roots().clone(), &self.cfg, guard).await
                     }
                     None => Ok(busy()),
                 }

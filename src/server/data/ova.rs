@@ -14,7 +14,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE, RANGE,
+};
 use http::{HeaderValue, StatusCode};
 use tokio::sync::mpsc;
 
@@ -26,7 +28,7 @@ use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
-use crate::server::range;
+use crate::server::range::{self, RangeError};
 use crate::sink::format::TargetFormat;
 use crate::source::volume::{AllowedRoots, VolumeFormat};
 use crate::ticket::{ResolvedOva, TicketHandle, TransferState};
@@ -259,9 +261,14 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
     }
 }
 
-/// `GET /images/{ticket}` on an `ova-export` ticket.
+/// `GET /images/{ticket}` on an `ova-export` ticket: the whole package,
+/// or one `Range` of it (206). Every entry carries the newest modification
+/// time of the sources, so an export of unchanged sources is the same
+/// bytes each time and an interrupted download can resume with a range;
+/// the `ETag` names size and that time, and `If-Range` is honoured.
 pub(super) async fn get(
     t: TicketHandle,
+    req: Request,
     roots: AllowedRoots,
     cfg: &DataConfig,
     guard: BusyGuard,
@@ -273,8 +280,15 @@ pub(super) async fn get(
         .clone()
         .unwrap_or_else(|| format!("{}.ova", ova.name.as_deref().unwrap_or("vm")));
     let t = Arc::new(t);
-    let plan = match blocking::run(move || ExportPlan::prepare(export_request(&ova, roots)?)).await
-    {
+    let prepared = blocking::run(move || {
+        let mtime = sources_mtime(&ova)?;
+        Ok((
+            ExportPlan::prepare(export_request(&ova, roots)?)?.with_mtime(mtime),
+            mtime,
+        ))
+    })
+    .await;
+    let (plan, mtime) = match prepared {
         Ok(p) => p,
         Err(e) => {
             t.fail(e.one_line());
@@ -282,7 +296,29 @@ pub(super) async fn get(
         }
     };
     let total = plan.total_size();
-    tracing::info!(size = total, "OVA download started");
+    let etag = format!("\"{total:x}-{mtime:x}\"");
+    let (parts, _) = req.into_parts();
+    let if_range_ok = h::header(&parts, IF_RANGE).is_none_or(|v| v == etag);
+    let range = match h::header(&parts, RANGE).filter(|_| if_range_ok) {
+        Some(v) => match range::parse_range(v, total) {
+            Ok(r) => Some(r),
+            Err(RangeError::Unsatisfiable { size }) => {
+                let mut r = h::text(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "requested range not satisfiable",
+                );
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    r.headers_mut().insert(CONTENT_RANGE, v);
+                }
+                return Ok(r);
+            }
+            Err(e) => return Ok(h::text(e.status(), &e.to_string())),
+        },
+        None => None,
+    };
+    let (skip, len) = range.map_or((0, total), |r| (r.start, r.len()));
+    let to_end = skip + len == total;
+    tracing::info!(size = total, skip, len, "OVA download started");
     let (tx, rx) = mpsc::channel(cfg.queue_depth);
     let chunk = cfg.buffer_size;
     let progress = t.progress();
@@ -302,10 +338,21 @@ pub(super) async fn get(
             }
         };
         let t2 = t.clone();
-        let mut w = ChannelWriter::new(tx, chunk).on_send(Box::new(move || report(&t2, &mut seen)));
-        let r = plan
-            .write_to(&mut w, progress)
-            .and_then(|s| w.flush().map(|()| s).map_err(Error::from));
+        let mut w = RangeWriter {
+            inner: ChannelWriter::new(tx, chunk).on_send(Box::new(move || report(&t2, &mut seen))),
+            skip,
+            left: len,
+        };
+        let r = plan.write_to(&mut w, progress);
+        // A range that ends before the package does stops the export early.
+        let r = match r {
+            Err(_) if w.left == 0 && !to_end => {
+                let _ = w.inner.flush();
+                tracing::info!(skip, len, "OVA range sent");
+                return;
+            }
+            r => r.and_then(|s| w.flush().map(|()| s).map_err(Error::from)),
+        };
         match r {
             Ok(s) => {
                 for d in &s.disks {
@@ -321,13 +368,76 @@ pub(super) async fn get(
                     t.set_disk_progress(h, 0, TransferState::Failed);
                 }
                 t.fail(msg.clone());
-                w.abort(msg);
+                w.inner.abort(msg);
             }
         }
     });
-    let mut r = h::streaming(StatusCode::OK, rx, Some(total));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    let code = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut r = h::streaming(code, rx, Some(len));
+    let hd = r.headers_mut();
+    hd.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    hd.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        hd.insert(ETAG, v);
+    }
+    if let Some(rg) = range
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{total}", rg.start, rg.end))
+    {
+        hd.insert(CONTENT_RANGE, v);
+    }
     add_disposition(&mut r, Some(&filename));
     Ok(r)
+}
+
+/// Passes on the bytes of `[skip, skip + left)` of what is written to it;
+/// once that is done, a further write fails, which stops the export.
+struct RangeWriter<W> {
+    inner: W,
+    skip: u64,
+    left: u64,
+}
+
+impl<W: Write> Write for RangeWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut d = data;
+        if self.skip > 0 {
+            let k = (self.skip.min(d.len() as u64)) as usize;
+            self.skip -= k as u64;
+            d = &d[k..];
+            if d.is_empty() {
+                return Ok(data.len());
+            }
+        }
+        if self.left == 0 {
+            return Err(std::io::Error::other("the requested range is complete"));
+        }
+        let m = (self.left.min(d.len() as u64)) as usize;
+        self.inner.write_all(&d[..m])?;
+        self.left -= m as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The newest modification time of the sources and the descriptor, in
+/// seconds since the epoch.
+fn sources_mtime(ova: &ResolvedOva) -> Result<u64> {
+    let mut newest = 0;
+    for p in ova.disks.iter().map(|d| &d.path).chain(ova.ovf.iter()) {
+        let m = std::fs::metadata(p).map_err(|e| Error::from(e).at_path(p))?;
+        let t = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        newest = newest.max(t);
+    }
+    Ok(newest)
 }
