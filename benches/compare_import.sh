@@ -68,53 +68,12 @@ SRC=$WORK/source.img
 . "$ROOT/benches/lib/source_image.sh"
 
 # ------------------------------------------------------------------- OVA
-ovf_format_uri() {
-  case $1 in
-    vmdk) echo "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized" ;;
-    qcow2) echo "http://www.gnome.org/~markmc/qcow-image-format.html" ;;
-    raw) echo "http://en.wikipedia.org/wiki/Byte" ;;
-  esac
-}
+# shellcheck source=benches/lib/bench_ova.sh
+. "$ROOT/benches/lib/bench_ova.sh"
 
-href_of() {
-  case $1 in
-    vmdk) echo disk1.vmdk ;;
-    qcow2) echo disk1.qcow2 ;;
-    raw) echo disk1.img ;;
-  esac
-}
-
-# make_ova FMT: converts the source to FMT, wraps it in bench-FMT.ova (OVF
-# first, no manifest) and removes the loose disk file.
+# make_ova FMT: the source as FMT in bench-FMT.ova (OVF first, no manifest).
 make_ova() {
-  local fmt=$1 href dir disk
-  href=$(href_of "$fmt")
-  dir=$WORK/ova-$fmt
-  mkdir -p "$dir"
-  disk=$dir/$href
-  case $fmt in
-    vmdk) qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$SRC" "$disk" ;;
-    qcow2) qemu-img convert -f raw -O qcow2 "$SRC" "$disk" ;;
-    raw) cp --sparse=always "$SRC" "$disk" ;;
-  esac
-  cat >"$dir/bench.ovf" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <References>
-    <File ovf:id="file1" ovf:href="$href" ovf:size="$(stat -c %s "$disk")"/>
-  </References>
-  <DiskSection>
-    <Info>Virtual disk information</Info>
-    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="$SIZE" ovf:capacityAllocationUnits="byte" ovf:format="$(ovf_format_uri "$fmt")"/>
-  </DiskSection>
-  <VirtualSystem ovf:id="bench">
-    <Info>A virtual machine</Info>
-    <Name>bench</Name>
-  </VirtualSystem>
-</Envelope>
-EOF
-  tar --format=ustar -cf "$WORK/bench-$fmt.ova" -C "$dir" bench.ovf "$href"
-  rm -rf "$dir"
+  make_bench_ova "$SRC" "$1" "$SIZE" "$WORK/bench-$1.ova" "$WORK/ova-$1"
 }
 
 # data_offset OVA HREF: byte offset of HREF's data inside the OVA. `tar -R`

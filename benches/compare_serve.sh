@@ -298,43 +298,15 @@ single() {
 }
 
 # ------------------------------------------------------------------- OVA
-ovf_format_uri() {
-  case $1 in
-    vmdk) echo "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized" ;;
-    qcow2) echo "http://www.gnome.org/~markmc/qcow-image-format.html" ;;
-  esac
-}
+# shellcheck source=benches/lib/bench_ova.sh
+. "$ROOT/benches/lib/bench_ova.sh"
 
 # make_ova: bench.ova holding the source as disk1.$OVA_FORMAT after a
-# minimal OVF 1.0 descriptor (as compare_import.sh builds it); no manifest.
-HREF=disk1.$OVA_FORMAT
+# minimal OVF 1.0 descriptor; no manifest.
+HREF=$(href_of "$OVA_FORMAT")
 OVA=$WORK/bench.ova
 make_ova() {
-  local dir=$WORK/ova disk
-  mkdir -p "$dir"
-  disk=$dir/$HREF
-  case $OVA_FORMAT in
-    vmdk) qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$SRC" "$disk" ;;
-    qcow2) qemu-img convert -f raw -O qcow2 "$SRC" "$disk" ;;
-  esac
-  cat >"$dir/bench.ovf" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <References>
-    <File ovf:id="file1" ovf:href="$HREF" ovf:size="$(stat -c %s "$disk")"/>
-  </References>
-  <DiskSection>
-    <Info>Virtual disk information</Info>
-    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="$SIZE" ovf:capacityAllocationUnits="byte" ovf:format="$(ovf_format_uri "$OVA_FORMAT")"/>
-  </DiskSection>
-  <VirtualSystem ovf:id="bench">
-    <Info>A virtual machine</Info>
-    <Name>bench</Name>
-  </VirtualSystem>
-</Envelope>
-EOF
-  tar --format=ustar -cf "$OVA" -C "$dir" bench.ovf "$HREF"
-  rm -rf "$dir"
+  make_bench_ova "$SRC" "$OVA_FORMAT" "$SIZE" "$OVA" "$WORK/ova"
 }
 
 # ova_serve REP: curl -T bench.ova into an ova-import ticket (raw target).

@@ -25,6 +25,13 @@ use support::{Work, assert_absent, assert_dir_empty, ovaio, tool};
 /// How long a polled ticket or job may take to reach the awaited state.
 const POLL_LIMIT: Duration = Duration::from_secs(20);
 
+/// The MAIN image as `source` under `href`, alone in `in.ova` (no
+/// manifest).
+fn one_disk_ova(w: &Work, source: Source, href: &str) -> PathBuf {
+    let p = ova::prepare(w.root(), "a", &MAIN, source);
+    Ova::new().disk(p.disk(1, href)).build(w.root(), "in.ova")
+}
+
 /// Calls `probe` until it yields a value, for at most [`POLL_LIMIT`].
 fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + POLL_LIMIT;
@@ -520,10 +527,7 @@ fn upload_cut_off_by_a_dropped_connection_fails() {
 fn upload_stalled_past_the_inactivity_timeout_fails() {
     let w = Work::new();
     let s = Server::start(&w);
-    let p = ova::prepare(w.root(), "a", &MAIN, Source::Qcow2V3);
-    let package = Ova::new()
-        .disk(p.disk(1, "disk1.qcow2"))
-        .build(w.root(), "in.ova");
+    let package = one_disk_ova(&w, Source::Qcow2V3, "disk1.qcow2");
     let mut up = RawUpload::connect(&s, "stall", &package, "stall", 15);
     import_ticket(
         &s,
@@ -560,10 +564,7 @@ fn upload_stalled_past_the_inactivity_timeout_fails() {
 fn second_upload_on_a_busy_ticket_is_refused() {
     let w = Work::new();
     let s = Server::start(&w);
-    let p = ova::prepare(w.root(), "a", &MAIN, Source::Raw);
-    let package = Ova::new()
-        .disk(p.disk(1, "disk1.img"))
-        .build(w.root(), "in.ova");
+    let package = one_disk_ova(&w, Source::Raw, "disk1.img");
     let mut up = RawUpload::connect(&s, "busy", &package, "close", 15);
     import_ticket(
         &s,
@@ -618,10 +619,7 @@ fn await_consumed(s: &Server, id: &str, sent: u64) {
 fn deleting_the_ticket_ends_a_stalled_upload() {
     let w = Work::new();
     let s = Server::start(&w);
-    let p = ova::prepare(w.root(), "a", &MAIN, Source::Raw);
-    let package = Ova::new()
-        .disk(p.disk(1, "disk1.img"))
-        .build(w.root(), "in.ova");
+    let package = one_disk_ova(&w, Source::Raw, "disk1.img");
     // The client waits at most 10 s for the server; the ticket's own
     // inactivity limit (30 s) must not be what ends the upload.
     let mut up = RawUpload::connect(&s, "gone", &package, "stall", 10);

@@ -78,7 +78,7 @@ impl ControlApi {
                 let body = body(req).await?;
                 let t: TicketRequest = parse(&body, "ticket")?;
                 self.store.add(id, t)?;
-                tracing::info!(ticket = %short(id), "ticket added");
+                tracing::info!(ticket = %crate::ticket::log_id(id), "ticket added");
                 Ok(h::status(StatusCode::OK))
             }
             (["tickets", id], &Method::GET) => {
@@ -92,7 +92,7 @@ impl ControlApi {
             }
             (["tickets", id], &Method::DELETE) => {
                 self.store.remove(id)?;
-                tracing::info!(ticket = %short(id), "ticket removed");
+                tracing::info!(ticket = %crate::ticket::log_id(id), "ticket removed");
                 Ok(h::status(StatusCode::NO_CONTENT))
             }
             (["jobs"], &Method::POST) => {
@@ -131,9 +131,4 @@ async fn body(req: Request) -> Result<bytes::Bytes> {
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(body)
         .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("bad {what} JSON: {e}")))
-}
-
-fn short(id: &str) -> &str {
-    let end = id.char_indices().nth(8).map(|(i, _)| i).unwrap_or(id.len());
-    &id[..end]
 }

@@ -178,7 +178,7 @@ impl Jobs {
                 let _e = span.enter();
                 j.set_state(TransferState::Active);
                 let r = work.run(j.progress.clone());
-                let mut o = j.outcome_mut();
+                let mut o = j.outcome();
                 o.finished = Some(now());
                 match r {
                     Ok(v) => {
@@ -387,12 +387,8 @@ impl Job {
         self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn outcome_mut(&self) -> std::sync::MutexGuard<'_, Outcome> {
-        self.outcome()
-    }
-
     fn set_state(&self, s: TransferState) {
-        self.outcome_mut().state = Some(s);
+        self.outcome().state = Some(s);
     }
 
     fn status(&self) -> JobStatus {

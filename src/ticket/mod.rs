@@ -98,6 +98,13 @@ impl Classify for TicketError {
     }
 }
 
+/// The first 8 characters of a ticket id: enough to tell tickets apart
+/// in logs without writing the whole credential there.
+pub fn log_id(id: &str) -> &str {
+    let end = id.char_indices().nth(8).map_or(id.len(), |(i, _)| i);
+    &id[..end]
+}
+
 /// Compares two byte strings in time that depends only on their lengths,
 /// never on where they first differ, so a client cannot guess a ticket id
 /// byte by byte from response times.

@@ -105,7 +105,9 @@ fn file_size(f: &File, path: &Path) -> Result<u64> {
         .len())
 }
 
-fn range_error(e: RangeError) -> Response {
+/// The response for a bad `Range`/`Content-Range`/query: 416 with
+/// `Content-Range: bytes */size` when outside the resource.
+pub(super) fn range_error(e: RangeError) -> Response {
     match e {
         RangeError::Unsatisfiable { size } => {
             unsatisfiable(size, "requested range not satisfiable")

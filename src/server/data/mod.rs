@@ -121,7 +121,7 @@ impl DataApi {
         };
         let span = tracing::info_span!(
             "ticket",
-            id = %short(ticket.id()),
+            id = %crate::ticket::log_id(ticket.id()),
             transfer = ticket.request().transfer_id.as_deref().unwrap_or("-"),
         );
         async move {
@@ -273,11 +273,4 @@ fn cors(headers: &mut http::HeaderMap) {
         "content-length, content-range, content-disposition",
     );
     set(headers, "access-control-max-age", "300");
-}
-
-/// The first characters of a ticket id, enough to tell tickets apart in
-/// logs without writing the whole credential there.
-fn short(id: &str) -> &str {
-    let end = id.char_indices().nth(8).map(|(i, _)| i).unwrap_or(id.len());
-    &id[..end]
 }

@@ -22,13 +22,13 @@ use tokio::sync::mpsc;
 
 use super::BusyGuard;
 use super::blocking::{self, ChannelWriter};
-use super::image::add_disposition;
+use super::image::{add_disposition, range_error};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
-use crate::server::range::{self, RangeError};
+use crate::server::range;
 use crate::sink::format::TargetFormat;
 use crate::source::volume::{AllowedRoots, VolumeFormat};
 use crate::ticket::{ResolvedOva, TicketHandle, TransferState};
@@ -302,17 +302,7 @@ pub(super) async fn get(
     let range = match h::header(&parts, RANGE).filter(|_| if_range_ok) {
         Some(v) => match range::parse_range(v, total) {
             Ok(r) => Some(r),
-            Err(RangeError::Unsatisfiable { size }) => {
-                let mut r = h::text(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "requested range not satisfiable",
-                );
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    r.headers_mut().insert(CONTENT_RANGE, v);
-                }
-                return Ok(r);
-            }
-            Err(e) => return Ok(h::text(e.status(), &e.to_string())),
+            Err(e) => return Ok(range_error(e)),
         },
         None => None,
     };
@@ -331,15 +321,11 @@ pub(super) async fn get(
         let _guard = guard;
         let mut seen = BTreeMap::new();
         let report = {
-            let progress = progress.clone();
-            let hrefs = hrefs.clone();
-            move |t: &TicketHandle, seen: &mut BTreeMap<String, u64>| {
-                report_disk(t, &hrefs, &progress, seen)
-            }
+            let (t, hrefs, progress) = (t.clone(), hrefs.clone(), progress.clone());
+            move || report_disk(&t, &hrefs, &progress, &mut seen)
         };
-        let t2 = t.clone();
         let mut w = RangeWriter {
-            inner: ChannelWriter::new(tx, chunk).on_send(Box::new(move || report(&t2, &mut seen))),
+            inner: ChannelWriter::new(tx, chunk).on_send(Box::new(report)),
             skip,
             left: len,
         };

@@ -1,0 +1,51 @@
+# Sourced by the comparison scripts: the one-disk OVA they all measure.
+# make_bench_ova SRC FMT SIZE OUT SCRATCH converts the raw image SRC to
+# FMT (vmdk = streamOptimized, qcow2, raw), names it href_of FMT, and wraps
+# it after a minimal OVF 1.0 descriptor (capacity SIZE bytes) in the ustar
+# archive OUT; no manifest. SCRATCH is a directory it creates and removes.
+
+ovf_format_uri() {
+  case $1 in
+    vmdk) echo "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized" ;;
+    qcow2) echo "http://www.gnome.org/~markmc/qcow-image-format.html" ;;
+    raw) echo "http://en.wikipedia.org/wiki/Byte" ;;
+  esac
+}
+
+href_of() {
+  case $1 in
+    vmdk) echo disk1.vmdk ;;
+    qcow2) echo disk1.qcow2 ;;
+    raw) echo disk1.img ;;
+  esac
+}
+
+make_bench_ova() {
+  local src=$1 fmt=$2 size=$3 out=$4 dir=$5 href disk
+  href=$(href_of "$fmt")
+  mkdir -p "$dir"
+  disk=$dir/$href
+  case $fmt in
+    vmdk) qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$src" "$disk" ;;
+    qcow2) qemu-img convert -f raw -O qcow2 "$src" "$disk" ;;
+    raw) cp --sparse=always "$src" "$disk" ;;
+  esac
+  cat >"$dir/bench.ovf" <<EOF_OVF
+<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:id="file1" ovf:href="$href" ovf:size="$(stat -c %s "$disk")"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="$size" ovf:capacityAllocationUnits="byte" ovf:format="$(ovf_format_uri "$fmt")"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="bench">
+    <Info>A virtual machine</Info>
+    <Name>bench</Name>
+  </VirtualSystem>
+</Envelope>
+EOF_OVF
+  tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href"
+  rm -rf "$dir"
+}
