@@ -13,6 +13,8 @@
 //! * [`ova`] demultiplexes the tar stream and parses the OVF and manifest.
 //! * [`codec`] turns each disk entry into an extent stream.
 //! * [`sink`] writes extents into target volumes under `.partial` names.
+//! * [`roots`] confines every file a ticket, job or package names to the
+//!   storage roots.
 //! * [`pipeline`] glues them together; [`cli`] is the command line.
 
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ pub mod error;
 pub mod limits;
 pub mod ova;
 pub mod pipeline;
+pub mod roots;
 pub mod server;
 pub mod sink;
 pub mod source;

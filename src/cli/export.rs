@@ -45,8 +45,9 @@ pub(crate) struct ExportArgs {
     /// Only read sources (and backing files) under this directory; repeatable.
     #[arg(long = "root", value_name = "DIR")]
     roots: Vec<PathBuf>,
-    /// Replace an existing OUT.ova.partial left by an earlier run.
-    #[arg(long)]
+    /// Accepted for compatibility: a stale OUT.ova.partial that no live
+    /// process holds is always replaced.
+    #[arg(long, hide = true)]
     force: bool,
     /// Print a JSON summary (on stderr when the OVA goes to stdout).
     #[arg(long)]
@@ -102,9 +103,9 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     let partial = if to_stdout {
         None
     } else {
-        Some(PartialFile::create_with(
+        Some(PartialFile::create(
+            &AllowedRoots::any(),
             &PathBuf::from(&a.output),
-            a.force,
         )?)
     };
     let plan = ExportPlan::prepare(ExportRequest {

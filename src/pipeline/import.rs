@@ -8,6 +8,7 @@
 //! Dropping an unfinished importer removes every partial target.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +25,9 @@ use crate::ova::manifest::{self, Algorithm, Manifest};
 use crate::ova::ovf::{self, Compression, Envelope};
 use crate::pipeline::digests::DigestTap;
 use crate::pipeline::progress::Progress;
+use crate::roots::{AllowedRoots, Dir};
 use crate::sink::format::TargetFormat;
-use crate::sink::partial::PartialFile;
+use crate::sink::partial::{self, PartialFile};
 use crate::sink::spool::FileSpool;
 use crate::sink::target::TargetVolume;
 use crate::sink::writer::VolumeWriter;
@@ -142,6 +144,10 @@ struct DiskState {
 #[derive(Debug)]
 struct TargetSlot {
     target: DiskTarget,
+    /// The target's directory, opened when the disk's entry began.
+    dir: Arc<Dir>,
+    /// The target's file name in `dir`.
+    name: OsString,
     /// Capacity from the OVF DiskSection.
     capacity_hint: Option<u64>,
     /// Size of a raw entry, used when the OVF has not said.
@@ -163,7 +169,7 @@ impl TargetSlot {
                     format!("disk capacity {capacity} exceeds the limit"),
                 ));
             }
-            let (partial, file) = PartialFile::create(&self.target.path)?;
+            let (partial, file) = PartialFile::create_in(self.dir.clone(), &self.name)?;
             let volume = self
                 .target
                 .format
@@ -184,7 +190,7 @@ impl TargetSlot {
             }
             // A compressed raw disk before the OVF: its size is settled
             // when the OVF arrives.
-            let (partial, file) = PartialFile::create(&self.target.path)?;
+            let (partial, file) = PartialFile::create_in(self.dir.clone(), &self.name)?;
             let volume = self
                 .target
                 .format
@@ -262,6 +268,7 @@ impl ExtentSink for TargetSlot {
 #[derive(Debug)]
 pub struct Importer {
     targets: Targets,
+    roots: AllowedRoots,
     demux: Demux,
     records: Vec<EntryRecord>,
     by_name: HashMap<String, usize>,
@@ -282,6 +289,7 @@ impl Importer {
     pub fn new(targets: Targets, progress: Arc<Progress>) -> Self {
         Importer {
             targets,
+            roots: AllowedRoots::any(),
             demux: Demux::new(),
             records: Vec::new(),
             by_name: HashMap::new(),
@@ -303,6 +311,13 @@ impl Importer {
     pub fn without_verification(mut self) -> Self {
         self.digests = DigestTap::idle();
         self.verify = false;
+        self
+    }
+
+    /// Opens every target (and spool) beneath `roots`: target paths must
+    /// be the canonical paths the roots accepted.
+    pub fn with_roots(mut self, roots: AllowedRoots) -> Self {
+        self.roots = roots;
         self
     }
 
@@ -503,18 +518,16 @@ impl Importer {
             // disk is as large as its entry until the OVF says otherwise.
             Decoder::sniffing_any(Some(size), limits::MAX_CAPACITY)
         };
-        let spool_dir = target
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let decoder = decoder.with_spool(Box::new(FileSpool::new(spool_dir)));
+        let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
+        let decoder = decoder.with_spool(Box::new(FileSpool::new(dir.clone())));
         self.disks.push(DiskState {
             href: name.to_owned(),
             target: target.clone(),
             decoder,
             out: TargetSlot {
                 target,
+                dir,
+                name: file_name,
                 capacity_hint,
                 entry_hint: None,
                 provisional: false,

@@ -282,6 +282,7 @@ impl Jobs {
                         name: None,
                     },
                     verify: verify.unwrap_or(true),
+                    roots: self.store.roots().clone(),
                 })
             }
             JobRequest::Export {
@@ -295,11 +296,7 @@ impl Jobs {
                     .store
                     .resolve_path("target", &url("target", target)?, true)?;
                 if !overwrite.unwrap_or(false) && std::fs::symlink_metadata(&target).is_ok() {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        "the export target exists; set \"overwrite\": true to replace it",
-                    )
-                    .at_path(&target));
+                    return Err(target_exists(&target));
                 }
                 let ovf = match ovf {
                     Some(u) => Some(self.store.resolve_path("ovf", &url("ovf", u)?, false)?),
@@ -327,6 +324,7 @@ enum Work {
         source: std::path::PathBuf,
         ova: ResolvedOva,
         verify: bool,
+        roots: AllowedRoots,
     },
     Export {
         target: std::path::PathBuf,
@@ -347,10 +345,12 @@ impl Work {
                 source,
                 ova,
                 verify,
+                roots,
             } => {
                 let targets = import_targets(&ova)?;
-                let mut src = crate::source::open(path_str(&source)?)?;
-                let mut importer = Importer::new(targets, progress);
+                let (file, _) = roots.open_checked(&source)?;
+                let mut src = crate::source::from_file(file, source.clone())?;
+                let mut importer = Importer::new(targets, progress).with_roots(roots);
                 if !verify {
                     importer = importer.without_verification();
                 }
@@ -365,8 +365,12 @@ impl Work {
                 overwrite,
                 roots,
             } => {
+                // Checked again: the target may have appeared since the job was accepted.
+                if !overwrite && std::fs::symlink_metadata(&target).is_ok() {
+                    return Err(target_exists(&target));
+                }
                 // Fails at once when the target cannot be made.
-                let (partial, file) = PartialFile::create_with(&target, overwrite)?;
+                let (partial, file) = PartialFile::create(&roots, &target)?;
                 // Backing chains are checked against the same roots.
                 let plan = ExportPlan::prepare(export_request(&ova, roots)?)?;
                 let s = plan.write_partial(partial, file, progress)?;
@@ -376,10 +380,12 @@ impl Work {
     }
 }
 
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str().ok_or_else(|| {
-        Error::new(ErrorKind::InvalidArgument, "the path is not valid UTF-8").at_path(p)
-    })
+fn target_exists(target: &Path) -> Error {
+    Error::new(
+        ErrorKind::InvalidArgument,
+        "the export target exists; set \"overwrite\": true to replace it",
+    )
+    .at_path(target)
 }
 
 impl Job {

@@ -82,11 +82,8 @@ pub async fn serve(
         create_private_dir(&cfg.roots[0])?;
     }
     let roots = AllowedRoots::new(&cfg.roots)?;
-    let canon_roots = cfg
-        .roots
-        .iter()
-        .map(|r| std::fs::canonicalize(r).map_err(|e| Error::from(e).at_path(r)))
-        .collect::<Result<Vec<_>>>()?;
+    let canon_roots: Vec<_> = roots.paths().map(Path::to_path_buf).collect();
+    sweep_stale_partials(&roots);
 
     let tls = match (&cfg.data.cert, &cfg.data.key) {
         (Some(c), Some(k)) => tls::TlsFiles {
@@ -359,6 +356,24 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Removes the `.partial` files a killed process left under the roots (no
+/// live process holds their lock), so their targets can be written again.
+fn sweep_stale_partials(roots: &AllowedRoots) {
+    for root in roots.paths() {
+        match roots.open_dir(root) {
+            Ok(dir) => {
+                let removed = crate::sink::partial::remove_stale(dir);
+                if !removed.is_empty() {
+                    tracing::info!(root = %root.display(), count = removed.len(), "removed stale partial files");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(root = %root.display(), error = %e, "cannot sweep a storage root")
+            }
+        }
+    }
 }
 
 fn bind_error(e: std::io::Error, what: &str) -> Error {

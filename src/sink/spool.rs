@@ -5,30 +5,31 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::codec::qcow2::Spool;
 use crate::error::{Error, Result};
+use crate::roots::Dir;
 
 /// Sparse anonymous spool file, created lazily in `dir`.
 #[derive(Debug)]
 pub struct FileSpool {
-    dir: PathBuf,
+    dir: Arc<Dir>,
     file: Option<File>,
 }
 
 impl FileSpool {
     /// A spool that will live in `dir` once something is written.
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: Arc<Dir>) -> Self {
         FileSpool { dir, file: None }
     }
 
     fn file(&mut self) -> Result<&File> {
         if self.file.is_none() {
-            let f = tempfile::tempfile_in(&self.dir).map_err(|e| {
+            let f = self.dir.tempfile().map_err(|e| {
                 Error::from(e)
                     .with_message("creating a spool file")
-                    .at_path(&self.dir)
+                    .at_path(self.dir.path())
             })?;
             self.file = Some(f);
         }

@@ -31,6 +31,11 @@ pub fn open(spec: &str) -> Result<Source> {
     }
     let path = PathBuf::from(spec);
     let file = File::open(&path).map_err(|e| Error::from(e).at_path(&path))?;
+    from_file(file, path)
+}
+
+/// A source reading the already opened `file`, named `path` in messages.
+pub fn from_file(file: File, path: PathBuf) -> Result<Source> {
     let meta = file.metadata().map_err(|e| Error::from(e).at_path(&path))?;
     let size = meta.is_file().then_some(meta.len());
     Ok(Source {

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use super::blocking;
 use crate::codec::map::RangeKind;
 use crate::error::{Error, ErrorKind, Result};
+use crate::roots::AllowedRoots;
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
 use crate::server::range::{self, ByteRange, RangeError};
@@ -51,51 +52,24 @@ fn idle(t: &TicketHandle) -> Duration {
     Duration::from_secs(t.inactivity_timeout())
 }
 
-/// Opens the ticket's volume. A write ticket whose file does not exist
-/// yet creates it, sized to the ticket's `size`. Symlinks are never
-/// followed: the path was resolved under the roots when the ticket was
-/// added.
-fn open_volume(path: &Path, write: bool, size: Option<u64>) -> Result<File> {
-    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-    let at = |e: io::Error| {
-        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-            return Error::new(
-                ErrorKind::InvalidArgument,
-                "the volume was replaced by a symbolic link; it is not followed",
-            )
-            .at_path(path);
-        }
-        Error::from(e).at_path(path)
-    };
+/// Opens the ticket's volume beneath its storage root (the path is the
+/// canonical one the ticket was accepted with; a symbolic link anywhere on
+/// it now is refused, never followed). A write ticket whose file does not
+/// exist yet creates it, sized to the ticket's `size`.
+fn open_volume(roots: &AllowedRoots, path: &Path, write: bool, size: Option<u64>) -> Result<File> {
+    use rustix::fs::OFlags;
     if !write {
-        return std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nofollow)
-            .open(path)
-            .map_err(at);
+        return roots.open(path, OFlags::RDONLY, 0);
     }
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nofollow)
-        .open(path)
-    {
-        Ok(f) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o660)
-                .custom_flags(nofollow)
-                .open(path)
-                .map_err(at)?;
+    match roots.open(path, OFlags::RDWR, 0) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let f = roots.open(path, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, 0o660)?;
             if let Some(s) = size {
-                f.set_len(s).map_err(at)?;
+                f.set_len(s).map_err(|e| Error::from(e).at_path(path))?;
             }
             Ok(f)
         }
-        Err(e) => Err(at(e)),
+        r => r,
     }
 }
 
@@ -125,11 +99,16 @@ fn unsatisfiable(size: u64, msg: &str) -> Response {
 }
 
 /// `GET /images/{ticket}`.
-pub(super) async fn get(t: TicketHandle, req: Request, cfg: &DataConfig) -> Result<Response> {
+pub(super) async fn get(
+    t: TicketHandle,
+    req: Request,
+    roots: AllowedRoots,
+    cfg: &DataConfig,
+) -> Result<Response> {
     let path = volume_path(&t)?;
     let (parts, _) = req.into_parts();
     let p = path.clone();
-    let file = blocking::run(move || open_volume(&p, false, None)).await?;
+    let file = blocking::run(move || open_volume(&roots, &p, false, None)).await?;
     let size = file_size(&file, &path)?;
     let (code, range) = match h::header(&parts, RANGE) {
         Some(v) => match range::parse_range(v, size) {
@@ -187,7 +166,12 @@ pub(super) async fn get(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
 }
 
 /// `PUT /images/{ticket}`.
-pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Result<Response> {
+pub(super) async fn put(
+    t: TicketHandle,
+    req: Request,
+    roots: AllowedRoots,
+    cfg: &DataConfig,
+) -> Result<Response> {
     let path = volume_path(&t)?;
     let (parts, body) = req.into_parts();
     let query = match range::parse_query(parts.uri.query()) {
@@ -227,7 +211,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
     };
     let p = path.clone();
     let size_hint = t.size();
-    let file = Arc::new(blocking::run(move || open_volume(&p, true, size_hint)).await?);
+    let file = Arc::new(blocking::run(move || open_volume(&roots, &p, true, size_hint)).await?);
     let size = file_size(&file, &path)?;
     if let Some(len) = length
         && offset.checked_add(len).is_none_or(|end| end > size)
@@ -324,7 +308,12 @@ enum PatchOp {
 }
 
 /// `PATCH /images/{ticket}`.
-pub(super) async fn patch(t: TicketHandle, req: Request, cfg: &DataConfig) -> Result<Response> {
+pub(super) async fn patch(
+    t: TicketHandle,
+    req: Request,
+    roots: AllowedRoots,
+    cfg: &DataConfig,
+) -> Result<Response> {
     let path = volume_path(&t)?;
     let (_, body) = req.into_parts();
     let idle = idle(&t);
@@ -346,7 +335,7 @@ pub(super) async fn patch(t: TicketHandle, req: Request, cfg: &DataConfig) -> Re
     })?;
     let p = path.clone();
     let size_hint = t.size();
-    let file = blocking::run(move || open_volume(&p, true, size_hint)).await?;
+    let file = blocking::run(move || open_volume(&roots, &p, true, size_hint)).await?;
     let size = file_size(&file, &path)?;
     let sparse = t.sparse();
     let chunk = cfg.buffer_size;
@@ -423,7 +412,11 @@ pub(crate) struct Extent {
 }
 
 /// `GET /images/{ticket}/extents?context=zero`.
-pub(super) async fn extents(t: TicketHandle, req: Request) -> Result<Response> {
+pub(super) async fn extents(
+    t: TicketHandle,
+    req: Request,
+    roots: AllowedRoots,
+) -> Result<Response> {
     let path = volume_path(&t)?;
     let q = match range::parse_query(req.uri().query()) {
         Ok(q) => q,
@@ -439,7 +432,7 @@ pub(super) async fn extents(t: TicketHandle, req: Request) -> Result<Response> {
         }
     }
     let list = blocking::run(move || {
-        let file = open_volume(&path, false, None)?;
+        let file = open_volume(&roots, &path, false, None)?;
         let size = file_size(&file, &path)?;
         zero_extents(&file, size, &path)
     })

@@ -147,16 +147,22 @@ impl DataApi {
         let r: Result<Response> = match (kind, method, res) {
             (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
             (TicketKind::Image, Method::GET, Resource::Image) => {
-                image::get(ticket, req, &self.cfg).await
+                image::get(ticket, req, self.store.roots().clone(), &self.cfg).await
             }
             (TicketKind::Image, Method::GET, Resource::Extents) => {
-                image::extents(ticket, req).await
+                image::extents(ticket, req, self.store.roots().clone()).await
             }
-            (TicketKind::Image, Method::PUT, _) => image::put(ticket, req, &self.cfg).await,
-            (TicketKind::Image, Method::PATCH, _) => image::patch(ticket, req, &self.cfg).await,
+            (TicketKind::Image, Method::PUT, _) => {
+                image::put(ticket, req, self.store.roots().clone(), &self.cfg).await
+            }
+            (TicketKind::Image, Method::PATCH, _) => {
+                image::patch(ticket, req, self.store.roots().clone(), &self.cfg).await
+            }
             (TicketKind::OvaImport, Method::PUT, Resource::Image) => {
                 match self.claim(ticket.id()) {
-                    Some(_guard) => ova::put(ticket, req, &self.cfg).await,
+                    Some(_guard) => {
+                        ova::put(ticket, req, self.store.roots().clone(), &self.cfg).await
+                    }
                     None => Ok(busy()),
                 }
             }

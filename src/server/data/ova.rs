@@ -74,6 +74,28 @@ pub(crate) fn import_targets(ova: &ResolvedOva) -> Result<Targets> {
     Ok(Targets::Map(map))
 }
 
+/// Reads the OVF descriptor to complete, beneath the roots and no larger
+/// than any descriptor ovaio accepts.
+fn read_descriptor(roots: &AllowedRoots, p: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = roots.open(p, rustix::fs::OFlags::RDONLY, 0)?;
+    let mut bytes = Vec::new();
+    f.take(crate::limits::MAX_OVF_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::from(e).at_path(p))?;
+    if bytes.len() as u64 > crate::limits::MAX_OVF_SIZE {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "the OVF descriptor is over the {} byte limit",
+                crate::limits::MAX_OVF_SIZE
+            ),
+        )
+        .at_path(p));
+    }
+    Ok(bytes)
+}
+
 /// The export request an `ova-export` ticket describes.
 pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<ExportRequest> {
     let disks = ova
@@ -101,7 +123,7 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
     let name = ova.name.clone().unwrap_or_else(|| "vm".to_owned());
     let (ovf, ovf_name) = match &ova.ovf {
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| Error::from(e).at_path(p))?;
+            let bytes = read_descriptor(&roots, p)?;
             let n = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -156,7 +178,12 @@ fn finish_disks(
 }
 
 /// `PUT /images/{ticket}` on an `ova-import` ticket.
-pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Result<Response> {
+pub(super) async fn put(
+    t: TicketHandle,
+    req: Request,
+    roots: AllowedRoots,
+    cfg: &DataConfig,
+) -> Result<Response> {
     let ova = ova_of(&t)?.clone();
     let (parts, body) = req.into_parts();
     if let Some(v) = h::header(&parts, CONTENT_RANGE) {
@@ -179,7 +206,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
     let tt = t.clone();
     let hh = hrefs.clone();
     let worker = tokio::task::spawn_blocking(move || {
-        let mut importer = Importer::new(targets, progress.clone());
+        let mut importer = Importer::new(targets, progress.clone()).with_roots(roots);
         let mut seen = BTreeMap::new();
         let mut ended = false;
         while let Some(m) = rx.blocking_recv() {

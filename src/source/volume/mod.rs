@@ -6,15 +6,14 @@
 
 mod qcow2;
 mod raw;
-mod roots;
 #[cfg(test)]
 mod tests;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+pub use crate::roots::AllowedRoots;
 pub(crate) use raw::data_ranges;
-pub use roots::AllowedRoots;
 
 use crate::codec::map::{AllocationMap, GuestReader, RangeKind};
 use crate::error::{Classify, Error, ErrorKind, Result};
@@ -47,26 +46,6 @@ impl VolumeFormat {
 /// Errors particular to opening source volumes.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VolumeError {
-    /// A path resolves outside every storage root.
-    #[error("{} resolves to {}, outside the allowed storage roots", path.display(), canonical.display())]
-    OutsideRoots {
-        /// The path as given (or as named by an image).
-        path: PathBuf,
-        /// Where it resolves to.
-        canonical: PathBuf,
-    },
-    /// A storage root is not a directory.
-    #[error("storage root {} is not a directory", path.display())]
-    RootNotDirectory {
-        /// The root as given.
-        path: PathBuf,
-    },
-    /// A volume path names a directory.
-    #[error("{} is a directory", path.display())]
-    IsDirectory {
-        /// The path.
-        path: PathBuf,
-    },
     /// A backing chain returns to an image already in it.
     #[error("backing chain loop: {} names {}, which is already in the chain", path.display(), backing.display())]
     BackingLoop {
@@ -140,10 +119,7 @@ pub enum VolumeError {
 impl Classify for VolumeError {
     fn kind(&self) -> ErrorKind {
         match self {
-            VolumeError::OutsideRoots { .. }
-            | VolumeError::RootNotDirectory { .. }
-            | VolumeError::IsDirectory { .. }
-            | VolumeError::OutOfBounds { .. } => ErrorKind::InvalidArgument,
+            VolumeError::OutOfBounds { .. } => ErrorKind::InvalidArgument,
             VolumeError::BackingLoop { .. } | VolumeError::SeekInconsistent { .. } => {
                 ErrorKind::CorruptImage
             }

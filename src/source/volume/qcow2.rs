@@ -23,7 +23,7 @@ use crate::codec::map::{AllocationMap, RangeKind};
 use crate::codec::qcow2::header::{INCOMPAT_COMPRESSION, MAGIC, V3_MIN_HEADER_LEN, field};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::MAX_BACKING_CHAIN;
-use crate::source::volume::roots::AllowedRoots;
+use crate::roots::AllowedRoots;
 
 /// A raw file at the bottom of a backing chain, kept so that the map can
 /// tell its holes from its data (imago reports a raw layer as all data).
