@@ -348,7 +348,8 @@ impl Work {
                 roots,
             } => {
                 let targets = import_targets(&ova)?;
-                let (file, _) = roots.open_checked(&source)?;
+                // The canonical path accepted with the job, opened beneath its root.
+                let file = roots.open(&source, rustix::fs::OFlags::RDONLY, 0)?;
                 let mut src = crate::source::from_file(file, source.clone())?;
                 let mut importer = Importer::new(targets, progress).with_roots(roots);
                 if !verify {
