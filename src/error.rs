@@ -160,11 +160,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut sep = "";
         if let Some(p) = &self.context.path {
-            write!(f, "{}", p.display())?;
+            write!(f, "{}", crate::names::printable(&p.to_string_lossy()))?;
             sep = ": ";
         }
         if let Some(e) = &self.context.entry {
-            write!(f, "{sep}entry '{e}'")?;
+            write!(f, "{sep}entry '{}'", crate::names::printable(e))?;
             sep = ": ";
         }
         if let Some(o) = self.context.offset {
@@ -235,6 +235,12 @@ mod tests {
             "entry 'disk1.vmdk' at byte 4096: grain beyond capacity"
         );
         assert_eq!(e.kind(), ErrorKind::CorruptImage);
+    }
+
+    #[test]
+    fn display_escapes_names_from_packages() {
+        let e = Error::new(ErrorKind::CorruptImage, "bad").in_entry("a\nb\u{202E}c");
+        assert_eq!(e.to_string(), "entry 'a\\nb\\u{202E}c': bad");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod codec;
 pub mod error;
 pub mod limits;
+pub mod names;
 pub mod ova;
 pub mod pipeline;
 pub mod roots;

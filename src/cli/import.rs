@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::cli::progress::Bar;
 use crate::error::{Error, ErrorKind, Result};
+use crate::names::printable;
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::pipeline::progress::Progress;
 use crate::sink::format::TargetFormat;
@@ -108,14 +109,14 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
         for d in &summary.disks {
             println!(
                 "{} ({}{}) -> {} ({}, {} bytes)",
-                d.href,
+                printable(&d.href),
                 d.source_format,
                 if d.compression == "gzip" {
                     ", gzip"
                 } else {
                     ""
                 },
-                d.target.display(),
+                printable(&d.target.to_string_lossy()),
                 d.target_format,
                 d.capacity
             );

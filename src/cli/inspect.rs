@@ -3,6 +3,7 @@
 use clap::Args;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::names::printable as p;
 use crate::pipeline::inspect::inspect;
 use crate::source;
 
@@ -28,27 +29,27 @@ pub(crate) fn run(a: InspectArgs) -> Result<()> {
         println!("{s}");
         return Ok(());
     }
-    println!("OVF: {}", report.ovf);
+    println!("OVF: {}", p(&report.ovf));
     if let Some(n) = &report.name {
-        println!("Name: {n}");
+        println!("Name: {}", p(n));
     }
     println!("Disks:");
     for d in &report.disks {
         println!(
             "  {:<12} {:<28} capacity {:>14}  format {} ({})",
-            d.disk_id,
-            d.href.as_deref().unwrap_or("-"),
+            p(&d.disk_id),
+            p(d.href.as_deref().unwrap_or("-")),
             d.capacity,
             d.detected_format.unwrap_or("?"),
-            d.format_uri.as_deref().unwrap_or("no format URI"),
+            p(d.format_uri.as_deref().unwrap_or("no format URI")),
         );
     }
     println!("Files:");
     for f in &report.files {
         println!(
             "  {:<12} {:<28} size {:>14}  compression {}",
-            f.id,
-            f.href,
+            p(&f.id),
+            p(&f.href),
             f.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             f.compression
         );
@@ -56,13 +57,15 @@ pub(crate) fn run(a: InspectArgs) -> Result<()> {
     match &report.manifest {
         Some(m) => println!(
             "Manifest: {} ({}, {} entries)",
-            m.name, m.algorithm, m.entries
+            p(&m.name),
+            m.algorithm,
+            m.entries
         ),
         None => println!("Manifest: none"),
     }
     println!("Entries:");
     for e in &report.entries {
-        println!("  {:<40} {:>14} bytes at {}", e.name, e.size, e.offset);
+        println!("  {:<40} {:>14} bytes at {}", p(&e.name), e.size, e.offset);
     }
     Ok(())
 }

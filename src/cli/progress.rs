@@ -40,7 +40,7 @@ impl Bar {
             }
             while !flag.load(Ordering::Relaxed) {
                 bar.set_position(progress.bytes_read());
-                bar.set_message(progress.entry());
+                bar.set_message(crate::names::printable(&progress.entry()).into_owned());
                 std::thread::park_timeout(Duration::from_millis(200));
             }
             bar.finish_and_clear();

@@ -59,18 +59,27 @@ pub enum Targets {
 }
 
 impl Targets {
-    fn target_for(&self, href: &str) -> Option<DiskTarget> {
+    /// Where the disk `href` goes; `None` when no `--disk` names it.
+    fn target_for(&self, href: &str) -> Result<Option<DiskTarget>> {
         match self {
-            Targets::Map(m) => m.get(href).cloned(),
+            Targets::Map(m) => Ok(m.get(href).cloned()),
             Targets::Dir { dir, format } => {
+                if let Some(why) = crate::names::unfit_for_file_name(href) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "--dir cannot make a file name of this href: {why}; name its target with --disk"
+                        ),
+                    ));
+                }
                 let stem = Path::new(href)
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| href.to_owned());
-                Some(DiskTarget {
+                Ok(Some(DiskTarget {
                     path: dir.join(format!("{stem}.{}", format.extension())),
                     format: *format,
-                })
+                }))
             }
         }
     }
@@ -141,6 +150,13 @@ struct DiskState {
 }
 
 /// A target volume opened lazily, once its capacity is known.
+///
+/// The result must not depend on whether the OVF came before the disk or
+/// after it. With the OVF first, its capacity is known when the volume is
+/// opened. A disk before the OVF is opened at the image's own capacity
+/// (qcow2, VMDK) or provisionally (raw, gzip), and everything that rule
+/// would have decided is settled when the OVF arrives: see
+/// [`TargetSlot::settle`].
 #[derive(Debug)]
 struct TargetSlot {
     target: DiskTarget,
@@ -150,14 +166,44 @@ struct TargetSlot {
     name: OsString,
     /// Capacity from the OVF DiskSection.
     capacity_hint: Option<u64>,
-    /// Size of a raw entry, used when the OVF has not said.
+    /// Size of a raw entry.
     entry_hint: Option<u64>,
-    /// Opened before any capacity was known (gzip before the OVF).
+    /// Opened before any capacity was known (raw or gzip before the OVF).
     provisional: bool,
     /// The image counts whole sectors past the OVF's exact capacity: bytes
     /// from here on must be zero and are dropped.
     zero_tail_from: Option<u64>,
+    /// An image before the OVF: its last sector, held back until the OVF
+    /// says whether the capacity ends inside it.
+    tail: Option<Tail>,
     opened: Option<(PartialFile, VolumeWriter<TargetVolume>)>,
+}
+
+/// The last sector of an image that arrived before the OVF.
+#[derive(Debug)]
+struct Tail {
+    /// Guest offset of its first byte.
+    start: u64,
+    /// Its bytes (zero where nothing was written).
+    bytes: Vec<u8>,
+}
+
+/// A raw entry larger than the disk it is the content of.
+fn raw_too_large(entry: u64, capacity: u64) -> Error {
+    Error::new(
+        ErrorKind::CorruptImage,
+        format!(
+            "raw disk entry is {entry} bytes, more than the disk capacity of {capacity} bytes in the OVF"
+        ),
+    )
+}
+
+/// Non-zero image bytes past the exact capacity the OVF gives.
+fn past_ovf_capacity(capacity: u64) -> Error {
+    Error::new(
+        ErrorKind::CorruptImage,
+        format!("non-zero data past the OVF capacity of {capacity} bytes"),
+    )
 }
 
 impl TargetSlot {
@@ -185,11 +231,11 @@ impl TargetSlot {
 
     fn writer(&mut self) -> Result<&mut VolumeWriter<TargetVolume>> {
         if self.opened.is_none() {
-            if let Some(cap) = self.capacity_hint.or(self.entry_hint) {
+            if let Some(cap) = self.capacity_hint {
                 return self.open(cap);
             }
-            // A compressed raw disk before the OVF: its size is settled
-            // when the OVF arrives.
+            // A raw disk before the OVF: its size is settled when the OVF
+            // arrives.
             let (partial, file) = PartialFile::create_in(self.dir.clone(), &self.name)?;
             let volume = self
                 .target
@@ -201,48 +247,128 @@ impl TargetSlot {
         }
         self.open(0)
     }
+
+    /// The OVF arrived after this disk with `capacity`: settle what the
+    /// OVF-first rules would have decided.
+    fn settle(&mut self, capacity: u64) -> Result<()> {
+        self.capacity_hint = Some(capacity);
+        if self.provisional {
+            if let Some(entry) = self.entry_hint
+                && entry > capacity
+            {
+                return Err(raw_too_large(entry, capacity));
+            }
+            if let Some((_, w)) = &mut self.opened {
+                w.set_capacity(capacity)?;
+            }
+            self.provisional = false;
+            return Ok(());
+        }
+        let Some(tail) = self.tail.take() else {
+            return Ok(());
+        };
+        let image = tail.start + tail.bytes.len() as u64;
+        let mut keep = tail.bytes.len();
+        if capacity < image && image == capacity.div_ceil(512) * 512 {
+            keep = (capacity - tail.start) as usize;
+            if !crate::sink::writer::is_zero(&tail.bytes[keep..]) {
+                return Err(past_ovf_capacity(capacity));
+            }
+            self.open(0)?.set_capacity(capacity)?;
+        } else if capacity != image {
+            self.warn_capacity(capacity, image);
+        }
+        if !crate::sink::writer::is_zero(&tail.bytes[..keep]) {
+            self.open(0)?.data(tail.start, &tail.bytes[..keep])?;
+        }
+        Ok(())
+    }
+
+    fn warn_capacity(&self, ovf: u64, image: u64) {
+        tracing::warn!(
+            target = %self.target.path.display(),
+            ovf,
+            image,
+            "OVF capacity differs from the image's own; using the image's"
+        );
+    }
+
+    /// Copies what of `data` at `offset` falls into the held-back last
+    /// sector (zeroes it for `data == None`, `len` bytes) and returns how
+    /// much lies before it.
+    fn hold_tail(&mut self, offset: u64, data: Option<&[u8]>, len: u64) -> Result<u64> {
+        let Some(tail) = &mut self.tail else {
+            return Ok(len);
+        };
+        let end = offset.saturating_add(len);
+        if end <= tail.start {
+            return Ok(len);
+        }
+        let image = tail.start + tail.bytes.len() as u64;
+        if end > image {
+            return Err(Error::new(
+                ErrorKind::CorruptImage,
+                format!(
+                    "extent at guest offset {offset} (+{len} bytes) lies beyond the disk capacity of {image} bytes"
+                ),
+            ));
+        }
+        let before = tail.start.saturating_sub(offset);
+        let at = (offset + before - tail.start) as usize;
+        let n = (len - before) as usize;
+        let dst = &mut tail.bytes[at..at + n];
+        match data {
+            Some(d) => dst.copy_from_slice(&d[before as usize..]),
+            None => dst.fill(0),
+        }
+        Ok(before)
+    }
 }
 
 impl ExtentSink for TargetSlot {
     fn capacity(&mut self, bytes: u64) -> Result<()> {
+        let Some(hint) = self.capacity_hint else {
+            // Before the OVF: the last sector waits for its capacity.
+            if bytes > 0 && bytes <= limits::MAX_CAPACITY {
+                let start = (bytes - 1) / 512 * 512;
+                self.tail = Some(Tail {
+                    start,
+                    bytes: vec![0; (bytes - start) as usize],
+                });
+            }
+            return self.open(bytes).map(|_| ());
+        };
         // qcow2 and VMDK count whole sectors: an image one partial sector
         // larger than the OVF capacity is that capacity, rounded up.
-        if let Some(hint) = self.capacity_hint
-            && hint < bytes
-            && bytes == hint.div_ceil(512) * 512
-        {
+        if hint < bytes && bytes == hint.div_ceil(512) * 512 {
             self.zero_tail_from = Some(hint);
             return self.open(hint).map(|_| ());
         }
-        if let Some(hint) = self.capacity_hint
-            && hint != bytes
-        {
-            tracing::warn!(
-                target = %self.target.path.display(),
-                ovf = hint,
-                image = bytes,
-                "OVF capacity differs from the image's own; using the image's"
-            );
+        if hint != bytes {
+            self.warn_capacity(hint, bytes);
         }
         self.open(bytes).map(|_| ())
     }
 
     fn size_hint(&mut self, bytes: u64) -> Result<()> {
+        if let Some(cap) = self.capacity_hint
+            && bytes > cap
+        {
+            return Err(raw_too_large(bytes, cap));
+        }
         self.entry_hint = Some(bytes);
         Ok(())
     }
 
     fn data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let mut data = data;
+        let before = self.hold_tail(offset, Some(data), data.len() as u64)?;
+        let mut data = &data[..before as usize];
         if let Some(cap) = self.zero_tail_from
             && offset.saturating_add(data.len() as u64) > cap
         {
             let keep = cap.saturating_sub(offset).min(data.len() as u64) as usize;
             if !crate::sink::writer::is_zero(&data[keep..]) {
-                return Err(Error::new(
-                    ErrorKind::CorruptImage,
-                    format!("non-zero data past the OVF capacity of {cap} bytes"),
-                ));
+                return Err(past_ovf_capacity(cap));
             }
             data = &data[..keep];
         }
@@ -253,6 +379,8 @@ impl ExtentSink for TargetSlot {
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        let len = self.hold_tail(offset, None, len)?;
+        // A fresh volume reads zero past the exact capacity.
         let len = match self.zero_tail_from {
             Some(cap) => len.min(cap.saturating_sub(offset)),
             None => len,
@@ -262,6 +390,29 @@ impl ExtentSink for TargetSlot {
         }
         self.writer()?.zero(offset, len)
     }
+}
+
+/// What a tar entry that is not a regular file is, for messages.
+fn entry_kind(ty: EntryType) -> &'static str {
+    match ty {
+        EntryType::Regular => "regular file",
+        EntryType::Directory => "directory",
+        EntryType::Other(b'1') => "hard link",
+        EntryType::Other(b'2') => "symbolic link",
+        EntryType::Other(b'3') => "character device",
+        EntryType::Other(b'4') => "block device",
+        EntryType::Other(b'6') => "FIFO",
+        EntryType::Other(_) => "special",
+    }
+}
+
+fn referenced_non_file(what: &str) -> Error {
+    Error::new(
+        ErrorKind::CorruptImage,
+        format!(
+            "the OVF references this entry, but it is a {what}, not a regular file; an OVA carries only regular files"
+        ),
+    )
 }
 
 /// The import pipeline; see the module documentation.
@@ -277,6 +428,8 @@ pub struct Importer {
     manifest: Option<(String, Manifest)>,
     disks: Vec<DiskState>,
     skipped: Vec<String>,
+    /// Entries that are not regular files: name and what they are.
+    others: Vec<(String, &'static str)>,
     progress: Arc<Progress>,
     digests: DigestTap,
     verify: bool,
@@ -298,6 +451,7 @@ impl Importer {
             manifest: None,
             disks: Vec::new(),
             skipped: Vec::new(),
+            others: Vec::new(),
             progress,
             digests: DigestTap::start(),
             verify: true,
@@ -388,14 +542,19 @@ impl Importer {
     }
 
     fn begin(&mut self, h: EntryHeader) -> Result<()> {
-        if h.entry_type != EntryType::Regular {
-            tracing::debug!(name = %h.name, "skipping non-file tar entry");
-            return Ok(());
-        }
         let name = h.name;
         let at = |e: Error| e.in_entry(&name).at_offset(h.header_offset);
-        if self.records.len() >= limits::MAX_ENTRIES {
+        if self.records.len() + self.others.len() >= limits::MAX_ENTRIES {
             return Err(at(Error::new(ErrorKind::LimitExceeded, "too many entries")));
+        }
+        if let Some((_, what)) = self.others.iter().find(|(n, _)| *n == name) {
+            return Err(at(Error::new(
+                ErrorKind::CorruptImage,
+                format!("entry name appears twice in the package (once as a {what})"),
+            )));
+        }
+        if h.entry_type != EntryType::Regular {
+            return self.not_a_file(&name, h.entry_type).map_err(at);
         }
         // oVirt pads with several `pad` entries; any other repeat is an error.
         if self.by_name.contains_key(&name) && name != "pad" {
@@ -404,7 +563,7 @@ impl Importer {
                 "entry name appears twice in the package",
             )));
         }
-        let extra = KNOWN_EXTRAS.contains(&name.as_str());
+        let extra = self.is_extra(&name);
         if !extra
             && (name.is_empty()
                 || name.contains('/')
@@ -419,7 +578,7 @@ impl Importer {
         }
         self.progress.set_entry(&name);
         let lower = name.to_ascii_lowercase();
-        let role = if extra || lower.ends_with(".cert") {
+        let role = if extra {
             self.skipped.push(name.clone());
             Role::Skip
         } else if lower.ends_with(".ovf") {
@@ -479,6 +638,52 @@ impl Importer {
         Ok(())
     }
 
+    /// Whether `name` is one of the files producers add beside the disks
+    /// (padding, TPM and NVRAM state, a signing certificate), skipped
+    /// unless the OVF or the caller's mapping makes it a disk. Before the
+    /// OVF only the mapping can say so; a disk skipped that way is caught
+    /// when the import finishes.
+    fn is_extra(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        if !KNOWN_EXTRAS.contains(&name) && !lower.ends_with(".cert") {
+            return false;
+        }
+        let ovf_disk = self
+            .ovf
+            .as_ref()
+            .is_some_and(|(_, env)| env.disk_for_href(name).is_some());
+        let mapped = matches!(&self.targets, Targets::Map(m) if m.contains_key(name));
+        !ovf_disk && !mapped
+    }
+
+    /// A tar entry that is not a regular file: GNU tar and Python's tarfile
+    /// would resolve its name to something else, so it may not stand for
+    /// a file of the package or shadow another entry.
+    fn not_a_file(&mut self, name: &str, ty: EntryType) -> Result<()> {
+        let what = entry_kind(ty);
+        if self.by_name.contains_key(name) {
+            return Err(Error::new(
+                ErrorKind::CorruptImage,
+                format!(
+                    "a {what} entry has the name of an earlier entry; an OVA carries only regular files"
+                ),
+            ));
+        }
+        if let Some((_, env)) = &self.ovf
+            && env.file_by_href(name).is_some()
+        {
+            return Err(referenced_non_file(what));
+        }
+        tracing::debug!(
+            name,
+            what,
+            "skipping a tar entry that is not a regular file"
+        );
+        self.others.push((name.to_owned(), what));
+        self.skipped.push(name.to_owned());
+        Ok(())
+    }
+
     /// Decides whether an entry is a disk and where it goes.
     fn start_disk(&mut self, name: &str, size: u64) -> Result<Option<usize>> {
         let mut gzip = false;
@@ -497,7 +702,7 @@ impl Importer {
                 None => return Ok(None),
             }
         }
-        let target = self.targets.target_for(name).ok_or_else(|| {
+        let target = self.targets.target_for(name)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidArgument,
                 "no --disk target names this disk",
@@ -532,6 +737,7 @@ impl Importer {
                 entry_hint: None,
                 provisional: false,
                 zero_tail_from: None,
+                tail: None,
                 opened: None,
             },
         });
@@ -576,8 +782,7 @@ impl Importer {
                 disk.decoder.finish(&mut disk.out).map_err(wrap)?;
                 if disk.out.opened.is_none() {
                     // An empty raw disk: still create the target.
-                    let cap = disk.out.capacity_hint.or(disk.out.entry_hint).unwrap_or(0);
-                    disk.out.open(cap).map_err(wrap)?;
+                    disk.out.writer().map_err(wrap)?;
                 }
             }
             Role::Skip => {}
@@ -587,6 +792,13 @@ impl Importer {
 
     /// The descriptor arrived: check the entries that came before it.
     fn ovf_arrived(&mut self, name: String, env: Envelope) -> Result<()> {
+        if let Some((n, what)) = self
+            .others
+            .iter()
+            .find(|(n, _)| env.file_by_href(n).is_some())
+        {
+            return Err(referenced_non_file(what).in_entry(n));
+        }
         for d in &mut self.disks {
             let at = |e: Error| e.in_entry(&d.href);
             let file = env.file_by_href(&d.href).ok_or_else(|| {
@@ -602,13 +814,7 @@ impl Importer {
                 )));
             }
             if let Some(disk) = env.disk_for_href(&d.href) {
-                d.out.capacity_hint = Some(disk.capacity);
-                if d.out.provisional
-                    && let Some((_, w)) = &mut d.out.opened
-                {
-                    w.set_capacity(disk.capacity).map_err(at)?;
-                    d.out.provisional = false;
-                }
+                d.out.settle(disk.capacity).map_err(at)?;
             }
         }
         self.ovf = Some((name, env));
@@ -684,6 +890,31 @@ impl Importer {
             if env.disk_for_href(&d.href).is_none() {
                 keep[i] = false;
                 self.skipped.push(d.href.clone());
+            }
+        }
+        // Every disk of the DiskSection that has a file must have been written.
+        for disk in &env.disks {
+            let Some(file) = disk
+                .file_ref
+                .as_deref()
+                .and_then(|id| env.files.iter().find(|f| f.id == id))
+            else {
+                continue;
+            };
+            let written = self
+                .disks
+                .iter()
+                .zip(&keep)
+                .any(|(d, &k)| k && d.href == file.href);
+            if !written {
+                let why = if KNOWN_EXTRAS.contains(&file.href.as_str())
+                    || file.href.to_ascii_lowercase().ends_with(".cert")
+                {
+                    "is a disk in the OVF but came before it under a name that is otherwise skipped (padding, TPM or NVRAM state, a certificate); put the OVF first or name the disk with --disk"
+                } else {
+                    "is a disk in the OVF but was not written"
+                };
+                return Err(Error::new(ErrorKind::CorruptImage, why).in_entry(&file.href));
             }
         }
         let digests = std::mem::replace(&mut self.digests, DigestTap::idle()).finish();
