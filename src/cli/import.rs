@@ -120,6 +120,9 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
                 d.target_format,
                 d.capacity
             );
+            for w in &d.warnings {
+                println!("warning: {w}");
+            }
         }
         println!(
             "imported {} disk(s) from {} bytes; manifest {}",

@@ -5,6 +5,7 @@
 
 pub mod gzip;
 pub mod map;
+pub mod probe;
 pub mod qcow2;
 pub mod raw;
 pub mod select;
@@ -48,7 +49,7 @@ pub trait DiskDecoder {
     fn capacity(&self) -> Option<u64>;
 }
 
-/// The disk formats ovaio reads, as detected from content or declared.
+/// The disk formats ovaio decodes; [`probe`] tells which one an entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceFormat {
     /// Plain bytes.
@@ -60,17 +61,6 @@ pub enum SourceFormat {
 }
 
 impl SourceFormat {
-    /// Detects the format from the first bytes of an entry (at least 4).
-    pub fn sniff(head: &[u8]) -> SourceFormat {
-        if head.starts_with(b"QFI\xfb") {
-            SourceFormat::Qcow2
-        } else if head.starts_with(b"KDMV") {
-            SourceFormat::Vmdk
-        } else {
-            SourceFormat::Raw
-        }
-    }
-
     /// Name as used in summaries.
     pub fn name(self) -> &'static str {
         match self {

@@ -1,16 +1,15 @@
-//! Picks the decoder for an entry: declared compression first, then the
-//! content magic of the first bytes (`QFI\xfb` qcow2, `KDMV` VMDK,
-//! otherwise raw).
+//! Picks the decoder for an entry from its content: the first
+//! [`PROBE_LEN`] bytes are held back until [`probe`] has seen them (or the
+//! entry ended), then fed to the decoder of the format found. A format
+//! ovaio cannot decode is refused here, before any byte reaches a target.
 
 use crate::codec::gzip::GzipDecoder;
+use crate::codec::probe::{Format, PROBE_LEN, ProbeError, probe};
 use crate::codec::qcow2::{Qcow2StreamDecoder, Spool};
 use crate::codec::raw::RawDecoder;
 use crate::codec::vmdk::VmdkStreamDecoder;
 use crate::codec::{DiskDecoder, ExtentSink, SourceFormat};
 use crate::error::{Error, ErrorKind, Result};
-
-/// Bytes needed to recognise a format by its magic.
-const MAGIC_LEN: usize = 4;
 
 /// Any disk decoder: a closed set, dispatched by `match`.
 #[derive(Debug)]
@@ -29,11 +28,12 @@ pub enum Decoder {
 
 /// State of a decoder that has not seen enough bytes to choose a format.
 pub struct Sniffer {
+    /// At most [`PROBE_LEN`] bytes.
     head: Vec<u8>,
     known_size: Option<u64>,
     spool: Option<Box<dyn Spool + Send>>,
-    /// Cap for inflated output when gzip magic is recognised; `None`
-    /// when gzip must not be guessed (the OVF said the entry is plain).
+    /// Cap for inflated output when gzip is recognised; `None` inside a
+    /// gzip stream, where gzip again is refused.
     gzip_cap: Option<u64>,
 }
 
@@ -43,25 +43,27 @@ impl std::fmt::Debug for Sniffer {
             .field("head", &self.head)
             .field("known_size", &self.known_size)
             .field("spool", &self.spool.is_some())
+            .field("gzip_cap", &self.gzip_cap)
             .finish()
     }
 }
 
 impl Decoder {
-    /// A decoder that picks the format from the content.
+    /// A decoder that picks the format from the content, refusing gzip
+    /// (what a gzip decoder's inflated bytes are fed to).
     /// `entry_size` is the size of the (uncompressed) entry when known.
     pub fn sniffing(entry_size: Option<u64>) -> Decoder {
         Decoder::Sniffing(Box::new(Sniffer {
-            head: Vec::with_capacity(MAGIC_LEN),
+            head: Vec::with_capacity(PROBE_LEN),
             known_size: entry_size,
             spool: None,
             gzip_cap: None,
         }))
     }
 
-    /// Like [`Decoder::sniffing`], but also recognises gzip (`1f 8b`) and
-    /// inflates it, capped at `gzip_cap` bytes: for entries that arrive
-    /// before the OVF says whether they are compressed.
+    /// Like [`Decoder::sniffing`], but also recognises gzip and inflates
+    /// it, capped at `gzip_cap` bytes: for whole entries, compressed or not
+    /// whatever the OVF says.
     pub fn sniffing_any(entry_size: Option<u64>, gzip_cap: u64) -> Decoder {
         let mut d = Decoder::sniffing(entry_size);
         if let Decoder::Sniffing(s) = &mut d {
@@ -106,17 +108,24 @@ impl Decoder {
         }
     }
 
-    fn choose(head: &[u8], s: &mut Sniffer) -> Decoder {
-        if let Some(cap) = s.gzip_cap
-            && head.starts_with(&[0x1f, 0x8b])
-        {
+    /// The decoder for an entry whose first bytes are `head` (all of them
+    /// when the entry is shorter than [`PROBE_LEN`]).
+    fn choose(head: &[u8], s: &mut Sniffer) -> Result<Decoder> {
+        let format = probe(head);
+        if format == Format::Gzip {
+            let Some(cap) = s.gzip_cap else {
+                return Err(refuse(ProbeError::NestedGzip));
+            };
             let mut inner = Decoder::sniffing(None);
             if let (Decoder::Sniffing(i), Some(spool)) = (&mut inner, s.spool.take()) {
                 i.spool = Some(spool);
             }
-            return Decoder::Gzip(Box::new(GzipDecoder::new(inner, cap)));
+            return Ok(Decoder::Gzip(Box::new(GzipDecoder::new(inner, cap))));
         }
-        match SourceFormat::sniff(head) {
+        let Some(source) = format.source() else {
+            return Err(refuse(ProbeError::Unsupported(format)));
+        };
+        Ok(match source {
             SourceFormat::Raw => Decoder::Raw(match s.known_size {
                 Some(n) => RawDecoder::with_size_hint(n),
                 None => RawDecoder::new(),
@@ -129,7 +138,25 @@ impl Decoder {
                 }
                 Decoder::Qcow2(Box::new(d))
             }
+        })
+    }
+
+    /// Leaves the sniffing state once the head is complete (`PROBE_LEN`
+    /// bytes, or the whole entry at its end), then feeds the held bytes to
+    /// the chosen decoder. A refusal keeps the head, so it repeats.
+    fn decide(&mut self, out: &mut dyn ExtentSink) -> Result<()> {
+        let Decoder::Sniffing(s) = self else {
+            return Ok(());
+        };
+        let head = std::mem::take(&mut s.head);
+        match Decoder::choose(&head, s) {
+            Ok(d) => *self = d,
+            Err(e) => {
+                s.head = head;
+                return Err(e);
+            }
         }
+        self.feed(&head, out)
     }
 
     fn as_decoder(&mut self) -> Option<&mut dyn DiskDecoder> {
@@ -159,18 +186,21 @@ impl Decoder {
     }
 }
 
+/// A refusal is about the entry's head, wherever the chunk that completed
+/// the head started.
+fn refuse(e: ProbeError) -> Error {
+    Error::from(e).at_offset(0)
+}
+
 impl DiskDecoder for Decoder {
     fn feed(&mut self, input: &[u8], out: &mut dyn ExtentSink) -> Result<()> {
         if let Decoder::Sniffing(s) = self {
-            let take = (MAGIC_LEN - s.head.len()).min(input.len());
-            if s.head.len() + take < MAGIC_LEN {
-                s.head.extend_from_slice(&input[..take]);
+            let take = (PROBE_LEN - s.head.len()).min(input.len());
+            s.head.extend_from_slice(&input[..take]);
+            if s.head.len() < PROBE_LEN {
                 return Ok(());
             }
-            let mut head = std::mem::take(&mut s.head);
-            head.extend_from_slice(&input[..take]);
-            *self = Decoder::choose(&head, s);
-            self.feed(&head, out)?;
+            self.decide(out)?;
             return self.feed(&input[take..], out);
         }
         match self.as_decoder() {
@@ -181,15 +211,8 @@ impl DiskDecoder for Decoder {
     }
 
     fn finish(&mut self, out: &mut dyn ExtentSink) -> Result<()> {
-        if let Decoder::Sniffing(s) = self {
-            // Shorter than any magic: a (tiny) raw disk.
-            let head = std::mem::take(&mut s.head);
-            *self = Decoder::Raw(match s.known_size {
-                Some(n) => RawDecoder::with_size_hint(n),
-                None => RawDecoder::new(),
-            });
-            self.feed(&head, out)?;
-        }
+        // An entry shorter than the probe: its head is all of it.
+        self.decide(out)?;
         match self.as_decoder() {
             Some(d) => d.finish(out),
             None => Ok(()),
@@ -204,5 +227,236 @@ impl DiskDecoder for Decoder {
             Decoder::Vmdk(d) => d.capacity(),
             Decoder::Gzip(d) => d.capacity(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::codec::map::{AllocationMap, GuestReader, RangeKind};
+    use crate::codec::qcow2::encoder::{Qcow2Encoder, Qcow2Layout};
+    use crate::codec::test_support::MemSink;
+    use crate::test_support::Rng;
+
+    /// What feeding an entry produced: the result, the decoder chosen
+    /// (with its compression) and the guest bytes written.
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        result: std::result::Result<(), (ErrorKind, String)>,
+        format: Option<SourceFormat>,
+        gzip: bool,
+        bytes: Vec<u8>,
+    }
+
+    /// Feeds `input` cut at `cuts` (ascending offsets) to a decoder that
+    /// recognises gzip, as the import pipeline builds it.
+    fn feed_cut(input: &[u8], cuts: &[usize]) -> Outcome {
+        let mut d = Decoder::sniffing_any(Some(input.len() as u64), 1 << 30);
+        let mut sink = MemSink::default();
+        let mut start = 0;
+        let mut result = Ok(());
+        for &end in cuts.iter().chain([input.len()].iter()) {
+            result = d.feed(&input[start..end], &mut sink);
+            start = end;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = d.finish(&mut sink);
+        }
+        Outcome {
+            result: result.map_err(|e| (e.kind(), e.one_line())),
+            format: d.format(),
+            gzip: d.is_gzip(),
+            bytes: sink.bytes,
+        }
+    }
+
+    /// The outcome of `input` fed whole, after checking that every split
+    /// point around the probe, and byte-by-byte feeding of the head, give
+    /// the same.
+    fn same_for_every_split(input: &[u8]) -> Outcome {
+        let whole = feed_cut(input, &[]);
+        for at in 0..=input.len().min(PROBE_LEN + 8) {
+            assert_eq!(feed_cut(input, &[at]), whole, "split at {at}");
+        }
+        let bytewise: Vec<usize> = (1..input.len().min(PROBE_LEN + 8)).collect();
+        assert_eq!(feed_cut(input, &bytewise), whole, "byte by byte");
+        let mut rng = Rng(input.len() as u64);
+        let mut cuts = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            at += 1 + rng.below(700) as usize;
+            cuts.push(at.min(input.len()));
+        }
+        assert_eq!(feed_cut(input, &cuts), whole, "random cuts {cuts:?}");
+        whole
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    struct Flat(Vec<u8>);
+
+    impl GuestReader for Flat {
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            Ok(())
+        }
+    }
+
+    /// A qcow2 image of `guest` with 512-byte clusters, written by the
+    /// stream encoder.
+    fn qcow2_of(guest: &[u8]) -> Vec<u8> {
+        let mut map = AllocationMap::new(guest.len() as u64);
+        map.push(0, guest.len() as u64, RangeKind::Data).unwrap();
+        let layout = Qcow2Layout::with_cluster_bits(&map, 9).unwrap();
+        let mut out = Vec::new();
+        Qcow2Encoder::new(layout, Flat(guest.to_vec()))
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// A streamOptimized VMDK of one 4 KiB grain, the way qemu-img ends it
+    /// (no GT/GD/footer markers).
+    fn vmdk_of(grain: &[u8; 4096]) -> Vec<u8> {
+        let mut h = b"KDMV".to_vec();
+        h.extend_from_slice(&3u32.to_le_bytes());
+        h.extend_from_slice(&0x0003_0001u32.to_le_bytes());
+        h.extend_from_slice(&8u64.to_le_bytes()); // capacity (sectors)
+        h.extend_from_slice(&8u64.to_le_bytes()); // grain (sectors)
+        h.extend_from_slice(&1u64.to_le_bytes()); // descriptor offset
+        h.extend_from_slice(&1u64.to_le_bytes()); // descriptor size
+        h.extend_from_slice(&512u32.to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes()); // rgd
+        h.extend_from_slice(&u64::MAX.to_le_bytes()); // gd at end
+        h.extend_from_slice(&2u64.to_le_bytes()); // overhead (sectors)
+        h.push(0);
+        h.extend_from_slice(b"\n \r\n");
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.resize(512, 0);
+        h.extend_from_slice(b"# Disk DescriptorFile\nversion=1\n");
+        h.resize(1024, 0);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(grain).unwrap();
+        let z = z.finish().unwrap();
+        h.extend_from_slice(&0u64.to_le_bytes());
+        h.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        h.extend_from_slice(&z);
+        h.resize(h.len().div_ceil(512) * 512, 0);
+        h
+    }
+
+    fn guest(n: usize) -> Vec<u8> {
+        let mut rng = Rng(7);
+        let mut g = rng.bytes(n);
+        // A first sector that probes as raw whatever the generator gives.
+        g[..4].copy_from_slice(b"\xeb\x63\x90\x00");
+        g
+    }
+
+    fn refused(input: &[u8], want: ProbeError) {
+        let o = same_for_every_split(input);
+        let (kind, line) = o.result.expect_err("refused");
+        assert_eq!(kind, ErrorKind::Unsupported);
+        assert_eq!(line, refuse(want).one_line());
+        assert!(line.ends_with(&want.to_string()), "{line}");
+        assert!(o.bytes.is_empty(), "nothing reaches the sink");
+    }
+
+    #[test]
+    fn decodable_formats_in_every_split() {
+        let g = guest(3072);
+        let raw = same_for_every_split(&g);
+        assert_eq!(raw.result, Ok(()));
+        assert_eq!((raw.format, raw.gzip), (Some(SourceFormat::Raw), false));
+        assert_eq!(raw.bytes, g);
+
+        let q = same_for_every_split(&qcow2_of(&g));
+        assert_eq!(q.result, Ok(()));
+        assert_eq!((q.format, q.gzip), (Some(SourceFormat::Qcow2), false));
+        assert_eq!(q.bytes, g);
+
+        let grain: [u8; 4096] = std::array::from_fn(|i| (i % 251) as u8);
+        let v = same_for_every_split(&vmdk_of(&grain));
+        assert_eq!(v.result, Ok(()));
+        assert_eq!((v.format, v.gzip), (Some(SourceFormat::Vmdk), false));
+        assert_eq!(v.bytes, grain);
+
+        let zq = same_for_every_split(&gz(&qcow2_of(&g)));
+        assert_eq!(zq.result, Ok(()));
+        assert_eq!((zq.format, zq.gzip), (Some(SourceFormat::Qcow2), true));
+        assert_eq!(zq.bytes, g);
+    }
+
+    #[test]
+    fn foreign_formats_are_refused_in_every_split() {
+        let with = |magic: &[u8]| {
+            let mut v = magic.to_vec();
+            v.extend_from_slice(&guest(2000));
+            v
+        };
+        let mut vdi = guest(2000);
+        vdi[0x40..0x44].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+        let mut sparse = with(b"KDMV\x01\0\0\0\x03\0\0\0");
+        sparse.truncate(2048);
+        for (input, format) in [
+            (with(b"conectix"), Format::Vhd),
+            (with(b"vhdxfile"), Format::Vhdx),
+            (vdi, Format::Vdi),
+            (with(b"QED\0"), Format::Qed),
+            (with(b"LUKS\xba\xbe\0\x01"), Format::Luks),
+            (with(b"QFI\xfb\0\0\0\x01"), Format::Qcow1),
+            (sparse, Format::VmdkSparse),
+            (
+                b"# Disk DescriptorFile\nversion=1\nRW 8 FLAT \"d-flat.vmdk\" 0\n".to_vec(),
+                Format::VmdkDescriptor,
+            ),
+        ] {
+            refused(&input, ProbeError::Unsupported(format));
+            // Inside gzip the inflated content is probed the same way.
+            refused(&gz(&input), ProbeError::Unsupported(format));
+        }
+        refused(&gz(&gz(&guest(2000))), ProbeError::NestedGzip);
+    }
+
+    #[test]
+    fn entries_shorter_than_the_probe() {
+        // A tiny entry is raw unless its head matches something.
+        for tiny in [&b""[..], b"x", b"hello, world", b"conecti"] {
+            let o = same_for_every_split(tiny);
+            assert_eq!(o.result, Ok(()), "{tiny:?}");
+            assert_eq!(o.format, Some(SourceFormat::Raw));
+            assert_eq!(o.bytes, tiny);
+        }
+        refused(b"conectix", ProbeError::Unsupported(Format::Vhd));
+        refused(b"QED\0\0\0\0\0", ProbeError::Unsupported(Format::Qed));
+        // Exactly the probe length: decided in `feed`, not in `finish`.
+        let mut vhd = b"conectix".to_vec();
+        vhd.resize(PROBE_LEN, 0);
+        refused(&vhd, ProbeError::Unsupported(Format::Vhd));
+        // A truncated qcow2 goes to the qcow2 decoder, which says so.
+        let o = same_for_every_split(b"QFI\xfb\0\0\0\x03");
+        assert_eq!(o.format, Some(SourceFormat::Qcow2));
+        assert!(o.result.is_err());
+    }
+
+    #[test]
+    fn a_refusal_repeats() {
+        let mut d = Decoder::sniffing_any(None, 1 << 20);
+        let mut sink = MemSink::default();
+        let mut vhd = b"conectix".to_vec();
+        vhd.resize(PROBE_LEN + 10, 0);
+        let first = d.feed(&vhd, &mut sink).unwrap_err().one_line();
+        assert_eq!(d.feed(b"more", &mut sink).unwrap_err().one_line(), first);
+        assert_eq!(d.finish(&mut sink).unwrap_err().one_line(), first);
     }
 }

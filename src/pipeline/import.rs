@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
+use crate::codec::probe;
 use crate::codec::select::Decoder;
 use crate::codec::{DiskDecoder, ExtentSink, SourceFormat};
 use crate::error::{Error, ErrorKind, Result};
@@ -105,9 +106,14 @@ pub struct ImportSummary {
 pub struct DiskSummary {
     /// Entry name (OVF href).
     pub href: String,
-    /// Format found in the entry.
+    /// Format found in the entry: the content decides, whatever the OVF
+    /// declares.
     pub source_format: &'static str,
-    /// `none` or `gzip`.
+    /// The format the OVF's `Disk/@ovf:format` names (`vmdk
+    /// (streamOptimized)`, `qcow2`, ...; the URI itself when it names none
+    /// ovaio knows); `None` when the OVF names none.
+    pub declared_format: Option<String>,
+    /// `none` or `gzip`, as found in the entry.
     pub compression: &'static str,
     /// Final path of the target.
     pub target: PathBuf,
@@ -115,6 +121,9 @@ pub struct DiskSummary {
     pub target_format: &'static str,
     /// Virtual size in bytes.
     pub capacity: u64,
+    /// Where the OVF's declarations and the content disagree, one line
+    /// each, starting with the href: what was declared and what was done.
+    pub warnings: Vec<String>,
 }
 
 /// One tar entry seen so far.
@@ -686,16 +695,14 @@ impl Importer {
 
     /// Decides whether an entry is a disk and where it goes.
     fn start_disk(&mut self, name: &str, size: u64) -> Result<Option<usize>> {
-        let mut gzip = false;
         let mut capacity_hint = None;
         if let Some((_, env)) = &self.ovf {
-            let file = env.file_by_href(name).ok_or_else(|| {
+            env.file_by_href(name).ok_or_else(|| {
                 Error::new(
                     ErrorKind::CorruptImage,
                     "entry is not listed in the OVF References",
                 )
             })?;
-            gzip = file.compression == Compression::Gzip;
             match env.disk_for_href(name) {
                 Some(d) => capacity_hint = Some(d.capacity),
                 // A referenced file that no disk uses (an ISO, say).
@@ -714,15 +721,11 @@ impl Importer {
                 format!("two disks map to the same target {}", target.path.display()),
             ));
         }
-        let decoder = if gzip {
-            Decoder::gzip(capacity_hint.unwrap_or(limits::MAX_CAPACITY))
-        } else if self.ovf.is_some() {
-            Decoder::sniffing(Some(size))
-        } else {
-            // Before the OVF: gzip is recognised by its magic, and a raw
-            // disk is as large as its entry until the OVF says otherwise.
-            Decoder::sniffing_any(Some(size), limits::MAX_CAPACITY)
-        };
+        // The content decides format and compression, whatever the OVF
+        // declares; before the OVF, a raw disk is as large as its entry
+        // until the OVF says otherwise.
+        let decoder =
+            Decoder::sniffing_any(Some(size), capacity_hint.unwrap_or(limits::MAX_CAPACITY));
         let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
         let decoder = decoder.with_spool(Box::new(FileSpool::new(dir.clone())));
         self.disks.push(DiskState {
@@ -801,18 +804,12 @@ impl Importer {
         }
         for d in &mut self.disks {
             let at = |e: Error| e.in_entry(&d.href);
-            let file = env.file_by_href(&d.href).ok_or_else(|| {
+            env.file_by_href(&d.href).ok_or_else(|| {
                 at(Error::new(
                     ErrorKind::CorruptImage,
                     "entry is not listed in the OVF References",
                 ))
             })?;
-            if file.compression == Compression::Gzip && !d.decoder.is_gzip() {
-                return Err(at(Error::new(
-                    ErrorKind::Unsupported,
-                    "OVF declares the entry gzip-compressed but it arrived before the OVF and was not gzip",
-                )));
-            }
             if let Some(disk) = env.disk_for_href(&d.href) {
                 d.out.settle(disk.capacity).map_err(at)?;
             }
@@ -942,13 +939,29 @@ impl Importer {
             writer
                 .finish()
                 .map_err(|e| e.at_path(partial.partial_path()))?;
+            let format_uri = env
+                .disk_for_href(&d.href)
+                .and_then(|disk| disk.format.as_deref());
+            let declared_gzip = env
+                .file_by_href(&d.href)
+                .is_some_and(|f| f.compression == Compression::Gzip);
+            let warnings: Vec<String> =
+                probe::disagreements(format_uri, declared_gzip, format, d.decoder.is_gzip())
+                    .into_iter()
+                    .map(|w| format!("{}: {w}", d.href))
+                    .collect();
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
             summaries.push(DiskSummary {
                 href: d.href,
                 source_format: format.name(),
+                declared_format: format_uri.map(|u| probe::declared(u).label),
                 compression: if d.decoder.is_gzip() { "gzip" } else { "none" },
                 target: partial.final_path().to_path_buf(),
                 target_format: d.target.format.name(),
                 capacity,
+                warnings,
             });
             commits.push(partial);
         }

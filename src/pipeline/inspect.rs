@@ -5,7 +5,7 @@ use std::io::Read;
 
 use serde::Serialize;
 
-use crate::codec::SourceFormat;
+use crate::codec::probe::{self, PROBE_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
 use crate::ova::demux::{Demux, EntryType, Event};
@@ -53,9 +53,13 @@ pub struct DiskInfo {
     pub capacity: u64,
     /// `ovf:format`.
     pub format_uri: Option<String>,
+    /// The format `ovf:format` names (`vmdk (streamOptimized)`, `qcow2`,
+    /// ...), or the URI itself when it names none ovaio knows.
+    pub declared_format: Option<String>,
     /// `ovf:populatedSize`.
     pub populated_size: Option<u64>,
-    /// Format recognised from the entry's first bytes.
+    /// Format recognised from the entry's content by the probe import
+    /// decides with; the content wins over `declared_format`.
     pub detected_format: Option<&'static str>,
 }
 
@@ -135,9 +139,9 @@ pub fn inspect(reader: &mut dyn Read) -> Result<InspectReport> {
                 }
                 Some(Event::Data(d)) => {
                     if let Some(h) = heads.last_mut()
-                        && h.len() < 8
+                        && h.len() < PROBE_LEN
                     {
-                        let take = (8 - h.len()).min(d.len());
+                        let take = (PROBE_LEN - h.len()).min(d.len());
                         h.extend_from_slice(&d[..take]);
                     }
                     match collecting {
@@ -209,18 +213,14 @@ pub fn inspect(reader: &mut dyn Read) -> Result<InspectReport> {
                 .map(|f| f.href.clone());
             let detected_format = href.as_ref().and_then(|h| {
                 let i = entries.iter().position(|e| &e.name == h)?;
-                let head = &heads[i];
-                if head.starts_with(&[0x1f, 0x8b]) {
-                    Some("gzip")
-                } else {
-                    Some(SourceFormat::sniff(head).name())
-                }
+                Some(probe::probe(&heads[i]).name())
             });
             DiskInfo {
                 disk_id: d.disk_id.clone(),
                 href,
                 capacity: d.capacity,
                 format_uri: d.format.clone(),
+                declared_format: d.format.as_deref().map(|u| probe::declared(u).label),
                 populated_size: d.populated_size,
                 detected_format,
             }
