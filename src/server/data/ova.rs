@@ -308,7 +308,7 @@ pub(super) async fn get(
         .unwrap_or_else(|| format!("{}.ova", ova.name.as_deref().unwrap_or("vm")));
     let t = Arc::new(t);
     let prepared = blocking::run(move || {
-        let mtime = sources_mtime(&ova)?;
+        let mtime = sources_mtime(&ova, &roots)?;
         Ok((
             ExportPlan::prepare(export_request(&ova, roots)?)?.with_mtime(mtime),
             mtime,
@@ -441,10 +441,11 @@ impl<W: Write> Write for RangeWriter<W> {
 
 /// The newest modification time of the sources and the descriptor, in
 /// seconds since the epoch.
-fn sources_mtime(ova: &ResolvedOva) -> Result<u64> {
+fn sources_mtime(ova: &ResolvedOva, roots: &AllowedRoots) -> Result<u64> {
     let mut newest = 0;
     for p in ova.disks.iter().map(|d| &d.path).chain(ova.ovf.iter()) {
-        let m = std::fs::metadata(p).map_err(|e| Error::from(e).at_path(p))?;
+        let f = roots.open(p, rustix::fs::OFlags::RDONLY, 0)?;
+        let m = f.metadata().map_err(|e| Error::from(e).at_path(p))?;
         let t = m
             .modified()
             .ok()
