@@ -14,3 +14,62 @@ pub use crate::ova::ovf::fuzz_entry as ovf;
 pub fn http_headers(data: &[u8]) {
     crate::server::range::fuzz_entry(data);
 }
+
+/// Decoder selection over one disk entry: the content probe picks a
+/// decoder (or refuses a container), which then decodes the rest. The
+/// first byte splits the input in two feeds. Every extent must lie inside
+/// the capacity the decoder announced.
+pub fn disk(data: &[u8]) {
+    use crate::codec::qcow2::MemSpool;
+    use crate::codec::select::Decoder;
+    use crate::codec::{DiskDecoder, ExtentSink};
+
+    /// Checks the extent contract and keeps nothing.
+    struct Check {
+        capacity: Option<u64>,
+    }
+    impl Check {
+        fn check(&self, offset: u64, len: u64) {
+            if let Some(cap) = self.capacity {
+                let end = offset.checked_add(len);
+                assert!(
+                    end.is_some_and(|e| e <= cap),
+                    "extent {offset}+{len} past capacity {cap}"
+                );
+            }
+        }
+    }
+    impl ExtentSink for Check {
+        fn capacity(&mut self, bytes: u64) -> crate::Result<()> {
+            assert!(self.capacity.is_none(), "capacity announced twice");
+            self.capacity = Some(bytes);
+            Ok(())
+        }
+        fn data(&mut self, offset: u64, data: &[u8]) -> crate::Result<()> {
+            self.check(offset, data.len() as u64);
+            Ok(())
+        }
+        fn zero(&mut self, offset: u64, len: u64) -> crate::Result<()> {
+            self.check(offset, len);
+            Ok(())
+        }
+    }
+
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let split = (split as usize * rest.len() / 255).min(rest.len());
+    let mut d = Decoder::sniffing_any(Some(rest.len() as u64), 64 << 20)
+        .with_spool(Box::new(MemSpool::new(4 << 20)));
+    let mut out = Check { capacity: None };
+    let _ = d
+        .feed(&rest[..split], &mut out)
+        .and_then(|()| d.feed(&rest[split..], &mut out))
+        .and_then(|()| d.finish(&mut out));
+}
+
+/// A whole package through `ovaio inspect`'s pass: tar, OVF, manifest and
+/// the probe of every entry.
+pub fn inspect(data: &[u8]) {
+    let _ = crate::pipeline::inspect::inspect(&mut &data[..]);
+}
