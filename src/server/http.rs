@@ -82,7 +82,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         | ErrorKind::Integrity => StatusCode::BAD_REQUEST,
         ErrorKind::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
-        ErrorKind::Cancelled => StatusCode::CONFLICT,
+        ErrorKind::Cancelled | ErrorKind::Conflict => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -9,6 +9,11 @@
 //! (unless its transfer has finished: the outcome stays readable).
 //! An expired ticket is invisible; it is dropped, and any transfer still
 //! attached to it cancelled, on the next call into the store.
+//!
+//! A ticket's `state` moves when a request starts moving bytes
+//! ([`TicketHandle::begin`], by the rules of [`TransferState::start`]) and
+//! when its transfer reports an outcome; an authorized request that is
+//! refused before it starts leaves the state as it was.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -279,9 +284,6 @@ impl TicketStore {
         let mut s = lock(&entry.live.state);
         s.connections += 1;
         s.last_activity = now;
-        if s.state == TransferState::Pending {
-            s.state = TransferState::Active;
-        }
         drop(s);
         Ok(TicketHandle {
             spec: entry.spec.clone(),
@@ -554,6 +556,22 @@ impl TicketHandle {
         self.live.touch(&mut lock(&self.live.state));
     }
 
+    /// Where the transfer stands now.
+    pub fn state(&self) -> TransferState {
+        lock(&self.live.state).state
+    }
+
+    /// Starts (or continues) the ticket's transfer for a request that is
+    /// about to move bytes: `active`, or the refusal of
+    /// [`TransferState::start`] with nothing changed. Checked and applied
+    /// under one lock, so two requests never both start on an ended
+    /// transfer.
+    pub fn begin(&self) -> Result<()> {
+        let mut s = lock(&self.live.state);
+        s.state = s.state.start(self.kind())?;
+        Ok(())
+    }
+
     /// Whether the ticket was removed, replaced or expired: the transfer
     /// must stop (the progress record says so too).
     pub fn is_cancelled(&self) -> bool {
@@ -720,6 +738,12 @@ mod tests {
         let h = f.store.authorize(ID, Op::Read).unwrap();
         assert_eq!(h.path(), Some(f.root.join("vol.raw").as_path()));
         assert_eq!(h.size(), Some(1 << 30));
+        // Authorized is not started: a request refused now changes nothing.
+        assert_eq!(
+            f.store.get_status(ID).unwrap().state,
+            TransferState::Pending
+        );
+        h.begin().unwrap();
         h.add_transferred(4096);
         let s = f.store.get_status(ID).unwrap();
         assert!(s.active);
@@ -853,6 +877,50 @@ mod tests {
         o.disks[1].url = o.disks[0].url.clone();
         let e = f.store.add(ID, req).unwrap_err();
         assert!(e.to_string().contains("another disk"), "{e}");
+    }
+
+    #[test]
+    fn an_ended_import_refuses_to_begin_and_keeps_its_outcome() {
+        let f = fixture();
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        assert_eq!(h.state(), TransferState::Active);
+        h.succeed();
+        drop(h);
+
+        let again = f.store.authorize(ID, Op::Write).unwrap();
+        let e = again.begin().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(e.to_string().contains("succeeded"), "{e}");
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Succeeded);
+        assert_eq!(s.error, None);
+
+        // The same ticket put again (a retried request) keeps the outcome.
+        f.store.add(ID, f.ova_import()).unwrap();
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Succeeded);
+
+        let mut other = f.ova_import();
+        other.transfer_id = Some("tr-2".into());
+        f.store.add(ID, other).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        h.fail("entry 'd1.vmdk': bad magic");
+        let e = h.begin().unwrap_err();
+        assert!(e.to_string().contains("failed"), "{e}");
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Failed);
+        assert_eq!(s.error.as_deref(), Some("entry 'd1.vmdk': bad magic"));
+
+        // A repeated request on an image ticket keeps the earlier outcome.
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        let h = f.store.authorize(ID, Op::Read).unwrap();
+        h.begin().unwrap();
+        h.succeed();
+        h.begin().unwrap();
+        assert_eq!(h.state(), TransferState::Succeeded);
     }
 
     #[test]

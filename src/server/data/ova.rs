@@ -159,6 +159,17 @@ fn finish_disks(
 pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Result<Response> {
     let ova = ova_of(&t)?.clone();
     let (parts, body) = req.into_parts();
+    // Refusals before the import starts leave the ticket as it was and
+    // read the body away, so that a client still sending sees the answer.
+    let refuse = |e: Error, body| {
+        h::drain_in_background(body);
+        Err(e)
+    };
+    // An ended transfer is the first thing to tell, whatever else is
+    // wrong with the request.
+    if let Err(e) = t.state().start(t.kind()) {
+        return refuse(e.into(), body);
+    }
     if let Some(v) = h::header(&parts, CONTENT_RANGE) {
         let cr = range::parse_content_range(v).map_err(Error::from)?;
         if cr.range.start != 0 {
@@ -170,6 +181,7 @@ pub(super) async fn put(t: TicketHandle, req: Request, cfg: &DataConfig) -> Resu
     }
     let length = h::header(&parts, CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
     let targets = import_targets(&ova)?;
+    t.begin()?;
     let hrefs: Arc<Vec<String>> = Arc::new(ova.disks.iter().map(|d| d.href.clone()).collect());
     let progress = t.progress();
     let t = Arc::new(t);
