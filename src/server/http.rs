@@ -175,6 +175,18 @@ impl Batch {
     pub fn into_pieces(self) -> Vec<Bytes> {
         self.pieces
     }
+
+    /// Keeps the first `len` bytes (all of them when there are fewer).
+    pub fn truncate(&mut self, len: u64) {
+        let mut left = len;
+        self.pieces.retain_mut(|p| {
+            let keep = left.min(p.len() as u64);
+            p.truncate(keep as usize);
+            left -= keep;
+            !p.is_empty()
+        });
+        self.len = self.len.min(len);
+    }
 }
 
 /// Reads a streamed request body chunk by chunk; a client silent for
@@ -241,6 +253,11 @@ impl BodyReader {
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// The rest of the body, unread.
+    pub fn into_body(self) -> Incoming {
+        self.body
     }
 
     /// The next piece of the body, `None` at its end: one frame, joined
@@ -418,6 +435,29 @@ mod tests {
         assert_eq!(status_for(ErrorKind::NotFound), StatusCode::NOT_FOUND);
         assert_eq!(status_for(ErrorKind::Integrity), StatusCode::BAD_REQUEST);
         assert_eq!(status_for(ErrorKind::Io), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status_for(ErrorKind::Conflict), StatusCode::CONFLICT);
+        assert_eq!(
+            status_for(ErrorKind::LimitExceeded),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn a_batch_truncates_inside_a_piece() {
+        let mut b = Batch::default();
+        for p in [&b"abc"[..], b"defg", b"hi"] {
+            b.push(Bytes::from_static(p));
+        }
+        b.truncate(5);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.into_pieces(), [&b"abc"[..], b"de"]);
+
+        let mut b = Batch::default();
+        b.push(Bytes::from_static(b"abc"));
+        b.truncate(10);
+        assert_eq!(b.len(), 3);
+        b.truncate(0);
+        assert!(b.is_empty() && b.into_pieces().is_empty());
     }
 
     #[tokio::test]
