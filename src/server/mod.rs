@@ -248,11 +248,22 @@ pub async fn serve(
 pub trait Api: Send + Sync + 'static {
     /// Answers one request.
     fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send;
+
+    /// Completes a response given before the request reached
+    /// [`Api::handle`] (a refused head or transfer coding) with what every
+    /// response of this API carries.
+    fn complete(&self, resp: http::Response) -> http::Response {
+        resp
+    }
 }
 
 impl Api for DataApi {
     fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send {
         DataApi::handle(self, req)
+    }
+
+    fn complete(&self, resp: http::Response) -> http::Response {
+        DataApi::complete(resp)
     }
 }
 
@@ -263,7 +274,8 @@ impl Api for ControlApi {
 }
 
 /// Serves HTTP/1.1 on one connection until it ends or the server stops;
-/// request heads over `max_head` bytes get 431.
+/// request heads over `max_head` bytes get 431, bodies in a transfer
+/// coding other than `chunked` 501, before any handler sees them.
 async fn serve_conn<A: Api, I>(
     builder: &http1::Builder,
     io: TokioIo<I>,
@@ -278,7 +290,11 @@ async fn serve_conn<A: Api, I>(
         let api = api.clone();
         async move {
             if let Some(r) = http::head_too_large(&req, max_head) {
-                return Ok::<_, Infallible>(r);
+                return Ok::<_, Infallible>(api.complete(r));
+            }
+            if let Some(r) = http::unknown_transfer_coding(&req) {
+                http::drain_in_background(req.into_body());
+                return Ok(api.complete(r));
             }
             Ok::<_, Infallible>(api.handle(req).await)
         }

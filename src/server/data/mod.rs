@@ -56,7 +56,11 @@ impl DataApi {
 
     /// Answers one request; never fails (errors become responses).
     pub async fn handle(self: Arc<Self>, req: Request) -> Response {
-        let mut resp = self.route(req).await;
+        Self::complete(self.route(req).await)
+    }
+
+    /// Adds what every data API response carries (CORS headers).
+    pub fn complete(mut resp: Response) -> Response {
         cors(resp.headers_mut());
         resp
     }
