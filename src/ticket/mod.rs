@@ -18,7 +18,7 @@ pub(crate) use model::file_url_path;
 pub use model::{
     DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
 };
-pub use store::{ResolvedDisk, ResolvedOva, TicketHandle, TicketStore};
+pub use store::{IdleHold, ResolvedDisk, ResolvedOva, TicketHandle, TicketStore};
 
 use crate::error::{Classify, ErrorKind};
 

@@ -7,6 +7,9 @@
 //! after the last data-plane request completed (whichever is later), and
 //! also when it has had no connection for `inactivity_timeout` seconds
 //! (unless its transfer has finished: the outcome stays readable).
+//! The inactivity clocks stand still while the server holds them
+//! ([`TicketStore::hold_idle_clocks`]: clients are waiting to be served,
+//! and the ticket's own may be among them).
 //! An expired ticket is invisible; it is dropped, and any transfer still
 //! attached to it cancelled, on the next call into the store.
 //!
@@ -17,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -99,6 +103,9 @@ pub struct TicketStore {
     roots: AllowedRoots,
     clock: Arc<dyn Clock>,
     tickets: Mutex<HashMap<String, Entry>>,
+    /// Live [`IdleHold`]s; changed only under the `tickets` lock, so a
+    /// purge and a release never interleave.
+    idle_holds: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +125,7 @@ impl TicketStore {
             roots,
             clock,
             tickets: Mutex::new(HashMap::new()),
+            idle_holds: AtomicUsize::new(0),
         }
     }
 
@@ -296,6 +304,20 @@ impl TicketStore {
         &self.roots
     }
 
+    /// Stops every ticket's inactivity clock until the hold is dropped;
+    /// then each ticket starts a fresh idle period, as when a connection
+    /// ends. The server holds the clocks while clients wait for a
+    /// connection slot: a ticket's client may be one of them, and a wait
+    /// the server imposes is not the client's inactivity. The absolute
+    /// `timeout` still runs, so no ticket outlives it.
+    pub fn hold_idle_clocks(self: &Arc<Self>) -> IdleHold {
+        let _map = lock(&self.tickets);
+        self.idle_holds.fetch_add(1, Ordering::Relaxed);
+        IdleHold {
+            store: self.clone(),
+        }
+    }
+
     /// Cancels every active transfer (server shutdown). The tickets stay.
     pub fn cancel_all(&self) {
         let map = lock(&self.tickets);
@@ -306,9 +328,10 @@ impl TicketStore {
 
     /// Drops expired tickets, cancelling whatever still uses them.
     fn purge(&self, map: &mut HashMap<String, Entry>, now: Instant) {
+        let idle_held = self.idle_holds.load(Ordering::Relaxed) > 0;
         map.retain(|_, e| {
             let mut s = lock(&e.live.state);
-            if e.live.expired(&s, now) {
+            if e.live.expired(&s, now, idle_held) {
                 e.live.cancel(&mut s);
                 false
             } else {
@@ -419,15 +442,15 @@ fn forbidden(reason: String) -> Error {
 }
 
 impl Live {
-    fn expired(&self, s: &LiveState, now: Instant) -> bool {
+    fn expired(&self, s: &LiveState, now: Instant, idle_held: bool) -> bool {
         if now >= s.deadline {
             return true;
         }
         // A finished transfer keeps its ticket until `timeout`, so the
         // engine can read the outcome however slowly it polls.
-        let finished = matches!(s.state, TransferState::Succeeded | TransferState::Failed);
+        let finished = s.state.is_final();
         match self.inactivity {
-            Some(idle) if s.connections == 0 && !finished => {
+            Some(idle) if s.connections == 0 && !finished && !idle_held => {
                 now.saturating_duration_since(s.last_activity) >= idle
             }
             _ => false,
@@ -603,6 +626,28 @@ impl TicketHandle {
         if s.state != TransferState::Cancelled {
             s.state = state;
             s.error = error;
+        }
+    }
+}
+
+/// Keeps the store's inactivity clocks standing; see
+/// [`TicketStore::hold_idle_clocks`].
+#[derive(Debug)]
+#[must_use = "the clocks run again as soon as the hold is dropped"]
+pub struct IdleHold {
+    store: Arc<TicketStore>,
+}
+
+impl Drop for IdleHold {
+    fn drop(&mut self) {
+        let store = &self.store;
+        let now = store.clock.now();
+        let map = lock(&store.tickets);
+        if store.idle_holds.fetch_sub(1, Ordering::Relaxed) == 1 {
+            for e in map.values() {
+                let mut s = lock(&e.live.state);
+                s.last_activity = s.last_activity.max(now);
+            }
         }
     }
 }
@@ -921,6 +966,42 @@ mod tests {
         h.succeed();
         h.begin().unwrap();
         assert_eq!(h.state(), TransferState::Succeeded);
+    }
+
+    #[test]
+    fn held_idle_clocks_do_not_expire_tickets() {
+        let f = fixture();
+        let mut long = f.image(&[Op::Read]);
+        long.timeout = 1000;
+        let short = f.image(&[Op::Read]);
+        let clock = f.clock.clone();
+        let store = Arc::new(f.store);
+        store.add(ID, long).unwrap();
+        let visible = || store.get_status(ID).is_ok();
+        let advance = |s| clock.advance(Duration::from_secs(s));
+
+        advance(30);
+        let hold = store.hold_idle_clocks();
+        let second = store.hold_idle_clocks();
+        advance(100);
+        assert!(visible(), "expired while the clocks were held");
+        drop(hold);
+        advance(100);
+        assert!(visible(), "one hold still stands");
+        drop(second);
+        // The idle period starts afresh at the release.
+        advance(59);
+        assert!(visible());
+        advance(1);
+        assert!(!visible());
+
+        // The absolute timeout runs regardless.
+        store.add(ID, short).unwrap();
+        let _hold = store.hold_idle_clocks();
+        advance(299);
+        assert!(visible());
+        advance(1);
+        assert!(!visible());
     }
 
     #[test]
