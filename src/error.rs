@@ -36,6 +36,9 @@ pub enum ErrorKind {
     /// A data-plane request is not authorized: no such ticket, an expired
     /// ticket, or an operation the ticket does not allow (HTTP 403).
     Auth,
+    /// The request does not fit the state of what it addresses: a ticket
+    /// whose transfer has ended takes no further upload (HTTP 409).
+    Conflict,
 }
 
 impl ErrorKind {

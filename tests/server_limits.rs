@@ -1,6 +1,6 @@
 //! The data API's protective limits, seen from outside: TLS 1.2 minimum,
 //! bounded request heads, a bounded number of connections, and clients
-//! that send a head too slowly are cut off.
+//! that complete a TLS handshake or send a head too slowly are cut off.
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::Work;
-use support::server::Server;
+use support::server::{Server, exchange};
 
 /// Starts a server with a configuration file of `toml`.
 fn start_with_config(work: &Work, toml: &str) -> Server {
@@ -88,7 +88,14 @@ fn idle_tcp(s: &Server) -> TcpStream {
 fn connections_beyond_the_limit_wait_until_one_closes() {
     let work = Work::new();
     let s = start_with_config(&work, "[data]\nmax_connections = 1\nheader_timeout = 60\n");
-    let holder = idle_tcp(&s);
+    // A slot is taken once the handshake is done; being answered proves
+    // the holder has it.
+    let mut holder = s.tls();
+    let r = exchange(
+        &mut holder,
+        b"GET /info/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     // The only slot is taken: a request cannot be served in 2 s.
     let (ok, code) = curl_info(&s, &["--max-time", "2"]);
     assert!(!ok && code == "000", "served past the limit: {ok} {code}");
@@ -100,7 +107,21 @@ fn connections_beyond_the_limit_wait_until_one_closes() {
 #[test]
 fn a_client_too_slow_to_send_its_head_is_disconnected() {
     let work = Work::new();
-    let s = start_with_config(&work, "[data]\nheader_timeout = 1\n");
+    let s = start_with_config(
+        &work,
+        "[data]\ntls_handshake_timeout = 1\nheader_timeout = 2\n",
+    );
+    // A handshake but no request head: closed after the header timeout.
+    let mut tls = s.tls();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to close the connection");
+    let waited = t0.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "closed only after {waited:?}"
+    );
     // No TLS handshake at all: closed after the handshake timeout.
     let mut c = idle_tcp(&s);
     c.set_read_timeout(Some(Duration::from_secs(20)))

@@ -9,6 +9,7 @@
 //! cert = "/etc/pki/ovaio/server.crt"  # default: generated in state_dir/tls
 //! key = "/etc/pki/ovaio/server.key"
 //! max_connections = 64
+//! tls_handshake_timeout = 5           # seconds to complete the TLS handshake
 //! header_timeout = 30                 # seconds to send a request head
 //! write_timeout = 60                  # seconds a client may leave a response unread
 //!
@@ -26,6 +27,12 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Default data API address (ovirt-imageio's port).
 pub const DEFAULT_DATA_LISTEN: &str = "127.0.0.1:54322";
+/// Default `data.tls_handshake_timeout`, seconds. A handshake is one or
+/// two round trips and a signature, done in well under a second even
+/// across continents or with a lost packet resent; five seconds leave a
+/// wide margin and still free the place of a socket that never speaks
+/// TLS six times sooner than the 30 s header timeout would.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: u64 = 5;
 
 /// Everything `ovaio serve` needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +56,14 @@ pub struct DataConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key (with `cert`).
     pub key: Option<PathBuf>,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Connections served at once, counted from the end of their TLS
+    /// handshake; more wait for a slot.
     pub max_connections: usize,
     /// Largest request head (request line and headers), bytes.
     pub max_header_bytes: usize,
+    /// Seconds a client may take, from the accepted connection, to
+    /// complete its TLS handshake.
+    pub tls_handshake_timeout: u64,
     /// Seconds a client may take to send a request head.
     pub header_timeout: u64,
     /// Seconds a client may leave response bytes unread before its
@@ -87,6 +98,7 @@ impl ServeConfig {
                 key: None,
                 max_connections: 64,
                 max_header_bytes: 16 << 10,
+                tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
                 header_timeout: 30,
                 write_timeout: 60,
                 buffer_size: 1 << 20,
@@ -131,6 +143,7 @@ impl ServeConfig {
             c.data.key = d.key.or(c.data.key);
             set(&mut c.data.max_connections, d.max_connections);
             set(&mut c.data.max_header_bytes, d.max_header_bytes);
+            set(&mut c.data.tls_handshake_timeout, d.tls_handshake_timeout);
             set(&mut c.data.header_timeout, d.header_timeout);
             set(&mut c.data.write_timeout, d.write_timeout);
             set(&mut c.data.buffer_size, d.buffer_size);
@@ -166,9 +179,13 @@ impl ServeConfig {
         if !(1..=64).contains(&self.data.queue_depth) {
             return bad("data.queue_depth must be 1..=64".into());
         }
-        if self.data.header_timeout == 0 || self.data.write_timeout == 0 {
+        if self.data.header_timeout == 0
+            || self.data.write_timeout == 0
+            || self.data.tls_handshake_timeout == 0
+        {
             return bad(
-                "data.header_timeout and data.write_timeout must be at least 1 second".into(),
+                "data.tls_handshake_timeout, data.header_timeout and data.write_timeout must be at least 1 second"
+                    .into(),
             );
         }
         if let Some(l) = self.control.listen
@@ -240,6 +257,7 @@ struct FileData {
     key: Option<PathBuf>,
     max_connections: Option<usize>,
     max_header_bytes: Option<usize>,
+    tls_handshake_timeout: Option<u64>,
     header_timeout: Option<u64>,
     write_timeout: Option<u64>,
     buffer_size: Option<usize>,
@@ -275,6 +293,7 @@ state_dir = "/s"
 [data]
 listen = "127.0.0.1:0"
 max_connections = 8
+tls_handshake_timeout = 2
 [control]
 listen = "127.0.0.1:54324"
 "#,
@@ -284,6 +303,8 @@ listen = "127.0.0.1:54324"
         assert_eq!(c.roots, vec![PathBuf::from("/s/storage")]);
         assert_eq!(c.data.listen.port(), 0);
         assert_eq!(c.data.max_connections, 8);
+        assert_eq!(c.data.tls_handshake_timeout, 2);
+        assert_eq!(c.data.header_timeout, 30);
         assert_eq!(c.data.queue_depth, 4);
         assert_eq!(c.control.listen.map(|a| a.port()), Some(54324));
         c.validate().unwrap();
@@ -301,5 +322,12 @@ listen = "127.0.0.1:54324"
         assert!(c.validate().is_err());
         let c = ServeConfig::from_toml("[data]\ncert = \"/c\"").unwrap();
         assert!(c.validate().is_err());
+        let c = ServeConfig::from_toml("[data]\ntls_handshake_timeout = 0").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("tls_handshake_timeout")
+        );
     }
 }

@@ -82,7 +82,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         | ErrorKind::Integrity => StatusCode::BAD_REQUEST,
         ErrorKind::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
-        ErrorKind::Cancelled => StatusCode::CONFLICT,
+        ErrorKind::Cancelled | ErrorKind::Conflict => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -175,6 +175,18 @@ impl Batch {
     pub fn into_pieces(self) -> Vec<Bytes> {
         self.pieces
     }
+
+    /// Keeps the first `len` bytes (all of them when there are fewer).
+    pub fn truncate(&mut self, len: u64) {
+        let mut left = len;
+        self.pieces.retain_mut(|p| {
+            let keep = left.min(p.len() as u64);
+            p.truncate(keep as usize);
+            left -= keep;
+            !p.is_empty()
+        });
+        self.len = self.len.min(len);
+    }
 }
 
 /// Reads a streamed request body chunk by chunk; a client silent for
@@ -241,6 +253,11 @@ impl BodyReader {
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// The rest of the body, unread.
+    pub fn into_body(self) -> Incoming {
+        self.body
     }
 
     /// The next piece of the body, `None` at its end: one frame, joined
@@ -402,6 +419,41 @@ pub fn head_too_large(req: &Request, limit: usize) -> Option<Response> {
     })
 }
 
+/// A 501 when the request's body carries a transfer coding the server
+/// does not decode (RFC 9112 §6.1). Only `chunked` alone is decoded, by
+/// hyper. hyper answers 400 itself when `chunked` is missing or not last,
+/// but with `gzip, chunked` it removes only the chunked framing and passes
+/// the still-compressed bytes on as the body, which a handler would write
+/// as if they were plain. The caller reads the refused body away, so a
+/// client still sending reads the answer.
+pub fn unknown_transfer_coding(req: &Request) -> Option<Response> {
+    let codings = unknown_codings(req.headers())?;
+    Some(text(
+        StatusCode::NOT_IMPLEMENTED,
+        &format!(
+            "Transfer-Encoding '{codings}' is not implemented: send the body with a Content-Length or with Transfer-Encoding: chunked alone"
+        ),
+    ))
+}
+
+/// Every transfer coding named, in order, when they are anything other
+/// than `chunked` once; `None` for a request without codings or with
+/// `chunked` alone. Empty list elements are ignored (RFC 9110 §5.6.1).
+fn unknown_codings(headers: &http::HeaderMap) -> Option<String> {
+    let mut codings = Vec::new();
+    for v in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let Ok(v) = v.to_str() else {
+            return Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        };
+        codings.extend(v.split(',').map(str::trim).filter(|c| !c.is_empty()));
+    }
+    match codings.as_slice() {
+        [] => None,
+        [c] if c.eq_ignore_ascii_case("chunked") => None,
+        _ => Some(codings.join(", ")),
+    }
+}
+
 /// The value of a header as text, if present and visible ASCII.
 pub fn header(req: &http::request::Parts, name: http::header::HeaderName) -> Option<&str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
@@ -412,12 +464,78 @@ mod tests {
     use super::*;
     use http_body::Body as _;
 
+    fn codings(values: &[&[u8]]) -> Option<String> {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        unknown_codings(&h)
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_known_transfer_coding() {
+        assert_eq!(codings(&[]), None);
+        for ok in [
+            &[&b"chunked"[..]][..],
+            &[b"Chunked"],
+            &[b"  CHUNKED\t"],
+            &[b", chunked"],
+            &[b"", b"chunked"],
+        ] {
+            assert_eq!(codings(ok), None, "{ok:?}");
+        }
+        assert_eq!(
+            codings(&[b"gzip, chunked"]).as_deref(),
+            Some("gzip, chunked")
+        );
+        assert_eq!(
+            codings(&[b"gzip", b"chunked"]).as_deref(),
+            Some("gzip, chunked")
+        );
+        assert_eq!(
+            codings(&[b"chunked, chunked"]).as_deref(),
+            Some("chunked, chunked")
+        );
+        assert_eq!(
+            codings(&[b"x-custom;q=1, chunked"]).as_deref(),
+            Some("x-custom;q=1, chunked")
+        );
+        assert_eq!(codings(&[b"identity"]).as_deref(), Some("identity"));
+        assert!(codings(&[b"gz\xffip, chunked"]).is_some());
+    }
+
     #[test]
     fn kinds_map_to_imageio_statuses() {
         assert_eq!(status_for(ErrorKind::Auth), StatusCode::FORBIDDEN);
         assert_eq!(status_for(ErrorKind::NotFound), StatusCode::NOT_FOUND);
         assert_eq!(status_for(ErrorKind::Integrity), StatusCode::BAD_REQUEST);
         assert_eq!(status_for(ErrorKind::Io), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status_for(ErrorKind::Conflict), StatusCode::CONFLICT);
+        assert_eq!(
+            status_for(ErrorKind::LimitExceeded),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn a_batch_truncates_inside_a_piece() {
+        let mut b = Batch::default();
+        for p in [&b"abc"[..], b"defg", b"hi"] {
+            b.push(Bytes::from_static(p));
+        }
+        b.truncate(5);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.into_pieces(), [&b"abc"[..], b"de"]);
+
+        let mut b = Batch::default();
+        b.push(Bytes::from_static(b"abc"));
+        b.truncate(10);
+        assert_eq!(b.len(), 3);
+        b.truncate(0);
+        assert!(b.is_empty() && b.into_pieces().is_empty());
     }
 
     #[tokio::test]

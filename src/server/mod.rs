@@ -4,8 +4,12 @@
 //!
 //! Each accepted connection is one tokio task running hyper's HTTP/1.1
 //! server; blocking file and pipeline work runs on the blocking pool and
-//! meets the connection through bounded channels. Connections are capped
-//! (`data.max_connections`), request heads are bounded in size and time,
+//! meets the connection through bounded channels. A data connection first
+//! completes its TLS handshake within `data.tls_handshake_timeout`, among
+//! at most [`MAX_PENDING_HANDSHAKES`] others, and only then takes one of
+//! the `data.max_connections` slots: sockets that never start TLS cannot
+//! keep clients that do from being served. Request heads are bounded in
+//! size and time, transfer codings other than `chunked` are refused (501),
 //! and on shutdown the listeners close, every transfer is cancelled (its
 //! targets removed) and open connections get a grace period to finish.
 
@@ -31,7 +35,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio_rustls::TlsAcceptor;
 
 use self::config::ServeConfig;
@@ -51,6 +55,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const READ_BUFFER: usize = 256 << 10;
 /// Control API connections at once.
 const MAX_CONTROL_CONNECTIONS: usize = 64;
+/// Data connections accepted but not yet holding a connection slot: in
+/// their TLS handshake, or done with it and waiting for a slot. A real
+/// client's handshake takes milliseconds, so this only fills up with
+/// sockets that stall; it is well above a flood of a few hundred such
+/// sockets and well below the usual 1024 open files a process may have.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Where a started server listens, for the start-up lines and tests.
 #[derive(Debug, Clone)]
@@ -141,25 +151,30 @@ pub async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let sem = Arc::new(Semaphore::new(cfg.data.max_connections));
+        let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let slots = Arc::new(Semaphore::new(cfg.data.max_connections));
         let graceful = graceful.clone();
         let http = http.clone();
         let stop = stop_rx.clone();
-        let handshake = Duration::from_secs(cfg.data.header_timeout);
+        let handshake = Duration::from_secs(cfg.data.tls_handshake_timeout);
         let max_head = cfg.data.max_header_bytes;
         let write_timeout = Duration::from_secs(cfg.data.write_timeout);
+        let waiting = Some(store.clone());
+        let store = store.clone();
         tasks.spawn(accept_loop(
             data_listener,
-            sem,
+            pending,
+            waiting,
             stop,
-            move |tcp: tokio::net::TcpStream, permit| {
+            move |tcp: tokio::net::TcpStream, pending_permit| {
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let api = data_api.clone();
                 let http = http.clone();
                 let watcher = graceful.watcher();
+                let slots = slots.clone();
+                let store = store.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
                     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -171,6 +186,13 @@ pub async fn serve(
                             return;
                         }
                     };
+                    // The pending place is given back only once a slot is
+                    // held, so connections waiting for a slot stay bounded
+                    // too.
+                    let Some(_slot) = acquire(&slots, Some(&store)).await else {
+                        return;
+                    };
+                    drop(pending_permit);
                     let io = TokioIo::new(io::WriteTimeout::new(tls, write_timeout));
                     serve_conn(&http, io, api, max_head, watcher, "data").await;
                 });
@@ -197,6 +219,7 @@ pub async fn serve(
         tasks.spawn(accept_loop(
             UnixAccept(unix_listener),
             control_sem.clone(),
+            None,
             stop_rx.clone(),
             move |s: tokio::net::UnixStream, p| f(Box::new(s), p),
         ));
@@ -206,6 +229,7 @@ pub async fn serve(
             tasks.spawn(accept_loop(
                 l,
                 control_sem,
+                None,
                 stop_rx.clone(),
                 move |s: tokio::net::TcpStream, p| control_conn(Box::new(s), p),
             ));
@@ -245,11 +269,22 @@ pub async fn serve(
 pub trait Api: Send + Sync + 'static {
     /// Answers one request.
     fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send;
+
+    /// Completes a response given before the request reached
+    /// [`Api::handle`] (a refused head or transfer coding) with what every
+    /// response of this API carries.
+    fn complete(&self, resp: http::Response) -> http::Response {
+        resp
+    }
 }
 
 impl Api for DataApi {
     fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send {
         DataApi::handle(self, req)
+    }
+
+    fn complete(&self, resp: http::Response) -> http::Response {
+        DataApi::complete(resp)
     }
 }
 
@@ -260,7 +295,8 @@ impl Api for ControlApi {
 }
 
 /// Serves HTTP/1.1 on one connection until it ends or the server stops;
-/// request heads over `max_head` bytes get 431.
+/// request heads over `max_head` bytes get 431, bodies in a transfer
+/// coding other than `chunked` 501, before any handler sees them.
 async fn serve_conn<A: Api, I>(
     builder: &http1::Builder,
     io: TokioIo<I>,
@@ -275,7 +311,11 @@ async fn serve_conn<A: Api, I>(
         let api = api.clone();
         async move {
             if let Some(r) = http::head_too_large(&req, max_head) {
-                return Ok::<_, Infallible>(r);
+                return Ok::<_, Infallible>(api.complete(r));
+            }
+            if let Some(r) = http::unknown_transfer_coding(&req) {
+                http::drain_in_background(req.into_body());
+                return Ok(api.complete(r));
             }
             Ok::<_, Infallible>(api.handle(req).await)
         }
@@ -312,18 +352,37 @@ impl Accept for UnixAccept {
     }
 }
 
-/// Accepts connections while a permit is free, until `stop`.
+/// A permit of `sem`; `None` once it is closed. While none is free, the
+/// inactivity clocks of `waiting`'s tickets stand still: clients are kept
+/// waiting by the server, and a ticket's own client may be among them.
+async fn acquire(
+    sem: &Arc<Semaphore>,
+    waiting: Option<&Arc<TicketStore>>,
+) -> Option<OwnedSemaphorePermit> {
+    match sem.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(TryAcquireError::Closed) => None,
+        Err(TryAcquireError::NoPermits) => {
+            let _hold = waiting.map(|s| s.hold_idle_clocks());
+            sem.clone().acquire_owned().await.ok()
+        }
+    }
+}
+
+/// Accepts connections while a permit is free, until `stop`; see
+/// [`acquire`] for `waiting`.
 async fn accept_loop<L: Accept>(
     listener: L,
     sem: Arc<Semaphore>,
+    waiting: Option<Arc<TicketStore>>,
     mut stop: watch::Receiver<bool>,
-    on_conn: impl Fn(L::Stream, tokio::sync::OwnedSemaphorePermit) + Send + 'static,
+    on_conn: impl Fn(L::Stream, OwnedSemaphorePermit) + Send + 'static,
 ) {
     loop {
         let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
+            p = acquire(&sem, waiting.as_ref()) => match p {
+                Some(p) => p,
+                None => return,
             },
             _ = stop.changed() => return,
         };

@@ -5,7 +5,7 @@
 //! This module knows no HTTP: the server parses a request body into a
 //! [`TicketRequest`], calls the [`TicketStore`], and maps
 //! [`crate::ErrorKind`] to a status (`InvalidArgument` → 400, `NotFound` →
-//! 404, `Auth` → 403).
+//! 404, `Auth` → 403, `Conflict` → 409).
 //!
 //! Time comes from a [`Clock`], so expiry is tested without sleeping.
 
@@ -18,7 +18,7 @@ pub(crate) use model::file_url_path;
 pub use model::{
     DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
 };
-pub use store::{ResolvedDisk, ResolvedOva, TicketHandle, TicketStore};
+pub use store::{IdleHold, ResolvedDisk, ResolvedOva, TicketHandle, TicketStore};
 
 use crate::error::{Classify, ErrorKind};
 
@@ -75,6 +75,13 @@ pub enum TicketError {
         /// The id asked for.
         id: String,
     },
+    /// The ticket's transfer has an outcome that a further request would
+    /// change (see [`TransferState::start`]).
+    #[error("the transfer on this ticket has ended ({state}); a new transfer needs a new ticket")]
+    Ended {
+        /// The final state, as `GET /tickets/{id}` shows it.
+        state: TransferState,
+    },
     /// A data-plane request is refused. The message never repeats the id
     /// the client sent.
     #[error("{reason}")]
@@ -94,6 +101,7 @@ impl Classify for TicketError {
             TicketError::Unsupported { .. } => ErrorKind::Unsupported,
             TicketError::NotFound { .. } => ErrorKind::NotFound,
             TicketError::Forbidden { .. } => ErrorKind::Auth,
+            TicketError::Ended { .. } => ErrorKind::Conflict,
         }
     }
 }

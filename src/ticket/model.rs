@@ -127,10 +127,10 @@ pub struct TicketRequest {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransferState {
-    /// No client has used the ticket yet.
+    /// No request has moved bytes with the ticket yet.
     #[default]
     Pending,
-    /// A client has connected.
+    /// A transfer has started: a request began moving bytes.
     Active,
     /// The transfer completed and was verified.
     Succeeded,
@@ -138,6 +138,57 @@ pub enum TransferState {
     Failed,
     /// The ticket was removed or expired during the transfer.
     Cancelled,
+}
+
+impl TransferState {
+    /// The name `GET /tickets/{id}` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransferState::Pending => "pending",
+            TransferState::Active => "active",
+            TransferState::Succeeded => "succeeded",
+            TransferState::Failed => "failed",
+            TransferState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the transfer has an outcome. Matching every state here
+    /// (no `_`) makes a new one, such as a pause between two parts of a
+    /// resumed upload, decide whether it ends the transfer.
+    pub fn is_final(self) -> bool {
+        match self {
+            TransferState::Pending | TransferState::Active => false,
+            TransferState::Succeeded | TransferState::Failed | TransferState::Cancelled => true,
+        }
+    }
+
+    /// The state once a request of a ticket of `kind` starts moving bytes,
+    /// or why it may not.
+    ///
+    /// An OVA import writes its targets once: after its outcome a further
+    /// upload would replace volumes the engine was told are complete, or
+    /// turn a failure into a success, so every final state refuses it.
+    /// Image and export requests only repeat or resume what was done (a
+    /// ranged write, a download resumed with `Range`): they may run after
+    /// an outcome, which stays until the new request reports its own.
+    /// Cancelled is final for every kind.
+    pub fn start(self, kind: TicketKind) -> Result<TransferState, TicketError> {
+        match (self, kind) {
+            (TransferState::Pending | TransferState::Active, _) => Ok(TransferState::Active),
+            (TransferState::Succeeded | TransferState::Failed, TicketKind::OvaImport)
+            | (TransferState::Cancelled, _) => Err(TicketError::Ended { state: self }),
+            (
+                TransferState::Succeeded | TransferState::Failed,
+                TicketKind::Image | TicketKind::OvaExport,
+            ) => Ok(self),
+        }
+    }
+}
+
+impl std::fmt::Display for TransferState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Progress of one disk of an OVA ticket.
@@ -510,6 +561,51 @@ mod tests {
         assert!(json.get("error").is_none());
         let back: TicketStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn state_names_match_the_json() {
+        for st in [
+            TransferState::Pending,
+            TransferState::Active,
+            TransferState::Succeeded,
+            TransferState::Failed,
+            TransferState::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.name());
+        }
+    }
+
+    #[test]
+    fn an_import_never_starts_again_after_its_outcome() {
+        use TransferState::*;
+        for kind in [
+            TicketKind::Image,
+            TicketKind::OvaImport,
+            TicketKind::OvaExport,
+        ] {
+            assert_eq!(Pending.start(kind), Ok(Active), "{kind:?}");
+            assert_eq!(Active.start(kind), Ok(Active), "{kind:?}");
+            assert_eq!(
+                Cancelled.start(kind),
+                Err(TicketError::Ended { state: Cancelled }),
+                "{kind:?}"
+            );
+        }
+        for st in [Succeeded, Failed] {
+            assert!(st.is_final());
+            assert_eq!(
+                st.start(TicketKind::OvaImport),
+                Err(TicketError::Ended { state: st })
+            );
+            // A repeated or resumed download keeps the outcome until it
+            // reports its own.
+            assert_eq!(st.start(TicketKind::OvaExport), Ok(st));
+            assert_eq!(st.start(TicketKind::Image), Ok(st));
+        }
+        assert!(!Pending.is_final() && !Active.is_final() && Cancelled.is_final());
+        let e = TicketError::Ended { state: Succeeded }.to_string();
+        assert!(e.contains("succeeded"), "{e}");
     }
 
     #[test]

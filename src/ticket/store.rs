@@ -7,11 +7,20 @@
 //! after the last data-plane request completed (whichever is later), and
 //! also when it has had no connection for `inactivity_timeout` seconds
 //! (unless its transfer has finished: the outcome stays readable).
+//! The inactivity clocks stand still while the server holds them
+//! ([`TicketStore::hold_idle_clocks`]: clients are waiting to be served,
+//! and the ticket's own may be among them).
 //! An expired ticket is invisible; it is dropped, and any transfer still
 //! attached to it cancelled, on the next call into the store.
+//!
+//! A ticket's `state` moves when a request starts moving bytes
+//! ([`TicketHandle::begin`], by the rules of [`TransferState::start`]) and
+//! when its transfer reports an outcome; an authorized request that is
+//! refused before it starts leaves the state as it was.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -94,6 +103,9 @@ pub struct TicketStore {
     roots: AllowedRoots,
     clock: Arc<dyn Clock>,
     tickets: Mutex<HashMap<String, Entry>>,
+    /// Live [`IdleHold`]s; changed only under the `tickets` lock, so a
+    /// purge and a release never interleave.
+    idle_holds: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +125,7 @@ impl TicketStore {
             roots,
             clock,
             tickets: Mutex::new(HashMap::new()),
+            idle_holds: AtomicUsize::new(0),
         }
     }
 
@@ -279,9 +292,6 @@ impl TicketStore {
         let mut s = lock(&entry.live.state);
         s.connections += 1;
         s.last_activity = now;
-        if s.state == TransferState::Pending {
-            s.state = TransferState::Active;
-        }
         drop(s);
         Ok(TicketHandle {
             spec: entry.spec.clone(),
@@ -294,6 +304,20 @@ impl TicketStore {
         &self.roots
     }
 
+    /// Stops every ticket's inactivity clock until the hold is dropped;
+    /// then each ticket starts a fresh idle period, as when a connection
+    /// ends. The server holds the clocks while clients wait for a
+    /// connection slot: a ticket's client may be one of them, and a wait
+    /// the server imposes is not the client's inactivity. The absolute
+    /// `timeout` still runs, so no ticket outlives it.
+    pub fn hold_idle_clocks(self: &Arc<Self>) -> IdleHold {
+        let _map = lock(&self.tickets);
+        self.idle_holds.fetch_add(1, Ordering::Relaxed);
+        IdleHold {
+            store: self.clone(),
+        }
+    }
+
     /// Cancels every active transfer (server shutdown). The tickets stay.
     pub fn cancel_all(&self) {
         let map = lock(&self.tickets);
@@ -304,9 +328,10 @@ impl TicketStore {
 
     /// Drops expired tickets, cancelling whatever still uses them.
     fn purge(&self, map: &mut HashMap<String, Entry>, now: Instant) {
+        let idle_held = self.idle_holds.load(Ordering::Relaxed) > 0;
         map.retain(|_, e| {
             let mut s = lock(&e.live.state);
-            if e.live.expired(&s, now) {
+            if e.live.expired(&s, now, idle_held) {
                 e.live.cancel(&mut s);
                 false
             } else {
@@ -417,15 +442,15 @@ fn forbidden(reason: String) -> Error {
 }
 
 impl Live {
-    fn expired(&self, s: &LiveState, now: Instant) -> bool {
+    fn expired(&self, s: &LiveState, now: Instant, idle_held: bool) -> bool {
         if now >= s.deadline {
             return true;
         }
         // A finished transfer keeps its ticket until `timeout`, so the
         // engine can read the outcome however slowly it polls.
-        let finished = matches!(s.state, TransferState::Succeeded | TransferState::Failed);
+        let finished = s.state.is_final();
         match self.inactivity {
-            Some(idle) if s.connections == 0 && !finished => {
+            Some(idle) if s.connections == 0 && !finished && !idle_held => {
                 now.saturating_duration_since(s.last_activity) >= idle
             }
             _ => false,
@@ -554,6 +579,22 @@ impl TicketHandle {
         self.live.touch(&mut lock(&self.live.state));
     }
 
+    /// Where the transfer stands now.
+    pub fn state(&self) -> TransferState {
+        lock(&self.live.state).state
+    }
+
+    /// Starts (or continues) the ticket's transfer for a request that is
+    /// about to move bytes: `active`, or the refusal of
+    /// [`TransferState::start`] with nothing changed. Checked and applied
+    /// under one lock, so two requests never both start on an ended
+    /// transfer.
+    pub fn begin(&self) -> Result<()> {
+        let mut s = lock(&self.live.state);
+        s.state = s.state.start(self.kind())?;
+        Ok(())
+    }
+
     /// Whether the ticket was removed, replaced or expired: the transfer
     /// must stop (the progress record says so too).
     pub fn is_cancelled(&self) -> bool {
@@ -585,6 +626,28 @@ impl TicketHandle {
         if s.state != TransferState::Cancelled {
             s.state = state;
             s.error = error;
+        }
+    }
+}
+
+/// Keeps the store's inactivity clocks standing; see
+/// [`TicketStore::hold_idle_clocks`].
+#[derive(Debug)]
+#[must_use = "the clocks run again as soon as the hold is dropped"]
+pub struct IdleHold {
+    store: Arc<TicketStore>,
+}
+
+impl Drop for IdleHold {
+    fn drop(&mut self) {
+        let store = &self.store;
+        let now = store.clock.now();
+        let map = lock(&store.tickets);
+        if store.idle_holds.fetch_sub(1, Ordering::Relaxed) == 1 {
+            for e in map.values() {
+                let mut s = lock(&e.live.state);
+                s.last_activity = s.last_activity.max(now);
+            }
         }
     }
 }
@@ -720,6 +783,12 @@ mod tests {
         let h = f.store.authorize(ID, Op::Read).unwrap();
         assert_eq!(h.path(), Some(f.root.join("vol.raw").as_path()));
         assert_eq!(h.size(), Some(1 << 30));
+        // Authorized is not started: a request refused now changes nothing.
+        assert_eq!(
+            f.store.get_status(ID).unwrap().state,
+            TransferState::Pending
+        );
+        h.begin().unwrap();
         h.add_transferred(4096);
         let s = f.store.get_status(ID).unwrap();
         assert!(s.active);
@@ -853,6 +922,86 @@ mod tests {
         o.disks[1].url = o.disks[0].url.clone();
         let e = f.store.add(ID, req).unwrap_err();
         assert!(e.to_string().contains("another disk"), "{e}");
+    }
+
+    #[test]
+    fn an_ended_import_refuses_to_begin_and_keeps_its_outcome() {
+        let f = fixture();
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        assert_eq!(h.state(), TransferState::Active);
+        h.succeed();
+        drop(h);
+
+        let again = f.store.authorize(ID, Op::Write).unwrap();
+        let e = again.begin().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(e.to_string().contains("succeeded"), "{e}");
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Succeeded);
+        assert_eq!(s.error, None);
+
+        // The same ticket put again (a retried request) keeps the outcome.
+        f.store.add(ID, f.ova_import()).unwrap();
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Succeeded);
+
+        let mut other = f.ova_import();
+        other.transfer_id = Some("tr-2".into());
+        f.store.add(ID, other).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        h.fail("entry 'd1.vmdk': bad magic");
+        let e = h.begin().unwrap_err();
+        assert!(e.to_string().contains("failed"), "{e}");
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Failed);
+        assert_eq!(s.error.as_deref(), Some("entry 'd1.vmdk': bad magic"));
+
+        // A repeated request on an image ticket keeps the earlier outcome.
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        let h = f.store.authorize(ID, Op::Read).unwrap();
+        h.begin().unwrap();
+        h.succeed();
+        h.begin().unwrap();
+        assert_eq!(h.state(), TransferState::Succeeded);
+    }
+
+    #[test]
+    fn held_idle_clocks_do_not_expire_tickets() {
+        let f = fixture();
+        let mut long = f.image(&[Op::Read]);
+        long.timeout = 1000;
+        let short = f.image(&[Op::Read]);
+        let clock = f.clock.clone();
+        let store = Arc::new(f.store);
+        store.add(ID, long).unwrap();
+        let visible = || store.get_status(ID).is_ok();
+        let advance = |s| clock.advance(Duration::from_secs(s));
+
+        advance(30);
+        let hold = store.hold_idle_clocks();
+        let second = store.hold_idle_clocks();
+        advance(100);
+        assert!(visible(), "expired while the clocks were held");
+        drop(hold);
+        advance(100);
+        assert!(visible(), "one hold still stands");
+        drop(second);
+        // The idle period starts afresh at the release.
+        advance(59);
+        assert!(visible());
+        advance(1);
+        assert!(!visible());
+
+        // The absolute timeout runs regardless.
+        store.add(ID, short).unwrap();
+        let _hold = store.hold_idle_clocks();
+        advance(299);
+        assert!(visible());
+        advance(1);
+        assert!(!visible());
     }
 
     #[test]

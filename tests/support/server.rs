@@ -1,15 +1,19 @@
 //! A real `ovaio serve` for a test: started on an ephemeral loopback port
 //! with its own state directory and storage root, stopped (SIGTERM) when
 //! dropped. Control requests go through `curl --unix-socket`, data
-//! requests through `curl` over HTTPS trusting the generated certificate,
-//! and the `ovirt_imageio` client runs in the venv the test setup made.
+//! requests through `curl` over HTTPS trusting the generated certificate
+//! (or, byte for byte, through [`Server::tls`]), and the `ovirt_imageio`
+//! client runs in the venv the test setup made.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 use super::Work;
@@ -218,6 +222,38 @@ impl Server {
         (out.status.success(), text)
     }
 
+    /// A TLS connection to the data API with its handshake complete,
+    /// trusting the server's certificate; reads give up after 30 s.
+    pub fn tls(&self) -> TlsStream {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.cert).expect("open the certificate") {
+            roots
+                .add(c.expect("parse the certificate"))
+                .expect("trust it");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("server name");
+        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("TLS client");
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+        }
+        while tls.conn.wants_write() {
+            tls.conn
+                .write_tls(&mut tls.sock)
+                .expect("finish the handshake");
+        }
+        tls
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
@@ -240,6 +276,58 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A TLS connection from [`Server::tls`].
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Sends `request` (head and body, exactly these bytes) on `tls` and
+/// reads one response; its body must carry a Content-Length.
+pub fn exchange(tls: &mut TlsStream, request: &[u8]) -> Reply {
+    tls.write_all(request).expect("send the request");
+    tls.flush().expect("flush the request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tls.read(&mut buf).expect("read the response");
+        assert!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = got[head_end..].to_vec();
+    while body.len() < len {
+        let n = tls.read(&mut buf).expect("read the response body");
+        assert!(n > 0, "connection closed inside the response body");
+        body.extend_from_slice(&buf[..n]);
+    }
+    body.truncate(len);
+    Reply {
+        status,
+        headers,
+        body,
     }
 }
 

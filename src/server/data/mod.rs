@@ -56,7 +56,11 @@ impl DataApi {
 
     /// Answers one request; never fails (errors become responses).
     pub async fn handle(self: Arc<Self>, req: Request) -> Response {
-        let mut resp = self.route(req).await;
+        Self::complete(self.route(req).await)
+    }
+
+    /// Adds what every data API response carries (CORS headers).
+    pub fn complete(mut resp: Response) -> Response {
         cors(resp.headers_mut());
         resp
     }
@@ -144,6 +148,21 @@ impl DataApi {
         req: Request,
     ) -> Response {
         let kind = ticket.kind();
+        // Every request that moves bytes starts (or continues) the ticket's
+        // transfer here; an OVA upload starts in its handler, once its
+        // declared length has been checked against the ticket.
+        let moves_bytes = matches!(
+            (kind, &method, res),
+            (
+                TicketKind::Image,
+                &Method::GET | &Method::PUT | &Method::PATCH,
+                _
+            ) | (TicketKind::OvaExport, &Method::GET, Resource::Image)
+        );
+        if moves_bytes && let Err(e) = ticket.begin() {
+            h::drain_in_background(req.into_body());
+            return h::error_text(&e);
+        }
         let r: Result<Response> = match (kind, method, res) {
             (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
             (TicketKind::Image, Method::GET, Resource::Image) => {

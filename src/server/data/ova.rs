@@ -177,7 +177,18 @@ fn finish_disks(
     }
 }
 
-/// `PUT /images/{ticket}` on an `ova-import` ticket.
+/// An upload larger than the ticket's `size`.
+fn over_size(limit: u64) -> Error {
+    Error::new(
+        ErrorKind::LimitExceeded,
+        format!("the upload is larger than the ticket's size of {limit} bytes"),
+    )
+}
+
+/// `PUT /images/{ticket}` on an `ova-import` ticket. The ticket's `size`,
+/// when given, bounds the body: a larger Content-Length is refused before
+/// the import starts, and a chunked body is cut where it passes the size
+/// (the import then fails and removes its partial targets).
 pub(super) async fn put(
     t: TicketHandle,
     req: Request,
@@ -186,6 +197,17 @@ pub(super) async fn put(
 ) -> Result<Response> {
     let ova = ova_of(&t)?.clone();
     let (parts, body) = req.into_parts();
+    // Refusals before the import starts leave the ticket as it was and
+    // read the body away, so that a client still sending sees the answer.
+    let refuse = |e: Error, body| {
+        h::drain_in_background(body);
+        Err(e)
+    };
+    // An ended transfer is the first thing to tell, whatever else is
+    // wrong with the request.
+    if let Err(e) = t.state().start(t.kind()) {
+        return refuse(e.into(), body);
+    }
     if let Some(v) = h::header(&parts, CONTENT_RANGE) {
         let cr = range::parse_content_range(v).map_err(Error::from)?;
         if cr.range.start != 0 {
@@ -196,7 +218,27 @@ pub(super) async fn put(
         }
     }
     let length = h::header(&parts, CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+    let limit = t.size();
+    if let (Some(len), Some(l)) = (length, limit)
+        && len > l
+    {
+        tracing::info!(
+            length = len,
+            size = l,
+            "OVA upload refused: larger than the ticket"
+        );
+        return refuse(
+            Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the Content-Length of {len} bytes is larger than the ticket's size of {l} bytes"
+                ),
+            ),
+            body,
+        );
+    }
     let targets = import_targets(&ova)?;
+    t.begin()?;
     let hrefs: Arc<Vec<String>> = Arc::new(ova.disks.iter().map(|d| d.href.clone()).collect());
     let progress = t.progress();
     let t = Arc::new(t);
@@ -240,10 +282,18 @@ pub(super) async fn put(
     let mut body_error = None;
     loop {
         match reader.next_batch(cfg.buffer_size).await {
-            Ok(Some(b)) => {
+            Ok(Some(mut b)) => {
                 t.touch();
-                if tx.send(Msg::Data(b)).await.is_err() {
+                let over = limit.filter(|&l| reader.received() > l);
+                if let Some(l) = over {
+                    b.truncate(b.len() - (reader.received() - l));
+                }
+                if !b.is_empty() && tx.send(Msg::Data(b)).await.is_err() {
                     break; // the pipeline failed; its error says why
+                }
+                if let Some(l) = over {
+                    body_error = Some(over_size(l));
+                    break;
                 }
             }
             Ok(None) => {
@@ -257,6 +307,13 @@ pub(super) async fn put(
         }
     }
     drop(tx);
+    let received = reader.received();
+    if body_error
+        .as_ref()
+        .is_some_and(|e| e.kind() == ErrorKind::LimitExceeded)
+    {
+        h::drain_in_background(reader.into_body());
+    }
     let (outcome, seen) = worker
         .await
         .map_err(|e| Error::new(ErrorKind::Io, format!("import thread failed: {e}")))?;
@@ -272,7 +329,7 @@ pub(super) async fn put(
             finish_disks(&t, &hrefs, &seen, TransferState::Succeeded);
             t.succeed();
             tracing::info!(
-                bytes = reader.received(),
+                bytes = received,
                 disks = summary.disks.len(),
                 "OVA import succeeded"
             );
@@ -282,7 +339,7 @@ pub(super) async fn put(
             let msg = e.one_line();
             finish_disks(&t, &hrefs, &seen, TransferState::Failed);
             t.fail(msg.clone());
-            tracing::warn!(bytes = reader.received(), error = %msg, "OVA import failed");
+            tracing::warn!(bytes = received, error = %msg, "OVA import failed");
             Err(e)
         }
     }
