@@ -280,6 +280,7 @@ pub(super) async fn put(
     let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()))
         .cancelled_by(t.progress().cancel_flag());
     let mut body_error = None;
+    let mut body_done = false;
     loop {
         match reader.next_batch(cfg.buffer_size).await {
             Ok(Some(mut b)) => {
@@ -297,6 +298,7 @@ pub(super) async fn put(
                 }
             }
             Ok(None) => {
+                body_done = true;
                 let _ = tx.send(Msg::End).await;
                 break;
             }
@@ -308,10 +310,10 @@ pub(super) async fn put(
     }
     drop(tx);
     let received = reader.received();
-    if body_error
-        .as_ref()
-        .is_some_and(|e| e.kind() == ErrorKind::LimitExceeded)
-    {
+    // A body refused part way (the import failed, or the size was passed)
+    // is read away for a while, so that a client still sending sees the
+    // error response rather than a reset connection.
+    if !body_done {
         h::drain_in_background(reader.into_body());
     }
     let (outcome, seen) = worker
