@@ -24,6 +24,15 @@ pub const MAX_CAPACITY: u64 = 64 << 40;
 pub const MAX_GRAIN_SIZE: u64 = 1 << 20;
 /// Largest compressed VMDK grain marker payload accepted (bytes).
 pub const MAX_VMDK_COMPRESSED_GRAIN: u64 = 2 << 20;
+/// Most entries per VMDK grain table (qemu's own limit; VMware and qemu-img
+/// write 512). Also bounds the grains a stream decoder holds until the grain
+/// table that maps them arrives.
+pub const MAX_VMDK_GTES_PER_GT: u32 = 512;
+/// Largest VMDK grain directory kept in memory (entries): 16 MiB of
+/// directory, enough for [`MAX_CAPACITY`] with 64 KiB grains (8 TiB with
+/// 4 KiB grains). Only a directory read from the header area (qemu-img's
+/// layout) is kept; one at the end of a stream is checked as it passes.
+pub const MAX_VMDK_GD_ENTRIES: u64 = 4 << 20;
 /// Largest qcow2 cluster accepted (bytes): 2 MiB, qcow2's own maximum.
 pub const MAX_QCOW2_CLUSTER: u64 = 2 << 20;
 /// Largest qcow2 L1 table accepted (entries): 32 MiB of table.

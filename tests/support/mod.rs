@@ -14,6 +14,7 @@ pub mod image;
 pub mod ova;
 pub mod server;
 pub mod tar;
+pub mod vmdk;
 
 use std::ffi::{OsStr, OsString};
 use std::fs;

@@ -94,6 +94,16 @@ pub enum VmdkError {
         /// The overHead found (sectors).
         sectors: u64,
     },
+    /// numGTEsPerGT is 0 or above [`crate::limits::MAX_VMDK_GTES_PER_GT`].
+    #[error("at byte {offset}: {count} entries per grain table; 1 to {limit} can be read")]
+    BadGtesPerGt {
+        /// Offset of the numGTEsPerGT field.
+        offset: u64,
+        /// The count found.
+        count: u32,
+        /// The largest count accepted.
+        limit: u32,
+    },
     /// A grain marker whose sector is not the first of a grain.
     #[error(
         "at byte {offset}: grain at lba {lba} is not aligned to the grain size \
@@ -190,6 +200,172 @@ pub enum VmdkError {
         /// The marker's compressed size.
         size: u64,
     },
+    /// A grain whose lba is not above the previous grain's: a second grain
+    /// for the same sector, or grains out of order. Readers that go through
+    /// the grain tables would see only one of two grains for a sector.
+    #[error(
+        "at byte {offset}: grain at lba {lba} follows the grain at lba {previous}: \
+         grains must come in increasing lba order, each once"
+    )]
+    GrainOutOfOrder {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+        /// The sector named by the previous grain marker.
+        previous: u64,
+    },
+    /// A grain that no grain table maps: readers that go through the
+    /// tables would not see it.
+    #[error("at byte {offset}: grain at lba {lba} is not in any grain table")]
+    GrainNotInTable {
+        /// Offset of the grain marker.
+        offset: u64,
+        /// The sector named by the marker.
+        lba: u64,
+    },
+    /// A grain table entry that points elsewhere than the grain the stream
+    /// holds for its lba.
+    #[error(
+        "at byte {offset}: grain table entry for lba {lba} points to sector {entry}, \
+         but the grain for lba {lba} is at byte {grain}"
+    )]
+    TableEntryMismatch {
+        /// Offset of the grain table entry.
+        offset: u64,
+        /// The first sector of the grain the entry maps.
+        lba: u64,
+        /// The entry (a sector of the file).
+        entry: u32,
+        /// Offset of the grain marker for that lba.
+        grain: u64,
+    },
+    /// A grain table entry that maps a sector for which the stream holds no
+    /// grain.
+    #[error(
+        "at byte {offset}: grain table entry for lba {lba} points to sector {entry}, \
+         where the stream holds no grain for lba {lba}"
+    )]
+    TableEntryWithoutGrain {
+        /// Offset of the grain table entry.
+        offset: u64,
+        /// The first sector of the grain the entry maps.
+        lba: u64,
+        /// The entry (a sector of the file).
+        entry: u32,
+    },
+    /// A grain table or grain directory marker whose payload is smaller
+    /// than the table.
+    #[error("at byte {offset}: {what} marker of {sectors} sectors, the table needs {expected}")]
+    TableTooSmall {
+        /// Offset of the marker.
+        offset: u64,
+        /// "grain table" or "grain directory".
+        what: &'static str,
+        /// The payload size found (sectors).
+        sectors: u64,
+        /// The payload size the table needs (sectors).
+        expected: u64,
+    },
+    /// A grain table marker that follows the last grain table the disk can
+    /// have.
+    #[error("at byte {offset}: grain table beyond the {tables} grain tables of the disk")]
+    ExtraTable {
+        /// Offset of the marker.
+        offset: u64,
+        /// Grain tables the capacity needs.
+        tables: u64,
+    },
+    /// A grain directory that does not point to exactly the grain tables of
+    /// the stream, each for its own range of grains.
+    #[error(
+        "at byte {offset}: grain directory with {entries} entries set does not point \
+         to the {tables} grain tables of the stream, each at its place"
+    )]
+    DirectoryMismatch {
+        /// Offset of the grain directory marker.
+        offset: u64,
+        /// Non-zero entries of the directory.
+        entries: u64,
+        /// Grain table markers in the stream.
+        tables: u64,
+    },
+    /// The grain tables of the header area's grain directory map other
+    /// grains than the stream holds.
+    #[error(
+        "at byte {offset}: the grain tables of this grain directory map {tables} grains, \
+         which are not the {grains} grains of the stream"
+    )]
+    TablesDisagree {
+        /// Offset of the grain directory.
+        offset: u64,
+        /// Grains the tables map.
+        tables: u64,
+        /// Grains in the stream.
+        grains: u64,
+    },
+    /// A marker out of place in a stream whose header puts the grain
+    /// directory at the end (grains and grain tables, then the grain
+    /// directory, the footer and the end-of-stream marker).
+    #[error("at byte {offset}: {found} where the {expected} belongs")]
+    UnexpectedMarker {
+        /// Offset of the marker.
+        offset: u64,
+        /// The marker found.
+        found: &'static str,
+        /// The marker expected.
+        expected: &'static str,
+    },
+    /// The grain directory marker's payload is not at the sector the
+    /// header names.
+    #[error(
+        "at byte {offset}: grain directory marker for sector {sector}, \
+         but the header places the grain directory at sector {named}"
+    )]
+    DirectoryMisplaced {
+        /// Offset of the marker.
+        offset: u64,
+        /// Sector of its payload.
+        sector: u64,
+        /// Sector the header's gdOffset names.
+        named: u64,
+    },
+    /// A stream whose grain tables come as markers ends without its grain
+    /// directory or, when the header leaves the directory to the footer,
+    /// its footer or end-of-stream marker.
+    #[error("at byte {offset}: the stream ends without its {what}")]
+    MissingMetadata {
+        /// Offset where the input ends.
+        offset: u64,
+        /// The structure missing.
+        what: &'static str,
+    },
+    /// A grain directory or grain table in the header area that one pass
+    /// cannot read: not after the header and the structures before it, or
+    /// not before the first marker.
+    #[error(
+        "at byte {offset}: {what} at sector {sector} does not lie in order between the \
+         header and the first marker: it cannot be checked in one pass"
+    )]
+    OutOfReach {
+        /// Offset of the field or entry naming the sector.
+        offset: u64,
+        /// "grain directory" or "grain table".
+        what: &'static str,
+        /// The sector named.
+        sector: u64,
+    },
+    /// A header-area grain directory with more entries than
+    /// [`crate::limits::MAX_VMDK_GD_ENTRIES`].
+    #[error("at byte {offset}: grain directory of {entries} entries exceeds the limit of {limit}")]
+    DirectoryLimit {
+        /// Offset of the gdOffset field.
+        offset: u64,
+        /// Entries the capacity needs.
+        entries: u64,
+        /// The limit (entries).
+        limit: u64,
+    },
     /// A metadata marker of a type other than EOS, GT, GD or footer.
     #[error("at byte {offset}: unknown metadata marker type {kind}")]
     UnknownMarker {
@@ -261,6 +437,20 @@ impl VmdkError {
             | GrainSizeLimit { offset, .. }
             | CapacityLimit { offset, .. }
             | BadOverhead { offset, .. }
+            | BadGtesPerGt { offset, .. }
+            | GrainOutOfOrder { offset, .. }
+            | GrainNotInTable { offset, .. }
+            | TableEntryMismatch { offset, .. }
+            | TableEntryWithoutGrain { offset, .. }
+            | TableTooSmall { offset, .. }
+            | ExtraTable { offset, .. }
+            | DirectoryMismatch { offset, .. }
+            | TablesDisagree { offset, .. }
+            | UnexpectedMarker { offset, .. }
+            | MissingMetadata { offset, .. }
+            | DirectoryMisplaced { offset, .. }
+            | OutOfReach { offset, .. }
+            | DirectoryLimit { offset, .. }
             | UnalignedGrain { offset, .. }
             | GrainBeyondCapacity { offset, .. }
             | CompressedGrainLimit { offset, .. }
@@ -284,14 +474,29 @@ impl Classify for VmdkError {
     fn kind(&self) -> ErrorKind {
         use VmdkError::*;
         match self {
-            BadMagic { .. } | BadGrainSize { .. } | BadOverhead { .. } => ErrorKind::InvalidFormat,
+            BadMagic { .. } | BadGrainSize { .. } | BadOverhead { .. } | BadGtesPerGt { .. } => {
+                ErrorKind::InvalidFormat
+            }
             UnsupportedVersion { .. }
             | NotStreamOptimized { .. }
-            | UnsupportedCompression { .. } => ErrorKind::Unsupported,
-            GrainSizeLimit { .. } | CapacityLimit { .. } | CompressedGrainLimit { .. } => {
-                ErrorKind::LimitExceeded
-            }
+            | UnsupportedCompression { .. }
+            | OutOfReach { .. } => ErrorKind::Unsupported,
+            GrainSizeLimit { .. }
+            | CapacityLimit { .. }
+            | CompressedGrainLimit { .. }
+            | DirectoryLimit { .. } => ErrorKind::LimitExceeded,
             NewlineCorrupted { .. }
+            | GrainOutOfOrder { .. }
+            | GrainNotInTable { .. }
+            | TableEntryMismatch { .. }
+            | TableEntryWithoutGrain { .. }
+            | TableTooSmall { .. }
+            | ExtraTable { .. }
+            | DirectoryMismatch { .. }
+            | TablesDisagree { .. }
+            | UnexpectedMarker { .. }
+            | MissingMetadata { .. }
+            | DirectoryMisplaced { .. }
             | UnalignedGrain { .. }
             | GrainBeyondCapacity { .. }
             | GrainOverflow { .. }

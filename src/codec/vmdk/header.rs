@@ -8,6 +8,8 @@ use crate::limits;
 pub const SECTOR: u64 = 512;
 /// Size of the header and of the footer.
 pub const HEADER_SIZE: usize = 512;
+/// Bytes per grain table or grain directory entry (a sector number).
+pub const ENTRY_SIZE: u64 = 4;
 /// The header magic.
 pub const MAGIC: [u8; 4] = *b"KDMV";
 /// `gdOffset` value in the header of a stream whose grain directory is
@@ -18,6 +20,8 @@ pub const GD_AT_END: u64 = u64::MAX;
 pub const FLAG_NEWLINE_TEST: u32 = 1;
 /// Flag bit 1: a redundant grain table is present.
 pub const FLAG_REDUNDANT_GT: u32 = 1 << 1;
+/// Flag bit 2: a grain table entry of 1 stands for a grain of zeros.
+pub const FLAG_ZERO_GRAIN: u32 = 1 << 2;
 /// Flag bit 16: grains are compressed.
 pub const FLAG_COMPRESSED: u32 = 1 << 16;
 /// Flag bit 17: the extent holds markers.
@@ -35,7 +39,8 @@ const OFF_DESC_OFFSET: usize = 28;
 const OFF_DESC_SIZE: usize = 36;
 const OFF_NUM_GTES: usize = 44;
 const OFF_RGD: usize = 48;
-const OFF_GD: usize = 56;
+/// Offset of the gdOffset field.
+pub(super) const OFF_GD: usize = 56;
 const OFF_OVERHEAD: usize = 64;
 const OFF_UNCLEAN: usize = 72;
 const OFF_NEWLINE: usize = 73;
@@ -164,6 +169,15 @@ impl SparseHeader {
                 limit: limits::MAX_CAPACITY,
             });
         }
+        // qemu refuses larger tables, and the decoder holds one table's
+        // worth of grains while it waits for the table.
+        if h.num_gtes_per_gt == 0 || h.num_gtes_per_gt > limits::MAX_VMDK_GTES_PER_GT {
+            return Err(VmdkError::BadGtesPerGt {
+                offset: at(OFF_NUM_GTES),
+                count: h.num_gtes_per_gt,
+                limit: limits::MAX_VMDK_GTES_PER_GT,
+            });
+        }
         if h.overhead_sectors == 0 || h.overhead_sectors.checked_mul(SECTOR).is_none() {
             return Err(VmdkError::BadOverhead {
                 offset: at(OFF_OVERHEAD),
@@ -186,5 +200,22 @@ impl SparseHeader {
     /// Entry offset of the first marker.
     pub fn data_start(&self) -> u64 {
         self.overhead_sectors.saturating_mul(SECTOR)
+    }
+
+    /// Number of grains the capacity spans (the last one may be partial).
+    pub fn total_grains(&self) -> u64 {
+        self.capacity_sectors.div_ceil(self.grain_sectors)
+    }
+
+    /// Number of grain directory entries (grain tables) the capacity needs.
+    pub fn gd_entries(&self) -> u64 {
+        // Both factors are bounded by parse: at most 512 * 2048 sectors.
+        let per_table = u64::from(self.num_gtes_per_gt) * self.grain_sectors;
+        self.capacity_sectors.div_ceil(per_table.max(1))
+    }
+
+    /// Whether a grain table entry of 1 reads as a grain of zeros.
+    pub fn zero_grain(&self) -> bool {
+        self.flags & FLAG_ZERO_GRAIN != 0
     }
 }

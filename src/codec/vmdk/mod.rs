@@ -6,20 +6,26 @@
 //! `{u64 lba, u32 size, zlib data}` and metadata markers
 //! `{u64 sectors, u32 0, u32 type}` (end of stream, grain table, grain
 //! directory, footer). Every grain names its own sector, so the decoder
-//! needs neither the grain tables nor a second pass: it turns the entry
-//! into an extent stream as the bytes arrive.
+//! needs no second pass: it turns the entry into an extent stream as the
+//! bytes arrive.
 //!
-//! Both endings seen in practice are accepted: VMware's (GT, GD, footer
-//! and end-of-stream markers) and qemu-img's (the last grain, then zero
-//! sectors up to a grain boundary, which read as an end-of-stream marker,
-//! or nothing at all). Only zero bytes may follow the end-of-stream marker.
-//! The last grain of a disk whose capacity is not a grain multiple may be
-//! short or zero-filled to a whole grain; non-zero bytes past the capacity
-//! are an error.
+//! Other readers (qemu, VMware) ignore the sector a grain names and go
+//! through the grain directory and grain tables, so the decoder checks, as
+//! the tables pass, that they map exactly the grains of the stream, and
+//! that grains come in strictly increasing order ([`tables`]). The layouts
+//! seen in practice are accepted: VMware's (GT markers after their grains,
+//! then GD, footer and end-of-stream markers), vmdktool's (the same, the
+//! header naming the GD) and qemu-img's and open-vmdk's (GD and GTs in the
+//! header area, the last grain, then possibly an end-of-stream marker or
+//! zero sectors that read as one). Only zero bytes may follow the
+//! end-of-stream marker. The last grain of a disk whose capacity is not a
+//! grain multiple may be short or zero-filled to a whole grain; non-zero
+//! bytes past the capacity are an error.
 
 mod error;
 pub mod header;
 mod stream;
+mod tables;
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,8 @@ use std::fmt;
 use flate2::{Decompress, FlushDecompress, Status};
 
 use super::error::VmdkError;
-use super::header::{HEADER_SIZE, SECTOR, SparseHeader};
+use super::header::{ENTRY_SIZE, HEADER_SIZE, SECTOR, SparseHeader};
+use super::tables::{Read, Table, Tables};
 use crate::codec::{DiskDecoder, ExtentSink};
 use crate::error::Result;
 use crate::limits;
@@ -35,6 +36,8 @@ enum Then {
     Marker,
     Footer,
     End,
+    /// A grain table or grain directory.
+    Entries(Read),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,8 @@ enum State {
     },
     /// Collecting a marker (12 bytes, or 16 for a metadata marker).
     Marker,
+    /// Reading entry `index` of a grain table or grain directory.
+    Entries { read: Read, index: u64 },
     /// Inflating the `remaining` of `size` compressed bytes of a grain.
     Grain { remaining: u64, size: u64 },
     /// Collecting the footer sector.
@@ -66,17 +71,23 @@ enum State {
 ///
 /// Announces the capacity as soon as the header is parsed, then emits each
 /// grain as `data(lba * 512, inflated)` in file order. Holes (grains not in
-/// the stream) are not emitted: the sink starts empty. GT, GD, footer and
-/// end-of-stream markers are checked for framing and skipped; files that
-/// simply end after their last grain (as qemu-img writes them) are accepted.
+/// the stream) are not emitted: the sink starts empty. The grain directory
+/// and grain tables, wherever the header places them, must map exactly the
+/// grains of the stream (see [`super::tables`]); an error may therefore
+/// come after grains were emitted, as late as [`DiskDecoder::finish`].
 ///
 /// Memory is bounded by one grain ([`limits::MAX_GRAIN_SIZE`]) plus the
-/// inflater's window, whatever the input.
+/// inflater's window, one grain table's worth of grain positions
+/// ([`limits::MAX_VMDK_GTES_PER_GT`]) and, for a grain directory in the
+/// header area, that directory ([`limits::MAX_VMDK_GD_ENTRIES`]).
 pub struct VmdkStreamDecoder {
     state: State,
     /// Entry offset of the next input byte.
     pos: u64,
     header: Option<SparseHeader>,
+    /// The check of the grain tables against the grains, once the header
+    /// is known.
+    tables: Option<Tables>,
     /// Marker, header or footer bytes collected so far.
     small: [u8; HEADER_SIZE],
     fill: usize,
@@ -114,6 +125,7 @@ impl VmdkStreamDecoder {
             state: State::Header,
             pos: 0,
             header: None,
+            tables: None,
             small: [0; HEADER_SIZE],
             fill: 0,
             start: 0,
@@ -165,6 +177,10 @@ impl VmdkStreamDecoder {
             Then::Marker => State::Marker,
             Then::Footer => State::Footer,
             Then::End => State::End,
+            Then::Entries(read) => {
+                self.start = read.start;
+                State::Entries { read, index: 0 }
+            }
         };
     }
 
@@ -187,18 +203,31 @@ impl VmdkStreamDecoder {
             .ok_or(VmdkError::Poisoned { offset: self.pos })
     }
 
+    fn tables(&mut self) -> Result<&mut Tables, VmdkError> {
+        // Like `header_ref`: set together with the header.
+        self.tables
+            .as_mut()
+            .ok_or(VmdkError::Poisoned { offset: self.pos })
+    }
+
     /// Consumes some input (or changes state) once.
     fn step(&mut self, input: &mut &[u8], out: &mut dyn ExtentSink) -> Result<()> {
         match self.state {
             State::Header => {
                 if self.fill_small(input, HEADER_SIZE) {
                     let h = SparseHeader::parse(&self.small, 0)?;
+                    let tables = Tables::new(&h)?;
                     out.capacity(h.capacity_bytes())?;
                     // grain_bytes <= MAX_GRAIN_SIZE, checked by parse.
                     self.grain = vec![0; h.grain_bytes() as usize + 1];
                     let data_start = h.data_start();
                     self.header = Some(h);
-                    self.skip_to(data_start, Then::Marker, 0, "header area");
+                    let first = tables.header_area();
+                    self.tables = Some(tables);
+                    match first {
+                        Some(read) => self.skip_to(read.at, Then::Entries(read), 0, "header area"),
+                        None => self.skip_to(data_start, Then::Marker, 0, "header area"),
+                    }
                 }
             }
             State::Skip { until, then, .. } => {
@@ -219,6 +248,32 @@ impl VmdkStreamDecoder {
                 } else if self.fill_small(input, META_MARKER_LEN) {
                     self.metadata(lba, u32_le(&self.small, 12))?;
                 }
+            }
+            State::Entries { read, mut index } => {
+                // Tables in the header area can take megabytes: whole
+                // entries come straight from the input; only one cut
+                // between two pieces of input goes through `small`.
+                const LEN: usize = ENTRY_SIZE as usize;
+                while index < read.count {
+                    let entry = match input.get(..LEN) {
+                        Some(&[a, b, c, d]) if self.fill == 0 => {
+                            self.advance(input, LEN);
+                            u32::from_le_bytes([a, b, c, d])
+                        }
+                        _ if self.fill_small(input, LEN) => {
+                            self.fill = 0;
+                            u32_le(&self.small, 0)
+                        }
+                        _ => {
+                            self.state = State::Entries { read, index };
+                            return Ok(());
+                        }
+                    };
+                    let at = read.at + index * ENTRY_SIZE;
+                    self.tables()?.entry(read.table, index, entry, at)?;
+                    index += 1;
+                }
+                self.end_table(read)?;
             }
             State::Grain { remaining, size } => {
                 let n = remaining.min(input.len() as u64) as usize;
@@ -250,6 +305,8 @@ impl VmdkStreamDecoder {
                         }
                         .into());
                     }
+                    let start = self.start;
+                    self.tables()?.footer(&footer, start)?;
                     self.enter(Then::Marker);
                 }
             }
@@ -292,6 +349,7 @@ impl VmdkStreamDecoder {
                 limit: limits::MAX_VMDK_COMPRESSED_GRAIN,
             });
         }
+        self.tables()?.grain(lba, offset)?;
         self.lba = lba;
         self.inflate.reset(true);
         self.stream_ended = false;
@@ -404,12 +462,33 @@ impl VmdkStreamDecoder {
         Ok(())
     }
 
+    /// All entries of a table are in: go on after it.
+    fn end_table(&mut self, read: Read) -> Result<(), VmdkError> {
+        let next = self.tables()?.table_end(read.table)?;
+        match read.table {
+            Table::MarkerGt | Table::MarkerGd => {
+                self.skip_to(read.until, Then::Marker, read.start, read.what);
+            }
+            Table::HeaderGd | Table::HeaderGt => match next {
+                Some(next) => self.skip_to(next.at, Then::Entries(next), 0, "header area"),
+                None => {
+                    let data_start = self.header_ref()?.data_start();
+                    self.skip_to(data_start, Then::Marker, 0, "header area");
+                }
+            },
+        }
+        Ok(())
+    }
+
     /// A complete metadata marker `{numSectors, 0, type}` at `self.start`.
     fn metadata(&mut self, sectors: u64, kind: u32) -> Result<(), VmdkError> {
         let offset = self.start;
         let body = offset + SECTOR;
         match kind {
-            MARKER_EOS => self.skip_to(body, Then::End, offset, "end-of-stream marker"),
+            MARKER_EOS => {
+                self.tables()?.end_of_stream(offset)?;
+                self.skip_to(body, Then::End, offset, "end-of-stream marker");
+            }
             MARKER_GT | MARKER_GD => {
                 let end = sectors
                     .checked_mul(SECTOR)
@@ -420,12 +499,19 @@ impl VmdkStreamDecoder {
                 } else {
                     "grain directory marker"
                 };
-                self.skip_to(end, Then::Marker, offset, what);
+                let read = self
+                    .tables()?
+                    .table_marker(kind == MARKER_GD, offset, sectors, end)?;
+                match read {
+                    Some(read) => self.skip_to(body, Then::Entries(read), offset, what),
+                    None => self.skip_to(end, Then::Marker, offset, what),
+                }
             }
             MARKER_FOOTER => {
                 if sectors != 1 {
                     return Err(VmdkError::BadFooterSize { offset, sectors });
                 }
+                self.tables()?.footer_marker(offset)?;
                 self.skip_to(body, Then::Footer, offset, "footer marker");
             }
             _ => return Err(VmdkError::UnknownMarker { offset, kind }),
@@ -461,24 +547,36 @@ impl DiskDecoder for VmdkStreamDecoder {
     }
 
     fn finish(&mut self, _out: &mut dyn ExtentSink) -> Result<()> {
+        let (start, end) = (self.start, self.pos);
         let truncated = |what| VmdkError::Truncated {
-            offset: self.start,
-            end: self.pos,
+            offset: start,
+            end,
             what,
         };
         let err = match self.state {
-            State::Marker if self.fill == 0 => return Ok(()),
-            State::End => return Ok(()),
+            // Between two markers, or after the end-of-stream marker: the
+            // grains are complete, the tables must agree with them.
+            State::Marker if self.fill == 0 => {
+                match self.tables().and_then(|t| t.finish(end, false)) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                }
+            }
+            State::End => match self.tables().and_then(|t| t.finish(end, true)) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
             State::Header => VmdkError::Truncated {
                 offset: 0,
-                end: self.pos,
+                end,
                 what: "header",
             },
             State::Skip { what, .. } => truncated(what),
             State::Marker => truncated("marker"),
+            State::Entries { read, .. } => truncated(read.what),
             State::Grain { .. } => truncated("grain marker"),
             State::Footer => truncated("footer"),
-            State::Failed => VmdkError::Poisoned { offset: self.pos },
+            State::Failed => VmdkError::Poisoned { offset: end },
         };
         self.state = State::Failed;
         Err(err.into())
