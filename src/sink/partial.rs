@@ -268,7 +268,13 @@ pub fn remove_stale(root: Dir) -> Vec<PathBuf> {
                 continue;
             }
         };
-        for (name, kind) in entries {
+        for (name, mut kind) in entries {
+            // Some file systems do not say in the listing.
+            if kind == FileType::Unknown
+                && let Ok(st) = dir.stat(&name)
+            {
+                kind = FileType::from_raw_mode(st.st_mode);
+            }
             if kind == FileType::Directory {
                 if depth < SWEEP_DEPTH
                     && let Ok(sub) = dir.subdir(&name)
