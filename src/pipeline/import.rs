@@ -401,20 +401,6 @@ impl ExtentSink for TargetSlot {
     }
 }
 
-/// What a tar entry that is not a regular file is, for messages.
-fn entry_kind(ty: EntryType) -> &'static str {
-    match ty {
-        EntryType::Regular => "regular file",
-        EntryType::Directory => "directory",
-        EntryType::Other(b'1') => "hard link",
-        EntryType::Other(b'2') => "symbolic link",
-        EntryType::Other(b'3') => "character device",
-        EntryType::Other(b'4') => "block device",
-        EntryType::Other(b'6') => "FIFO",
-        EntryType::Other(_) => "special",
-    }
-}
-
 fn referenced_non_file(what: &str) -> Error {
     Error::new(
         ErrorKind::CorruptImage,
@@ -669,7 +655,10 @@ impl Importer {
     /// would resolve its name to something else, so it may not stand for
     /// a file of the package or shadow another entry.
     fn not_a_file(&mut self, name: &str, ty: EntryType) -> Result<()> {
-        let what = entry_kind(ty);
+        if !ty.is_known() {
+            return Err(ty.unknown_error());
+        }
+        let what = ty.describe();
         if self.by_name.contains_key(name) {
             return Err(Error::new(
                 ErrorKind::CorruptImage,

@@ -93,6 +93,8 @@ pub fn inspect(reader: &mut dyn Read) -> Result<InspectReport> {
     let mut ovf_buf: Option<(String, Vec<u8>)> = None;
     let mut mf_buf: Option<(String, Vec<u8>)> = None;
     let mut collecting: Option<usize> = None; // 0 ovf, 1 mf
+    // Inside a regular entry: the content of any other belongs to no file.
+    let mut in_file = false;
     let mut buf = vec![0u8; limits::READ_CHUNK];
     loop {
         let n = match reader.read(&mut buf) {
@@ -106,7 +108,11 @@ pub fn inspect(reader: &mut dyn Read) -> Result<InspectReport> {
             let (used, ev) = demux.step(rest)?;
             rest = &rest[used..];
             match ev {
+                Some(Event::Begin(h)) if !h.entry_type.is_known() => {
+                    return Err(h.entry_type.unknown_error().in_entry(&h.name));
+                }
                 Some(Event::Begin(h)) if h.entry_type == EntryType::Regular => {
+                    in_file = true;
                     let lower = h.name.to_ascii_lowercase();
                     collecting = None;
                     if lower.ends_with(".ovf") && ovf_buf.is_none() {
@@ -137,7 +143,7 @@ pub fn inspect(reader: &mut dyn Read) -> Result<InspectReport> {
                     });
                     heads.push(Vec::new());
                 }
-                Some(Event::Data(d)) => {
+                Some(Event::Data(d)) if in_file => {
                     if let Some(h) = heads.last_mut()
                         && h.len() < PROBE_LEN
                     {
@@ -158,7 +164,10 @@ pub fn inspect(reader: &mut dyn Read) -> Result<InspectReport> {
                         _ => {}
                     }
                 }
-                Some(Event::End) => collecting = None,
+                Some(Event::End) => {
+                    collecting = None;
+                    in_file = false;
+                }
                 _ => {}
             }
         }

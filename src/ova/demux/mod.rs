@@ -54,6 +54,57 @@ pub enum EntryType {
     Other(u8),
 }
 
+impl EntryType {
+    /// What the entry is, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EntryType::Regular => "regular file",
+            EntryType::Directory | EntryType::Other(b'D') => "directory",
+            EntryType::Other(b'1') => "hard link",
+            EntryType::Other(b'2') => "symbolic link",
+            EntryType::Other(b'3') => "character device",
+            EntryType::Other(b'4') => "block device",
+            EntryType::Other(b'6') => "FIFO",
+            EntryType::Other(b'V') => "volume label",
+            EntryType::Other(b'S') => "GNU sparse file",
+            EntryType::Other(b'M') => "multi-volume continuation",
+            EntryType::Other(_) => "entry of an unknown type",
+        }
+    }
+
+    /// Whether an OVA reader may pass over this entry: a regular file, or
+    /// one that holds no file content (links, directories, devices, FIFOs,
+    /// a volume label). Any other type is a regular file to GNU tar and
+    /// Python's tarfile, holding content in a form ovaio may not read (a
+    /// GNU sparse map, a continued file, or an unknown one), so it is
+    /// refused rather than skipped: skipping it would let a package hide
+    /// its manifest, or a disk, from ovaio but not from tar.
+    pub fn is_known(self) -> bool {
+        matches!(
+            self,
+            EntryType::Regular
+                | EntryType::Directory
+                | EntryType::Other(b'1' | b'2' | b'3' | b'4' | b'6' | b'D' | b'V')
+        )
+    }
+
+    /// The error for an entry whose type is not [known](EntryType::is_known).
+    pub fn unknown_error(self) -> crate::Error {
+        let flag = match self {
+            EntryType::Other(f) => f,
+            _ => b'0',
+        };
+        crate::Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "tar entry of type {:?} ({}) is not read by ovaio; GNU tar would extract it as a regular file",
+                char::from(flag),
+                self.describe()
+            ),
+        )
+    }
+}
+
 /// The decoded header of one entry, with every extension header applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryHeader {
