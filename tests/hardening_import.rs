@@ -426,3 +426,36 @@ fn d12_text_output_escapes_names_from_the_package() {
         run.stdout
     );
 }
+
+#[test]
+fn d05_an_entry_of_unknown_type_is_refused_not_skipped() {
+    // GNU tar extracts an unknown typeflag as a regular file: skipped, it
+    // would hide this manifest (and its wrong digest) from ovaio alone.
+    let w = Work::new();
+    let data = vec![0x5Au8; 4096];
+    let ovf = ovf_xml(&[raw_disk(1, "disk1.raw", 4096, 4096)]);
+    let manifest = format!("SHA256(disk1.raw)= {}\n", "00".repeat(32));
+    for flag in [0x10u8, b'Z'] {
+        let mut t = TarWriter::new();
+        t.file(OVF_NAME, ovf.as_bytes());
+        t.file("disk1.raw", &data);
+        t.header(ustar_header("vm.mf", manifest.len() as u64, flag));
+        t.data(manifest.as_bytes());
+        t.end();
+        let pkg = w.path(&format!("flag-{flag}.ova"));
+        t.write_to(&pkg);
+        let out = w.mkdir(&format!("out-{flag}"));
+        let run = import_dir(&pkg, &out, "raw");
+        run.assert_error(&[
+            "entry 'vm.mf'",
+            "GNU tar would extract it as a regular file",
+        ]);
+        assert_eq!(run.status.code(), Some(6), "typeflag {flag:#x}");
+        assert_dir_empty(&out);
+        ovaio()
+            .arg("inspect")
+            .arg(&pkg)
+            .run()
+            .assert_error(&["entry 'vm.mf'", "is not read by ovaio"]);
+    }
+}
