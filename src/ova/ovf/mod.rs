@@ -615,10 +615,17 @@ impl Parser {
         let local: &str = local.as_ref();
         let Some(&parent) = stack.last() else {
             if !(ovf && local == "Envelope") {
-                return Err(OvfError::NotOvf {
-                    offset: at,
-                    found: format!("<{}>", e.name().0),
-                });
+                let name = e.name().0;
+                let found = match &ns {
+                    ResolveResult::Bound(Namespace(uri)) if local == "Envelope" => {
+                        format!("<{name}> in namespace '{uri}', not an OVF one")
+                    }
+                    ResolveResult::Unknown(p) if local == "Envelope" => {
+                        format!("<{name}> with the undeclared prefix '{p}'")
+                    }
+                    _ => format!("<{name}>"),
+                };
+                return Err(OvfError::NotOvf { offset: at, found });
             }
             let attrs = self.attrs(reader, e, "Envelope", at)?;
             self.env.version = attrs.get("version").map(str::to_owned);

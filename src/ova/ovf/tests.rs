@@ -526,10 +526,13 @@ fn malformed_documents() {
         parse(b"<html><body/></html>"),
         Err(OvfError::NotOvf { offset: 0, .. })
     ));
-    assert!(matches!(
-        parse(br#"<Envelope xmlns="urn:not-ovf"/>"#),
-        Err(OvfError::NotOvf { .. })
-    ));
+    let e = parse(br#"<Envelope xmlns="urn:not-ovf"/>"#).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "byte 0: expected an OVF <Envelope> root element, found <Envelope> in namespace 'urn:not-ovf', not an OVF one"
+    );
+    let e = parse(br#"<x:Envelope/>"#).unwrap_err();
+    assert!(e.to_string().contains("undeclared prefix 'x'"), "{e}");
     let full = doc("", "");
     let truncated = &full[..full.len() - 5];
     assert!(matches!(
