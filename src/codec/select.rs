@@ -348,10 +348,32 @@ mod tests {
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         z.write_all(grain).unwrap();
         let z = z.finish().unwrap();
+        let header = h[..512].to_vec();
         h.extend_from_slice(&0u64.to_le_bytes());
         h.extend_from_slice(&(z.len() as u32).to_le_bytes());
         h.extend_from_slice(&z);
         h.resize(h.len().div_ceil(512) * 512, 0);
+        // VMware's tail: the grain table mapping the grain (its marker is
+        // at sector 2), the directory, the footer, end of stream.
+        let meta = |h: &mut Vec<u8>, kind: u32, payload: &[u8]| {
+            let sectors = payload.len().div_ceil(512) as u64;
+            h.extend_from_slice(&sectors.to_le_bytes());
+            h.extend_from_slice(&0u32.to_le_bytes());
+            h.extend_from_slice(&kind.to_le_bytes());
+            h.resize(h.len().div_ceil(512) * 512, 0);
+            h.extend_from_slice(payload);
+            h.resize(h.len().div_ceil(512) * 512, 0);
+        };
+        let mut gt = vec![0u8; 512 * 4];
+        gt[..4].copy_from_slice(&2u32.to_le_bytes());
+        let gt_sector = h.len() as u32 / 512 + 1;
+        meta(&mut h, 1, &gt);
+        let gd_sector = h.len() as u64 / 512 + 1;
+        meta(&mut h, 2, &gt_sector.to_le_bytes());
+        let mut footer = header;
+        footer[56..64].copy_from_slice(&gd_sector.to_le_bytes());
+        meta(&mut h, 3, &footer);
+        meta(&mut h, 0, &[]);
         h
     }
 
