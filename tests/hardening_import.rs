@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use support::image::{self, MAIN, ODD, SMALL, Source, Target};
-use support::ova::{self, Disk, OVF_NAME, Ova, OvfDisk, Placement, ovf_xml};
+use support::ova::{self, Disk, OVF_NAME, Ova, Placement, ovf_xml};
 use support::tar::{TarWriter, ustar_header};
 use support::{Outcome, Work, assert_dir_empty, file_len, ovaio};
 
@@ -25,21 +25,6 @@ fn import_dir(pkg: &Path, out: &Path, format: &str) -> Outcome {
         .arg(format)
         .arg("--json")
         .run()
-}
-
-/// An OVF disk description of a raw entry.
-fn raw_disk(index: usize, href: &str, size: u64, capacity: u64) -> OvfDisk {
-    OvfDisk {
-        file_id: format!("file{index}"),
-        href: href.to_owned(),
-        size,
-        gzip: false,
-        disk_id: format!("vmdisk{index}"),
-        capacity,
-        mib_units: false,
-        format_uri: None,
-        populated_size: None,
-    }
 }
 
 /// The hrefs of the disks an import summary lists.
@@ -107,7 +92,7 @@ fn d03_a_disk_named_pad_before_the_ovf_fails_unless_mapped() {
 /// `build` adds.
 fn with_entries(w: &Work, name: &str, build: impl FnOnce(&mut TarWriter, &[u8])) -> PathBuf {
     let data = vec![0x5Au8; 4096];
-    let ovf = ovf_xml(&[raw_disk(1, "disk1.raw", 4096, 4096)]);
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(1, "disk1.raw", 4096, 4096)]);
     let mut t = TarWriter::new();
     t.file(OVF_NAME, ovf.as_bytes());
     build(&mut t, &data);
@@ -138,7 +123,7 @@ fn d05_a_link_before_the_disk_under_its_name_is_refused() {
     // The OVF last, so that the link is not yet known to be a referenced
     // file when it passes: the repeated name gives it away.
     let w = Work::new();
-    let ovf = ovf_xml(&[raw_disk(1, "disk1.raw", 4096, 4096)]);
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(1, "disk1.raw", 4096, 4096)]);
     let mut t = TarWriter::new();
     t.header(ustar_header("disk1.raw", 0, b'2'));
     t.file("disk1.raw", &[0x5Au8; 4096]);
@@ -172,7 +157,7 @@ fn d05_a_link_or_directory_shadowing_the_ovf_is_refused() {
 #[test]
 fn d05_a_referenced_file_that_is_a_link_is_refused_in_either_order() {
     let w = Work::new();
-    let ovf = ovf_xml(&[raw_disk(1, "disk1.raw", 0, 4096)]);
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(1, "disk1.raw", 0, 4096)]);
     for ovf_first in [true, false] {
         let mut t = TarWriter::new();
         if ovf_first {
@@ -353,8 +338,8 @@ fn d06_an_image_rounded_up_to_a_sector_gets_the_exact_ovf_size_in_either_order()
 /// A package with one raw disk under `href`.
 fn named(w: &Work, file: &str, href: &str) -> PathBuf {
     let data = vec![0x42u8; 4096];
-    let ovf =
-        ovf_xml(&[raw_disk(1, "HREF", 4096, 4096)]).replace("HREF", &href.replace('\n', "&#10;"));
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(1, "HREF", 4096, 4096)])
+        .replace("HREF", &href.replace('\n', "&#10;"));
     let mut t = TarWriter::new();
     t.file(OVF_NAME, ovf.as_bytes());
     t.file(href, &data);
@@ -433,7 +418,7 @@ fn d05_an_entry_of_unknown_type_is_refused_not_skipped() {
     // would hide this manifest (and its wrong digest) from ovaio alone.
     let w = Work::new();
     let data = vec![0x5Au8; 4096];
-    let ovf = ovf_xml(&[raw_disk(1, "disk1.raw", 4096, 4096)]);
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(1, "disk1.raw", 4096, 4096)]);
     let manifest = format!("SHA256(disk1.raw)= {}\n", "00".repeat(32));
     for flag in [0x10u8, b'Z'] {
         let mut t = TarWriter::new();

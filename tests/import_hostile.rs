@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use support::image::{self, MAIN, ODD, SMALL, Source};
-use support::ova::{self, Disk, MF_NAME, Manifest, OVF_NAME, Ova, OvfDisk, Placement, ovf_xml};
+use support::ova::{self, Disk, MF_NAME, Manifest, OVF_NAME, Ova, Placement, ovf_xml};
 use support::tar::{self, TarWriter, pax_record, ustar_header};
 use support::{Outcome, Work, assert_dir_empty, ovaio, tool};
 
@@ -37,21 +37,6 @@ fn assert_rejected(w: &Work, ova: &Path, mentions: &[&str]) {
     let (run, out) = import(w, ova);
     run.assert_error(mentions);
     assert_dir_empty(&out);
-}
-
-/// An OVF description for a raw disk entry `href` of `data.len()` bytes.
-fn raw_ovf_disk(index: usize, href: &str, size: u64, capacity: u64) -> OvfDisk {
-    OvfDisk {
-        file_id: format!("file{index}"),
-        href: href.to_owned(),
-        size,
-        gzip: false,
-        disk_id: format!("vmdisk{index}"),
-        capacity,
-        mib_units: false,
-        format_uri: None,
-        populated_size: None,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -199,7 +184,7 @@ fn pax_desync_package(w: &Work) -> PathBuf {
     smuggled.extend_from_slice(b"tail that only a PAX-aware reader sees\n");
     let big = smuggled.len() as u64;
 
-    let ovf = ovf_xml(&[raw_ovf_disk(1, "disk.img", small, small)]);
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(1, "disk.img", small, small)]);
     let mf = format!(
         "{}{}",
         Manifest::Sha256.line(OVF_NAME, &Manifest::Sha256.digest(ovf.as_bytes())),
@@ -243,7 +228,7 @@ fn fixture_pax_desync_is_what_gnu_tar_sees() {
 /// directory.
 fn named_disk_package(w: &Work, name: &str) -> PathBuf {
     let content = SMALL.bytes();
-    let ovf = ovf_xml(&[raw_ovf_disk(1, name, content.len() as u64, SMALL.size)]);
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(1, name, content.len() as u64, SMALL.size)]);
     let mut t = TarWriter::new();
     t.file(OVF_NAME, ovf.as_bytes());
     t.file(name, &content);
@@ -282,7 +267,7 @@ fn fixture_hostile_names_list_with_gnu_tar() {
 fn duplicate_entry_name() {
     let w = Work::new();
     let content = SMALL.bytes();
-    let ovf = ovf_xml(&[raw_ovf_disk(
+    let ovf = ovf_xml(&[ova::raw_ovf_disk(
         1,
         "disk1.img",
         content.len() as u64,

@@ -451,3 +451,18 @@ impl Prepared {
         Disk::new(index, href, &self.file, self.source, self.capacity)
     }
 }
+
+/// An OVF description of a raw disk entry `href` of `size` bytes.
+pub fn raw_ovf_disk(index: usize, href: &str, size: u64, capacity: u64) -> OvfDisk {
+    OvfDisk {
+        file_id: format!("file{index}"),
+        href: href.to_owned(),
+        size,
+        gzip: false,
+        disk_id: format!("vmdisk{index}"),
+        capacity,
+        mib_units: false,
+        format_uri: None,
+        populated_size: None,
+    }
+}
