@@ -60,6 +60,12 @@ impl ErrorKind {
 pub trait Classify {
     /// The coarse kind of this error.
     fn kind(&self) -> ErrorKind;
+    /// Where in its own input (a tar entry, a descriptor) the error lies,
+    /// when the module that found it knows: the caller that knows where
+    /// that input starts turns it into a package offset.
+    fn offset(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Where an error happened.
@@ -69,7 +75,8 @@ pub struct Context {
     pub path: Option<PathBuf>,
     /// A tar entry name inside the package.
     pub entry: Option<String>,
-    /// A byte offset: inside the entry when `entry` is set, else in the stream.
+    /// A byte offset: in the package for import and inspect errors,
+    /// in the archive being written for export errors.
     pub offset: Option<u64>,
 }
 
@@ -79,6 +86,10 @@ pub struct Error {
     context: Context,
     message: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The leaf's own offset in its input ([`Classify::offset`]).
+    inner_offset: Option<u64>,
+    /// Says in what the leaf's offset counts, when that is not the entry.
+    note: Option<String>,
 }
 
 impl Error {
@@ -89,6 +100,8 @@ impl Error {
             context: Context::default(),
             message: Some(message.into()),
             source: None,
+            inner_offset: None,
+            note: None,
         }
     }
 
@@ -99,6 +112,8 @@ impl Error {
             context: Context::default(),
             message: None,
             source: Some(Box::new(source)),
+            inner_offset: None,
+            note: None,
         }
     }
 
@@ -117,6 +132,26 @@ impl Error {
         if self.context.entry.is_none() {
             self.context.entry = Some(name.to_owned());
         }
+        self
+    }
+
+    /// Places the error in the entry `name` whose content starts at
+    /// package offset `data_offset`: the leaf's own offset in the entry if
+    /// it has one, else `fallback`, becomes the package offset.
+    pub fn in_entry_at(self, name: &str, data_offset: u64, fallback: u64) -> Self {
+        let rel = self.inner_offset.unwrap_or(fallback);
+        self.in_entry(name)
+            .at_offset(data_offset.saturating_add(rel))
+    }
+
+    /// For a decoder nested in another (a disk inside gzip): the leaf's
+    /// offset counts bytes of `what`, not of the entry, so it is named in
+    /// the message and the error is placed at the entry's start.
+    pub fn inside(mut self, what: &str) -> Self {
+        self.note = Some(match self.inner_offset.replace(0) {
+            Some(0) | None => format!("in the {what}"),
+            Some(o) => format!("in the {what} at offset {o}"),
+        });
         self
     }
 
@@ -144,45 +179,72 @@ impl Error {
 
     /// The whole chain on one line, for a command-line error report.
     pub fn one_line(&self) -> String {
-        let mut s = self.to_string();
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
-        // When there is no message the first source is already in Display.
-        if self.message.is_none() {
-            cur = cur.and_then(|e| e.source());
+        self.render(true)
+    }
+
+    /// The message (or leaf), and with `chain` every deeper source.
+    fn body(&self, chain: bool) -> String {
+        let mut s = match &self.note {
+            Some(n) => format!("{n}: "),
+            None => String::new(),
+        };
+        match (&self.message, &self.source) {
+            (Some(m), _) => s.push_str(m),
+            (None, Some(src)) => s.push_str(&src.to_string()),
+            (None, None) => s.push_str(&format!("{:?}", self.kind)),
         }
-        while let Some(e) = cur {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            cur = e.source();
+        if chain {
+            let mut cur = std::error::Error::source(self);
+            // Without a message the first source is already the body.
+            if self.message.is_none() {
+                cur = cur.and_then(|e| e.source());
+            }
+            while let Some(e) = cur {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                cur = e.source();
+            }
         }
         s
+    }
+
+    /// `path: entry 'name' at byte N: body`, leaving out a path or entry
+    /// the body already names, so that each is said once.
+    fn render(&self, chain: bool) -> String {
+        let body = self.body(chain);
+        let mut out = String::new();
+        if let Some(p) = &self.context.path {
+            let p = crate::names::printable(&p.to_string_lossy()).into_owned();
+            if !body.contains(&p) {
+                out.push_str(&p);
+                out.push_str(": ");
+            }
+        }
+        let offset = self.context.offset.or(self.inner_offset);
+        let mut located = false;
+        if let Some(e) = &self.context.entry {
+            let e = format!("entry '{}'", crate::names::printable(e));
+            if !body.contains(&e) {
+                out.push_str(&e);
+                located = true;
+            }
+        }
+        if let Some(o) = offset {
+            out.push_str(if located { " at byte " } else { "at byte " });
+            out.push_str(&o.to_string());
+            located = true;
+        }
+        if located {
+            out.push_str(": ");
+        }
+        out.push_str(&body);
+        out
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut sep = "";
-        if let Some(p) = &self.context.path {
-            write!(f, "{}", crate::names::printable(&p.to_string_lossy()))?;
-            sep = ": ";
-        }
-        if let Some(e) = &self.context.entry {
-            write!(f, "{sep}entry '{}'", crate::names::printable(e))?;
-            sep = ": ";
-        }
-        if let Some(o) = self.context.offset {
-            if self.context.entry.is_some() {
-                write!(f, " at byte {o}")?;
-            } else {
-                write!(f, "{sep}at byte {o}")?;
-            }
-            sep = ": ";
-        }
-        match (&self.message, &self.source) {
-            (Some(m), _) => write!(f, "{sep}{m}"),
-            (None, Some(s)) => write!(f, "{sep}{s}"),
-            (None, None) => write!(f, "{sep}{:?}", self.kind),
-        }
+        f.write_str(&self.render(false))
     }
 }
 
@@ -210,7 +272,10 @@ where
     E: Classify + std::error::Error + Send + Sync + 'static,
 {
     fn from(e: E) -> Self {
-        Error::wrap(e.kind(), e)
+        let inner_offset = e.offset();
+        let mut out = Error::wrap(e.kind(), e);
+        out.inner_offset = inner_offset;
+        out
     }
 }
 

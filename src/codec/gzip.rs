@@ -19,9 +19,7 @@ const INPUT_SLICE: usize = 8 << 10;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GzipError {
     /// The inflated stream grew past the disk's capacity.
-    #[error(
-        "gzip stream inflates past the disk capacity of {cap} bytes (compressed offset {offset})"
-    )]
+    #[error("gzip stream inflates past the disk capacity of {cap} bytes")]
     TooLarge {
         /// The cap in bytes.
         cap: u64,
@@ -29,7 +27,7 @@ pub enum GzipError {
         offset: u64,
     },
     /// The gzip stream is malformed or truncated.
-    #[error("invalid gzip data near compressed offset {offset}: {reason}")]
+    #[error("invalid gzip data: {reason}")]
     Invalid {
         /// Offset in the compressed entry.
         offset: u64,
@@ -38,7 +36,17 @@ pub enum GzipError {
     },
 }
 
+/// What the offsets of a decoder inside gzip count.
+const INFLATED: &str = "inflated data";
+
 impl Classify for GzipError {
+    /// Offset in the compressed entry.
+    fn offset(&self) -> Option<u64> {
+        match *self {
+            GzipError::TooLarge { offset, .. } | GzipError::Invalid { offset, .. } => Some(offset),
+        }
+    }
+
     fn kind(&self) -> ErrorKind {
         match self {
             GzipError::TooLarge { .. } => ErrorKind::LimitExceeded,
@@ -104,7 +112,11 @@ impl GzipDecoder {
             }
             .into());
         }
-        let res = self.inner.feed(&buf, out);
+        // The inner decoder's offsets count inflated bytes, not the entry's.
+        let res = self
+            .inner
+            .feed(&buf, out)
+            .map_err(|e| e.inside(INFLATED));
         let mut buf = buf;
         buf.clear();
         *self.inflater.get_mut() = buf;
@@ -151,7 +163,7 @@ impl DiskDecoder for GzipDecoder {
             return Err(self.invalid(e).into());
         }
         self.drain(out)?;
-        self.inner.finish(out)
+        self.inner.finish(out).map_err(|e| e.inside(INFLATED))
     }
 
     fn capacity(&self) -> Option<u64> {

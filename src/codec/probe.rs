@@ -151,6 +151,11 @@ impl Classify for ProbeError {
     fn kind(&self) -> ErrorKind {
         ErrorKind::Unsupported
     }
+
+    /// A refusal is about the entry's head.
+    fn offset(&self) -> Option<u64> {
+        Some(0)
+    }
 }
 
 fn le32(head: &[u8], at: usize) -> Option<u32> {

@@ -24,6 +24,12 @@ pub enum Algorithm {
     Sha512,
 }
 
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Algorithm {
     /// Every algorithm, in a fixed order.
     pub const ALL: [Algorithm; 3] = [Algorithm::Sha1, Algorithm::Sha256, Algorithm::Sha512];
@@ -107,7 +113,7 @@ pub enum ManifestError {
         limit: u64,
     },
     /// The line is not `ALG(name)= hex`.
-    #[error("manifest line {line} (byte {offset}): {reason}")]
+    #[error("manifest line {line}: {reason}")]
     BadLine {
         /// Line number.
         line: usize,
@@ -117,7 +123,7 @@ pub enum ManifestError {
         reason: &'static str,
     },
     /// The line names an algorithm ovaio does not compute.
-    #[error("manifest line {line} (byte {offset}): unsupported digest algorithm '{name}'")]
+    #[error("manifest line {line}: unsupported digest algorithm '{name}'")]
     UnknownAlgorithm {
         /// Line number.
         line: usize,
@@ -127,9 +133,7 @@ pub enum ManifestError {
         name: String,
     },
     /// The digest has the wrong length for its algorithm.
-    #[error(
-        "manifest line {line} (byte {offset}): {algorithm:?} digest must be {expected} bytes, found {found}"
-    )]
+    #[error("manifest line {line}: {algorithm} digest must be {expected} bytes, found {found}")]
     DigestLength {
         /// Line number.
         line: usize,
@@ -143,7 +147,7 @@ pub enum ManifestError {
         found: usize,
     },
     /// A name is listed twice.
-    #[error("manifest line {line} (byte {offset}): '{name}' is listed twice")]
+    #[error("manifest line {line}: '{name}' is listed twice")]
     Duplicate {
         /// Line number.
         line: usize,
@@ -155,6 +159,17 @@ pub enum ManifestError {
 }
 
 impl Classify for ManifestError {
+    /// Offset of the line within the manifest.
+    fn offset(&self) -> Option<u64> {
+        match *self {
+            ManifestError::TooLarge { .. } => None,
+            ManifestError::BadLine { offset, .. }
+            | ManifestError::UnknownAlgorithm { offset, .. }
+            | ManifestError::DigestLength { offset, .. }
+            | ManifestError::Duplicate { offset, .. } => Some(offset),
+        }
+    }
+
     fn kind(&self) -> ErrorKind {
         match self {
             ManifestError::TooLarge { .. } => ErrorKind::LimitExceeded,

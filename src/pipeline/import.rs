@@ -146,6 +146,8 @@ enum Role {
 struct Current {
     record: usize,
     role: Role,
+    /// Package offset of the entry's first content byte.
+    data_offset: u64,
     received: u64,
 }
 
@@ -526,12 +528,10 @@ impl Importer {
             .map(|c| self.records[c.record].name.as_str())
     }
 
-    /// Adds the current entry's name and the offset inside it to an error.
+    /// Adds the current entry's name and the package offset to an error.
     fn locate(&self, e: Error, stream_pos: u64) -> Error {
         match &self.current {
-            Some(c) => e
-                .in_entry(&self.records[c.record].name)
-                .at_offset(c.received),
+            Some(c) => e.in_entry_at(&self.records[c.record].name, c.data_offset, c.received),
             None => e.at_offset(stream_pos),
         }
     }
@@ -628,6 +628,7 @@ impl Importer {
         self.current = Some(Current {
             record,
             role,
+            data_offset: h.data_offset,
             received: 0,
         });
         Ok(())
@@ -759,7 +760,8 @@ impl Importer {
         };
         let name = self.records[cur.record].name.clone();
         let received = cur.received;
-        let wrap = |e: Error| e.in_entry(&name).at_offset(received);
+        let data_offset = cur.data_offset;
+        let wrap = |e: Error| e.in_entry_at(&name, data_offset, received);
         match cur.role {
             Role::Ovf(buf) => {
                 let env = ovf::parse(&buf).map_err(|e| wrap(e.into()))?;
@@ -990,7 +992,7 @@ impl Importer {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     format!(
-                        "cannot verify: the manifest uses {:?}, which was not computed because the entry came before the manifest",
+                        "cannot verify: the manifest uses {}, which was not computed because the entry came before the manifest",
                         entry.algorithm
                     ),
                 )
@@ -1000,7 +1002,7 @@ impl Importer {
                 return Err(Error::new(
                     ErrorKind::Integrity,
                     format!(
-                        "{:?} digest mismatch: manifest says {}, content is {}",
+                        "{} digest mismatch: manifest says {}, content is {}",
                         entry.algorithm,
                         hex::encode(&entry.digest),
                         hex::encode(got)

@@ -253,9 +253,11 @@ impl Qcow2Volume {
                 .map_err(|e| {
                     io_error(
                         e,
-                        format!("cannot write data cluster at host offset {host}"),
+                        format!(
+                            "cannot write the data cluster for guest offset {} at host offset {host}",
+                            a.cluster * CLUSTER_SIZE
+                        ),
                     )
-                    .at_offset(a.cluster * CLUSTER_SIZE)
                 })?;
         }
         Ok(())
@@ -343,9 +345,13 @@ impl Qcow2Volume {
                 .map_err(|e| {
                     io_error(
                         e,
-                        format!("cannot write {} bytes at host offset {}", r.len, r.host),
+                        format!(
+                            "cannot write {} bytes for guest offset {} at host offset {}",
+                            r.len,
+                            guest + r.start as u64,
+                            r.host
+                        ),
                     )
-                    .at_offset(guest + r.start as u64)
                 })?;
         }
         Ok(())
@@ -430,8 +436,10 @@ impl Volume for Qcow2Volume {
                 self.file
                     .write_all_at(&ZEROS[..n as usize], h)
                     .map_err(|e| {
-                        io_error(e, format!("cannot write {n} zero bytes at host offset {h}"))
-                            .at_offset(pos)
+                        io_error(
+                            e,
+                            format!("cannot write {n} zero bytes for guest offset {pos} at host offset {h}"),
+                        )
                     })?;
             }
             pos += n;

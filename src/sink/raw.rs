@@ -74,9 +74,10 @@ impl Volume for RawVolume {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len() as u64)?;
         self.file.write_all_at(data, offset).map_err(|e| {
-            Error::from(e)
-                .with_message(format!("cannot write {} bytes", data.len()))
-                .at_offset(offset)
+            Error::from(e).with_message(format!(
+                "cannot write {} bytes at guest offset {offset}",
+                data.len()
+            ))
         })?;
         self.high_water = self.high_water.max(offset + data.len() as u64);
         Ok(())
@@ -92,8 +93,7 @@ impl Volume for RawVolume {
                 .write_all_at(&ZEROS[..n as usize], pos)
                 .map_err(|e| {
                     Error::from(e)
-                        .with_message(format!("cannot write {n} zero bytes"))
-                        .at_offset(pos)
+                        .with_message(format!("cannot write {n} zero bytes at guest offset {pos}"))
                 })?;
             pos += n;
         }

@@ -21,7 +21,8 @@ pub use stream::Qcow2StreamDecoder;
 use crate::error::{Classify, ErrorKind};
 
 /// What can be wrong with a qcow2 image. Offsets are byte offsets within
-/// the image (the tar entry).
+/// the image (the tar entry); the messages leave the main one out, because
+/// the caller reports it as a package offset ([`Classify::offset`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Qcow2Error {
     /// The first bytes are not `QFI\xfb`.
@@ -31,7 +32,7 @@ pub enum Qcow2Error {
     #[error("qcow2 version {0} is not supported")]
     UnsupportedVersion(u32),
     /// A header field is out of range.
-    #[error("invalid qcow2 header field {field} at byte {offset}: {reason}")]
+    #[error("invalid qcow2 header field {field}: {reason}")]
     InvalidHeader {
         /// Offset of the field.
         offset: u64,
@@ -41,7 +42,7 @@ pub enum Qcow2Error {
         reason: String,
     },
     /// A valid feature this decoder refuses to handle.
-    #[error("qcow2 feature not supported (byte {offset}): {feature}")]
+    #[error("qcow2 feature not supported: {feature}")]
     Unsupported {
         /// Offset of the field naming the feature.
         offset: u64,
@@ -49,10 +50,10 @@ pub enum Qcow2Error {
         feature: String,
     },
     /// Incompatible feature bit 1 is set.
-    #[error("qcow2 image is marked corrupt (incompatible feature bit 1, byte 72)")]
+    #[error("qcow2 image is marked corrupt (incompatible feature bit 1)")]
     MarkedCorrupt,
     /// The image's tables are inconsistent.
-    #[error("corrupt qcow2 image at byte {offset}: {reason}")]
+    #[error("corrupt qcow2 image: {reason}")]
     Corrupt {
         /// Offset of the offending entry or field.
         offset: u64,
@@ -60,7 +61,7 @@ pub enum Qcow2Error {
         reason: String,
     },
     /// A table or cluster lies beyond the end of the entry.
-    #[error("{what} at byte {offset} ends at byte {end}, beyond the entry's {entry_size} bytes")]
+    #[error("{what} ends at entry offset {end}, beyond the entry's {entry_size} bytes")]
     OutsideEntry {
         /// What was referenced.
         what: &'static str,
@@ -73,9 +74,7 @@ pub enum Qcow2Error {
     },
     /// A table maps bytes the stream has already passed, and there is no
     /// spool to read them back from.
-    #[error(
-        "{what} at byte {offset} lies before the table that maps it; decoding this image needs a spool"
-    )]
+    #[error("{what} lies before the table that maps it; decoding this image needs a spool")]
     NeedsSpool {
         /// What was referenced.
         what: &'static str,
@@ -85,7 +84,7 @@ pub enum Qcow2Error {
     /// A table maps bytes the stream passed while they had another role, so
     /// they were not spooled (a cluster shared with metadata or mapped by a
     /// later table after it was streamed).
-    #[error("{what} at byte {offset} was already passed in another role and is not spooled")]
+    #[error("{what} was already passed in another role and is not spooled")]
     NotSpooled {
         /// What was referenced.
         what: &'static str,
@@ -93,9 +92,7 @@ pub enum Qcow2Error {
         offset: u64,
     },
     /// The image ended before a mapped cluster.
-    #[error(
-        "image ends at byte {end}: cluster for guest offset {guest} at byte {offset} was never reached"
-    )]
+    #[error("image ends before the cluster for guest offset {guest} at entry offset {offset}")]
     MissingCluster {
         /// Host offset of the cluster.
         offset: u64,
@@ -105,7 +102,7 @@ pub enum Qcow2Error {
         end: u64,
     },
     /// The image ended before a header or table.
-    #[error("image ends at byte {end}: {what} at byte {offset} was never reached")]
+    #[error("image ends before the {what} at entry offset {offset}")]
     Truncated {
         /// What was missing.
         what: &'static str,
@@ -116,7 +113,7 @@ pub enum Qcow2Error {
     },
     /// A compressed cluster inflates to more than one cluster.
     #[error(
-        "compressed cluster at byte {offset} (guest offset {guest}) inflates beyond the cluster size {cluster_size}"
+        "compressed cluster for guest offset {guest} inflates beyond the cluster size {cluster_size}"
     )]
     CompressedBomb {
         /// Host offset of the compressed data.
@@ -127,7 +124,7 @@ pub enum Qcow2Error {
         cluster_size: u64,
     },
     /// A compressed cluster does not decompress.
-    #[error("compressed cluster at byte {offset} (guest offset {guest}): {reason}")]
+    #[error("compressed cluster for guest offset {guest}: {reason}")]
     BadCompressed {
         /// Host offset of the compressed data.
         offset: u64,
@@ -137,7 +134,7 @@ pub enum Qcow2Error {
         reason: String,
     },
     /// A hostile-input limit.
-    #[error("limit exceeded at byte {offset}: {what} ({value} > {limit})")]
+    #[error("limit exceeded: {what} ({value} > {limit})")]
     Limit {
         /// Where.
         offset: u64,
@@ -154,6 +151,24 @@ pub enum Qcow2Error {
 }
 
 impl Classify for Qcow2Error {
+    fn offset(&self) -> Option<u64> {
+        match *self {
+            Qcow2Error::BadMagic | Qcow2Error::UnsupportedVersion(_) => Some(0),
+            Qcow2Error::MarkedCorrupt => Some(72),
+            Qcow2Error::InvalidHeader { offset, .. }
+            | Qcow2Error::Unsupported { offset, .. }
+            | Qcow2Error::Corrupt { offset, .. }
+            | Qcow2Error::OutsideEntry { offset, .. }
+            | Qcow2Error::NeedsSpool { offset, .. }
+            | Qcow2Error::NotSpooled { offset, .. }
+            | Qcow2Error::CompressedBomb { offset, .. }
+            | Qcow2Error::BadCompressed { offset, .. }
+            | Qcow2Error::Limit { offset, .. } => Some(offset),
+            Qcow2Error::MissingCluster { end, .. } | Qcow2Error::Truncated { end, .. } => Some(end),
+            Qcow2Error::Poisoned => None,
+        }
+    }
+
     fn kind(&self) -> ErrorKind {
         match self {
             Qcow2Error::BadMagic | Qcow2Error::InvalidHeader { .. } => ErrorKind::InvalidFormat,

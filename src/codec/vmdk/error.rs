@@ -1,5 +1,7 @@
-//! Errors of the streamOptimized VMDK decoder. Every variant names the byte
-//! offset within the entry where the offending structure starts.
+//! Errors of the streamOptimized VMDK decoder. Every variant carries the
+//! byte offset within the entry where the offending structure starts;
+//! the messages leave it out, because the caller reports it as a package
+//! offset ([`Classify::offset`]).
 
 use crate::error::{Classify, ErrorKind};
 
@@ -8,7 +10,7 @@ use crate::error::{Classify, ErrorKind};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VmdkError {
     /// The header (or footer) does not start with `KDMV`.
-    #[error("at byte {offset}: bad magic {found:02x?}, expected \"KDMV\"")]
+    #[error("bad magic {found:02x?}, expected \"KDMV\"")]
     BadMagic {
         /// Offset of the magic.
         offset: u64,
@@ -16,7 +18,7 @@ pub enum VmdkError {
         found: [u8; 4],
     },
     /// A sparse extent version other than 1, 2 or 3.
-    #[error("at byte {offset}: unsupported sparse extent version {version} (known: 1, 2, 3)")]
+    #[error("unsupported sparse extent version {version} (known: 1, 2, 3)")]
     UnsupportedVersion {
         /// Offset of the version field.
         offset: u64,
@@ -26,7 +28,7 @@ pub enum VmdkError {
     /// The flags lack compressed grains or markers: a monolithic sparse
     /// extent, which cannot be read in one pass.
     #[error(
-        "at byte {offset}: flags {flags:#010x} lack compressed grains and markers: \
+        "flags {flags:#010x} lack compressed grains and markers: \
          not a streamOptimized extent"
     )]
     NotStreamOptimized {
@@ -36,7 +38,7 @@ pub enum VmdkError {
         flags: u32,
     },
     /// A compression algorithm other than deflate.
-    #[error("at byte {offset}: unsupported compression algorithm {algorithm} (only 1, deflate)")]
+    #[error("unsupported compression algorithm {algorithm} (only 1, deflate)")]
     UnsupportedCompression {
         /// Offset of the compressAlgorithm field.
         offset: u64,
@@ -46,7 +48,7 @@ pub enum VmdkError {
     /// The newline-detection characters were altered, typically by a text
     /// mode transfer that also damaged the grains.
     #[error(
-        "at byte {offset}: newline detection characters {found:02x?} are altered \
+        "newline detection characters {found:02x?} are altered \
          (file transferred in text mode?)"
     )]
     NewlineCorrupted {
@@ -57,7 +59,7 @@ pub enum VmdkError {
     },
     /// The grain size is not a power of two of at least 8 sectors.
     #[error(
-        "at byte {offset}: grain size of {sectors} sectors is not a power of two \
+        "grain size of {sectors} sectors is not a power of two \
          of at least 8 sectors"
     )]
     BadGrainSize {
@@ -67,7 +69,7 @@ pub enum VmdkError {
         sectors: u64,
     },
     /// The grain size is over [`crate::limits::MAX_GRAIN_SIZE`].
-    #[error("at byte {offset}: grain size of {sectors} sectors exceeds the limit of {limit} bytes")]
+    #[error("grain size of {sectors} sectors exceeds the limit of {limit} bytes")]
     GrainSizeLimit {
         /// Offset of the grainSize field.
         offset: u64,
@@ -77,7 +79,7 @@ pub enum VmdkError {
         limit: u64,
     },
     /// The capacity is over [`crate::limits::MAX_CAPACITY`].
-    #[error("at byte {offset}: capacity of {sectors} sectors exceeds the limit of {limit} bytes")]
+    #[error("capacity of {sectors} sectors exceeds the limit of {limit} bytes")]
     CapacityLimit {
         /// Offset of the capacity field.
         offset: u64,
@@ -87,7 +89,7 @@ pub enum VmdkError {
         limit: u64,
     },
     /// overHead places the first marker inside the header, or overflows.
-    #[error("at byte {offset}: overHead of {sectors} sectors does not lie after the header")]
+    #[error("overHead of {sectors} sectors does not lie after the header")]
     BadOverhead {
         /// Offset of the overHead field.
         offset: u64,
@@ -95,7 +97,7 @@ pub enum VmdkError {
         sectors: u64,
     },
     /// numGTEsPerGT is 0 or above [`crate::limits::MAX_VMDK_GTES_PER_GT`].
-    #[error("at byte {offset}: {count} entries per grain table; 1 to {limit} can be read")]
+    #[error("{count} entries per grain table; 1 to {limit} can be read")]
     BadGtesPerGt {
         /// Offset of the numGTEsPerGT field.
         offset: u64,
@@ -106,7 +108,7 @@ pub enum VmdkError {
     },
     /// A grain marker whose sector is not the first of a grain.
     #[error(
-        "at byte {offset}: grain at lba {lba} is not aligned to the grain size \
+        "grain at lba {lba} is not aligned to the grain size \
          of {grain_sectors} sectors"
     )]
     UnalignedGrain {
@@ -119,7 +121,7 @@ pub enum VmdkError {
     },
     /// A grain that starts at or after the capacity, or holds non-zero
     /// bytes past it.
-    #[error("at byte {offset}: grain at lba {lba} extends beyond the capacity of {capacity} bytes")]
+    #[error("grain at lba {lba} extends beyond the capacity of {capacity} bytes")]
     GrainBeyondCapacity {
         /// Offset of the grain marker.
         offset: u64,
@@ -130,9 +132,7 @@ pub enum VmdkError {
     },
     /// A grain marker's compressed size is over
     /// [`crate::limits::MAX_VMDK_COMPRESSED_GRAIN`].
-    #[error(
-        "at byte {offset}: compressed grain of {size} bytes exceeds the limit of {limit} bytes"
-    )]
+    #[error("compressed grain of {size} bytes exceeds the limit of {limit} bytes")]
     CompressedGrainLimit {
         /// Offset of the grain marker.
         offset: u64,
@@ -142,7 +142,7 @@ pub enum VmdkError {
         limit: u64,
     },
     /// A grain inflates to more than one grain (decompression bomb).
-    #[error("at byte {offset}: grain at lba {lba} inflates past the grain size of {grain} bytes")]
+    #[error("grain at lba {lba} inflates past the grain size of {grain} bytes")]
     GrainOverflow {
         /// Offset of the grain marker.
         offset: u64,
@@ -153,7 +153,7 @@ pub enum VmdkError {
     },
     /// A grain inflates to less than a grain, and it is not the last
     /// (partial) grain of the disk.
-    #[error("at byte {offset}: grain at lba {lba} inflates to {len} bytes, expected {expected}")]
+    #[error("grain at lba {lba} inflates to {len} bytes, expected {expected}")]
     ShortGrain {
         /// Offset of the grain marker.
         offset: u64,
@@ -165,7 +165,7 @@ pub enum VmdkError {
         expected: u64,
     },
     /// The zlib stream of a grain is invalid.
-    #[error("at byte {offset}: grain at lba {lba}: invalid zlib data: {message}")]
+    #[error("grain at lba {lba}: invalid zlib data: {message}")]
     Zlib {
         /// Offset of the grain marker.
         offset: u64,
@@ -176,7 +176,7 @@ pub enum VmdkError {
     },
     /// The zlib stream of a grain ends before the marker's compressed size.
     #[error(
-        "at byte {offset}: grain at lba {lba}: zlib stream ends before the marker's \
+        "grain at lba {lba}: zlib stream ends before the marker's \
          {size} compressed bytes"
     )]
     ZlibTrailing {
@@ -189,7 +189,7 @@ pub enum VmdkError {
     },
     /// The marker's compressed bytes end before the zlib stream does.
     #[error(
-        "at byte {offset}: grain at lba {lba}: zlib stream incomplete after the marker's \
+        "grain at lba {lba}: zlib stream incomplete after the marker's \
          {size} compressed bytes"
     )]
     ZlibIncomplete {
@@ -204,7 +204,7 @@ pub enum VmdkError {
     /// for the same sector, or grains out of order. Readers that go through
     /// the grain tables would see only one of two grains for a sector.
     #[error(
-        "at byte {offset}: grain at lba {lba} follows the grain at lba {previous}: \
+        "grain at lba {lba} follows the grain at lba {previous}: \
          grains must come in increasing lba order, each once"
     )]
     GrainOutOfOrder {
@@ -217,7 +217,7 @@ pub enum VmdkError {
     },
     /// A grain that no grain table maps: readers that go through the
     /// tables would not see it.
-    #[error("at byte {offset}: grain at lba {lba} is not in any grain table")]
+    #[error("grain at lba {lba} is not in any grain table")]
     GrainNotInTable {
         /// Offset of the grain marker.
         offset: u64,
@@ -227,8 +227,8 @@ pub enum VmdkError {
     /// A grain table entry that points elsewhere than the grain the stream
     /// holds for its lba.
     #[error(
-        "at byte {offset}: grain table entry for lba {lba} points to sector {entry}, \
-         but the grain for lba {lba} is at byte {grain}"
+        "grain table entry for lba {lba} points to sector {entry}, \
+         but the grain for lba {lba} is at entry offset {grain}"
     )]
     TableEntryMismatch {
         /// Offset of the grain table entry.
@@ -243,7 +243,7 @@ pub enum VmdkError {
     /// A grain table entry that maps a sector for which the stream holds no
     /// grain.
     #[error(
-        "at byte {offset}: grain table entry for lba {lba} points to sector {entry}, \
+        "grain table entry for lba {lba} points to sector {entry}, \
          where the stream holds no grain for lba {lba}"
     )]
     TableEntryWithoutGrain {
@@ -256,7 +256,7 @@ pub enum VmdkError {
     },
     /// A grain table or grain directory marker whose payload is smaller
     /// than the table.
-    #[error("at byte {offset}: {what} marker of {sectors} sectors, the table needs {expected}")]
+    #[error("{what} marker of {sectors} sectors, the table needs {expected}")]
     TableTooSmall {
         /// Offset of the marker.
         offset: u64,
@@ -269,7 +269,7 @@ pub enum VmdkError {
     },
     /// A grain table marker that follows the last grain table the disk can
     /// have.
-    #[error("at byte {offset}: grain table beyond the {tables} grain tables of the disk")]
+    #[error("grain table beyond the {tables} grain tables of the disk")]
     ExtraTable {
         /// Offset of the marker.
         offset: u64,
@@ -279,7 +279,7 @@ pub enum VmdkError {
     /// A grain directory that does not point to exactly the grain tables of
     /// the stream, each for its own range of grains.
     #[error(
-        "at byte {offset}: grain directory with {entries} entries set does not point \
+        "grain directory with {entries} entries set does not point \
          to the {tables} grain tables of the stream, each at its place"
     )]
     DirectoryMismatch {
@@ -293,7 +293,7 @@ pub enum VmdkError {
     /// The grain tables of the header area's grain directory map other
     /// grains than the stream holds.
     #[error(
-        "at byte {offset}: the grain tables of this grain directory map {tables} grains, \
+        "the grain tables of this grain directory map {tables} grains, \
          which are not the {grains} grains of the stream"
     )]
     TablesDisagree {
@@ -307,7 +307,7 @@ pub enum VmdkError {
     /// A marker out of place in a stream whose header puts the grain
     /// directory at the end (grains and grain tables, then the grain
     /// directory, the footer and the end-of-stream marker).
-    #[error("at byte {offset}: {found} where the {expected} belongs")]
+    #[error("{found} where the {expected} belongs")]
     UnexpectedMarker {
         /// Offset of the marker.
         offset: u64,
@@ -319,7 +319,7 @@ pub enum VmdkError {
     /// The grain directory marker's payload is not at the sector the
     /// header names.
     #[error(
-        "at byte {offset}: grain directory marker for sector {sector}, \
+        "grain directory marker for sector {sector}, \
          but the header places the grain directory at sector {named}"
     )]
     DirectoryMisplaced {
@@ -333,7 +333,7 @@ pub enum VmdkError {
     /// A stream whose grain tables come as markers ends without its grain
     /// directory or, when the header leaves the directory to the footer,
     /// its footer or end-of-stream marker.
-    #[error("at byte {offset}: the stream ends without its {what}")]
+    #[error("the stream ends without its {what}")]
     MissingMetadata {
         /// Offset where the input ends.
         offset: u64,
@@ -344,7 +344,7 @@ pub enum VmdkError {
     /// cannot read: not after the header and the structures before it, or
     /// not before the first marker.
     #[error(
-        "at byte {offset}: {what} at sector {sector} does not lie in order between the \
+        "{what} at sector {sector} does not lie in order between the \
          header and the first marker: it cannot be checked in one pass"
     )]
     OutOfReach {
@@ -357,7 +357,7 @@ pub enum VmdkError {
     },
     /// A header-area grain directory with more entries than
     /// [`crate::limits::MAX_VMDK_GD_ENTRIES`].
-    #[error("at byte {offset}: grain directory of {entries} entries exceeds the limit of {limit}")]
+    #[error("grain directory of {entries} entries exceeds the limit of {limit}")]
     DirectoryLimit {
         /// Offset of the gdOffset field.
         offset: u64,
@@ -367,7 +367,7 @@ pub enum VmdkError {
         limit: u64,
     },
     /// A metadata marker of a type other than EOS, GT, GD or footer.
-    #[error("at byte {offset}: unknown metadata marker type {kind}")]
+    #[error("unknown metadata marker type {kind}")]
     UnknownMarker {
         /// Offset of the marker.
         offset: u64,
@@ -375,7 +375,7 @@ pub enum VmdkError {
         kind: u32,
     },
     /// A metadata marker whose payload would end past any possible file.
-    #[error("at byte {offset}: metadata marker of {sectors} sectors is too large")]
+    #[error("metadata marker of {sectors} sectors is too large")]
     MarkerTooLarge {
         /// Offset of the marker.
         offset: u64,
@@ -383,7 +383,7 @@ pub enum VmdkError {
         sectors: u64,
     },
     /// A footer marker whose payload is not one sector.
-    #[error("at byte {offset}: footer marker of {sectors} sectors, expected 1")]
+    #[error("footer marker of {sectors} sectors, expected 1")]
     BadFooterSize {
         /// Offset of the marker.
         offset: u64,
@@ -391,7 +391,7 @@ pub enum VmdkError {
         sectors: u64,
     },
     /// The footer disagrees with the header.
-    #[error("at byte {offset}: footer {field} differs from the header's")]
+    #[error("footer {field} differs from the header's")]
     FooterMismatch {
         /// Offset of the footer.
         offset: u64,
@@ -399,13 +399,13 @@ pub enum VmdkError {
         field: &'static str,
     },
     /// Non-zero bytes after the end-of-stream marker.
-    #[error("at byte {offset}: non-zero bytes after the end-of-stream marker")]
+    #[error("non-zero bytes after the end-of-stream marker")]
     TrailingGarbage {
         /// Offset of the first non-zero byte.
         offset: u64,
     },
     /// The entry ends inside a structure.
-    #[error("at byte {end}: input ends inside the {what} that starts at byte {offset}")]
+    #[error("input ends inside the {what} that starts at entry offset {offset}")]
     Truncated {
         /// Offset where the structure starts.
         offset: u64,
@@ -415,7 +415,7 @@ pub enum VmdkError {
         what: &'static str,
     },
     /// The decoder was used again after it reported an error.
-    #[error("at byte {offset}: decoding already failed at this point")]
+    #[error("decoding already failed at this point")]
     Poisoned {
         /// Offset where decoding stopped.
         offset: u64,
@@ -471,6 +471,13 @@ impl VmdkError {
 }
 
 impl Classify for VmdkError {
+    fn offset(&self) -> Option<u64> {
+        Some(match *self {
+            VmdkError::Truncated { end, .. } => end,
+            _ => VmdkError::offset(self),
+        })
+    }
+
     fn kind(&self) -> ErrorKind {
         use VmdkError::*;
         match self {

@@ -112,13 +112,13 @@ pub enum OvfError {
         limit: u64,
     },
     /// The descriptor is not UTF-8.
-    #[error("byte {offset}: OVF descriptor is not valid UTF-8")]
+    #[error("OVF descriptor is not valid UTF-8")]
     NotUtf8 {
         /// First invalid byte.
         offset: u64,
     },
     /// Not well-formed XML.
-    #[error("byte {offset}: malformed XML: {message}")]
+    #[error("malformed XML: {message}")]
     Xml {
         /// Where the reader stopped.
         offset: u64,
@@ -126,13 +126,13 @@ pub enum OvfError {
         message: String,
     },
     /// A DOCTYPE declares entities (the "billion laughs" family).
-    #[error("byte {offset}: the DOCTYPE declares entities, which are not accepted")]
+    #[error("the DOCTYPE declares entities, which are not accepted")]
     EntityDeclaration {
         /// Start of the DOCTYPE.
         offset: u64,
     },
     /// A reference to an entity other than the five predefined ones.
-    #[error("byte {offset}: unknown entity reference '&{name};'")]
+    #[error("unknown entity reference '&{name};'")]
     UnknownEntity {
         /// Where the reference is.
         offset: u64,
@@ -140,7 +140,7 @@ pub enum OvfError {
         name: String,
     },
     /// Elements nested deeper than [`limits::MAX_XML_DEPTH`].
-    #[error("byte {offset}: elements nested deeper than {limit} levels")]
+    #[error("elements nested deeper than {limit} levels")]
     TooDeep {
         /// The element that went too deep.
         offset: u64,
@@ -148,7 +148,7 @@ pub enum OvfError {
         limit: usize,
     },
     /// More `File` or `Disk` elements than [`limits::MAX_OVF_FILES`].
-    #[error("byte {offset}: more than {limit} <{element}> elements")]
+    #[error("more than {limit} <{element}> elements")]
     TooMany {
         /// The element over the limit.
         offset: u64,
@@ -158,7 +158,7 @@ pub enum OvfError {
         limit: usize,
     },
     /// The root element is not an OVF `Envelope`, or there is none.
-    #[error("byte {offset}: expected an OVF <Envelope> root element, found {found}")]
+    #[error("expected an OVF <Envelope> root element, found {found}")]
     NotOvf {
         /// Where the root element (or the end) is.
         offset: u64,
@@ -166,7 +166,7 @@ pub enum OvfError {
         found: String,
     },
     /// A required attribute is missing.
-    #[error("byte {offset}: <{element}> lacks the ovf:{attribute} attribute")]
+    #[error("<{element}> lacks the ovf:{attribute} attribute")]
     MissingAttribute {
         /// Start of the element.
         offset: u64,
@@ -176,7 +176,7 @@ pub enum OvfError {
         attribute: &'static str,
     },
     /// An attribute has a value that cannot be used.
-    #[error("byte {offset}: <{element} ovf:{attribute}=\"{value}\">: {reason}")]
+    #[error("<{element} ovf:{attribute}=\"{value}\">: {reason}")]
     BadAttribute {
         /// Start of the element.
         offset: u64,
@@ -190,9 +190,7 @@ pub enum OvfError {
         reason: &'static str,
     },
     /// A disk larger than [`limits::MAX_CAPACITY`].
-    #[error(
-        "byte {offset}: disk '{disk_id}' has a capacity of {capacity} bytes, over the limit of {limit}"
-    )]
+    #[error("disk '{disk_id}' has a capacity of {capacity} bytes, over the limit of {limit}")]
     CapacityTooLarge {
         /// Start of the `Disk` element.
         offset: u64,
@@ -204,7 +202,7 @@ pub enum OvfError {
         limit: u64,
     },
     /// A valid OVF feature ovaio does not implement.
-    #[error("byte {offset}: {what} are not supported")]
+    #[error("{what} are not supported")]
     Unsupported {
         /// Start of the element using it.
         offset: u64,
@@ -212,7 +210,7 @@ pub enum OvfError {
         what: String,
     },
     /// Two `File` elements share an `ovf:id`, or two `Disk`s an `ovf:diskId`.
-    #[error("byte {offset}: <{element}> id '{id}' appears twice")]
+    #[error("<{element}> id '{id}' appears twice")]
     DuplicateId {
         /// Start of the second element.
         offset: u64,
@@ -222,7 +220,7 @@ pub enum OvfError {
         id: String,
     },
     /// Two `File` elements share an `ovf:href`.
-    #[error("byte {offset}: <File> href '{href}' appears twice")]
+    #[error("<File> href '{href}' appears twice")]
     DuplicateHref {
         /// Start of the second element.
         offset: u64,
@@ -230,9 +228,7 @@ pub enum OvfError {
         href: String,
     },
     /// A `Disk` names a file that References does not list.
-    #[error(
-        "byte {offset}: disk '{disk_id}' refers to file '{file_ref}', which References does not list"
-    )]
+    #[error("disk '{disk_id}' refers to file '{file_ref}', which References does not list")]
     DanglingFileRef {
         /// Start of the `Disk` element.
         offset: u64,
@@ -242,9 +238,7 @@ pub enum OvfError {
         file_ref: String,
     },
     /// Two `Disk` elements name the same file.
-    #[error(
-        "byte {offset}: disk '{disk_id}' refers to file '{file_ref}', which another disk already uses"
-    )]
+    #[error("disk '{disk_id}' refers to file '{file_ref}', which another disk already uses")]
     SharedFileRef {
         /// Start of the second `Disk` element.
         offset: u64,
@@ -256,6 +250,28 @@ pub enum OvfError {
 }
 
 impl Classify for OvfError {
+    /// Offset within the descriptor.
+    fn offset(&self) -> Option<u64> {
+        match *self {
+            OvfError::TooLarge { .. } => None,
+            OvfError::NotUtf8 { offset, .. }
+            | OvfError::Xml { offset, .. }
+            | OvfError::EntityDeclaration { offset, .. }
+            | OvfError::UnknownEntity { offset, .. }
+            | OvfError::TooDeep { offset, .. }
+            | OvfError::TooMany { offset, .. }
+            | OvfError::NotOvf { offset, .. }
+            | OvfError::MissingAttribute { offset, .. }
+            | OvfError::BadAttribute { offset, .. }
+            | OvfError::CapacityTooLarge { offset, .. }
+            | OvfError::Unsupported { offset, .. }
+            | OvfError::DuplicateId { offset, .. }
+            | OvfError::DuplicateHref { offset, .. }
+            | OvfError::DanglingFileRef { offset, .. }
+            | OvfError::SharedFileRef { offset, .. } => Some(offset),
+        }
+    }
+
     fn kind(&self) -> ErrorKind {
         match self {
             OvfError::TooLarge { .. }

@@ -235,8 +235,7 @@ pub(super) async fn put(
         let fail = |e: io::Error| {
             Error::from(e)
                 .at_path(&wpath)
-                .at_offset(offset)
-                .with_message("write failed")
+                .with_message(format!("write at offset {offset} failed"))
         };
         while let Some(batch) = rx.blocking_recv() {
             for b in batch.into_pieces() {
@@ -358,8 +357,11 @@ pub(super) async fn patch(
                 ));
             }
             blocking::run(move || {
-                zero_range(&file, offset, len, sparse, chunk)
-                    .map_err(|e| Error::from(e).at_path(&path).at_offset(offset))?;
+                zero_range(&file, offset, len, sparse, chunk).map_err(|e| {
+                    Error::from(e)
+                        .at_path(&path)
+                        .with_message(format!("zeroing at offset {offset} failed"))
+                })?;
                 if flush {
                     file.sync_data()
                         .map_err(|e| Error::from(e).at_path(&path))?;

@@ -176,17 +176,22 @@ impl Qcow2Volume {
         let mut map = AllocationMap::new(capacity);
         let mut off = 0u64;
         while off < capacity {
-            let (mapping, len) = self
-                .top
-                .get_mapping(off, capacity - off)
-                .map_err(|e| imago_err(e, &self.path, "mapping query failed").at_offset(off))?;
+            let (mapping, len) = self.top.get_mapping(off, capacity - off).map_err(|e| {
+                imago_err(
+                    e,
+                    &self.path,
+                    &format!("mapping query at guest offset {off} failed"),
+                )
+            })?;
             let len = len.min(capacity - off);
             match mapping {
                 Mapping::Eof { .. } => break,
                 _ if len == 0 => {
-                    return Err(Error::new(ErrorKind::CorruptImage, "empty mapping")
-                        .at_path(&self.path)
-                        .at_offset(off));
+                    return Err(Error::new(
+                        ErrorKind::CorruptImage,
+                        format!("empty mapping at guest offset {off}"),
+                    )
+                    .at_path(&self.path));
                 }
                 Mapping::Raw {
                     storage,
@@ -214,9 +219,13 @@ impl Qcow2Volume {
 
     /// Reads guest bytes through the whole chain.
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.top
-            .read(&mut *buf, offset)
-            .map_err(|e| imago_err(e, &self.path, "read failed").at_offset(offset))
+        self.top.read(&mut *buf, offset).map_err(|e| {
+            imago_err(
+                e,
+                &self.path,
+                &format!("read at guest offset {offset} failed"),
+            )
+        })
     }
 }
 

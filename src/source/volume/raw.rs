@@ -59,7 +59,11 @@ impl RawVolume {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    return Err(io_at(e, &self.path, "read failed").at_offset(pos));
+                    return Err(io_at(
+                        e,
+                        &self.path,
+                        &format!("read at guest offset {pos} failed"),
+                    ));
                 }
             }
         }
@@ -82,7 +86,11 @@ pub(crate) fn data_ranges(file: &File, capacity: u64, path: &Path) -> Result<All
                 return Ok(map);
             }
             Err(e) => {
-                return Err(io_at(e.into(), path, "SEEK_DATA failed").at_offset(off));
+                return Err(io_at(
+                    e.into(),
+                    path,
+                    &format!("SEEK_DATA from {off} failed"),
+                ));
             }
         };
         if data >= capacity {
@@ -93,7 +101,11 @@ pub(crate) fn data_ranges(file: &File, capacity: u64, path: &Path) -> Result<All
             // The file shrank between the two calls: data runs to its end.
             Err(Errno::NXIO) => capacity,
             Err(e) => {
-                return Err(io_at(e.into(), path, "SEEK_HOLE failed").at_offset(data));
+                return Err(io_at(
+                    e.into(),
+                    path,
+                    &format!("SEEK_HOLE from {data} failed"),
+                ));
             }
         };
         if hole <= data || data < off {
