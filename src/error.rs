@@ -83,7 +83,8 @@ pub struct Context {
 /// The crate's error type.
 pub struct Error {
     kind: ErrorKind,
-    context: Context,
+    /// Boxed: errors travel through every `Result`, and are rare.
+    context: Box<Context>,
     message: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     /// The leaf's own offset in its input ([`Classify::offset`]).
@@ -97,7 +98,7 @@ impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
-            context: Context::default(),
+            context: Box::default(),
             message: Some(message.into()),
             source: None,
             inner_offset: None,
@@ -109,7 +110,7 @@ impl Error {
     pub fn wrap(kind: ErrorKind, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error {
             kind,
-            context: Context::default(),
+            context: Box::default(),
             message: None,
             source: Some(Box::new(source)),
             inner_offset: None,
