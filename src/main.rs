@@ -1,6 +1,7 @@
 //! The `ovaio` command: parses the command line, installs logging, runs
 //! the library and maps its errors to exit codes.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,7 +16,8 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::from(141);
             }
-            eprintln!("ovaio: error: {}", e.one_line());
+            // A closed standard error is no reason to panic.
+            let _ = writeln!(std::io::stderr(), "ovaio: error: {}", e.one_line());
             ExitCode::from(e.kind().exit_code().clamp(1, 255) as u8)
         }
     }

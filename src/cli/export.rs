@@ -10,7 +10,7 @@ use crate::cli::progress::Bar;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
-use crate::sink::partial::PartialFile;
+use crate::sink::partial::{Existing, PartialFile};
 use crate::source::volume::{AllowedRoots, VolumeFormat};
 
 /// Output buffer: large sequential writes.
@@ -20,7 +20,7 @@ const OUT_BUFFER: usize = 1 << 20;
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
     /// OVF descriptor to complete with the exact sizes (the rest is kept).
-    #[arg(long, value_name = "FILE.ovf", required_unless_present = "name")]
+    #[arg(long, value_name = "FILE.ovf")]
     ovf: Option<PathBuf>,
     /// Generate a minimal OVF 1.0 descriptor for a VM of this name.
     #[arg(long, value_name = "NAME", conflicts_with = "ovf")]
@@ -45,9 +45,9 @@ pub(crate) struct ExportArgs {
     /// Only read sources (and backing files) under this directory; repeatable.
     #[arg(long = "root", value_name = "DIR")]
     roots: Vec<PathBuf>,
-    /// Accepted for compatibility: a stale OUT.ova.partial that no live
-    /// process holds is always replaced.
-    #[arg(long, hide = true)]
+    /// Replace OUT.ova if it exists (without it an existing file is
+    /// refused before anything is written).
+    #[arg(long)]
     force: bool,
     /// Print a JSON summary (on stderr when the OVA goes to stdout).
     #[arg(long)]
@@ -89,7 +89,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         (None, None) => {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                "give --ovf FILE or --name NAME",
+                "say what describes the VM: give --ovf FILE.ovf (a descriptor to complete) or --name NAME (a minimal one is generated)",
             ));
         }
     };
@@ -106,6 +106,11 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         Some(PartialFile::create(
             &AllowedRoots::any(),
             &PathBuf::from(&a.output),
+            if a.force {
+                Existing::Replace
+            } else {
+                Existing::Keep
+            },
         )?)
     };
     let plan = ExportPlan::prepare(ExportRequest {
@@ -118,7 +123,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         roots,
     })?;
     let progress = Arc::new(Progress::new(Some(plan.total_size())));
-    crate::cli::cancel_on_signals(&progress);
+    crate::cli::signals::cancel_on_signals(&progress)?;
     let bar = Bar::start(progress.clone(), !a.quiet);
     let summary = match partial {
         None => {
@@ -136,22 +141,23 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         serde_json::to_string(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
     if a.json {
         if to_stdout {
-            eprintln!("{json}");
+            // Standard output carries the package.
+            let _ = writeln!(std::io::stderr(), "{json}");
         } else {
-            println!("{json}");
+            outln!("{json}")?;
         }
     } else if !to_stdout {
         for d in &summary.disks {
-            println!(
+            outln!(
                 "{} ({}, {} bytes) -> {} (qcow2, {} bytes)",
                 d.source.display(),
                 d.source_format,
                 d.capacity,
                 d.href,
                 d.size
-            );
+            )?;
         }
-        println!("wrote {} ({} bytes)", a.output, summary.size);
+        outln!("wrote {} ({} bytes)", a.output, summary.size)?;
     }
     Ok(())
 }

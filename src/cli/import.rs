@@ -12,6 +12,7 @@ use crate::names::printable;
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::pipeline::progress::Progress;
 use crate::sink::format::TargetFormat;
+use crate::sink::partial::Existing;
 use crate::source;
 
 /// Arguments of `ovaio import`.
@@ -28,7 +29,7 @@ pub(crate) struct ImportArgs {
     )]
     disks: Vec<String>,
     /// Write every disk to DIR/<href without extension>.<format>.
-    #[arg(long, value_name = "DIR", required_unless_present = "disks")]
+    #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Target format: raw (sparse) or qcow2.
     #[arg(long, value_name = "raw|qcow2", default_value = "raw", value_parser = parse_format)]
@@ -40,6 +41,10 @@ pub(crate) struct ImportArgs {
     /// packages verified by other means).
     #[arg(long)]
     no_verify: bool,
+    /// Replace targets that already exist (without it they are refused
+    /// before anything is written).
+    #[arg(long)]
+    force: bool,
     /// No progress bar even on a terminal.
     #[arg(long, short)]
     quiet: bool,
@@ -61,6 +66,12 @@ fn parse_disk(spec: &str, default: TargetFormat) -> Result<(String, DiskTarget)>
 }
 
 pub(crate) fn run(a: ImportArgs) -> Result<()> {
+    if a.dir.is_none() && a.disks.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "say where the disks go: give --dir DIR, or --disk HREF=PATH once per disk",
+        ));
+    }
     let targets = match &a.dir {
         Some(dir) => {
             if !dir.is_dir() {
@@ -87,11 +98,15 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
             Targets::Map(map)
         }
     };
-    let mut src = source::open(&a.source)?;
+    let src = source::open(&a.source)?;
     let progress = Arc::new(Progress::new(src.size));
-    crate::cli::cancel_on_signals(&progress);
+    let mut src = src.wake_on(crate::cli::signals::cancel_on_signals(&progress)?);
     let bar = Bar::start(progress.clone(), !a.quiet && !a.json);
-    let mut importer = Importer::new(targets, progress);
+    let mut importer = Importer::new(targets, progress).existing_targets(if a.force {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    });
     if a.no_verify {
         importer = importer.without_verification();
     }
@@ -104,10 +119,10 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
         let mut v =
             serde_json::to_value(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
         v["source"] = serde_json::Value::String(a.source.clone());
-        println!("{v}");
+        outln!("{v}")?;
     } else {
         for d in &summary.disks {
-            println!(
+            outln!(
                 "{} ({}{}) -> {} ({}, {} bytes)",
                 printable(&d.href),
                 d.source_format,
@@ -119,17 +134,17 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
                 printable(&d.target.to_string_lossy()),
                 d.target_format,
                 d.capacity
-            );
+            )?;
             for w in &d.warnings {
-                println!("warning: {w}");
+                outln!("warning: {w}")?;
             }
         }
-        println!(
+        outln!(
             "imported {} disk(s) from {} bytes; manifest {}",
             summary.disks.len(),
             summary.bytes_read,
             summary.manifest
-        );
+        )?;
     }
     Ok(())
 }

@@ -1,11 +1,23 @@
 //! The command line: one module per subcommand. Each parses its flags into
 //! a pipeline request, runs it, and prints a human or `--json` summary.
 
+/// Writes one line to standard output. A reader that went away (`| head`)
+/// comes back as an error that ends the command with status 141, never as
+/// the panic `println!` would raise.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .map_err(|e| $crate::error::Error::from(e).with_message("writing to standard output"))
+    }};
+}
+
 mod export;
 mod import;
 mod inspect;
 mod progress;
 mod serve;
+mod signals;
 
 use clap::{Parser, Subcommand};
 
@@ -74,18 +86,6 @@ pub(crate) fn split_disk_spec<'a>(
         Some((p, f)) if !p.is_empty() && formats.contains(&f) => (href, p, Some(f)),
         _ => (href, rest, None),
     })
-}
-
-/// Makes SIGINT and SIGTERM cancel the transfer, so that it stops at its
-/// next chunk and removes its partial files; a second signal ends the
-/// process at once.
-pub(crate) fn cancel_on_signals(progress: &crate::pipeline::progress::Progress) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let flag = progress.cancel_flag();
-    for sig in [SIGINT, SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
-        let _ = signal_hook::flag::register(sig, flag.clone());
-    }
 }
 
 /// Installs a `tracing` subscriber writing to stderr: `RUST_LOG` when set,

@@ -113,10 +113,7 @@ impl GzipDecoder {
             .into());
         }
         // The inner decoder's offsets count inflated bytes, not the entry's.
-        let res = self
-            .inner
-            .feed(&buf, out)
-            .map_err(|e| e.inside(INFLATED));
+        let res = self.inner.feed(&buf, out).map_err(|e| e.inside(INFLATED));
         let mut buf = buf;
         buf.clear();
         *self.inflater.get_mut() = buf;

@@ -28,7 +28,7 @@ use crate::pipeline::digests::DigestTap;
 use crate::pipeline::progress::Progress;
 use crate::roots::{AllowedRoots, Dir};
 use crate::sink::format::TargetFormat;
-use crate::sink::partial::{self, PartialFile};
+use crate::sink::partial::{self, Existing, PartialFile};
 use crate::sink::spool::FileSpool;
 use crate::sink::target::TargetVolume;
 use crate::sink::writer::VolumeWriter;
@@ -175,6 +175,8 @@ struct TargetSlot {
     dir: Arc<Dir>,
     /// The target's file name in `dir`.
     name: OsString,
+    /// What happens to a file already at the target's name.
+    existing: Existing,
     /// Capacity from the OVF DiskSection.
     capacity_hint: Option<u64>,
     /// Size of a raw entry.
@@ -226,7 +228,8 @@ impl TargetSlot {
                     format!("disk capacity {capacity} exceeds the limit"),
                 ));
             }
-            let (partial, file) = PartialFile::create_in(self.dir.clone(), &self.name)?;
+            let (partial, file) =
+                PartialFile::create_in(self.dir.clone(), &self.name, self.existing)?;
             let volume = self
                 .target
                 .format
@@ -247,7 +250,8 @@ impl TargetSlot {
             }
             // A raw disk before the OVF: its size is settled when the OVF
             // arrives.
-            let (partial, file) = PartialFile::create_in(self.dir.clone(), &self.name)?;
+            let (partial, file) =
+                PartialFile::create_in(self.dir.clone(), &self.name, self.existing)?;
             let volume = self
                 .target
                 .format
@@ -417,6 +421,7 @@ fn referenced_non_file(what: &str) -> Error {
 pub struct Importer {
     targets: Targets,
     roots: AllowedRoots,
+    existing: Existing,
     demux: Demux,
     records: Vec<EntryRecord>,
     by_name: HashMap<String, usize>,
@@ -440,6 +445,7 @@ impl Importer {
         Importer {
             targets,
             roots: AllowedRoots::any(),
+            existing: Existing::Replace,
             demux: Demux::new(),
             records: Vec::new(),
             by_name: HashMap::new(),
@@ -469,6 +475,13 @@ impl Importer {
     /// be the canonical paths the roots accepted.
     pub fn with_roots(mut self, roots: AllowedRoots) -> Self {
         self.roots = roots;
+        self
+    }
+
+    /// Whether existing targets are replaced (the default) or refused,
+    /// before anything is written.
+    pub fn existing_targets(mut self, existing: Existing) -> Self {
+        self.existing = existing;
         self
     }
 
@@ -717,6 +730,9 @@ impl Importer {
         let decoder =
             Decoder::sniffing_any(Some(size), capacity_hint.unwrap_or(limits::MAX_CAPACITY));
         let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
+        if self.existing == Existing::Keep {
+            partial::refuse_existing(&dir, &file_name)?;
+        }
         let decoder = decoder.with_spool(Box::new(FileSpool::new(dir.clone())));
         self.disks.push(DiskState {
             href: name.to_owned(),
@@ -726,6 +742,7 @@ impl Importer {
                 target,
                 dir,
                 name: file_name,
+                existing: self.existing,
                 capacity_hint,
                 entry_hint: None,
                 provisional: false,

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 /// An open directory and the path it was opened by (for messages only).
@@ -81,6 +81,23 @@ impl Dir {
         check_name(from)?;
         check_name(to)?;
         Ok(rustix::fs::renameat(&self.fd, from, &self.fd, to)?)
+    }
+
+    /// Renames `from` to `to` inside this directory unless `to` exists
+    /// (`AlreadyExists`). File systems without `RENAME_NOREPLACE` get a
+    /// check before an ordinary rename.
+    pub fn rename_new(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        check_name(from)?;
+        check_name(to)?;
+        match rustix::fs::renameat_with(&self.fd, from, &self.fd, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => match self.stat(to) {
+                Ok(_) => Err(Errno::EXIST.into()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.rename(from, to),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Makes renames and removals in this directory durable.

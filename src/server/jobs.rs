@@ -11,7 +11,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +22,7 @@ use crate::pipeline::export::ExportPlan;
 use crate::pipeline::import::Importer;
 use crate::pipeline::progress::Progress;
 use crate::server::data::{export_request, import_targets};
-use crate::sink::partial::PartialFile;
+use crate::sink::partial::{self, Existing, PartialFile};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::{OvaDisk, ResolvedDisk, ResolvedOva, TicketStore, TransferState};
 
@@ -44,6 +43,9 @@ pub enum JobRequest {
         /// Check the manifest (default true).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verify: Option<bool>,
+        /// Replace existing targets (default false).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        overwrite: Option<bool>,
     },
     /// Export volumes into an OVA file.
     Export {
@@ -270,6 +272,7 @@ impl Jobs {
                 source,
                 disks: d,
                 verify,
+                overwrite,
             } => {
                 let src = self
                     .store
@@ -282,6 +285,7 @@ impl Jobs {
                         name: None,
                     },
                     verify: verify.unwrap_or(true),
+                    existing: existing(*overwrite),
                     roots: self.store.roots().clone(),
                 })
             }
@@ -295,8 +299,9 @@ impl Jobs {
                 let target = self
                     .store
                     .resolve_path("target", &url("target", target)?, true)?;
-                if !overwrite.unwrap_or(false) && std::fs::symlink_metadata(&target).is_ok() {
-                    return Err(target_exists(&target));
+                if existing(*overwrite) == Existing::Keep {
+                    let (dir, name) = partial::target_dir(self.store.roots(), &target)?;
+                    partial::refuse_existing(&dir, &name)?;
                 }
                 let ovf = match ovf {
                     Some(u) => Some(self.store.resolve_path("ovf", &url("ovf", u)?, false)?),
@@ -309,7 +314,7 @@ impl Jobs {
                         ovf,
                         name: name.clone(),
                     },
-                    overwrite: overwrite.unwrap_or(false),
+                    existing: existing(*overwrite),
                     roots: self.store.roots().clone(),
                 })
             }
@@ -324,12 +329,13 @@ enum Work {
         source: std::path::PathBuf,
         ova: ResolvedOva,
         verify: bool,
+        existing: Existing,
         roots: AllowedRoots,
     },
     Export {
         target: std::path::PathBuf,
         ova: ResolvedOva,
-        overwrite: bool,
+        existing: Existing,
         roots: AllowedRoots,
     },
 }
@@ -345,13 +351,16 @@ impl Work {
                 source,
                 ova,
                 verify,
+                existing,
                 roots,
             } => {
                 let targets = import_targets(&ova)?;
                 // The canonical path accepted with the job, opened beneath its root.
                 let file = roots.open(&source, rustix::fs::OFlags::RDONLY, 0)?;
                 let mut src = crate::source::from_file(file, source.clone())?;
-                let mut importer = Importer::new(targets, progress).with_roots(roots);
+                let mut importer = Importer::new(targets, progress)
+                    .with_roots(roots)
+                    .existing_targets(existing);
                 if !verify {
                     importer = importer.without_verification();
                 }
@@ -363,15 +372,13 @@ impl Work {
             Work::Export {
                 target,
                 ova,
-                overwrite,
+                existing,
                 roots,
             } => {
-                // Checked again: the target may have appeared since the job was accepted.
-                if !overwrite && std::fs::symlink_metadata(&target).is_ok() {
-                    return Err(target_exists(&target));
-                }
-                // Fails at once when the target cannot be made.
-                let (partial, file) = PartialFile::create(&roots, &target)?;
+                // Fails at once when the target cannot be made (or exists
+                // and may not be replaced: it may have appeared since the
+                // job was accepted).
+                let (partial, file) = PartialFile::create(&roots, &target, existing)?;
                 // Backing chains are checked against the same roots.
                 let plan = ExportPlan::prepare(export_request(&ova, roots)?)?;
                 let s = plan.write_partial(partial, file, progress)?;
@@ -381,12 +388,13 @@ impl Work {
     }
 }
 
-fn target_exists(target: &Path) -> Error {
-    Error::new(
-        ErrorKind::InvalidArgument,
-        "the export target exists; set \"overwrite\": true to replace it",
-    )
-    .at_path(target)
+/// `"overwrite": true` replaces existing targets; the default keeps them.
+fn existing(overwrite: Option<bool>) -> Existing {
+    if overwrite.unwrap_or(false) {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    }
 }
 
 impl Job {

@@ -18,12 +18,14 @@
 //! that died; the next transfer to the same target removes it, and
 //! [`remove_stale`] sweeps a whole root at server start.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rustix::fs::{FileType, FlockOperation, OFlags};
 use rustix::io::Errno;
@@ -34,9 +36,36 @@ use crate::roots::{AllowedRoots, Dir, is_file, is_symlink};
 /// Suffix appended to the final file name while a target is being written.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
+/// What happens to a file already at the final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// The commit replaces it.
+    Replace,
+    /// It is an error, before anything is written and again at the commit
+    /// (which never replaces a file that appeared meanwhile).
+    Keep,
+}
+
 /// Directories deeper than this below a root are not swept for stale
 /// partial files.
 const SWEEP_DEPTH: usize = 32;
+
+/// Every partial file of this process not yet committed or removed, so
+/// that a process ending at once (a second SIGINT) can remove them first.
+static LIVE: Mutex<BTreeMap<u64, (Arc<Dir>, OsString)>> = Mutex::new(BTreeMap::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn live() -> MutexGuard<'static, BTreeMap<u64, (Arc<Dir>, OsString)>> {
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes every partial file this process is still writing; for a
+/// process about to exit without unwinding.
+pub fn remove_all_live() {
+    for (dir, name) in std::mem::take(&mut *live()).into_values() {
+        let _ = dir.unlink(&name);
+    }
+}
 
 /// Why a `.partial` file could not be created or committed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +76,9 @@ pub enum PartialError {
     /// Something other than a file or a symbolic link has the partial name.
     #[error("{} exists and is not a regular file; remove it first", .0.display())]
     NotAFile(PathBuf),
+    /// The target exists and the caller did not ask to replace it.
+    #[error("{} exists; pass --force (\"overwrite\": true in a job) to replace it", .0.display())]
+    TargetExists(PathBuf),
     /// The directory that should hold the target does not exist.
     #[error("directory {} does not exist", .0.display())]
     MissingParent(PathBuf),
@@ -58,9 +90,10 @@ pub enum PartialError {
 impl Classify for PartialError {
     fn kind(&self) -> ErrorKind {
         match self {
-            PartialError::InUse(_) | PartialError::NotAFile(_) | PartialError::NoFileName(_) => {
-                ErrorKind::InvalidArgument
-            }
+            PartialError::InUse(_)
+            | PartialError::NotAFile(_)
+            | PartialError::NoFileName(_)
+            | PartialError::TargetExists(_) => ErrorKind::InvalidArgument,
             PartialError::MissingParent(_) => ErrorKind::NotFound,
         }
     }
@@ -78,6 +111,9 @@ pub struct PartialFile {
     /// A descriptor of the partial file kept open so that its lock lasts
     /// until the commit or the removal, whatever the volume does with its own.
     _lock: File,
+    /// Its key in the registry of live partial files.
+    id: u64,
+    existing: Existing,
     committed: bool,
 }
 
@@ -85,14 +121,21 @@ impl PartialFile {
     /// Creates `final_path` + `.partial`, opened for reading and writing,
     /// in the directory of `final_path` opened under `roots` (which must
     /// exist). A partial file no live process holds is replaced.
-    pub fn create(roots: &AllowedRoots, final_path: &Path) -> Result<(Self, File)> {
+    pub fn create(
+        roots: &AllowedRoots,
+        final_path: &Path,
+        existing: Existing,
+    ) -> Result<(Self, File)> {
         let (dir, name) = target_dir(roots, final_path)?;
-        Self::create_in(dir, &name)
+        Self::create_in(dir, &name, existing)
     }
 
     /// Like [`PartialFile::create`], for the file `name` in a directory
     /// already open.
-    pub fn create_in(dir: Arc<Dir>, name: &OsStr) -> Result<(Self, File)> {
+    pub fn create_in(dir: Arc<Dir>, name: &OsStr, existing: Existing) -> Result<(Self, File)> {
+        if existing == Existing::Keep {
+            refuse_existing(&dir, name)?;
+        }
         let mut partial_name = name.to_owned();
         partial_name.push(PARTIAL_SUFFIX);
         let partial_path = dir.join(&partial_name);
@@ -120,6 +163,8 @@ impl PartialFile {
                 return Err(PartialError::InUse(partial_path).into());
             }
             let lock = file.try_clone().map_err(io_err)?;
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            live().insert(id, (dir.clone(), partial_name.clone()));
             return Ok((
                 PartialFile {
                     final_path: dir.join(name),
@@ -128,6 +173,8 @@ impl PartialFile {
                     partial_path,
                     dir,
                     _lock: lock,
+                    id,
+                    existing,
                     committed: false,
                 },
                 file,
@@ -155,14 +202,20 @@ impl PartialFile {
     /// directory. The file's own data must already be synced (the volume's
     /// `finish()` does it).
     pub fn commit(mut self) -> Result<()> {
-        self.dir
-            .rename(&self.partial_name, &self.name)
-            .map_err(|e| {
-                Error::from(e)
-                    .with_message(format!("cannot rename to {}", self.final_path.display()))
-                    .at_path(&self.partial_path)
-            })?;
+        let renamed = match self.existing {
+            Existing::Replace => self.dir.rename(&self.partial_name, &self.name),
+            Existing::Keep => self.dir.rename_new(&self.partial_name, &self.name),
+        };
+        if matches!(&renamed, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
+            return Err(PartialError::TargetExists(self.final_path.clone()).into());
+        }
+        renamed.map_err(|e| {
+            Error::from(e)
+                .with_message(format!("cannot rename to {}", self.final_path.display()))
+                .at_path(&self.partial_path)
+        })?;
         self.committed = true;
+        live().remove(&self.id);
         self.dir.sync().map_err(|e| {
             Error::from(e)
                 .with_message("cannot sync the directory")
@@ -176,7 +229,9 @@ impl Drop for PartialFile {
         if !self.committed {
             // Best effort: the error that made us give up matters more.
             // The name is still ours: nobody removes a locked partial file.
-            let _ = self.dir.unlink(&self.partial_name);
+            if live().remove(&self.id).is_some() {
+                let _ = self.dir.unlink(&self.partial_name);
+            }
         }
     }
 }
@@ -196,6 +251,15 @@ pub fn target_dir(roots: &AllowedRoots, path: &Path) -> Result<(Arc<Dir>, OsStri
         _ => e,
     })?;
     Ok((Arc::new(dir), name.to_owned()))
+}
+
+/// Fails if `name` exists in `dir` (as anything, a link included).
+pub fn refuse_existing(dir: &Dir, name: &OsStr) -> Result<()> {
+    match dir.stat(name) {
+        Ok(_) => Err(PartialError::TargetExists(dir.join(name)).into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::from(e).at_path(dir.join(name))),
+    }
 }
 
 /// Takes the exclusive lock of `file` without waiting; `false` when a
@@ -312,7 +376,7 @@ mod tests {
     fn commit_renames() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("disk.raw");
-        let (p, f) = PartialFile::create(&any(), &target).unwrap();
+        let (p, f) = PartialFile::create(&any(), &target, Existing::Replace).unwrap();
         assert_eq!(p.partial_path(), dir.path().join("disk.raw.partial"));
         assert_eq!(p.final_path(), target);
         std::os::unix::fs::FileExt::write_all_at(&f, b"hello", 0).unwrap();
@@ -328,7 +392,7 @@ mod tests {
     fn drop_without_commit_removes() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("disk.qcow2");
-        let (p, f) = PartialFile::create(&any(), &target).unwrap();
+        let (p, f) = PartialFile::create(&any(), &target, Existing::Replace).unwrap();
         let partial = p.partial_path().to_owned();
         assert!(partial.exists());
         drop(p);
@@ -343,7 +407,7 @@ mod tests {
         let target = dir.path().join("disk.raw");
         let stale = dir.path().join("disk.raw.partial");
         std::fs::write(&stale, b"old").unwrap();
-        let (p, f) = PartialFile::create(&any(), &target).unwrap();
+        let (p, f) = PartialFile::create(&any(), &target, Existing::Replace).unwrap();
         assert_eq!(f.metadata().unwrap().len(), 0);
         drop(p);
         assert!(!stale.exists());
@@ -353,18 +417,18 @@ mod tests {
     fn a_held_partial_is_an_error_naming_it_and_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("disk.raw");
-        let (live, f) = PartialFile::create(&any(), &target).unwrap();
+        let (live, f) = PartialFile::create(&any(), &target, Existing::Replace).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"live", 0).unwrap();
-        let e = PartialFile::create(&any(), &target).unwrap_err();
+        let e = PartialFile::create(&any(), &target, Existing::Replace).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(e.to_string().contains("another transfer"), "{e}");
         assert!(e.to_string().contains("disk.raw.partial"), "{e}");
         assert_eq!(std::fs::read(live.partial_path()).unwrap(), b"live");
         // The lock outlives the volume's own descriptor.
         drop(f);
-        assert!(PartialFile::create(&any(), &target).is_err());
+        assert!(PartialFile::create(&any(), &target, Existing::Replace).is_err());
         drop(live);
-        let (p, _) = PartialFile::create(&any(), &target).unwrap();
+        let (p, _) = PartialFile::create(&any(), &target, Existing::Replace).unwrap();
         drop(p);
     }
 
@@ -376,7 +440,7 @@ mod tests {
         std::fs::write(&victim, b"precious").unwrap();
         let target = dir.path().join("vm.ova");
         symlink(&victim, dir.path().join("vm.ova.partial")).unwrap();
-        let (p, f) = PartialFile::create(&any(), &target).unwrap();
+        let (p, f) = PartialFile::create(&any(), &target, Existing::Replace).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"ova", 0).unwrap();
         p.commit().unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
@@ -386,18 +450,50 @@ mod tests {
     }
 
     #[test]
+    fn keep_refuses_an_existing_target_before_and_at_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("vm.ova");
+        std::fs::write(&target, b"old").unwrap();
+        let e = PartialFile::create(&any(), &target, Existing::Keep).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert!(!dir.path().join("vm.ova.partial").exists());
+        std::fs::remove_file(&target).unwrap();
+        let (p, _f) = PartialFile::create(&any(), &target, Existing::Keep).unwrap();
+        // A file that appears meanwhile is not replaced by the commit.
+        std::fs::write(&target, b"newer").unwrap();
+        let e = p.commit().unwrap_err();
+        assert!(e.to_string().contains("exists"), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"newer");
+        assert!(!dir.path().join("vm.ova.partial").exists());
+    }
+
+    #[test]
+    fn a_second_signal_removes_the_live_partial_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _f) =
+            PartialFile::create(&any(), &dir.path().join("a.raw"), Existing::Replace).unwrap();
+        let partial = p.partial_path().to_owned();
+        remove_all_live();
+        assert!(!partial.exists());
+        // Dropped afterwards, it does not remove a name it no longer owns.
+        std::fs::write(&partial, b"someone else's").unwrap();
+        drop(p);
+        assert!(partial.exists());
+    }
+
+    #[test]
     fn missing_parent_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let parent = dir.path().join("nope");
         let target = parent.join("disk.raw");
-        let e = PartialFile::create(&any(), &target).unwrap_err();
+        let e = PartialFile::create(&any(), &target, Existing::Replace).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.to_string().contains(&*parent.to_string_lossy()), "{e}");
     }
 
     #[test]
     fn path_without_file_name_is_rejected() {
-        let e = PartialFile::create(&any(), Path::new("/")).unwrap_err();
+        let e = PartialFile::create(&any(), Path::new("/"), Existing::Replace).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
 
@@ -408,7 +504,8 @@ mod tests {
         std::fs::create_dir(root.join("sub")).unwrap();
         std::fs::write(root.join("sub/a.raw.partial"), b"dead").unwrap();
         std::fs::write(root.join("keep.raw"), b"done").unwrap();
-        let (live, _f) = PartialFile::create(&any(), &root.join("b.raw")).unwrap();
+        let (live, _f) =
+            PartialFile::create(&any(), &root.join("b.raw"), Existing::Replace).unwrap();
         let roots = AllowedRoots::new(std::slice::from_ref(&root)).unwrap();
         let removed = remove_stale(roots.open_dir(&root).unwrap());
         assert_eq!(removed, vec![root.join("sub/a.raw.partial")]);

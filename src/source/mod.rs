@@ -4,7 +4,11 @@ pub mod volume;
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustix::event::{PollFd, PollFlags};
 
 use crate::error::{Error, Result};
 
@@ -17,16 +21,26 @@ pub struct Source {
     pub size: Option<u64>,
     /// The path, for error messages; `None` for stdin.
     pub path: Option<PathBuf>,
+    /// A descriptor of the same input, to wait on with poll.
+    fd: Option<OwnedFd>,
 }
 
 /// Opens `spec`: a path, or `-` for standard input.
 pub fn open(spec: &str) -> Result<Source> {
     if spec == "-" {
-        widen_pipe(&std::io::stdin());
+        // Its own descriptor, unbuffered, so that a wait for input can be
+        // watched with poll (see `Source::wake_on`).
+        let stdin = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::from(e).with_message("standard input"))?;
+        widen_pipe(&stdin);
+        let fd = stdin.try_clone().ok();
         return Ok(Source {
-            reader: Box::new(std::io::stdin()),
+            reader: Box::new(File::from(stdin)),
             size: None,
             path: None,
+            fd,
         });
     }
     let path = PathBuf::from(spec);
@@ -38,11 +52,72 @@ pub fn open(spec: &str) -> Result<Source> {
 pub fn from_file(file: File, path: PathBuf) -> Result<Source> {
     let meta = file.metadata().map_err(|e| Error::from(e).at_path(&path))?;
     let size = meta.is_file().then_some(meta.len());
+    let fd = file.as_fd().try_clone_to_owned().ok();
     Ok(Source {
         reader: Box::new(file),
         size,
         path: Some(path),
+        fd,
     })
+}
+
+impl Source {
+    /// Makes a read that waits for input (a pipe that sends nothing) end
+    /// as soon as `wake` becomes readable: it then reports the end of the
+    /// input, and the pipeline, which was cancelled, says so. Files are
+    /// never waited for and read as before.
+    pub fn wake_on(mut self, wake: Arc<OwnedFd>) -> Source {
+        // Regular files never make a read wait.
+        if self.size.is_some() {
+            return self;
+        }
+        let Some(fd) = self.fd.take() else {
+            return self;
+        };
+        Source {
+            reader: Box::new(Wakeable {
+                inner: self.reader,
+                fd,
+                wake,
+                woken: false,
+            }),
+            ..self
+        }
+    }
+}
+
+/// A reader that polls its descriptor together with a wake-up descriptor.
+struct Wakeable {
+    inner: Box<dyn Read + Send>,
+    fd: OwnedFd,
+    wake: Arc<OwnedFd>,
+    woken: bool,
+}
+
+impl Read for Wakeable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.woken {
+                return Ok(0);
+            }
+            let mut fds = [
+                PollFd::new(&self.fd, PollFlags::IN),
+                PollFd::new(&*self.wake, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if !fds[1].revents().is_empty() {
+                self.woken = true;
+                continue;
+            }
+            if !fds[0].revents().is_empty() {
+                return self.inner.read(buf);
+            }
+        }
+    }
 }
 
 /// Pipe buffer asked for when reading from a pipe: fewer, larger reads.
