@@ -76,7 +76,8 @@ pub struct JobStatus {
     pub state: TransferState,
     /// Bytes read from the source (import) or written (export).
     pub bytes: u64,
-    /// Total bytes when known.
+    /// Bytes `bytes` reaches at the end, when known: an import's package
+    /// size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
     /// The tar entry in progress.
@@ -141,7 +142,7 @@ impl Jobs {
     pub fn start(&self, request: JobRequest) -> Result<JobStatus> {
         let work = self.resolve(&request)?;
         let id = format!("{:x}-{}", now(), self.next.fetch_add(1, Ordering::Relaxed));
-        let progress = Arc::new(Progress::new(None));
+        let progress = Arc::new(Progress::new(work.total()));
         let job = Arc::new(Job {
             id: id.clone(),
             request,
@@ -345,6 +346,16 @@ fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value> {
 }
 
 impl Work {
+    /// What `total` shows: an import reads its package whole, so its size
+    /// is known at the start; an export's is known only once the plan is
+    /// made, and its `result` then carries it.
+    fn total(&self) -> Option<u64> {
+        match self {
+            Work::Import { source, .. } => std::fs::metadata(source).ok().map(|m| m.len()),
+            Work::Export { .. } => None,
+        }
+    }
+
     fn run(self, progress: Arc<Progress>) -> Result<serde_json::Value> {
         match self {
             Work::Import {

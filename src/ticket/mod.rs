@@ -35,8 +35,14 @@ pub enum TicketError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The body's `uuid` differs from the id in the request path.
-    #[error("ticket uuid '{uuid}' does not match the id '{id}' in the path")]
+    /// The body's `uuid` differs from the id in the request path. Both
+    /// are ticket ids, so the message shows only their [`log_id`] forms:
+    /// the caller knows what it sent, and the message is also logged.
+    #[error(
+        "ticket uuid '{}' does not match the id '{}' in the path",
+        shown_id(uuid),
+        shown_id(id)
+    )]
     IdMismatch {
         /// The id from the path.
         id: String,
@@ -69,8 +75,9 @@ pub enum TicketError {
         /// What is not supported.
         reason: &'static str,
     },
-    /// No ticket with this id, or it expired (control API).
-    #[error("no such ticket '{id}'")]
+    /// No ticket with this id, or it expired (control API). The message
+    /// shows the id's [`log_id`] form, as the log does.
+    #[error("no such ticket '{}'", shown_id(id))]
     NotFound {
         /// The id asked for.
         id: String,
@@ -113,6 +120,26 @@ pub fn log_id(id: &str) -> &str {
     &id[..end]
 }
 
+/// How logs and error messages show a ticket id: its [`log_id`], with
+/// `...` when the id is longer.
+pub fn shown_id(id: &str) -> String {
+    let short = log_id(id);
+    if short.len() < id.len() {
+        format!("{short}...")
+    } else {
+        short.to_owned()
+    }
+}
+
+/// A request path as logs show it: every segment as [`shown_id`]. A ticket id
+/// may sit in any segment (`/images/{id}`, `/tickets/{id}`, or a mistyped
+/// path), and the log must not hand its reader the credential; the names
+/// of the APIs' resources (`images`, `extents`, `tickets`, `jobs`, `info`)
+/// are short enough to stay whole.
+pub fn log_path(path: &str) -> String {
+    path.split('/').map(shown_id).collect::<Vec<_>>().join("/")
+}
+
 /// Compares two byte strings in time that depends only on their lengths,
 /// never on where they first differ, so a client cannot guess a ticket id
 /// byte by byte from response times.
@@ -147,6 +174,50 @@ mod tests {
         assert!(!ct_eq(b"ab", b"ab\0"));
         let id = "9f7d0e3a-0c6e-4c59-9f4b-1d1f1b2f6c11";
         assert!(ct_eq(id.as_bytes(), id.to_owned().as_bytes()));
+    }
+
+    #[test]
+    fn logs_show_ids_cut_short() {
+        let id = "9f7d0e3a-0c6e-4c59-9f4b-1d1f1b2f6c11";
+        assert_eq!(log_id(id), "9f7d0e3a");
+        assert_eq!(shown_id(id), "9f7d0e3a...");
+        // A short id is shown whole, without a mark that it was cut.
+        assert_eq!(shown_id("t1"), "t1");
+        assert_eq!(shown_id("12345678"), "12345678");
+        // Characters, not bytes: a cut never splits one.
+        assert_eq!(shown_id("éééééééééé"), "éééééééé...");
+
+        assert_eq!(log_path(&format!("/tickets/{id}")), "/tickets/9f7d0e3a...");
+        assert_eq!(
+            log_path(&format!("/images/{id}/extents")),
+            "/images/9f7d0e3a.../extents"
+        );
+        // A mistyped path hides the id as well, wherever it sits.
+        assert_eq!(
+            log_path(&format!("/ticket/x/{id}/")),
+            "/ticket/x/9f7d0e3a.../"
+        );
+        assert_eq!(log_path(&format!("/{id}")), "/9f7d0e3a...");
+        assert_eq!(log_path("/tickets"), "/tickets");
+        assert_eq!(log_path("/"), "/");
+        assert_eq!(log_path(""), "");
+    }
+
+    #[test]
+    fn ticket_errors_never_carry_a_whole_id() {
+        let id = "9f7d0e3a-0c6e-4c59-9f4b-1d1f1b2f6c11";
+        let other = "0b1e2f3a-aaaa-bbbb-cccc-dddddddddddd";
+        let e = TicketError::NotFound { id: id.into() }.to_string();
+        assert_eq!(e, "no such ticket '9f7d0e3a...'");
+        let e = TicketError::IdMismatch {
+            id: id.into(),
+            uuid: other.into(),
+        }
+        .to_string();
+        assert_eq!(
+            e,
+            "ticket uuid '0b1e2f3a...' does not match the id '9f7d0e3a...' in the path"
+        );
     }
 
     #[test]

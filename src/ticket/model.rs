@@ -44,6 +44,13 @@ pub enum TicketKind {
 }
 
 impl TicketKind {
+    /// Every kind, in the order the README lists them.
+    pub const ALL: [TicketKind; 3] = [
+        TicketKind::Image,
+        TicketKind::OvaImport,
+        TicketKind::OvaExport,
+    ];
+
     /// The name used in tickets.
     pub fn name(self) -> &'static str {
         match self {
@@ -141,6 +148,15 @@ pub enum TransferState {
 }
 
 impl TransferState {
+    /// Every state, from first to final.
+    pub const ALL: [TransferState; 5] = [
+        TransferState::Pending,
+        TransferState::Active,
+        TransferState::Succeeded,
+        TransferState::Failed,
+        TransferState::Cancelled,
+    ];
+
     /// The name `GET /tickets/{id}` shows.
     pub fn name(self) -> &'static str {
         match self {
@@ -196,16 +212,18 @@ impl std::fmt::Display for TransferState {
 pub struct DiskStatus {
     /// The disk's href.
     pub href: String,
-    /// Guest bytes written (import) or image bytes sent (export) so far.
+    /// Bytes of the disk's tar entry received (import) or produced
+    /// (export) so far, as the package carries them (compressed, for a
+    /// compressed entry).
     pub bytes: u64,
     /// Where this disk stands.
     pub state: TransferState,
 }
 
-/// What `GET /tickets/{id}` answers: the ticket as installed, plus live
-/// status under ovirt-imageio's names (`expires`, `idle_time`, `active`,
-/// `canceled`, `connections`, `transferred`) and ovaio's (`state`,
-/// `error`, `disks`).
+/// What `GET /tickets/{id}` answers, and each item of `GET /tickets`: the
+/// ticket as installed, plus live status under ovirt-imageio's names
+/// (`expires`, `idle_time`, `active`, `canceled`, `connections`,
+/// `transferred`) and ovaio's (`state`, `error`, `disks`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketStatus {
     /// The ticket (with `inactivity_timeout` filled in).
@@ -561,6 +579,32 @@ mod tests {
         assert!(json.get("error").is_none());
         let back: TicketStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn every_kind_and_state_is_listed_once_under_its_json_name() {
+        let kinds: Vec<_> = TicketKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(kinds, ["image", "ova-import", "ova-export"]);
+        for k in TicketKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+        let states: Vec<_> = TransferState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            states,
+            ["pending", "active", "succeeded", "failed", "cancelled"]
+        );
+        // A new state stops this match compiling, so it cannot be left
+        // out of `ALL` (and of `GET /tickets?state=`) unnoticed.
+        for s in TransferState::ALL {
+            let i = match s {
+                TransferState::Pending => 0,
+                TransferState::Active => 1,
+                TransferState::Succeeded => 2,
+                TransferState::Failed => 3,
+                TransferState::Cancelled => 4,
+            };
+            assert_eq!(TransferState::ALL[i], s);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::clock::{Clock, SystemClock};
 use super::model::{
@@ -202,30 +202,22 @@ impl TicketStore {
         let mut map = lock(&self.tickets);
         self.purge(&mut map, now);
         let entry = map.get(id).ok_or_else(|| not_found(id))?;
-        let s = lock(&entry.live.state);
-        let remaining = s.deadline.saturating_duration_since(now);
-        let expires = wall
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_add(remaining)
-            .as_secs();
-        let idle_time = if s.connections > 0 {
-            0
-        } else {
-            now.saturating_duration_since(s.last_activity).as_secs()
-        };
-        Ok(TicketStatus {
-            ticket: entry.spec.req.clone(),
-            expires,
-            idle_time,
-            active: s.connections > 0,
-            canceled: s.canceled,
-            transferred: entry.live.transferred(&s),
-            connections: s.connections as u64,
-            state: s.state,
-            error: s.error.clone(),
-            disks: s.disks.clone(),
-        })
+        Ok(entry.status(now, wall))
+    }
+
+    /// Every live ticket with its status (`GET /tickets`), sorted by id:
+    /// ids are unique and do not change, so the order is stable from one
+    /// call to the next whatever happens to the transfers. Expired tickets
+    /// are dropped first, as for every other call.
+    pub fn list(&self) -> Vec<TicketStatus> {
+        let now = self.clock.now();
+        let wall = self.clock.wall();
+        let mut map = lock(&self.tickets);
+        self.purge(&mut map, now);
+        let mut v: Vec<TicketStatus> = map.values().map(|e| e.status(now, wall)).collect();
+        drop(map);
+        v.sort_by(|a, b| a.ticket.uuid.cmp(&b.ticket.uuid));
+        v
     }
 
     /// Makes the ticket expire `timeout` seconds from now (`PATCH
@@ -439,6 +431,37 @@ fn not_found(id: &str) -> Error {
 
 fn forbidden(reason: String) -> Error {
     TicketError::Forbidden { reason }.into()
+}
+
+impl Entry {
+    /// The ticket's status at `now` (monotonic) and `wall` (the same
+    /// instant on the system clock, for `expires`).
+    fn status(&self, now: Instant, wall: SystemTime) -> TicketStatus {
+        let s = lock(&self.live.state);
+        let remaining = s.deadline.saturating_duration_since(now);
+        let expires = wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(remaining)
+            .as_secs();
+        let idle_time = if s.connections > 0 {
+            0
+        } else {
+            now.saturating_duration_since(s.last_activity).as_secs()
+        };
+        TicketStatus {
+            ticket: self.spec.req.clone(),
+            expires,
+            idle_time,
+            active: s.connections > 0,
+            canceled: s.canceled,
+            transferred: self.live.transferred(&s),
+            connections: s.connections as u64,
+            state: s.state,
+            error: s.error.clone(),
+            disks: s.disks.clone(),
+        }
+    }
 }
 
 impl Live {
@@ -755,6 +778,39 @@ mod tests {
                 Err(e) if e.kind() == ErrorKind::NotFound => false,
                 Err(e) => panic!("{e}"),
             }
+        }
+
+        /// An `ova-export` ticket reading the existing `vol.raw`.
+        fn ova_export(&self) -> TicketRequest {
+            TicketRequest {
+                kind: TicketKind::OvaExport,
+                ops: vec![Op::Read],
+                ova: Some(OvaSpec {
+                    disks: vec![OvaDisk {
+                        href: "vol.qcow2".into(),
+                        url: self.url("vol.raw"),
+                        format: None,
+                    }],
+                    ovf: None,
+                    name: Some("vm".into()),
+                }),
+                ..self.ova_import()
+            }
+        }
+
+        /// Adds `req` under `id` (its `uuid` set to match).
+        fn add_as(&self, id: &str, mut req: TicketRequest) {
+            req.uuid = id.into();
+            self.store.add(id, req).unwrap();
+        }
+
+        /// The ids `list` returns, in its order.
+        fn listed(&self) -> Vec<String> {
+            self.store
+                .list()
+                .into_iter()
+                .map(|s| s.ticket.uuid)
+                .collect()
         }
     }
 
@@ -1164,5 +1220,117 @@ mod tests {
         f.store.add(ID, f.ova_import()).unwrap();
         let e = f.store.authorize(ID, Op::Read).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Auth);
+    }
+
+    #[test]
+    fn list_is_sorted_by_id_and_shows_what_get_shows() {
+        let f = fixture();
+        assert!(f.store.list().is_empty());
+
+        // Added out of order: the list sorts by id, not by insertion.
+        f.add_as("c-export", f.ova_export());
+        f.add_as("a-image", f.image(&[Op::Read, Op::Write]));
+        f.add_as("b-import", f.ova_import());
+        assert_eq!(f.listed(), ["a-image", "b-import", "c-export"]);
+
+        let h = f.store.authorize("a-image", Op::Write).unwrap();
+        h.begin().unwrap();
+        h.add_transferred(8192);
+        let i = f.store.authorize("b-import", Op::Write).unwrap();
+        i.begin().unwrap();
+        i.set_disk_progress("d1.vmdk", 4096, TransferState::Succeeded);
+        i.fail("entry 'd2.vmdk': bad magic");
+        f.advance(3);
+        drop(i);
+        f.advance(4);
+
+        let list = f.store.list();
+        for s in &list {
+            assert_eq!(
+                s,
+                &f.store.get_status(&s.ticket.uuid).unwrap(),
+                "{}",
+                s.ticket.uuid
+            );
+        }
+        let kinds: Vec<TicketKind> = list.iter().map(|s| s.ticket.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                TicketKind::Image,
+                TicketKind::OvaImport,
+                TicketKind::OvaExport
+            ]
+        );
+        let (image, import, export) = (&list[0], &list[1], &list[2]);
+        assert_eq!(image.state, TransferState::Active);
+        assert_eq!(image.transferred, 8192);
+        assert_eq!(image.connections, 1);
+        assert!(image.active);
+        assert_eq!(image.idle_time, 0);
+        assert_eq!(image.ticket.ops, [Op::Read, Op::Write]);
+        assert_eq!(image.ticket.size, Some(1 << 30));
+
+        assert_eq!(import.state, TransferState::Failed);
+        assert_eq!(import.error.as_deref(), Some("entry 'd2.vmdk': bad magic"));
+        assert_eq!(import.connections, 0);
+        assert_eq!(import.idle_time, 4);
+        assert_eq!(import.disks.len(), 2);
+        assert_eq!(import.disks[0].bytes, 4096);
+        assert_eq!(import.disks[0].state, TransferState::Succeeded);
+        assert_eq!(import.disks[1].state, TransferState::Pending);
+        // The handle's drop was activity: the expiry moved with it.
+        assert_eq!(import.expires, T0 + 3 + 300);
+        assert_eq!(image.expires, T0 + 300);
+
+        assert_eq!(export.state, TransferState::Pending);
+        assert_eq!(export.ticket.ops, [Op::Read]);
+        assert_eq!(export.disks[0].href, "vol.qcow2");
+        assert_eq!(export.idle_time, 7);
+        assert_eq!(export.expires, T0 + 300);
+    }
+
+    #[test]
+    fn list_leaves_out_expired_and_removed_tickets() {
+        let f = fixture();
+        let mut short = f.image(&[Op::Read]);
+        short.timeout = 30;
+        short.inactivity_timeout = Some(0);
+        f.add_as("short", short);
+        f.add_as("idle", f.image(&[Op::Read]));
+        let mut long = f.ova_import();
+        long.inactivity_timeout = Some(0);
+        f.add_as("long", long);
+        let held = f.store.authorize("short", Op::Read).unwrap();
+        assert_eq!(f.listed(), ["idle", "long", "short"]);
+
+        // `idle` passes its inactivity limit; `short` its timeout, though
+        // a connection holds it, and the transfer is cancelled.
+        f.advance(60);
+        assert_eq!(f.listed(), ["long"]);
+        assert!(held.is_cancelled());
+
+        f.store.extend("long", 0).unwrap();
+        assert!(f.store.list().is_empty());
+
+        f.add_as("gone", f.image(&[Op::Read]));
+        f.add_as("kept", f.image(&[Op::Read]));
+        f.store.remove("gone").unwrap();
+        assert_eq!(f.listed(), ["kept"]);
+    }
+
+    #[test]
+    fn a_replaced_ticket_is_listed_once_with_its_new_status() {
+        let f = fixture();
+        f.store.add(ID, f.image(&[Op::Read])).unwrap();
+        let h = f.store.authorize(ID, Op::Read).unwrap();
+        h.begin().unwrap();
+        f.store.add(ID, f.ova_import()).unwrap();
+        let list = f.store.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].ticket.kind, TicketKind::OvaImport);
+        assert_eq!(list[0].state, TransferState::Pending);
+        assert_eq!(list[0].connections, 0);
+        assert!(h.is_cancelled());
     }
 }

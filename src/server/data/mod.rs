@@ -129,7 +129,7 @@ impl DataApi {
             transfer = ticket.request().transfer_id.as_deref().unwrap_or("-"),
         );
         async move {
-            tracing::debug!(%method, %path, "request");
+            tracing::debug!(%method, path = %crate::ticket::log_path(&path), "request");
             let r = self.dispatch(ticket, method.clone(), res, req).await;
             if r.status().is_client_error() || r.status().is_server_error() {
                 tracing::warn!(%method, status = r.status().as_u16(), "request failed");
