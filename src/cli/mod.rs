@@ -1,9 +1,11 @@
 //! The command line: one module per subcommand. Each parses its flags into
 //! a pipeline request, runs it, and prints a human or `--json` summary.
 
+mod completions;
 mod export;
 mod import;
 mod inspect;
+mod man;
 mod progress;
 mod serve;
 
@@ -32,6 +34,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run the HTTPS data API and the control API (tickets, jobs).
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff) covering every subcommand.
+    Man(man::ManArgs),
 }
 
 impl Cli {
@@ -48,6 +54,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => import::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => man::run(a),
     }
 }
 
