@@ -4,20 +4,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Only what is missing is installed, and only that: no recommended extras
+# and no upgrade of anything already there. Each package is announced with
+# the reason it is needed before apt-get runs.
 need=()
-command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
-command -v tar >/dev/null 2>&1 || need+=(tar)
-command -v gzip >/dev/null 2>&1 || need+=(gzip)
-command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+why=()
+want() { # COMMAND PACKAGE REASON: PACKAGE unless COMMAND is on the PATH
+  command -v "$1" >/dev/null 2>&1 || { need+=("$2"); why+=("$3"); }
+}
+want qemu-img qemu-utils "builds and compares test disk images"
+want tar tar "packs and lists test OVAs"
+want gzip gzip "gzip-compressed test disks"
+want sha256sum coreutils "test manifests"
+want curl curl "server tests and the README walkthrough"
+want chromium chromium "browser upload tests"
+want chromedriver chromium-driver "browser upload tests"
+want groff groff-base "manual page test"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
+  { need+=(python3-venv); why+=("venv for ovirt-imageio and selenium"); }
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
+  for i in "${!need[@]}"; do
+    echo "installing ${need[$i]} (${why[$i]})"
+  done
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+  # sudo resets the environment, so the frontend is set inside it.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends --no-upgrade "${need[@]}"
 fi
 # The ovirt-imageio client library and daemon (the peer the server tests
 # talk to) and selenium (drives chromium for the browser upload test).

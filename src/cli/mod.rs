@@ -12,9 +12,11 @@ macro_rules! outln {
     }};
 }
 
+mod completions;
 mod export;
 mod import;
 mod inspect;
+mod man;
 mod progress;
 mod serve;
 mod signals;
@@ -44,6 +46,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run the HTTPS data API and the control API (tickets, jobs).
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff) covering every subcommand.
+    Man(man::ManArgs),
 }
 
 impl Cli {
@@ -60,6 +66,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => import::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => man::run(a),
     }
 }
 
