@@ -68,8 +68,28 @@ pub fn disk(data: &[u8]) {
         .and_then(|()| d.finish(&mut out));
 }
 
-/// A whole package through `ovaio inspect`'s pass: tar, OVF, manifest and
-/// the probe of every entry.
+/// A whole package through `ovaio inspect`'s pass: tar, OVF, manifest,
+/// digests and the probe of every entry; then through the quick pass,
+/// which skips entry contents and must see the same entries.
 pub fn inspect(data: &[u8]) {
-    let _ = crate::pipeline::inspect::inspect(&mut &data[..]);
+    use crate::pipeline::inspect::{Mode, inspect};
+    let full = inspect(&mut &data[..], Mode::Verify);
+    let quick = inspect(&mut std::io::Cursor::new(data), Mode::Quick);
+    match (&full, &quick) {
+        (Ok(f), Ok(q)) => {
+            let names = |r: &crate::pipeline::inspect::InspectReport| {
+                r.entries
+                    .iter()
+                    .map(|e| (e.name.clone(), e.size, e.offset))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(names(f), names(q), "quick inspect saw other entries");
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!(
+            "full and quick inspect disagree: {:?} vs {:?}",
+            full.as_ref().err(),
+            quick.as_ref().err()
+        ),
+    }
 }

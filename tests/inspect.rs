@@ -101,6 +101,22 @@ fn json_for_three_disks_with_manifest() {
     assert_eq!(mf["algorithm"], Manifest::Sha256.algorithm());
     assert_eq!(mf["entries"].as_u64(), Some(4), "OVF and three disks");
 
+    // Every manifest line checked against the content, every disk's
+    // content as the OVF declares it (the gzip one looked into).
+    let v = &json["verification"];
+    assert_eq!(v["mode"], "full");
+    assert_eq!(v["manifest"]["status"], "verified", "{v}");
+    assert_eq!(v["manifest"]["verified"].as_u64(), Some(4));
+    for (p, href) in prepared
+        .iter()
+        .zip(["disk1.vmdk", "disk2.qcow2", "disk3.img"])
+    {
+        let d = find(&v["disks"], "href", href);
+        assert_eq!(d["status"], "ok", "{d}");
+        assert_eq!(d["content_format"], p.source.json_format(), "{href}");
+        assert_eq!(d["compression"], p.source.json_compression(), "{href}");
+    }
+
     // Entries: every regular file in archive order, with GNU tar's sizes;
     // offsets are either all header offsets or all data offsets.
     let listed = tar::list(&path);
@@ -145,6 +161,7 @@ fn json_without_manifest_ovf_last() {
     let (path, _) = package(&w, None, Placement::OvfLast);
     let json = inspect_json(&path);
     assert!(json["manifest"].is_null(), "{json}");
+    assert_eq!(json["verification"]["manifest"]["status"], "absent");
     assert_eq!(json["ovf"], OVF_NAME);
     assert_eq!(json["disks"].as_array().map(Vec::len), Some(3));
     let last = json["entries"]
@@ -164,6 +181,8 @@ fn json_sha1_manifest_after_ovf() {
         Manifest::Sha1Spaced.algorithm()
     );
     assert_eq!(json["manifest"]["entries"].as_u64(), Some(4));
+    // A manifest before the disks is checked as well as one after them.
+    assert_eq!(json["verification"]["manifest"]["status"], "verified");
 }
 
 #[test]
@@ -182,7 +201,14 @@ fn human_table() {
     let run = ovaio().arg("inspect").arg(&path).run();
     run.assert_success();
     assert_eq!(listing(), before, "inspect writes nothing");
-    for word in ["disk1.vmdk", "disk2.qcow2", "disk3.img", MF_NAME] {
+    for word in [
+        "disk1.vmdk",
+        "disk2.qcow2",
+        "disk3.img",
+        MF_NAME,
+        "Manifest: verified (4 entries)",
+        "disk3.img: format ok (raw, gzip)",
+    ] {
         assert!(
             run.stdout.contains(word),
             "{word} missing from:\n{}",

@@ -1,71 +1,155 @@
-//! `ovaio inspect SRC.ova [--json]`
+//! `ovaio inspect SRC.ova [--json] [--quick]`
 
 use clap::Args;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::printable as p;
-use crate::pipeline::inspect::inspect;
+use crate::pipeline::inspect::{InspectReport, Mode, inspect};
 use crate::source;
 
 /// Arguments of `ovaio inspect`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+By default inspect reads the whole package and checks it as import would: \
+every manifest line against the digest of its entry, and each disk's \
+content format against the OVF's declaration. It exits 5 (integrity) when \
+a digest differs or the manifest names an entry the package lacks, after \
+printing the report.")]
 pub(crate) struct InspectArgs {
     /// The OVA package, or `-` for standard input.
     source: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Headers only: read the OVF, the manifest and the first 512 bytes of
+    /// each entry, skipping the rest of a regular file with seeks; verify
+    /// nothing.
+    #[arg(long)]
+    quick: bool,
 }
 
 pub(crate) fn run(a: InspectArgs) -> Result<()> {
     let mut src = source::open(&a.source)?;
-    let report = inspect(&mut src.reader).map_err(|e| match &src.path {
-        Some(p) => e.at_path(p),
+    let mode = if a.quick { Mode::Quick } else { Mode::Verify };
+    let at_path = |e: Error| match &src.path {
+        Some(path) => e.at_path(path),
         None => e,
-    })?;
+    };
+    let report = inspect(src.reader.as_mut(), mode).map_err(at_path)?;
     if a.json {
         let s = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        println!("{s}");
-        return Ok(());
+        outln!("{s}")?;
+    } else {
+        print_table(&report)?;
     }
-    println!("OVF: {}", p(&report.ovf));
+    // The report is out; a package that differs from its manifest still
+    // fails the command.
+    match report.integrity_error() {
+        Some(e) => Err(at_path(e)),
+        None => Ok(()),
+    }
+}
+
+fn print_table(report: &InspectReport) -> Result<()> {
+    outln!("OVF: {}", p(&report.ovf))?;
     if let Some(n) = &report.name {
-        println!("Name: {}", p(n));
+        outln!("Name: {}", p(n))?;
     }
-    println!("Disks:");
+    outln!("Disks:")?;
     for d in &report.disks {
-        println!(
+        outln!(
             "  {:<12} {:<28} capacity {:>14}  format {} ({})",
             p(&d.disk_id),
             p(d.href.as_deref().unwrap_or("-")),
             d.capacity,
             d.detected_format.unwrap_or("?"),
             p(d.format_uri.as_deref().unwrap_or("no format URI")),
-        );
+        )?;
     }
-    println!("Files:");
+    outln!("Files:")?;
     for f in &report.files {
-        println!(
+        outln!(
             "  {:<12} {:<28} size {:>14}  compression {}",
             p(&f.id),
             p(&f.href),
             f.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             f.compression
-        );
+        )?;
     }
     match &report.manifest {
-        Some(m) => println!(
+        Some(m) => outln!(
             "Manifest: {} ({}, {} entries)",
             p(&m.name),
             m.algorithm,
             m.entries
-        ),
-        None => println!("Manifest: none"),
+        )?,
+        None => outln!("Manifest: none")?,
     }
-    println!("Entries:");
+    outln!("Entries:")?;
     for e in &report.entries {
-        println!("  {:<40} {:>14} bytes at {}", p(&e.name), e.size, e.offset);
+        outln!("  {:<40} {:>14} bytes at {}", p(&e.name), e.size, e.offset)?;
+    }
+    outln!("Verification:")?;
+    for line in verification_lines(report) {
+        outln!("  {line}")?;
     }
     Ok(())
+}
+
+/// The verdict, one line per finding: the manifest first, then each disk.
+fn verification_lines(report: &InspectReport) -> Vec<String> {
+    let v = &report.verification;
+    let m = &v.manifest;
+    let mut out = Vec::new();
+    match m.status {
+        "absent" => out.push("Manifest: none".to_owned()),
+        "not verified" => out.push("Manifest: not verified (--quick)".to_owned()),
+        "verified" => out.push(format!("Manifest: verified ({} entries)", m.verified)),
+        _ => {
+            for l in &m.lines {
+                match l.status {
+                    "mismatch" => out.push(format!(
+                        "Manifest: MISMATCH for {} ({}: content is {}, manifest says {})",
+                        p(&l.name),
+                        l.algorithm,
+                        l.actual.as_deref().unwrap_or("?"),
+                        l.expected
+                    )),
+                    "missing" => out.push(format!(
+                        "Manifest: MISSING {}: the manifest lists it, the package has no such entry",
+                        p(&l.name)
+                    )),
+                    "not checked" => out.push(format!(
+                        "Manifest: not checked for {}: {} was not computed, the entry came before the manifest",
+                        p(&l.name),
+                        l.algorithm
+                    )),
+                    _ => {}
+                }
+            }
+            out.push(format!(
+                "Manifest: {} of {} entries verified",
+                m.verified,
+                m.lines.len()
+            ));
+        }
+    }
+    for d in &v.disks {
+        let what = match d.status {
+            "ok" => format!(
+                "format ok ({}{})",
+                d.content_format.unwrap_or("?"),
+                if d.compression == Some("gzip") {
+                    ", gzip"
+                } else {
+                    ""
+                }
+            ),
+            "not checked" => "format not checked (--quick)".to_owned(),
+            _ => d.findings.join("; "),
+        };
+        out.push(format!("{}: {what}", p(&d.href)));
+    }
+    out
 }

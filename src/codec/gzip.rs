@@ -7,6 +7,7 @@ use std::io::Write;
 
 use flate2::write::MultiGzDecoder;
 
+use crate::codec::probe::PROBE_LEN;
 use crate::codec::select::Decoder;
 use crate::codec::{DiskDecoder, ExtentSink};
 use crate::error::{Classify, ErrorKind, Result};
@@ -168,6 +169,115 @@ impl DiskDecoder for GzipDecoder {
     }
 }
 
+/// Compressed bytes handed to the inflater at a time while only the head
+/// of a gzip stream is wanted: deflate expands at most ~1032 times, so
+/// this bounds what one write can inflate to about 64 KiB.
+const HEAD_INPUT_SLICE: usize = 64;
+
+/// The first [`PROBE_LEN`] inflated bytes of a gzip stream, for probing
+/// what it holds without decoding the disk: `inspect` names the format
+/// inside a gzip entry as import's decoder choice would see it.
+pub struct InflatedHead {
+    inflater: MultiGzDecoder<Vec<u8>>,
+    /// Compressed bytes fed so far.
+    consumed: u64,
+    state: HeadState,
+}
+
+enum HeadState {
+    Inflating,
+    Done,
+    Failed(GzipError),
+}
+
+impl std::fmt::Debug for InflatedHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InflatedHead")
+            .field("consumed", &self.consumed)
+            .field("inflated", &self.inflater.get_ref().len())
+            .finish()
+    }
+}
+
+impl Default for InflatedHead {
+    fn default() -> Self {
+        InflatedHead {
+            inflater: MultiGzDecoder::new(Vec::with_capacity(PROBE_LEN)),
+            consumed: 0,
+            state: HeadState::Inflating,
+        }
+    }
+}
+
+impl InflatedHead {
+    /// Waiting for the first compressed bytes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the head is complete (or the stream failed): the rest of
+    /// the entry need not be fed.
+    pub fn is_done(&self) -> bool {
+        !matches!(self.state, HeadState::Inflating)
+    }
+
+    /// Feeds the next compressed bytes; ignored once done.
+    pub fn feed(&mut self, input: &[u8]) {
+        for slice in input.chunks(HEAD_INPUT_SLICE) {
+            if self.is_done() {
+                return;
+            }
+            let step = self
+                .inflater
+                .write_all(slice)
+                .and_then(|()| self.inflater.flush());
+            self.consumed += slice.len() as u64;
+            if let Err(e) = step {
+                self.fail(e);
+                return;
+            }
+            self.keep_head();
+        }
+    }
+
+    /// The compressed stream ended: whatever inflated is the whole head.
+    pub fn finish(&mut self) {
+        if self.is_done() {
+            return;
+        }
+        if let Err(e) = self.inflater.try_finish() {
+            self.fail(e);
+            return;
+        }
+        self.keep_head();
+        self.state = HeadState::Done;
+    }
+
+    /// The inflated head (at most [`PROBE_LEN`] bytes), or why the stream
+    /// could not be inflated.
+    pub fn head(&self) -> std::result::Result<&[u8], &GzipError> {
+        match &self.state {
+            HeadState::Failed(e) => Err(e),
+            _ => Ok(self.inflater.get_ref()),
+        }
+    }
+
+    fn keep_head(&mut self) {
+        let out = self.inflater.get_mut();
+        if out.len() >= PROBE_LEN {
+            out.truncate(PROBE_LEN);
+            self.state = HeadState::Done;
+        }
+    }
+
+    fn fail(&mut self, e: std::io::Error) {
+        self.state = HeadState::Failed(GzipError::Invalid {
+            offset: self.consumed,
+            reason: e.to_string(),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +310,34 @@ mod tests {
         for piece in [1, 7, 4096, 1 << 20] {
             assert_eq!(run(&input, 1 << 30, piece).unwrap(), want, "piece {piece}");
         }
+    }
+
+    #[test]
+    fn inflated_head_stops_at_the_probe_length() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        // Two members, the first shorter than the head.
+        let mut input = gz(&data[..100]);
+        input.extend(gz(&data[100..]));
+        for piece in [1, 7, 4096, 1 << 20] {
+            let mut h = InflatedHead::new();
+            for p in input.chunks(piece) {
+                h.feed(p);
+            }
+            assert!(h.is_done(), "piece {piece}");
+            assert_eq!(h.head().unwrap(), &data[..PROBE_LEN], "piece {piece}");
+        }
+        // A stream shorter than the head is all of it once finished.
+        let mut h = InflatedHead::new();
+        h.feed(&gz(b"tiny"));
+        h.finish();
+        assert_eq!(h.head().unwrap(), b"tiny");
+        // Data that does not inflate is reported, not panicked on.
+        let mut h = InflatedHead::new();
+        let mut bad = gz(&data)[..20].to_vec();
+        bad.extend_from_slice(&[0xff; 300]);
+        h.feed(&bad);
+        h.finish();
+        assert!(matches!(h.head(), Err(GzipError::Invalid { .. })));
     }
 
     #[test]

@@ -333,40 +333,98 @@ pub fn declared(uri: &str) -> Declared {
     Declared { family, label }
 }
 
+/// One way an OVF's declarations about a disk differ from its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disagreement {
+    /// `Disk/@ovf:format` names another format family.
+    Format {
+        /// How the declaration reads ([`Declared::label`]).
+        declared: String,
+        /// What the content is ([`SourceFormat::name`]).
+        content: &'static str,
+    },
+    /// `File/@ovf:compression="gzip"`, but the content is not compressed.
+    NotCompressed,
+    /// No compression declared, but the content is gzip.
+    Compressed,
+}
+
+impl Disagreement {
+    /// What was found, as `inspect` reports it.
+    pub fn found(&self) -> String {
+        match self {
+            Disagreement::Format { declared, content } => {
+                format!("declared {declared} but content is {content}")
+            }
+            Disagreement::NotCompressed => {
+                "declared gzip compression but the content is not compressed".into()
+            }
+            Disagreement::Compressed => {
+                "declared no compression but the content is gzip-compressed".into()
+            }
+        }
+    }
+
+    /// What was found and what import did about it: the content won.
+    pub fn resolved(&self) -> String {
+        match self {
+            Disagreement::Format { declared, content } => {
+                format!(
+                    "OVF declares {declared} but the content is {content}; imported as {content}"
+                )
+            }
+            Disagreement::NotCompressed => {
+                "OVF declares gzip compression but the content is not compressed; imported as it is"
+                    .into()
+            }
+            Disagreement::Compressed => {
+                "OVF declares no compression but the content is gzip-compressed; inflated".into()
+            }
+        }
+    }
+}
+
+/// Where an OVF's declarations about a disk differ from what its content
+/// is (`content`, inside gzip when `content_gzip`): the one rule import
+/// and `inspect` judge a disk by. Empty when they agree, or when the
+/// format URI names nothing ovaio knows (nothing to compare with).
+pub fn compare(
+    format_uri: Option<&str>,
+    declared_gzip: bool,
+    content: SourceFormat,
+    content_gzip: bool,
+) -> Vec<Disagreement> {
+    let mut out = Vec::new();
+    if let Some(uri) = format_uri {
+        let d = declared(uri);
+        if d.family.is_some_and(|f| f != content.name()) {
+            out.push(Disagreement::Format {
+                declared: d.label,
+                content: content.name(),
+            });
+        }
+    }
+    match (declared_gzip, content_gzip) {
+        (true, false) => out.push(Disagreement::NotCompressed),
+        (false, true) => out.push(Disagreement::Compressed),
+        _ => {}
+    }
+    out
+}
+
 /// The sentences owed to the user when an OVF's declarations about a disk
-/// differ from what its content turned out to be (`content`, inside gzip
-/// when `content_gzip`). Empty when they agree, or when the format URI
-/// names nothing ovaio knows (nothing to compare with). The content has
-/// already won: each sentence says what was done instead.
+/// differ from what its content turned out to be ([`compare`]). The
+/// content has already won: each sentence says what was done instead.
 pub fn disagreements(
     format_uri: Option<&str>,
     declared_gzip: bool,
     content: SourceFormat,
     content_gzip: bool,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(uri) = format_uri {
-        let d = declared(uri);
-        if d.family.is_some_and(|f| f != content.name()) {
-            out.push(format!(
-                "OVF declares {} but the content is {}; imported as {}",
-                d.label,
-                content.name(),
-                content.name()
-            ));
-        }
-    }
-    match (declared_gzip, content_gzip) {
-        (true, false) => out.push(
-            "OVF declares gzip compression but the content is not compressed; imported as it is"
-                .into(),
-        ),
-        (false, true) => out.push(
-            "OVF declares no compression but the content is gzip-compressed; inflated".into(),
-        ),
-        _ => {}
-    }
-    out
+    compare(format_uri, declared_gzip, content, content_gzip)
+        .iter()
+        .map(Disagreement::resolved)
+        .collect()
 }
 
 #[cfg(test)]
@@ -564,6 +622,40 @@ mod tests {
         assert!(
             inflated[0].contains("gzip-compressed; inflated"),
             "{inflated:?}"
+        );
+    }
+
+    #[test]
+    fn inspect_and_import_judge_by_one_rule() {
+        let vmdk = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized";
+        let found = compare(Some(vmdk), true, SourceFormat::Qcow2, false);
+        assert_eq!(
+            found,
+            [
+                Disagreement::Format {
+                    declared: "vmdk (streamOptimized)".into(),
+                    content: "qcow2"
+                },
+                Disagreement::NotCompressed
+            ]
+        );
+        let words: Vec<String> = found.iter().map(Disagreement::found).collect();
+        assert_eq!(
+            words,
+            [
+                "declared vmdk (streamOptimized) but content is qcow2",
+                "declared gzip compression but the content is not compressed"
+            ]
+        );
+        // Import's sentences are the same findings, resolved.
+        let resolved: Vec<String> = found.iter().map(Disagreement::resolved).collect();
+        assert_eq!(
+            resolved,
+            disagreements(Some(vmdk), true, SourceFormat::Qcow2, false)
+        );
+        assert_eq!(
+            compare(None, false, SourceFormat::Raw, true),
+            [Disagreement::Compressed]
         );
     }
 }

@@ -14,6 +14,10 @@
 //! A manifest whose algorithm was not computed for an entry fails the
 //! import as unverifiable; it never passes silently. The channel is
 //! bounded, so memory stays at a few chunks.
+//!
+//! [`check_manifest`] compares the manifest with what was computed, line
+//! by line: import stops at the first line that does not verify, `inspect`
+//! reports every line.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -21,10 +25,11 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
+use crate::error::{Error, ErrorKind};
 use crate::limits;
 use crate::ova::demux::{Demux, EntryType, Event};
 use crate::ova::digest::MultiDigest;
-use crate::ova::manifest::{self, Algorithm};
+use crate::ova::manifest::{self, Algorithm, Manifest, ManifestEntry};
 
 /// Chunks queued per digest thread before the pipeline waits.
 const QUEUE: usize = 4;
@@ -213,6 +218,94 @@ fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
     out
 }
 
+/// What the package says about one manifest line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineCheck {
+    /// The entry's content has the digest the line gives.
+    Verified,
+    /// The entry's content has another digest: this one.
+    Mismatch(Vec<u8>),
+    /// The package has no regular entry of this name.
+    NoSuchEntry,
+    /// The line's algorithm was not computed for the entry: the entry
+    /// came before the manifest, when another algorithm was expected.
+    NotComputed,
+}
+
+impl LineCheck {
+    /// Whether the line proves the package differs from its manifest (as
+    /// opposed to a line verified, or one that could not be checked).
+    pub fn is_failure(&self) -> bool {
+        matches!(self, LineCheck::Mismatch(_) | LineCheck::NoSuchEntry)
+    }
+
+    /// The error that stops an import at this line (`manifest` names the
+    /// manifest entry); `None` for a verified line. A mismatch or a
+    /// missing entry is an integrity error; a line that was not computed
+    /// is unverifiable, which import refuses rather than pass silently.
+    pub fn error(&self, line: &ManifestEntry, manifest: &str) -> Option<Error> {
+        match self {
+            LineCheck::Verified => None,
+            LineCheck::Mismatch(got) => Some(
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "{} digest mismatch: manifest says {}, content is {}",
+                        line.algorithm,
+                        hex::encode(&line.digest),
+                        hex::encode(got)
+                    ),
+                )
+                .in_entry(&line.name),
+            ),
+            LineCheck::NoSuchEntry => Some(
+                Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "the manifest lists '{}' but the package has no such entry",
+                        line.name
+                    ),
+                )
+                .in_entry(manifest),
+            ),
+            LineCheck::NotComputed => Some(
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "cannot verify: the manifest uses {}, which was not computed because the entry came before the manifest",
+                        line.algorithm
+                    ),
+                )
+                .in_entry(&line.name),
+            ),
+        }
+    }
+}
+
+/// Checks every line of `manifest`, in its order, against the digests
+/// computed while the package streamed: `computed(name)` gives an entry's
+/// digests, or `None` when the package has no regular entry of that name.
+pub fn check_manifest<'a, 'm>(
+    manifest: &'m Manifest,
+    computed: impl Fn(&str) -> Option<&'a [(Algorithm, Vec<u8>)]>,
+) -> Vec<(&'m ManifestEntry, LineCheck)> {
+    manifest
+        .entries
+        .iter()
+        .map(|line| {
+            let check = match computed(&line.name) {
+                None => LineCheck::NoSuchEntry,
+                Some(digests) => match digests.iter().find(|(a, _)| *a == line.algorithm) {
+                    None => LineCheck::NotComputed,
+                    Some((_, got)) if *got == line.digest => LineCheck::Verified,
+                    Some((_, got)) => LineCheck::Mismatch(got.clone()),
+                },
+            };
+            (line, check)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +363,66 @@ mod tests {
                 crate::ova::digest::digest(Algorithm::Sha512, b"third")
             );
         }
+    }
+
+    #[test]
+    fn manifest_lines_are_checked_in_order() {
+        let d = |a, data: &[u8]| (a, crate::ova::digest::digest(a, data));
+        let line = |a, name: &str, data: &[u8]| {
+            format!(
+                "{}({name})= {}\n",
+                Algorithm::name(a),
+                hex::encode(crate::ova::digest::digest(a, data))
+            )
+        };
+        let text = [
+            line(Algorithm::Sha256, "good", b"good"),
+            line(Algorithm::Sha256, "bad", b"expected"),
+            line(Algorithm::Sha1, "gone", b"x"),
+            line(Algorithm::Sha512, "early", b"early"),
+        ]
+        .concat();
+        let m = manifest::parse(text.as_bytes()).unwrap();
+        let mut digests = EntryDigests::new();
+        digests.insert("good".into(), vec![d(Algorithm::Sha256, b"good")]);
+        digests.insert("bad".into(), vec![d(Algorithm::Sha256, b"actual")]);
+        digests.insert(
+            "early".into(),
+            vec![d(Algorithm::Sha1, b"early"), d(Algorithm::Sha256, b"early")],
+        );
+        let checks = check_manifest(&m, |n| digests.get(n).map(Vec::as_slice));
+        let got: Vec<(&str, &LineCheck)> =
+            checks.iter().map(|(l, c)| (l.name.as_str(), c)).collect();
+        let actual = crate::ova::digest::digest(Algorithm::Sha256, b"actual");
+        assert_eq!(
+            got,
+            [
+                ("good", &LineCheck::Verified),
+                ("bad", &LineCheck::Mismatch(actual)),
+                ("gone", &LineCheck::NoSuchEntry),
+                ("early", &LineCheck::NotComputed),
+            ]
+        );
+        let kinds: Vec<Option<ErrorKind>> = checks
+            .iter()
+            .map(|(l, c)| c.error(l, "vm.mf").map(|e| e.kind()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                None,
+                Some(ErrorKind::Integrity),
+                Some(ErrorKind::Integrity),
+                Some(ErrorKind::Unsupported)
+            ]
+        );
+        let failures: Vec<bool> = checks.iter().map(|(_, c)| c.is_failure()).collect();
+        assert_eq!(failures, [false, true, true, false]);
+        let e = checks[2].1.error(checks[2].0, "vm.mf").unwrap();
+        assert_eq!(
+            e.to_string(),
+            "entry 'vm.mf': the manifest lists 'gone' but the package has no such entry"
+        );
     }
 
     #[test]

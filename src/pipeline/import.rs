@@ -24,7 +24,8 @@ use crate::limits;
 use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
 use crate::ova::manifest::{self, Algorithm, Manifest};
 use crate::ova::ovf::{self, Compression, Envelope};
-use crate::pipeline::digests::DigestTap;
+use crate::pipeline::digests::{self, DigestTap};
+use crate::pipeline::package_head::PackageHead;
 use crate::pipeline::progress::Progress;
 use crate::roots::{AllowedRoots, Dir};
 use crate::sink::format::TargetFormat;
@@ -423,6 +424,8 @@ pub struct Importer {
     roots: AllowedRoots,
     existing: Existing,
     demux: Demux,
+    /// The start of the stream, to name a source that is not a tar archive.
+    head: PackageHead,
     records: Vec<EntryRecord>,
     by_name: HashMap<String, usize>,
     current: Option<Current>,
@@ -447,6 +450,7 @@ impl Importer {
             roots: AllowedRoots::any(),
             existing: Existing::Replace,
             demux: Demux::new(),
+            head: PackageHead::new(),
             records: Vec::new(),
             by_name: HashMap::new(),
             current: None,
@@ -491,11 +495,12 @@ impl Importer {
         self.progress.add_read(chunk.len() as u64);
         self.fed += chunk.len() as u64;
         self.digests.feed(&chunk);
+        self.head.observe(&chunk);
         let mut buf = &chunk[..];
         while !buf.is_empty() {
             let pos = self.demux.position();
             let (n, ev) = self.demux.step(buf).map_err(|e| {
-                let e: Error = e.into();
+                let e = self.head.tar_error(e);
                 match self.current_name() {
                     Some(name) => e.in_entry(name),
                     None => e,
@@ -834,7 +839,7 @@ impl Importer {
             self.end()?;
         }
         self.demux.finish().map_err(|e| {
-            let e: Error = e.into();
+            let e = self.head.tar_error(e);
             match self.current_name() {
                 Some(n) => e.in_entry(n),
                 None => e,
@@ -844,6 +849,9 @@ impl Importer {
             return Err(
                 Error::new(ErrorKind::CorruptImage, "package ends inside an entry").in_entry(name),
             );
+        }
+        if self.records.is_empty() && self.others.is_empty() {
+            return Err(self.head.no_entries());
         }
         let Some((ovf_name, env)) = self.ovf.take() else {
             return Err(Error::new(
@@ -993,39 +1001,14 @@ impl Importer {
             tracing::warn!(manifest = %mf_name, "manifest not checked (verification disabled)");
             return Ok("not verified");
         }
-        for entry in &m.entries {
-            let Some(&ri) = self.by_name.get(&entry.name) else {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    format!(
-                        "the manifest lists '{}' but the package has no such entry",
-                        entry.name
-                    ),
-                )
-                .in_entry(mf_name));
-            };
-            let rec = &self.records[ri];
-            let Some((_, got)) = rec.digests.iter().find(|(a, _)| *a == entry.algorithm) else {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "cannot verify: the manifest uses {}, which was not computed because the entry came before the manifest",
-                        entry.algorithm
-                    ),
-                )
-                .in_entry(&rec.name));
-            };
-            if *got != entry.digest {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    format!(
-                        "{} digest mismatch: manifest says {}, content is {}",
-                        entry.algorithm,
-                        hex::encode(&entry.digest),
-                        hex::encode(got)
-                    ),
-                )
-                .in_entry(&rec.name));
+        let computed = |name: &str| {
+            self.by_name
+                .get(name)
+                .map(|&ri| self.records[ri].digests.as_slice())
+        };
+        for (entry, check) in digests::check_manifest(m, computed) {
+            if let Some(e) = check.error(entry, mf_name) {
+                return Err(e);
             }
         }
         Ok("verified")

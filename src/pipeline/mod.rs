@@ -4,4 +4,5 @@ pub mod digests;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod package_head;
 pub mod progress;

@@ -446,6 +446,36 @@ impl Demux {
         r
     }
 
+    /// Content bytes of the current entry not yet delivered, while an
+    /// entry's content is being delivered; `None` between entries.
+    pub fn content_remaining(&self) -> Option<u64> {
+        match (&self.failed, &self.state) {
+            (None, State::Data { remaining, .. }) => Some(*remaining),
+            _ => None,
+        }
+    }
+
+    /// Passes over up to `n` content bytes of the current entry that the
+    /// caller will not feed, because it moved its source past them (a seek
+    /// in a regular file). Returns how many were passed over: at most
+    /// [`Demux::content_remaining`], and 0 outside an entry's content, so
+    /// the caller moves its source by the returned count only. The
+    /// position advances as if the bytes had been fed; the next `step`
+    /// delivers the rest of the content (or `End`) and the stream stays
+    /// in step.
+    pub fn skip_content(&mut self, n: u64) -> u64 {
+        if self.failed.is_some() {
+            return 0;
+        }
+        let State::Data { remaining, .. } = &mut self.state else {
+            return 0;
+        };
+        let n = n.min(*remaining);
+        *remaining -= n;
+        self.pos += n;
+        n
+    }
+
     /// The source ended: `Ok` if the end-of-archive marker was read, or if
     /// the stream ended cleanly at a block boundary after at least one
     /// complete entry (GNU tar only warns about a missing marker);

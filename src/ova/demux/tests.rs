@@ -862,3 +862,89 @@ fn gnu_tar_formats() {
     assert_eq!(b[0].entry_type, EntryType::Directory);
     assert_eq!(b[0].name, format!("{}/", &deep[..90]));
 }
+
+// ------------------------------------------------------------ skipping
+
+/// Feeds `data`, passing over every entry's content after its first
+/// `keep` bytes as a seeking reader would; returns the events, with the
+/// data actually delivered.
+fn run_skipping(data: &[u8], keep: u64) -> (Vec<Owned>, Result<(), TarError>) {
+    let mut demux = Demux::new();
+    let mut events = Vec::new();
+    let mut at = 0usize;
+    let mut delivered = 0u64;
+    loop {
+        let end = match demux.content_remaining() {
+            Some(left) if left > 0 && delivered >= keep => {
+                let skipped = demux.skip_content(left);
+                assert_eq!(skipped, left, "skip_content passes over what remains");
+                at += skipped as usize;
+                continue;
+            }
+            // Up to the kept part of the content, no further.
+            Some(left) if left > 0 => at + (keep - delivered).min(left) as usize,
+            _ => data.len(),
+        };
+        let (n, ev) = match demux.step(&data[at.min(data.len())..end.min(data.len())]) {
+            Ok(r) => r,
+            Err(e) => return (events, Err(e)),
+        };
+        at += n;
+        assert_eq!(demux.position(), at as u64, "position follows the skips");
+        match ev {
+            Some(Event::Begin(h)) => {
+                delivered = 0;
+                events.push(Owned::Begin(h));
+            }
+            Some(Event::Data(d)) => {
+                delivered += d.len() as u64;
+                events.push(Owned::Data(d.to_vec()));
+            }
+            Some(Event::End) => events.push(Owned::End),
+            Some(Event::Eof) => events.push(Owned::Eof),
+            None if at >= data.len() => break,
+            None => {}
+        }
+    }
+    (events, demux.finish())
+}
+
+#[test]
+fn skipped_contents_keep_the_stream_in_step() {
+    let data = W::default()
+        .file("vm.ovf", b"<Envelope/>")
+        .file("disk", &[7u8; 5000])
+        .file("empty", b"")
+        .file("vm.mf", b"SHA1(x)= 00\n")
+        .end()
+        .take();
+    let (full, r) = run(&data);
+    r.unwrap();
+    for keep in [0, 1, 100, 512, 10_000] {
+        let (skipped, r) = run_skipping(&data, keep);
+        r.unwrap();
+        assert_eq!(begins(&skipped), begins(&full), "keep {keep}");
+        // Each entry delivered exactly its first `keep` bytes.
+        for (name, bytes) in contents(&skipped) {
+            let whole = &contents(&full)
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .expect("entry")
+                .1;
+            let want = (keep as usize).min(whole.len());
+            assert_eq!(bytes, whole[..want], "{name} keep {keep}");
+        }
+    }
+    // Outside an entry's content there is nothing to pass over.
+    let mut d = Demux::new();
+    assert_eq!(d.content_remaining(), None);
+    assert_eq!(d.skip_content(10), 0);
+    assert_eq!(d.position(), 0);
+    // More than remains is cut to what remains.
+    let (_, ev) = d.step(&data[..512]).unwrap();
+    assert!(matches!(ev, Some(Event::Begin(_))));
+    assert_eq!(d.content_remaining(), Some(11));
+    assert_eq!(d.skip_content(1000), 11);
+    assert_eq!(d.position(), 512 + 11);
+    assert_eq!(d.step(&[]).unwrap(), (0, Some(Event::End)));
+}
