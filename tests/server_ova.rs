@@ -1117,3 +1117,29 @@ fn export_download_resumes_with_a_range() {
     );
     assert_eq!(s.ticket("resume")["state"], "succeeded");
 }
+
+/// An import job does not replace an existing target unless asked to
+/// (`overwrite`, default false), as export jobs and `ovaio import` do.
+#[test]
+fn import_job_keeps_an_existing_target() {
+    let w = Work::new();
+    let s = Server::start(&w);
+    let package = one_disk_ova(&w, Source::Raw, "disk1.img");
+    fs::copy(&package, s.root.join("in.ova")).expect("copy package");
+    fs::write(s.root.join("d1.raw"), b"precious").expect("existing target");
+    let job = json!({
+        "type": "import", "source": s.file_url("in.ova"),
+        "disks": [{"href": "disk1.img", "url": s.file_url("d1.raw"), "format": "raw"}],
+    });
+    let r = s.control("POST", "/jobs", Some(&job));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("exists"), "{}", r.text());
+    assert_eq!(fs::read(s.root.join("d1.raw")).expect("read"), b"precious");
+    let mut job = job;
+    job["overwrite"] = json!(true);
+    let started = start_job(&s, &job);
+    let id = started["id"].as_str().expect("id").to_owned();
+    let done = await_job(&s, &id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(support::file_len(&s.root.join("d1.raw")), MAIN.size);
+}

@@ -278,10 +278,18 @@ impl Jobs {
                 let src = self
                     .store
                     .resolve_path("source", &url("source", source)?, false)?;
+                let targets = disks(d, true)?;
+                // Refused now rather than when the job reaches the disk.
+                if existing(*overwrite) == Existing::Keep {
+                    for t in &targets {
+                        let (dir, name) = partial::target_dir(self.store.roots(), &t.path)?;
+                        partial::refuse_existing(&dir, &name)?;
+                    }
+                }
                 Ok(Work::Import {
                     source: src,
                     ova: ResolvedOva {
-                        disks: disks(d, true)?,
+                        disks: targets,
                         ovf: None,
                         name: None,
                     },
