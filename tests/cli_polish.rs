@@ -5,7 +5,6 @@
 mod support;
 
 use std::fs;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -20,7 +19,7 @@ fn into_closed_pipe(args: &[&std::ffi::OsStr]) -> std::process::Output {
     drop(reader);
     Command::new(env!("CARGO_BIN_EXE_ovaio"))
         .args(args)
-        .stdout(Stdio::from(OwnedFd::from(writer)))
+        .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .stdin(Stdio::null())
         .output()
