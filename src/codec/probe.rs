@@ -397,7 +397,10 @@ pub fn compare(
     let mut out = Vec::new();
     if let Some(uri) = format_uri {
         let d = declared(uri);
-        if d.family.is_some_and(|f| f != content.name()) {
+        // The same URI means a VMDK in VMware's OVF 0.9 descriptors.
+        let vmdk_too =
+            uri.trim().eq_ignore_ascii_case(OVIRT_RAW_URI) && content == SourceFormat::Vmdk;
+        if d.family.is_some_and(|f| f != content.name()) && !vmdk_too {
             out.push(Disagreement::Format {
                 declared: d.label,
                 content: content.name(),

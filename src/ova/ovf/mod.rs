@@ -337,11 +337,20 @@ impl OvfParser {
     }
 }
 
-/// True for the OVF envelope namespaces, versions 1 and 2, with or without
-/// a trailing slash.
+/// VMware's namespace of OVF 0.9, the draft before the DMTF standard:
+/// still written by older ovftool and VirtualBox exports and read by
+/// ovftool. Its sections are `<Section xsi:type="ovf:DiskSection_Type">`
+/// and its virtual system `<Content>`, which the parser accepts beside the
+/// 1.x names; capacities are in bytes.
+const OVF_09_NAMESPACE: &str = "http://www.vmware.com/schema/ovf/1/envelope";
+
+/// True for the OVF envelope namespaces: versions 1 and 2, with or without
+/// a trailing slash, and VMware's 0.9.
 fn is_ovf_namespace(ns: &str) -> bool {
     let ns = ns.strip_suffix('/').unwrap_or(ns);
-    ns == "http://schemas.dmtf.org/ovf/envelope/1" || ns == "http://schemas.dmtf.org/ovf/envelope/2"
+    ns == "http://schemas.dmtf.org/ovf/envelope/1"
+        || ns == "http://schemas.dmtf.org/ovf/envelope/2"
+        || ns == OVF_09_NAMESPACE
 }
 
 /// Whether a resolved name belongs to OVF: bound to an OVF namespace, or

@@ -605,3 +605,41 @@ fn fuzz_entry_survives_mutations() {
         }
     }
 }
+
+/// VMware's OVF 0.9 draft, as ovftool 1.x and VirtualBox wrote it:
+/// its own namespace, typed `Section` and `Content` elements, capacities
+/// in bytes.
+const VMWARE_09: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope ovf:version="0.9" xml:lang="en-US" xmlns="http://www.vmware.com/schema/ovf/1/envelope" xmlns:ovf="http://www.vmware.com/schema/ovf/1/envelope" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:href="ginkgo-disk1.vmdk" ovf:id="file1" ovf:size="237913088"/>
+  </References>
+  <Section xsi:type="ovf:DiskSection_Type">
+    <Info>Meta-information about the virtual disks</Info>
+    <Disk ovf:capacity="2733637632" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/specifications/vmdk.html#sparse"/>
+  </Section>
+  <Section xsi:type="ovf:NetworkSection_Type">
+    <Info>List of logical networks used in the package</Info>
+    <Network ovf:name="VM Network"/>
+  </Section>
+  <Content xsi:type="ovf:VirtualSystem_Type" ovf:id="ginkgo">
+    <Info>A virtual machine</Info>
+    <Section xsi:type="ovf:VirtualHardwareSection_Type">
+      <Info>Virtual hardware requirements</Info>
+    </Section>
+  </Content>
+</Envelope>
+"#;
+
+#[test]
+fn vmware_ovf_0_9() {
+    let env = parse(VMWARE_09.as_bytes()).unwrap();
+    assert_eq!(env.version.as_deref(), Some("0.9"));
+    assert_eq!(env.files.len(), 1);
+    assert_eq!(env.files[0].href, "ginkgo-disk1.vmdk");
+    assert_eq!(env.files[0].size, Some(237_913_088));
+    let disk = env.disk_for_href("ginkgo-disk1.vmdk").expect("the disk");
+    assert_eq!(disk.capacity, 2_733_637_632);
+    assert_eq!(disk.disk_id, "vmdisk1");
+    assert_eq!(env.name.as_deref(), Some("ginkgo"));
+}
