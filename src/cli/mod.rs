@@ -27,7 +27,7 @@ use crate::error::Result;
 
 /// Streams virtual-machine disks in and out of OVA packages.
 #[derive(Debug, Parser)]
-#[command(name = "ovaio", version, about)]
+#[command(name = "ovaio", version = env!("OVAIO_VERSION"), about)]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
