@@ -28,11 +28,21 @@ pub const MAX_VMDK_COMPRESSED_GRAIN: u64 = 2 << 20;
 /// write 512). Also bounds the grains a stream decoder holds until the grain
 /// table that maps them arrives.
 pub const MAX_VMDK_GTES_PER_GT: u32 = 512;
-/// Largest VMDK grain directory kept in memory (entries): 16 MiB of
-/// directory, enough for [`MAX_CAPACITY`] with 64 KiB grains (8 TiB with
-/// 4 KiB grains). Only a directory read from the header area (qemu-img's
-/// layout) is kept; one at the end of a stream is checked as it passes.
+/// Largest VMDK grain directory accepted (entries): 16 MiB of directory,
+/// enough for [`MAX_CAPACITY`] with 64 KiB grains (8 TiB with 4 KiB
+/// grains). A streamOptimized directory read from the header area
+/// (qemu-img's layout) is kept in memory; one at the end of a stream, and
+/// a monolithicSparse directory, are read as they pass.
 pub const MAX_VMDK_GD_ENTRIES: u64 = 4 << 20;
+/// Largest embedded descriptor of a monolithicSparse VMDK (bytes): it is
+/// held in memory to look for a parent disk. qemu-img, VirtualBox and
+/// VMware write 10 KiB.
+pub const MAX_VMDK_DESCRIPTOR: u64 = 64 << 10;
+/// Most outstanding structures a monolithicSparse decoder tracks at once:
+/// grain tables and runs of grains (contiguous in file and disk) that the
+/// tables mapped ahead of the stream, about 64 bytes each. A disk written
+/// by qemu-img needs one per run of data.
+pub const MAX_VMDK_SPARSE_PENDING: usize = 1 << 20;
 /// Largest qcow2 cluster accepted (bytes): 2 MiB, qcow2's own maximum.
 pub const MAX_QCOW2_CLUSTER: u64 = 2 << 20;
 /// Largest qcow2 L1 table accepted (entries): 32 MiB of table.

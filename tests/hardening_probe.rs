@@ -292,27 +292,6 @@ fn d13_parallels_refused() {
 }
 
 #[test]
-fn d13_monolithic_sparse_vmdk_refused() {
-    let w = Work::new();
-    let (_, vmdk) = convert(
-        &w,
-        "a",
-        &MAIN,
-        &["-O", "vmdk", "-o", "subformat=monolithicSparse"],
-    );
-    let ova = one_disk_ova(
-        &w,
-        "disk1.vmdk",
-        &vmdk,
-        MAIN.size,
-        Some(VMDK_URI),
-        false,
-        Placement::OvfFirst,
-    );
-    assert_refused(&w, &ova, "disk1.vmdk", "VMDK monolithicSparse");
-}
-
-#[test]
 fn d13_vmdk_descriptor_refused() {
     let w = Work::new();
     // monolithicFlat writes the descriptor to the named file and the data

@@ -13,8 +13,9 @@
 //! tar and qemu-img, not against ovaio: its summary lists as many disks as
 //! the OVF GNU tar extracts has `Disk` elements, every target exists at its
 //! final name with nothing else beside it, a raw target is as long as the
-//! capacity, a sample of qcow2 targets passes `qemu-img check`, a raw or
-//! qcow2 entry reads the same to qemu-img as its target, and a manifest GNU
+//! capacity, a sample of qcow2 targets passes `qemu-img check`, a raw,
+//! qcow2 or monolithicSparse VMDK entry reads the same to qemu-img as its
+//! target, and a manifest GNU
 //! tar extracts as a file was verified and holds the digests of the entries
 //! GNU tar extracts.
 //!
@@ -596,6 +597,35 @@ fn build_bases(w: &Work) -> (Vec<Base>, References) {
         &[href.as_str()],
     ));
 
+    // 7. A VMDK monolithicSparse disk written by qemu-img (what it writes
+    //    by default), with the zeroed-grain flag.
+    let r7 = L192.write_raw(&dir.join("b7.raw"));
+    let v7 = dir.join("b7.vmdk");
+    tool(
+        "qemu-img",
+        &[
+            OsStr::new("convert"),
+            OsStr::new("-q"),
+            OsStr::new("-f"),
+            OsStr::new("raw"),
+            OsStr::new("-O"),
+            OsStr::new("vmdk"),
+            OsStr::new("-o"),
+            OsStr::new("zeroed_grain=on"),
+            r7.as_os_str(),
+            v7.as_os_str(),
+        ],
+    );
+    remember("b7-disk1.vmdk", &r7, L192.size);
+    let p = Ova::new()
+        .disk(Disk::new(1, "b7-disk1.vmdk", &v7, Source::Vmdk, L192.size))
+        .build(dir, "b7.ova");
+    bases.push(Base::new(
+        "vmdk-sparse",
+        fs::read(p).expect("read b7"),
+        &["b7-disk1.vmdk"],
+    ));
+
     (bases, refs)
 }
 
@@ -1168,13 +1198,15 @@ fn check_manifest(pkg: &Path, json: &Value, v: &mut Verdict) {
 
 /// A success: the target holds what `qemu-img` reads from the entry GNU
 /// tar extracts (inflated when the summary says gzip), when both can read
-/// it. Not for VMDK: ovaio places each grain where its marker says, in
-/// one pass, while qemu-img follows the grain directory, so the two
-/// legitimately differ once that metadata is damaged.
+/// it. Not for a streamOptimized VMDK: ovaio places each grain where its
+/// marker says, in one pass, while qemu-img follows the grain directory,
+/// so the two legitimately differ once that metadata is damaged. A
+/// monolithicSparse VMDK has no markers: both read it through its grain
+/// directory, so they must agree.
 fn check_content(pkg: &Path, d: &Value, target: &Path, scratch: &Path, v: &mut Verdict) {
     let href = d["href"].as_str().unwrap_or("?");
     let source = d["source_format"].as_str().unwrap_or("raw");
-    if !matches!(source, "raw" | "qcow2") {
+    if !matches!(source, "raw" | "qcow2" | "vmdk") {
         return;
     }
     let Some(mut entry) = gnu_tar_entry(pkg, href) else {
@@ -1189,6 +1221,14 @@ fn check_content(pkg: &Path, d: &Value, target: &Path, scratch: &Path, v: &mut V
             return;
         }
         entry = inflated;
+    }
+    // Compressed grains and markers (flag bits 16 and 17) make a stream.
+    let stream_flags = 0x0003_0000;
+    let flags = entry.get(8..12).map_or(stream_flags, |f| {
+        u32::from_le_bytes([f[0], f[1], f[2], f[3]])
+    });
+    if source == "vmdk" && flags & stream_flags == stream_flags {
+        return;
     }
     let copy = scratch.join("entry-for-qemu-img");
     fs::write(&copy, &entry).expect("write entry copy");

@@ -58,15 +58,18 @@ pub enum SourceFormat {
     Qcow2,
     /// VMware streamOptimized VMDK.
     Vmdk,
+    /// VMware monolithicSparse VMDK (a hosted sparse extent).
+    VmdkSparse,
 }
 
 impl SourceFormat {
-    /// Name as used in summaries.
+    /// Name as used in summaries: the format family, as an OVF's
+    /// `ovf:format` names it (every VMDK subformat is `vmdk`).
     pub fn name(self) -> &'static str {
         match self {
             SourceFormat::Raw => "raw",
             SourceFormat::Qcow2 => "qcow2",
-            SourceFormat::Vmdk => "vmdk",
+            SourceFormat::Vmdk | SourceFormat::VmdkSparse => "vmdk",
         }
     }
 }

@@ -60,8 +60,9 @@ pub enum Format {
 }
 
 impl Format {
-    /// Short machine name, as summaries and `inspect --json` show it. The
-    /// decodable formats keep the names of [`SourceFormat::name`].
+    /// Short machine name, as `inspect` shows it. The decodable formats
+    /// keep the names of [`SourceFormat::name`], but for VMDK subformats
+    /// other than streamOptimized, which are told apart here.
     pub fn name(self) -> &'static str {
         match self {
             Format::Raw => "raw",
@@ -121,6 +122,7 @@ impl Format {
             Format::Raw => Some(SourceFormat::Raw),
             Format::Qcow2 => Some(SourceFormat::Qcow2),
             Format::VmdkStream => Some(SourceFormat::Vmdk),
+            Format::VmdkSparse => Some(SourceFormat::VmdkSparse),
             _ => None,
         }
     }
@@ -138,7 +140,8 @@ pub enum ProbeError {
     /// A recognised format that ovaio does not decode.
     #[error(
         "the content is {0}, which ovaio does not import \
-         (it reads raw, qcow2 and VMDK streamOptimized disks, gzip-compressed or not)"
+         (it reads raw, qcow2 and VMDK streamOptimized or monolithicSparse disks, \
+         gzip-compressed or not)"
     )]
     Unsupported(Format),
     /// gzip inside gzip: a second inflation would escape the size cap the
@@ -552,13 +555,18 @@ mod tests {
         for f in [Format::Raw, Format::Qcow2, Format::VmdkStream] {
             assert_eq!(f.source().map(SourceFormat::name), Some(f.name()));
         }
-        for f in [Format::Gzip, Format::Vhd, Format::VmdkSparse, Format::Vdi] {
+        // Both VMDK subformats are `vmdk` to summaries and declarations;
+        // only the probe's name tells them apart.
+        assert_eq!(Format::VmdkSparse.source(), Some(SourceFormat::VmdkSparse));
+        assert_eq!(SourceFormat::VmdkSparse.name(), "vmdk");
+        assert_eq!(Format::VmdkSparse.name(), "vmdk-sparse");
+        for f in [Format::Gzip, Format::Vhd, Format::VmdkCowd, Format::Vdi] {
             assert_eq!(f.source(), None);
         }
         assert_eq!(Format::VmdkSparse.family(), "vmdk");
         assert_eq!(Format::Vhd.family(), "vhd");
-        let msg = ProbeError::Unsupported(Format::VmdkSparse).to_string();
-        assert!(msg.contains("VMDK monolithicSparse"), "{msg}");
+        let msg = ProbeError::Unsupported(Format::VmdkCowd).to_string();
+        assert!(msg.contains("VMDK vmfsSparse"), "{msg}");
         assert_eq!(
             crate::Error::from(ProbeError::Unsupported(Format::Vhd)).kind(),
             ErrorKind::Unsupported
@@ -614,6 +622,12 @@ mod tests {
             ["OVF declares vmdk (streamOptimized) but the content is qcow2; imported as qcow2"]
         );
         assert!(disagreements(Some(vmdk), false, SourceFormat::Vmdk, false).is_empty());
+        // A declared subformat other than the content's is no disagreement:
+        // import goes by the content's own header.
+        let sparse = "http://www.vmware.com/interfaces/specifications/vmdk.html#monolithicSparse";
+        assert!(disagreements(Some(sparse), false, SourceFormat::VmdkSparse, false).is_empty());
+        assert!(disagreements(Some(vmdk), false, SourceFormat::VmdkSparse, false).is_empty());
+        assert!(disagreements(None, false, SourceFormat::VmdkSparse, false).is_empty());
         assert!(disagreements(None, false, SourceFormat::Qcow2, false).is_empty());
         assert!(disagreements(Some("urn:x:unknown"), false, SourceFormat::Raw, false).is_empty());
         assert!(disagreements(None, true, SourceFormat::Raw, true).is_empty());

@@ -7,7 +7,7 @@ use crate::codec::gzip::GzipDecoder;
 use crate::codec::probe::{Format, PROBE_LEN, ProbeError, probe};
 use crate::codec::qcow2::{Qcow2StreamDecoder, Spool};
 use crate::codec::raw::RawDecoder;
-use crate::codec::vmdk::VmdkStreamDecoder;
+use crate::codec::vmdk::{VmdkSparseDecoder, VmdkStreamDecoder};
 use crate::codec::{DiskDecoder, ExtentSink, SourceFormat};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -22,6 +22,8 @@ pub enum Decoder {
     Qcow2(Box<Qcow2StreamDecoder>),
     /// VMDK streamOptimized.
     Vmdk(Box<VmdkStreamDecoder>),
+    /// VMDK monolithicSparse.
+    VmdkSparse(Box<VmdkSparseDecoder>),
     /// gzip around another decoder.
     Gzip(Box<GzipDecoder>),
 }
@@ -104,6 +106,7 @@ impl Decoder {
             Decoder::Raw(_) => Some(SourceFormat::Raw),
             Decoder::Qcow2(_) => Some(SourceFormat::Qcow2),
             Decoder::Vmdk(_) => Some(SourceFormat::Vmdk),
+            Decoder::VmdkSparse(_) => Some(SourceFormat::VmdkSparse),
             Decoder::Gzip(g) => g.inner().format(),
         }
     }
@@ -131,6 +134,13 @@ impl Decoder {
                 None => RawDecoder::new(),
             }),
             SourceFormat::Vmdk => Decoder::Vmdk(Box::default()),
+            SourceFormat::VmdkSparse => {
+                let mut d = VmdkSparseDecoder::new();
+                if let Some(n) = s.known_size {
+                    d = d.with_entry_size(n);
+                }
+                Decoder::VmdkSparse(Box::new(d))
+            }
             SourceFormat::Qcow2 => {
                 let mut d = Qcow2StreamDecoder::new(s.spool.take());
                 if let Some(n) = s.known_size {
@@ -165,6 +175,7 @@ impl Decoder {
             Decoder::Raw(d) => Some(d),
             Decoder::Qcow2(d) => Some(d.as_mut()),
             Decoder::Vmdk(d) => Some(d.as_mut()),
+            Decoder::VmdkSparse(d) => Some(d.as_mut()),
             Decoder::Gzip(d) => Some(d.as_mut()),
         }
     }
@@ -225,6 +236,7 @@ impl DiskDecoder for Decoder {
             Decoder::Raw(d) => d.capacity(),
             Decoder::Qcow2(d) => d.capacity(),
             Decoder::Vmdk(d) => d.capacity(),
+            Decoder::VmdkSparse(d) => d.capacity(),
             Decoder::Gzip(d) => d.capacity(),
         }
     }
@@ -377,6 +389,39 @@ mod tests {
         h
     }
 
+    /// A monolithicSparse VMDK of one 4 KiB grain: header, a one-sector
+    /// descriptor, the grain directory, its table, then the grain.
+    fn sparse_of(grain: &[u8; 4096]) -> Vec<u8> {
+        let mut h = b"KDMV".to_vec();
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&3u32.to_le_bytes()); // newline test, redundant GD
+        h.extend_from_slice(&8u64.to_le_bytes()); // capacity (sectors)
+        h.extend_from_slice(&8u64.to_le_bytes()); // grain (sectors)
+        h.extend_from_slice(&1u64.to_le_bytes()); // descriptor offset
+        h.extend_from_slice(&1u64.to_le_bytes()); // descriptor size
+        h.extend_from_slice(&512u32.to_le_bytes());
+        h.extend_from_slice(&2u64.to_le_bytes()); // rgd
+        h.extend_from_slice(&7u64.to_le_bytes()); // gd
+        h.extend_from_slice(&16u64.to_le_bytes()); // overhead (sectors)
+        h.push(0);
+        h.extend_from_slice(b"\n \r\n");
+        h.extend_from_slice(&0u16.to_le_bytes());
+        h.resize(512, 0);
+        h.extend_from_slice(b"# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n");
+        h.resize(1024, 0);
+        // Redundant directory (sector 2) and table (3..7), then the
+        // directory (7) and its table (8..12); the grain at 16.
+        for (gd, gt) in [(2u32, 3u32), (7, 8)] {
+            h.resize(gd as usize * 512, 0);
+            h.extend_from_slice(&gt.to_le_bytes());
+            h.resize(gt as usize * 512, 0);
+            h.extend_from_slice(&16u32.to_le_bytes());
+        }
+        h.resize(16 * 512, 0);
+        h.extend_from_slice(grain);
+        h
+    }
+
     fn guest(n: usize) -> Vec<u8> {
         let mut rng = Rng(7);
         let mut g = rng.bytes(n);
@@ -418,6 +463,22 @@ mod tests {
         assert_eq!((v.format, v.gzip), (Some(SourceFormat::Vmdk), false));
         assert_eq!(v.bytes, grain);
 
+        let sp = same_for_every_split(&sparse_of(&grain));
+        assert_eq!(sp.result, Ok(()));
+        assert_eq!(
+            (sp.format, sp.gzip),
+            (Some(SourceFormat::VmdkSparse), false)
+        );
+        assert_eq!(sp.bytes, grain);
+
+        let zsp = same_for_every_split(&gz(&sparse_of(&grain)));
+        assert_eq!(zsp.result, Ok(()));
+        assert_eq!(
+            (zsp.format, zsp.gzip),
+            (Some(SourceFormat::VmdkSparse), true)
+        );
+        assert_eq!(zsp.bytes, grain);
+
         let zq = same_for_every_split(&gz(&qcow2_of(&g)));
         assert_eq!(zq.result, Ok(()));
         assert_eq!((zq.format, zq.gzip), (Some(SourceFormat::Qcow2), true));
@@ -433,8 +494,6 @@ mod tests {
         };
         let mut vdi = guest(2000);
         vdi[0x40..0x44].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
-        let mut sparse = with(b"KDMV\x01\0\0\0\x03\0\0\0");
-        sparse.truncate(2048);
         for (input, format) in [
             (with(b"conectix"), Format::Vhd),
             (with(b"vhdxfile"), Format::Vhdx),
@@ -442,7 +501,6 @@ mod tests {
             (with(b"QED\0"), Format::Qed),
             (with(b"LUKS\xba\xbe\0\x01"), Format::Luks),
             (with(b"QFI\xfb\0\0\0\x01"), Format::Qcow1),
-            (sparse, Format::VmdkSparse),
             (
                 b"# Disk DescriptorFile\nversion=1\nRW 8 FLAT \"d-flat.vmdk\" 0\n".to_vec(),
                 Format::VmdkDescriptor,

@@ -1,11 +1,44 @@
-//! Errors of the streamOptimized VMDK decoder. Every variant carries the
-//! byte offset within the entry where the offending structure starts;
-//! the messages leave it out, because the caller reports it as a package
-//! offset ([`Classify::offset`]).
+//! Errors of the VMDK decoders (streamOptimized and monolithicSparse).
+//! Every variant carries the byte offset within the entry where the
+//! offending structure starts; the messages leave it out, because the
+//! caller reports it as a package offset ([`Classify::offset`]).
+
+use std::fmt;
 
 use crate::error::{Classify, ErrorKind};
 
-/// What is wrong with a streamOptimized VMDK, and where (byte offset within
+/// A structure of a monolithicSparse extent that a table or the header
+/// places, as error messages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Structure {
+    /// The embedded descriptor.
+    Descriptor,
+    /// The grain directory.
+    Directory,
+    /// The grain table whose first grain is at this lba.
+    Table {
+        /// First sector of the disk the table maps.
+        lba: u64,
+    },
+    /// The grain for this lba.
+    Grain {
+        /// First sector of the disk the grain holds.
+        lba: u64,
+    },
+}
+
+impl fmt::Display for Structure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Structure::Descriptor => f.write_str("embedded descriptor"),
+            Structure::Directory => f.write_str("grain directory"),
+            Structure::Table { lba } => write!(f, "grain table for lba {lba}"),
+            Structure::Grain { lba } => write!(f, "grain for lba {lba}"),
+        }
+    }
+}
+
+/// What is wrong with a VMDK sparse extent, and where (byte offset within
 /// the entry).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VmdkError {
@@ -25,8 +58,8 @@ pub enum VmdkError {
         /// The version found.
         version: u32,
     },
-    /// The flags lack compressed grains or markers: a monolithic sparse
-    /// extent, which cannot be read in one pass.
+    /// The flags lack compressed grains or markers: not a streamOptimized
+    /// extent (the probe gives monolithicSparse extents their own decoder).
     #[error(
         "flags {flags:#010x} lack compressed grains and markers: \
          not a streamOptimized extent"
@@ -420,6 +453,191 @@ pub enum VmdkError {
         /// Offset where decoding stopped.
         offset: u64,
     },
+    /// A hosted sparse extent whose flags have compressed grains or
+    /// markers, but not both: neither monolithicSparse nor streamOptimized.
+    #[error(
+        "flags {flags:#010x} have compressed grains or markers but not both: \
+         neither a monolithicSparse nor a streamOptimized extent"
+    )]
+    NotHosted {
+        /// Offset of the flags field.
+        offset: u64,
+        /// The flags found.
+        flags: u32,
+    },
+    /// A compression algorithm in an extent whose flags say its grains are
+    /// not compressed: qemu inflates them if it is deflate.
+    #[error(
+        "compression algorithm {algorithm} in an extent without compressed grains \
+         (only 0, none, can be read the same way by every reader)"
+    )]
+    HostedCompression {
+        /// Offset of the compressAlgorithm field.
+        offset: u64,
+        /// The algorithm found.
+        algorithm: u16,
+    },
+    /// A hosted extent of capacity 0: qemu reads its embedded descriptor
+    /// as a descriptor file naming other extents.
+    #[error("capacity of 0 sectors: qemu would read the extent as a descriptor of other files")]
+    ZeroCapacity {
+        /// Offset of the capacity field.
+        offset: u64,
+    },
+    /// The embedded descriptor is not at sector 1, where qemu reads it; an
+    /// extent without one belongs to a disk split over several files.
+    #[error(
+        "embedded descriptor at sector {sector} of {sectors} sectors, not at sector 1: \
+         an extent without one belongs to a disk split over several files"
+    )]
+    DescriptorPlacement {
+        /// Offset of the descriptorOffset field.
+        offset: u64,
+        /// The descriptorOffset found.
+        sector: u64,
+        /// The descriptorSize found (sectors).
+        sectors: u64,
+    },
+    /// An embedded descriptor over [`crate::limits::MAX_VMDK_DESCRIPTOR`].
+    #[error("embedded descriptor of {sectors} sectors exceeds the limit of {limit} bytes")]
+    DescriptorLimit {
+        /// Offset of the descriptorSize field.
+        offset: u64,
+        /// The descriptorSize found (sectors).
+        sectors: u64,
+        /// The limit (bytes).
+        limit: u64,
+    },
+    /// The embedded descriptor lacks a field qemu needs to open the extent
+    /// (the extents of a split disk carry an empty one).
+    #[error(
+        "the embedded descriptor has no {field} value, without which qemu does not \
+         open the extent (an extent of a disk split over several files has none)"
+    )]
+    DescriptorField {
+        /// Offset of the descriptor.
+        offset: u64,
+        /// `CID` or `parentCID`.
+        field: &'static str,
+    },
+    /// The descriptor names a parent disk: the extent holds only what
+    /// changed since the parent, whose other sectors it reads through.
+    #[error(
+        "the embedded descriptor names a parent disk '{}' (parentFileNameHint): \
+         the disk is a delta over another file, and parent disks are never opened",
+        crate::names::printable(.name)
+    )]
+    ParentDisk {
+        /// Offset of `parentFileNameHint`.
+        offset: u64,
+        /// The name given (lossily decoded).
+        name: String,
+    },
+    /// gdOffset says "at the end", which only a stream with a footer has.
+    #[error(
+        "gdOffset places the grain directory in a footer, \
+         which an extent without markers does not have"
+    )]
+    DirectoryAtEnd {
+        /// Offset of the gdOffset field.
+        offset: u64,
+    },
+    /// A structure placed inside the 512-byte header.
+    #[error("{what} at sector {sector} lies inside the header")]
+    InHeader {
+        /// Offset of the field or entry naming it.
+        offset: u64,
+        /// The structure.
+        what: Structure,
+        /// The sector named.
+        sector: u64,
+    },
+    /// Two structures that share bytes: readers would take the same bytes
+    /// for both.
+    #[error("{what} at sector {sector} overlaps the {other} at sector {other_sector}")]
+    Overlap {
+        /// Offset of the field or entry naming the later one.
+        offset: u64,
+        /// The structure named last.
+        what: Structure,
+        /// Its first sector.
+        sector: u64,
+        /// The structure it overlaps.
+        other: Structure,
+        /// That one's first sector.
+        other_sector: u64,
+    },
+    /// A structure that a table names after the stream has passed its
+    /// bytes: metadata that follows what it maps, or points into earlier
+    /// metadata, cannot be read in one pass.
+    #[error(
+        "{what} at sector {sector} lies in bytes the stream had already passed \
+         when its table named it: one pass reads only tables that precede what they map"
+    )]
+    Passed {
+        /// Offset of the entry naming it.
+        offset: u64,
+        /// The structure.
+        what: Structure,
+        /// Its first sector.
+        sector: u64,
+    },
+    /// A grain table entry past the capacity that is not empty.
+    #[error(
+        "grain table entry for lba {lba} points to sector {entry}, \
+         past the capacity of {capacity} bytes"
+    )]
+    EntryBeyondCapacity {
+        /// Offset of the entry.
+        offset: u64,
+        /// The first sector of the grain the entry would map.
+        lba: u64,
+        /// The entry.
+        entry: u32,
+        /// The disk capacity (bytes).
+        capacity: u64,
+    },
+    /// A structure that ends past the entry.
+    #[error(
+        "{what} at sector {sector} ends at entry offset {end}, \
+         beyond the entry's {entry_size} bytes"
+    )]
+    OutsideEntry {
+        /// Offset of the field or entry naming it.
+        offset: u64,
+        /// The structure.
+        what: Structure,
+        /// Its first sector.
+        sector: u64,
+        /// Entry offset where it ends.
+        end: u64,
+        /// The entry's size.
+        entry_size: u64,
+    },
+    /// The entry ends before a structure the tables place.
+    #[error("input ends before the {what} at entry offset {offset}")]
+    Missing {
+        /// Offset where the structure starts.
+        offset: u64,
+        /// Offset where the input ends.
+        end: u64,
+        /// The structure.
+        what: Structure,
+    },
+    /// More outstanding structures than
+    /// [`crate::limits::MAX_VMDK_SPARSE_PENDING`].
+    #[error(
+        "{count} grain tables and runs of grains outstanding \
+         exceed the limit of {limit}"
+    )]
+    PendingLimit {
+        /// Offset of the entry that would add one more.
+        offset: u64,
+        /// How many there would be.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl VmdkError {
@@ -465,7 +683,22 @@ impl VmdkError {
             | FooterMismatch { offset, .. }
             | TrailingGarbage { offset }
             | Truncated { offset, .. }
-            | Poisoned { offset } => offset,
+            | Poisoned { offset }
+            | NotHosted { offset, .. }
+            | HostedCompression { offset, .. }
+            | ZeroCapacity { offset }
+            | DescriptorPlacement { offset, .. }
+            | DescriptorLimit { offset, .. }
+            | DescriptorField { offset, .. }
+            | ParentDisk { offset, .. }
+            | DirectoryAtEnd { offset }
+            | InHeader { offset, .. }
+            | Overlap { offset, .. }
+            | Passed { offset, .. }
+            | EntryBeyondCapacity { offset, .. }
+            | OutsideEntry { offset, .. }
+            | Missing { offset, .. }
+            | PendingLimit { offset, .. } => offset,
         }
     }
 }
@@ -473,7 +706,7 @@ impl VmdkError {
 impl Classify for VmdkError {
     fn offset(&self) -> Option<u64> {
         Some(match *self {
-            VmdkError::Truncated { end, .. } => end,
+            VmdkError::Truncated { end, .. } | VmdkError::Missing { end, .. } => end,
             _ => VmdkError::offset(self),
         })
     }
@@ -487,11 +720,21 @@ impl Classify for VmdkError {
             UnsupportedVersion { .. }
             | NotStreamOptimized { .. }
             | UnsupportedCompression { .. }
-            | OutOfReach { .. } => ErrorKind::Unsupported,
+            | OutOfReach { .. }
+            | NotHosted { .. }
+            | HostedCompression { .. }
+            | ZeroCapacity { .. }
+            | DescriptorPlacement { .. }
+            | DescriptorField { .. }
+            | ParentDisk { .. }
+            | DirectoryAtEnd { .. }
+            | Passed { .. } => ErrorKind::Unsupported,
             GrainSizeLimit { .. }
             | CapacityLimit { .. }
             | CompressedGrainLimit { .. }
-            | DirectoryLimit { .. } => ErrorKind::LimitExceeded,
+            | DirectoryLimit { .. }
+            | DescriptorLimit { .. }
+            | PendingLimit { .. } => ErrorKind::LimitExceeded,
             NewlineCorrupted { .. }
             | GrainOutOfOrder { .. }
             | GrainNotInTable { .. }
@@ -517,7 +760,12 @@ impl Classify for VmdkError {
             | FooterMismatch { .. }
             | TrailingGarbage { .. }
             | Truncated { .. }
-            | Poisoned { .. } => ErrorKind::CorruptImage,
+            | Poisoned { .. }
+            | InHeader { .. }
+            | Overlap { .. }
+            | EntryBeyondCapacity { .. }
+            | OutsideEntry { .. }
+            | Missing { .. } => ErrorKind::CorruptImage,
         }
     }
 }

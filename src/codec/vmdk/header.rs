@@ -1,5 +1,7 @@
 //! The 512-byte sparse extent header (and its copy, the footer), decoded
-//! little-endian and validated field by field for the stream decoder.
+//! little-endian and validated field by field, for a streamOptimized
+//! extent ([`SparseHeader::parse`]) or a hosted sparse one
+//! ([`SparseHeader::parse_hosted`]).
 
 use super::error::VmdkError;
 use crate::limits;
@@ -26,6 +28,8 @@ pub const FLAG_ZERO_GRAIN: u32 = 1 << 2;
 pub const FLAG_COMPRESSED: u32 = 1 << 16;
 /// Flag bit 17: the extent holds markers.
 pub const FLAG_MARKERS: u32 = 1 << 17;
+/// `compressAlgorithm` value for uncompressed grains.
+pub const COMPRESS_NONE: u16 = 0;
 /// `compressAlgorithm` value for deflate (zlib streams).
 pub const COMPRESS_DEFLATE: u16 = 1;
 /// The newline-detection characters as written by a binary-safe transfer.
@@ -33,10 +37,10 @@ pub const NEWLINE_CHARS: [u8; 4] = *b"\n \r\n";
 
 const OFF_VERSION: usize = 4;
 const OFF_FLAGS: usize = 8;
-const OFF_CAPACITY: usize = 12;
+pub(super) const OFF_CAPACITY: usize = 12;
 const OFF_GRAIN: usize = 20;
-const OFF_DESC_OFFSET: usize = 28;
-const OFF_DESC_SIZE: usize = 36;
+pub(super) const OFF_DESC_OFFSET: usize = 28;
+pub(super) const OFF_DESC_SIZE: usize = 36;
 const OFF_NUM_GTES: usize = 44;
 const OFF_RGD: usize = 48;
 /// Offset of the gdOffset field.
@@ -73,7 +77,8 @@ pub struct SparseHeader {
     pub overhead_sectors: u64,
     /// The extent was not closed cleanly.
     pub unclean_shutdown: bool,
-    /// Compression algorithm ([`COMPRESS_DEFLATE`]).
+    /// Compression algorithm ([`COMPRESS_DEFLATE`], or [`COMPRESS_NONE`]
+    /// in a hosted extent).
     pub compress_algorithm: u16,
 }
 
@@ -98,9 +103,22 @@ fn four(b: &[u8; HEADER_SIZE], at: usize) -> [u8; 4] {
 }
 
 impl SparseHeader {
-    /// Decodes and validates a header found at entry offset `base` (0 for
-    /// the header, the footer's position for the footer).
+    /// Decodes and validates a streamOptimized header found at entry
+    /// offset `base` (0 for the header, the footer's position for the
+    /// footer).
     pub fn parse(b: &[u8; HEADER_SIZE], base: u64) -> Result<Self, VmdkError> {
+        Self::parse_as(b, base, false)
+    }
+
+    /// Decodes and validates the header of a hosted sparse extent
+    /// (monolithicSparse): no compressed grains, no markers. qemu inflates
+    /// the grains of any extent whose compressAlgorithm is deflate,
+    /// whatever its flags say, so only "none" is accepted.
+    pub fn parse_hosted(b: &[u8; HEADER_SIZE]) -> Result<Self, VmdkError> {
+        Self::parse_as(b, 0, true)
+    }
+
+    fn parse_as(b: &[u8; HEADER_SIZE], base: u64, hosted: bool) -> Result<Self, VmdkError> {
         let at = |field: usize| base + field as u64;
         let magic = four(b, 0);
         if magic != MAGIC {
@@ -130,7 +148,13 @@ impl SparseHeader {
             });
         }
         let stream = FLAG_COMPRESSED | FLAG_MARKERS;
-        if h.flags & stream != stream {
+        if hosted && h.flags & stream != 0 {
+            return Err(VmdkError::NotHosted {
+                offset: at(OFF_FLAGS),
+                flags: h.flags,
+            });
+        }
+        if !hosted && h.flags & stream != stream {
             return Err(VmdkError::NotStreamOptimized {
                 offset: at(OFF_FLAGS),
                 flags: h.flags,
@@ -143,7 +167,13 @@ impl SparseHeader {
                 found: newline,
             });
         }
-        if h.compress_algorithm != COMPRESS_DEFLATE {
+        if hosted && h.compress_algorithm != COMPRESS_NONE {
+            return Err(VmdkError::HostedCompression {
+                offset: at(OFF_COMPRESS),
+                algorithm: h.compress_algorithm,
+            });
+        }
+        if !hosted && h.compress_algorithm != COMPRESS_DEFLATE {
             return Err(VmdkError::UnsupportedCompression {
                 offset: at(OFF_COMPRESS),
                 algorithm: h.compress_algorithm,
