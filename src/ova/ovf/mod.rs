@@ -344,6 +344,12 @@ impl OvfParser {
 /// 1.x names; capacities are in bytes.
 const OVF_09_NAMESPACE: &str = "http://www.vmware.com/schema/ovf/1/envelope";
 
+/// The URI OVF 0.9 descriptors write for a VMDK sparse extent. OVF 1.x
+/// packages from oVirt write the same URI for raw volumes, so in a 0.9
+/// envelope it is read as VMware's current spelling of the same format.
+const OVF_09_SPARSE_URI: &str = "http://www.vmware.com/specifications/vmdk.html#sparse";
+const VMDK_SPARSE_URI: &str = "http://www.vmware.com/interfaces/specifications/vmdk.html#sparse";
+
 /// True for the OVF envelope namespaces: versions 1 and 2, with or without
 /// a trailing slash, and VMware's 0.9.
 fn is_ovf_namespace(ns: &str) -> bool {
@@ -499,6 +505,8 @@ struct Parser {
     seen_system: bool,
     system_id: Option<String>,
     system_name: Option<String>,
+    /// The envelope is in VMware's OVF 0.9 namespace.
+    ovf09: bool,
 }
 
 impl Parser {
@@ -509,6 +517,7 @@ impl Parser {
             file_ids: HashSet::new(),
             hrefs: HashSet::new(),
             disk_ids: HashSet::new(),
+            ovf09: false,
             disk_offsets: Vec::new(),
             seen_system: false,
             system_id: None,
@@ -654,6 +663,8 @@ impl Parser {
             }
             let attrs = self.attrs(reader, e, "Envelope", at)?;
             self.env.version = attrs.get("version").map(str::to_owned);
+            self.ovf09 = matches!(&ns, ResolveResult::Bound(Namespace(uri))
+                if uri.strip_suffix('/').unwrap_or(uri) == OVF_09_NAMESPACE);
             return Ok(Frame::Envelope);
         };
         if !ovf {
@@ -685,6 +696,16 @@ impl Parser {
             }
             _ => Frame::Other,
         })
+    }
+
+    /// A Disk's `ovf:format` as the rest of ovaio reads it (see
+    /// [`OVF_09_SPARSE_URI`]).
+    fn format_uri(&self, uri: &str) -> String {
+        if self.ovf09 && uri.trim().eq_ignore_ascii_case(OVF_09_SPARSE_URI) {
+            VMDK_SPARSE_URI.to_owned()
+        } else {
+            uri.to_owned()
+        }
     }
 
     /// Collects the OVF attributes of an element.
@@ -823,7 +844,7 @@ impl Parser {
             disk_id: disk_id.to_owned(),
             file_ref,
             capacity,
-            format: a.get("format").map(str::to_owned),
+            format: a.get("format").map(|f| self.format_uri(f)),
             populated_size,
         });
         self.disk_offsets.push(a.offset);

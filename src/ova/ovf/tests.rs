@@ -641,5 +641,10 @@ fn vmware_ovf_0_9() {
     let disk = env.disk_for_href("ginkgo-disk1.vmdk").expect("the disk");
     assert_eq!(disk.capacity, 2_733_637_632);
     assert_eq!(disk.disk_id, "vmdisk1");
+    assert_eq!(
+        disk.format.as_deref(),
+        Some("http://www.vmware.com/interfaces/specifications/vmdk.html#sparse"),
+        "0.9's #sparse names a VMDK"
+    );
     assert_eq!(env.name.as_deref(), Some("ginkgo"));
 }
