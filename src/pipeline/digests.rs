@@ -746,11 +746,11 @@ mod tests {
             let (tar, mf) = package(OVF2, place, alg_of);
             let whole = digests_of(&tar, tar.len());
             assert_all_verified(&mf, &whole, &format!("{place:?} in one piece"));
-            for seed in 1..=12u64 {
+            for seed in 1..=8u64 {
                 let d = feed_pieces(random_pieces(&tar, seed * 0x9e37_79b9).into_iter());
                 assert_eq!(d, whole, "{place:?}, seed {seed}");
             }
-            for piece in [1, 511, 512, 513] {
+            for piece in [7, 511, 512, 513] {
                 assert_eq!(digests_of(&tar, piece), whole, "{place:?}, piece {piece}");
             }
         }
