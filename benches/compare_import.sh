@@ -17,6 +17,11 @@
 #   QEMU_CACHE cache mode of qemu-img convert's output (default writeback:
 #              qemu-img fsyncs its output as ovaio does; qemu-img's own
 #              default, unsafe, skips the fsync)
+#   MF_FORMATS source formats of the manifest-placement case (default
+#              "vmdk raw"; empty skips it): the same package with its SHA-256
+#              manifest right after the OVF and last, where ovaio must hash
+#              the disk in SHA-1, SHA-256 and SHA-512 until the manifest
+#              says which it uses
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,13 +31,14 @@ OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 KEEP=${KEEP:-0}
 QEMU_CACHE=${QEMU_CACHE:-writeback}
+MF_FORMATS=${MF_FORMATS-vmdk raw}
 TIME=/usr/bin/time
 
 die() { echo "compare_import: $*" >&2; exit 1; }
 
 [[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "SIZE_MIB must be an integer >= 8"
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || die "REPS must be an integer >= 1"
-for t in qemu-img tar dd truncate awk; do
+for t in qemu-img tar dd truncate awk sha256sum; do
   command -v "$t" >/dev/null 2>&1 || die "$t is required"
 done
 [ -x "$TIME" ] || die "$TIME (GNU time) is required"
@@ -109,6 +115,57 @@ ovaio_pipe() {
 }
 
 min_of() { awk 'NR == 1 || $1 < m { m = $1 } END { print m }'; }
+
+# ovaio_cpu OVA SPEC: ovaio_pipe, recording "wall user system" seconds.
+ovaio_cpu() {
+  local ova=$1 spec=$2
+  { cat "$ova" || true; } | "$TIME" -f '%e %U %S' -o "$TF" "$OVAIO" import - --quiet --disk "$spec" \
+    >/dev/null 2>"$WORK/cmd.err"
+}
+
+# bench_manifest SRCFMT: the source as SRCFMT in two packages, the SHA-256
+# manifest right after the OVF and last, each imported REPS times into a
+# raw target, alternating. Appends "SRCFMT wall_after wall_last cpu_after
+# cpu_last" (best of each; cpu is user + system) to $MF_RESULTS.
+bench_manifest() {
+  local sfmt=$1 href out place r rc ok=1
+  href=$(href_of "$sfmt")
+  out=$WORK/out.raw
+  for place in after-ovf last; do
+    make_bench_ova "$SRC" "$sfmt" "$SIZE" "$WORK/mf-$place.ova" "$WORK/ova-mf" "$place"
+    cat "$WORK/mf-$place.ova" >/dev/null
+    : >"$WORK/mf-$place.t"
+  done
+  echo "timing $sfmt -> raw, manifest after the OVF vs last (best of $REPS)..." >&2
+  for ((r = 1; r <= REPS; r++)); do
+    for place in after-ovf last; do
+      rm -f "$out"
+      rc=0
+      ovaio_cpu "$WORK/mf-$place.ova" "$href=$out:raw" || rc=$?
+      if [ "$rc" -ne 0 ]; then
+        echo "  ovaio failed ($rc) on $sfmt with the manifest $place:" >&2
+        sed 's/^/    /' "$WORK/cmd.err" | tail -5 >&2
+        ok=0
+        continue
+      fi
+      tail -1 "$TF" >>"$WORK/mf-$place.t"
+      if [ "$r" -eq "$REPS" ] && ! qemu-img compare -q -f raw -F raw "$SRC" "$out" >/dev/null 2>&1; then
+        echo "  ovaio output differs from the source: $sfmt, manifest $place" >&2
+        ok=wrong
+      fi
+    done
+  done
+  rm -f "$out" "$WORK"/mf-*.ova
+  if [ "$ok" = wrong ]; then
+    echo "$sfmt WRONG WRONG n/a n/a" >>"$MF_RESULTS"
+  elif [ "$ok" = 1 ]; then
+    echo "$sfmt $(min_of <"$WORK/mf-after-ovf.t") $(min_of <"$WORK/mf-last.t")" \
+      "$(awk '{ print $2 + $3 }' "$WORK/mf-after-ovf.t" | min_of)" \
+      "$(awk '{ print $2 + $3 }' "$WORK/mf-last.t" | min_of)" >>"$MF_RESULTS"
+  else
+    echo "$sfmt n/a n/a n/a n/a" >>"$MF_RESULTS"
+  fi
+}
 
 # bench_one SRCFMT DSTFMT: fills OV_S OV_RSS EX_S OF_S and verifies ovaio.
 bench_one() {
@@ -201,6 +258,14 @@ for sfmt in vmdk qcow2 raw; do
   rm -f "$ova"
 done
 
+MF_RESULTS=$WORK/mf-results
+: >"$MF_RESULTS"
+if [ "$OVAIO_OK" = 1 ]; then
+  for sfmt in $MF_FORMATS; do
+    bench_manifest "$sfmt"
+  done
+fi
+
 echo
 echo "ovaio import vs extract+convert vs qemu-img at the offset"
 echo "(${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; best of $REPS; OVA in page cache; qemu-img -t $QEMU_CACHE)"
@@ -239,4 +304,23 @@ END {
   printf "targets: >=2x faster than extract+convert: %s (worst %.2fx); ", bad_speed ? "FAIL" : "PASS", min_ex
   printf "<=1.2x qemu-img@offset time: %s (worst ovaio/offset %.2f); ", bad_parity ? "FAIL" : "PASS", (min_off > 0 ? 1 / min_off : 0)
   printf "peak RSS <64 MiB: %s (max %.1f MiB)\n", bad_rss ? "FAIL" : "PASS", max_rss
-}' "$RESULTS"
+}' "$RESULTS" || status=$?
+
+if [ -s "$MF_RESULTS" ]; then
+  echo
+  echo "manifest placement: SHA-256 manifest right after the OVF (SHA-256 hashed) vs last"
+  echo "(SHA-1, SHA-256 and SHA-512 hashed until it arrives); raw target; best of $REPS; cpu = user + system"
+  awk '
+  function ratio(a, b) {
+    if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) return "n/a"
+    if (b < 0.01) b = 0.01
+    return sprintf("%.2f", a / b)
+  }
+  BEGIN { printf "%-8s %10s %10s %10s %12s %12s %10s\n", "source", "after s", "last s", "last/after", "after cpu s", "last cpu s", "last/after" }
+  {
+    printf "%-8s %10s %10s %10s %12s %12s %10s\n", $1, $2, $3, ratio($3, $2), $4, $5, ratio($5, $4)
+    if ($2 == "WRONG") wrong++
+  }
+  END { if (wrong) exit 2 }' "$MF_RESULTS" || status=$?
+fi
+exit "${status:-0}"

@@ -51,6 +51,20 @@ pub const MAX_QCOW2_L1_ENTRIES: u64 = 4 << 20;
 pub const MAX_QCOW2_HEADER: u64 = 64 << 10;
 /// Size of the chunks read from a source.
 pub const READ_CHUNK: usize = 1 << 20;
+/// Package bytes gathered before they are handed to the digest threads
+/// together: pieces as small as HTTP body frames would otherwise cost a
+/// channel send and a thread wake-up each, per algorithm.
+pub const DIGEST_BATCH: usize = 1 << 20;
+/// Batches queued per digest thread before the pipeline waits for the
+/// slowest algorithm. The batches are shared, not copied, so the package
+/// bytes held for digests stay under (`DIGEST_QUEUE` + 2) × [`DIGEST_BATCH`].
+pub const DIGEST_QUEUE: usize = 4;
+/// Largest entry (besides the OVF descriptor and the manifest) the digest
+/// threads keep whole and hash at the end in the algorithms the manifest
+/// names for it, rather than in every algorithm while it streams (bytes).
+pub const MAX_DIGEST_HELD_ENTRY: u64 = 64 << 10;
+/// Most bytes of such entries kept per package.
+pub const MAX_DIGEST_HELD_TOTAL: u64 = 1 << 20;
 /// Most outstanding reads a qcow2 stream decoder tracks at once (L2 tables
 /// and runs of data clusters mapped but not yet reached, spooled ranges).
 pub const MAX_QCOW2_PENDING: usize = 1 << 20;

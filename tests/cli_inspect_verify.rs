@@ -337,19 +337,16 @@ fn a_manifest_line_naming_no_entry_exits_5() {
 }
 
 #[test]
-fn sha512_lines_are_checked_where_computed_and_otherwise_not_checked() {
+fn sha512_lines_are_checked_wherever_the_manifest_is() {
     let w = Work::new();
     let line = |name: &str, data: &[u8]| {
         format!("SHA512({name})= {}\n", hex::encode(Sha512::digest(data)))
     };
-    for (i, (placement, disk_status)) in [
-        // After the manifest the entries get its algorithm.
-        (Placement::ManifestAfterOvf, "verified"),
-        // Before it, SHA-1 and SHA-256 only.
-        (Placement::OvfFirst, "not checked"),
-    ]
-    .into_iter()
-    .enumerate()
+    // Before the manifest every algorithm is computed; the OVF, held in
+    // memory, is hashed in the line's algorithm whenever it came.
+    for (i, placement) in [Placement::ManifestAfterOvf, Placement::OvfFirst]
+        .into_iter()
+        .enumerate()
     {
         let mut ova = two_disks(&w)
             .manifest(Manifest::Sha256)
@@ -364,20 +361,19 @@ fn sha512_lines_are_checked_where_computed_and_otherwise_not_checked() {
         run.assert_success();
         let json = run.json();
         assert_eq!(json["manifest"]["algorithm"], "SHA512");
-        assert_eq!(json["verification"]["manifest"]["status"], "incomplete");
+        assert_eq!(json["verification"]["manifest"]["status"], "verified");
         assert_eq!(
             line_statuses(&json),
             owned(&[
-                // The OVF always precedes the manifest here.
-                (OVF_NAME, "not checked"),
-                ("disk1.vmdk", disk_status),
-                ("disk2.img", disk_status)
+                (OVF_NAME, "verified"),
+                ("disk1.vmdk", "verified"),
+                ("disk2.img", "verified")
             ])
         );
         let text = inspect(&path, &[]);
         text.assert_success();
         assert!(
-            text.stdout.contains("not checked for vm.ovf"),
+            text.stdout.contains("Manifest: verified (3 entries)"),
             "{}",
             text.stdout
         );

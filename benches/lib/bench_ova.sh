@@ -1,8 +1,10 @@
 # Sourced by the comparison scripts: the one-disk OVA they all measure.
-# make_bench_ova SRC FMT SIZE OUT SCRATCH converts the raw image SRC to
-# FMT (vmdk = streamOptimized, qcow2, raw), names it href_of FMT, and wraps
-# it after a minimal OVF 1.0 descriptor (capacity SIZE bytes) in the ustar
-# archive OUT; no manifest. SCRATCH is a directory it creates and removes.
+# make_bench_ova SRC FMT SIZE OUT SCRATCH [MANIFEST] converts the raw image
+# SRC to FMT (vmdk = streamOptimized, qcow2, raw), names it href_of FMT, and
+# wraps it after a minimal OVF 1.0 descriptor (capacity SIZE bytes) in the
+# ustar archive OUT. No manifest unless MANIFEST says where its SHA-256
+# manifest bench.mf goes (sha256sum of the OVF and the disk): `after-ovf`
+# or `last`. SCRATCH is a directory it creates and removes.
 
 ovf_format_uri() {
   case $1 in
@@ -21,7 +23,7 @@ href_of() {
 }
 
 make_bench_ova() {
-  local src=$1 fmt=$2 size=$3 out=$4 dir=$5 href disk
+  local src=$1 fmt=$2 size=$3 out=$4 dir=$5 manifest=${6:-} href disk
   href=$(href_of "$fmt")
   mkdir -p "$dir"
   disk=$dir/$href
@@ -46,6 +48,18 @@ make_bench_ova() {
   </VirtualSystem>
 </Envelope>
 EOF_OVF
-  tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href"
+  case $manifest in
+    '') tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href" ;;
+    after-ovf | last)
+      (cd "$dir" && sha256sum bench.ovf "$href") |
+        awk '{ printf "SHA256(%s)= %s\n", $2, $1 }' >"$dir/bench.mf"
+      if [ "$manifest" = last ]; then
+        tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href" bench.mf
+      else
+        tar --format=ustar -cf "$out" -C "$dir" bench.ovf bench.mf "$href"
+      fi
+      ;;
+    *) echo "make_bench_ova: unknown manifest place '$manifest'" >&2; return 1 ;;
+  esac
   rm -rf "$dir"
 }

@@ -78,6 +78,13 @@ pub fn convert(raw: &[u8], dir: &Path, args: &[&str]) -> Vec<u8> {
 
 /// A one-entry ustar archive holding `data` as `name`.
 pub fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = tar_entry(name, data);
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// One ustar entry holding `data` as `name`, padded, without end blocks.
+pub fn tar_entry(name: &str, data: &[u8]) -> Vec<u8> {
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
     h[100..108].copy_from_slice(b"0000644\0");
@@ -94,6 +101,6 @@ pub fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
     h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
     let mut out = h.to_vec();
     out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out.resize(out.len().div_ceil(512) * 512, 0);
     out
 }

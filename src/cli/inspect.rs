@@ -121,7 +121,7 @@ fn verification_lines(report: &InspectReport) -> Vec<String> {
                         p(&l.name)
                     )),
                     "not checked" => out.push(format!(
-                        "Manifest: not checked for {}: {} was not computed, the entry came before the manifest",
+                        "Manifest: not checked for {}: its {} digest was not computed",
                         p(&l.name),
                         l.algorithm
                     )),

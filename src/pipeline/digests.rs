@@ -1,25 +1,33 @@
 //! Entry digests computed beside the pipeline, on their own threads.
 //!
-//! Hashing costs more CPU than demultiplexing and decoding a raw disk, so
-//! it runs in parallel: each digest thread is sent the same package
-//! chunks (`Bytes`, shared, not copied), runs its own tar demux to find
-//! entry boundaries, and hashes every regular entry.
+//! A manifest may use SHA-1, SHA-256 or SHA-512, even a different one on
+//! each line, and may come first, right after the OVF or last; nothing
+//! before it tells which (OVF 2.x packages carry SHA-1 manifests too). So
+//! what an entry gets depends only on what has passed before it:
+//! * entries held in memory, namely the OVF descriptor, the manifest and
+//!   entries of at most [`limits::MAX_DIGEST_HELD_ENTRY`] bytes (up to
+//!   [`limits::MAX_DIGEST_HELD_TOTAL`] of them), are kept whole and hashed
+//!   at the end, in the algorithm each manifest line naming them asks for;
+//! * another entry before the manifest is hashed in every algorithm a line
+//!   may ask for: SHA-1, SHA-256 and SHA-512;
+//! * after the manifest, in exactly the algorithms its lines name for that
+//!   entry (none for an entry it does not list).
 //!
-//! Which digests an entry gets depends on what has passed before it:
-//! * after the manifest, exactly the algorithms it uses;
-//! * after an OVF 2.x descriptor, SHA-256 (the algorithm OVF 2.x names);
-//! * otherwise SHA-1 and SHA-256: OVF 1.x packages carry either (VirtualBox
-//!   writes a SHA-1 manifest last, ovaio and newer ovftool SHA-256).
-//!
-//! A manifest whose algorithm was not computed for an entry fails the
-//! import as unverifiable; it never passes silently. The channel is
-//! bounded, so memory stays at a few chunks.
+//! Each algorithm has its own thread, so that the three cost the wall time
+//! of the slowest rather than their sum, beside decoding and writing. The
+//! threads are sent the same batches of package chunks (`Bytes`, shared,
+//! never copied); each runs its own tar demux and applies the same rules
+//! to the same headers, so they agree without talking to each other. The
+//! channels are bounded ([`limits::DIGEST_QUEUE`] batches of
+//! [`limits::DIGEST_BATCH`] bytes), so a slow algorithm slows the pipeline
+//! instead of piling up memory.
 //!
 //! [`check_manifest`] compares the manifest with what was computed, line
 //! by line: import stops at the first line that does not verify, `inspect`
 //! reports every line.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -27,81 +35,143 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind};
 use crate::limits;
-use crate::ova::demux::{Demux, EntryType, Event};
+use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
 use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm, Manifest, ManifestEntry};
 
-/// Chunks queued per digest thread before the pipeline waits.
-const QUEUE: usize = 4;
-
-/// Digests per entry name.
+/// Digests per entry name, in [`Algorithm::ALL`] order.
 pub type EntryDigests = HashMap<String, Vec<(Algorithm, Vec<u8>)>>;
 
-/// Which algorithms a thread is responsible for.
-#[derive(Debug, Clone, Copy)]
-enum Share {
-    /// SHA-1 only.
-    Sha1,
-    /// Everything but SHA-1.
-    Rest,
+/// Package chunks handed to every digest thread at once.
+type Batch = Arc<Vec<Bytes>>;
+
+/// How one entry is digested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Treatment {
+    /// The first manifest: every thread reads it to learn what later
+    /// entries need; it is held as well.
+    Manifest,
+    /// Kept whole and hashed at the end in what the manifest asks for.
+    Held,
+    /// Hashed while it streams, in these algorithms.
+    Streamed(Vec<Algorithm>),
 }
 
-/// What the stream has told so far about the digests to expect.
+/// The algorithms a manifest asks for.
 #[derive(Debug, Default)]
-struct Seen {
-    manifest: Option<Vec<Algorithm>>,
-    /// Major OVF version of the descriptor, once it passed.
-    ovf_major: Option<u8>,
+struct Wanted {
+    by_name: HashMap<String, Vec<Algorithm>>,
+    /// Every algorithm of any line.
+    used: Vec<Algorithm>,
 }
 
-impl Seen {
-    fn expected(&self) -> Vec<Algorithm> {
-        match (&self.manifest, self.ovf_major) {
-            (Some(m), _) => m.clone(),
-            (None, Some(2)) => vec![Algorithm::Sha256],
-            (None, _) => vec![Algorithm::Sha1, Algorithm::Sha256],
+impl Wanted {
+    fn of(m: &Manifest) -> Wanted {
+        let mut by_name: HashMap<String, Vec<Algorithm>> = HashMap::new();
+        for line in &m.entries {
+            let algs = by_name.entry(line.name.clone()).or_default();
+            if !algs.contains(&line.algorithm) {
+                algs.push(line.algorithm);
+            }
+        }
+        Wanted {
+            by_name,
+            used: m.algorithms(),
         }
     }
-}
 
-/// The major OVF version of a descriptor, from its envelope namespace.
-fn ovf_major(xml: &[u8]) -> u8 {
-    const V2: &[u8] = b"http://schemas.dmtf.org/ovf/envelope/2";
-    if xml.windows(V2.len()).any(|w| w == V2) {
-        2
-    } else {
-        1
+    fn for_entry(&self, name: &str) -> &[Algorithm] {
+        self.by_name.get(name).map_or(&[], Vec::as_slice)
     }
 }
 
-impl Share {
-    fn algorithms(self, seen: &Seen) -> Vec<Algorithm> {
-        let all = seen.expected();
-        all.iter()
-            .copied()
-            .filter(|a| matches!(self, Share::Sha1) == (*a == Algorithm::Sha1))
-            .collect()
+/// What the headers seen so far decide. Every digest thread keeps its own
+/// copy and feeds it the same headers, so all threads decide alike.
+#[derive(Debug, Default)]
+struct Policy {
+    /// The manifest's wishes, once it has passed and parsed.
+    manifest: Option<Wanted>,
+    manifest_begun: bool,
+    ovf_held: bool,
+    /// Bytes of small entries held so far.
+    held: u64,
+}
+
+impl Policy {
+    /// Decides how the regular entry `h` is digested. Names are matched
+    /// as the import pipeline matches them: the first `.mf` is the
+    /// manifest, the first `.ovf` the descriptor.
+    fn begin(&mut self, h: &EntryHeader) -> Treatment {
+        let lower = h.name.to_ascii_lowercase();
+        if lower.ends_with(".mf") && !self.manifest_begun && h.size <= limits::MAX_MANIFEST_SIZE {
+            self.manifest_begun = true;
+            return Treatment::Manifest;
+        }
+        if lower.ends_with(".ovf") && !self.ovf_held && h.size <= limits::MAX_OVF_SIZE {
+            self.ovf_held = true;
+            return Treatment::Held;
+        }
+        if h.size <= limits::MAX_DIGEST_HELD_ENTRY
+            && self.held + h.size <= limits::MAX_DIGEST_HELD_TOTAL
+        {
+            self.held += h.size;
+            return Treatment::Held;
+        }
+        Treatment::Streamed(match &self.manifest {
+            None => Algorithm::ALL.to_vec(),
+            Some(w) => w.for_entry(&h.name).to_vec(),
+        })
+    }
+
+    /// The manifest ended. One that does not parse changes nothing: the
+    /// pipeline reports it, and until then every algorithm stays wanted.
+    fn manifest_passed(&mut self, text: &[u8]) {
+        if let Ok(m) = manifest::parse(text) {
+            self.manifest = Some(Wanted::of(&m));
+        }
     }
 }
 
 /// Digest threads fed with the package stream.
 #[derive(Debug)]
 pub struct DigestTap {
-    senders: Vec<SyncSender<Bytes>>,
+    senders: Vec<SyncSender<Batch>>,
     threads: Vec<JoinHandle<EntryDigests>>,
+    /// Chunks not yet handed on, and their length.
+    pending: Vec<Bytes>,
+    pending_len: usize,
 }
 
 impl DigestTap {
-    /// Starts the digest threads.
+    /// Starts one digest thread per algorithm.
     pub fn start() -> DigestTap {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
-        for share in [Share::Sha1, Share::Rest] {
-            let (tx, rx) = sync_channel(QUEUE);
-            senders.push(tx);
-            threads.push(std::thread::spawn(move || digest_thread(share, rx)));
+        for (i, alg) in Algorithm::ALL.into_iter().enumerate() {
+            let (tx, rx) = sync_channel(limits::DIGEST_QUEUE);
+            // One thread keeps the held entries; the SHA-1 thread, as the
+            // fastest, has the most time to spare at the end.
+            let keeper = i == 0;
+            let spawned = std::thread::Builder::new()
+                .name(format!("digest {alg}"))
+                .spawn(move || Follower::new(alg, keeper).run(rx));
+            match spawned {
+                Ok(t) => {
+                    senders.push(tx);
+                    threads.push(t);
+                }
+                // Its lines then fail as not computed, never pass.
+                Err(e) => {
+                    tracing::warn!(algorithm = %alg, error = %e, "cannot start a digest thread")
+                }
+            }
         }
-        DigestTap { senders, threads }
+        DigestTap {
+            senders,
+            threads,
+            pending: Vec::new(),
+            pending_len: 0,
+        }
     }
 
     /// A tap with no threads, for a pipeline that is done with its stream.
@@ -109,20 +179,41 @@ impl DigestTap {
         DigestTap {
             senders: Vec::new(),
             threads: Vec::new(),
+            pending: Vec::new(),
+            pending_len: 0,
         }
     }
 
-    /// Hands the next chunk of the package to every digest thread.
-    pub fn feed(&self, chunk: &Bytes) {
+    /// Hands the next chunk of the package to every digest thread; waits
+    /// when the slowest of them is [`limits::DIGEST_QUEUE`] batches behind.
+    pub fn feed(&mut self, chunk: &Bytes) {
+        if self.senders.is_empty() || chunk.is_empty() {
+            return;
+        }
+        self.pending.push(chunk.clone());
+        self.pending_len += chunk.len();
+        if self.pending_len >= limits::DIGEST_BATCH {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch: Batch = Arc::new(std::mem::take(&mut self.pending));
+        self.pending_len = 0;
         for s in &self.senders {
-            // A thread that stopped (its demux failed) gives up quietly:
-            // the pipeline's own demux reports the same error.
-            let _ = s.send(chunk.clone());
+            // A thread that stopped (its demux failed, or nothing more is
+            // asked of its algorithm) has dropped its receiver; the
+            // pipeline's own demux reports any error.
+            let _ = s.send(batch.clone());
         }
     }
 
     /// Ends the stream and collects every entry's digests.
-    pub fn finish(self) -> EntryDigests {
+    pub fn finish(mut self) -> EntryDigests {
+        self.send();
         drop(self.senders);
         let mut all = EntryDigests::new();
         for t in self.threads {
@@ -132,90 +223,162 @@ impl DigestTap {
                 }
             }
         }
+        for ds in all.values_mut() {
+            ds.sort_by_key(|(a, _)| *a);
+        }
         all
     }
 }
 
-/// The entry being hashed.
-struct Hashing {
+/// The entry a digest thread is in.
+#[derive(Debug)]
+struct Entry {
     name: String,
-    digest: MultiDigest,
-    /// Content kept when the entry is the manifest or the OVF.
-    text: Option<(Vec<u8>, bool)>,
+    hash: Option<MultiDigest>,
+    /// The content, when this thread keeps it.
+    kept: Option<Vec<u8>>,
+    manifest: bool,
 }
 
-fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
-    let mut out = EntryDigests::new();
-    let mut demux = Demux::new();
-    let mut seen = Seen::default();
-    let mut current: Option<Hashing> = None;
-    let mut step = |buf: &[u8], current: &mut Option<Hashing>, seen: &mut Seen| -> bool {
-        let mut rest = buf;
+/// One digest thread: its own demux and policy, one algorithm.
+#[derive(Debug)]
+struct Follower {
+    alg: Algorithm,
+    /// Whether this thread keeps the held entries (exactly one does).
+    keeper: bool,
+    demux: Demux,
+    policy: Policy,
+    current: Option<Entry>,
+    held: Vec<(String, Vec<u8>)>,
+    out: EntryDigests,
+}
+
+impl Follower {
+    fn new(alg: Algorithm, keeper: bool) -> Follower {
+        Follower {
+            alg,
+            keeper,
+            demux: Demux::new(),
+            policy: Policy::default(),
+            current: None,
+            held: Vec::new(),
+            out: EntryDigests::new(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Batch>) -> EntryDigests {
+        while let Ok(batch) = rx.recv() {
+            for chunk in batch.iter() {
+                if !self.step(chunk) {
+                    return self.out;
+                }
+            }
+            if self.idle() {
+                return self.out;
+            }
+        }
+        // End of stream: a package without end blocks leaves its last End pending.
+        self.step(&[]);
+        self.hash_held();
+        self.out
+    }
+
+    /// Whether nothing more can be asked of this thread: the manifest has
+    /// passed without a line in its algorithm, and it holds nothing.
+    fn idle(&self) -> bool {
+        !self.keeper
+            && self
+                .policy
+                .manifest
+                .as_ref()
+                .is_some_and(|w| !w.used.contains(&self.alg))
+    }
+
+    /// Runs the demux over one chunk; false once the tar stream is broken
+    /// (the pipeline's own demux reports it).
+    fn step(&mut self, chunk: &[u8]) -> bool {
+        let mut rest = chunk;
         loop {
-            let Ok((n, ev)) = demux.step(rest) else {
+            let Ok((n, ev)) = self.demux.step(rest) else {
                 return false;
             };
             rest = &rest[n..];
             match ev {
-                Some(Event::Begin(h)) if h.entry_type == EntryType::Regular => {
-                    let lower = h.name.to_ascii_lowercase();
-                    let text = if lower.ends_with(".mf")
-                        && seen.manifest.is_none()
-                        && h.size <= limits::MAX_MANIFEST_SIZE
-                    {
-                        Some((Vec::new(), true))
-                    } else if lower.ends_with(".ovf")
-                        && seen.ovf_major.is_none()
-                        && h.size <= limits::MAX_OVF_SIZE
-                    {
-                        Some((Vec::new(), false))
-                    } else {
-                        None
-                    };
-                    *current = Some(Hashing {
-                        name: h.name,
-                        digest: MultiDigest::new(&share.algorithms(seen)),
-                        text,
-                    });
-                }
+                None => return true,
+                Some(Event::Begin(h)) => self.begin(&h),
                 Some(Event::Data(d)) => {
-                    if let Some(c) = current.as_mut() {
-                        c.digest.update(d);
-                        if let Some((t, _)) = &mut c.text {
-                            t.extend_from_slice(d);
+                    if let Some(e) = self.current.as_mut() {
+                        if let Some(h) = &mut e.hash {
+                            h.update(d);
+                        }
+                        if let Some(k) = &mut e.kept {
+                            k.extend_from_slice(d);
                         }
                     }
                 }
-                Some(Event::End) => {
-                    if let Some(c) = current.take() {
-                        match c.text {
-                            Some((t, true)) => {
-                                if let Ok(m) = manifest::parse(&t) {
-                                    seen.manifest = Some(m.algorithms());
-                                }
-                            }
-                            Some((t, false)) => seen.ovf_major = Some(ovf_major(&t)),
-                            None => {}
-                        }
-                        out.insert(c.name, c.digest.finish());
-                    }
-                }
-                Some(Event::Eof) => return true,
-                _ => {}
+                Some(Event::End) => self.end(),
+                Some(Event::Eof) => {}
             }
-            if rest.is_empty() && n == 0 {
-                return true;
-            }
-        }
-    };
-    while let Ok(chunk) = rx.recv() {
-        if !step(&chunk, &mut current, &mut seen) {
-            return out;
         }
     }
-    // End of stream: a package without end blocks leaves its last End pending.
-    step(&[], &mut current, &mut seen);
-    out
+
+    fn begin(&mut self, h: &EntryHeader) {
+        if h.entry_type != EntryType::Regular {
+            return;
+        }
+        let treatment = self.policy.begin(h);
+        // Sizes are capped by the policy's limits before anything is reserved.
+        let keep = || Some(Vec::with_capacity(usize::try_from(h.size).unwrap_or(0)));
+        let (hash, kept) = match &treatment {
+            Treatment::Manifest => (None, keep()),
+            Treatment::Held if self.keeper => (None, keep()),
+            Treatment::Held => (None, None),
+            Treatment::Streamed(algs) if algs.contains(&self.alg) => {
+                (Some(MultiDigest::new(&[self.alg])), None)
+            }
+            Treatment::Streamed(_) => (None, None),
+        };
+        self.current = Some(Entry {
+            name: h.name.clone(),
+            hash,
+            kept,
+            manifest: treatment == Treatment::Manifest,
+        });
+    }
+
+    fn end(&mut self) {
+        let Some(e) = self.current.take() else {
+            return;
+        };
+        if let Some(h) = e.hash {
+            self.out.insert(e.name.clone(), h.finish());
+        }
+        if let Some(k) = e.kept {
+            if e.manifest {
+                self.policy.manifest_passed(&k);
+            }
+            if self.keeper {
+                self.held.push((e.name, k));
+            }
+        }
+    }
+
+    /// Hashes each held entry in the algorithms the manifest's lines for
+    /// it name.
+    fn hash_held(&mut self) {
+        let Some(w) = &self.policy.manifest else {
+            return;
+        };
+        for (name, content) in self.held.drain(..) {
+            let algs = w.for_entry(&name);
+            if algs.is_empty() {
+                continue;
+            }
+            let mut d = MultiDigest::new(algs);
+            d.update(&content);
+            self.out.insert(name, d.finish());
+        }
+    }
 }
 
 /// What the package says about one manifest line.
@@ -227,8 +390,9 @@ pub enum LineCheck {
     Mismatch(Vec<u8>),
     /// The package has no regular entry of this name.
     NoSuchEntry,
-    /// The line's algorithm was not computed for the entry: the entry
-    /// came before the manifest, when another algorithm was expected.
+    /// The line's algorithm was not computed for the entry. The digest
+    /// threads compute every algorithm a line can ask for, so this means
+    /// one of them could not run.
     NotComputed,
 }
 
@@ -272,7 +436,7 @@ impl LineCheck {
                 Error::new(
                     ErrorKind::Unsupported,
                     format!(
-                        "cannot verify: the manifest uses {}, which was not computed because the entry came before the manifest",
+                        "cannot verify: the {} digest of this entry was not computed",
                         line.algorithm
                     ),
                 )
@@ -328,41 +492,290 @@ mod tests {
         w
     }
 
-    fn digests_of(tar: Vec<u8>, piece: usize) -> EntryDigests {
-        let tap = DigestTap::start();
-        for p in tar.chunks(piece) {
+    /// A tar archive of `entries`, with its end blocks.
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = Vec::new();
+        for (name, data) in entries {
+            tar.extend(tar_entry(name, data));
+        }
+        tar.extend([0u8; 1024]);
+        tar
+    }
+
+    fn feed_pieces<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> EntryDigests {
+        let mut tap = DigestTap::start();
+        for p in pieces {
             tap.feed(&Bytes::copy_from_slice(p));
         }
         tap.finish()
     }
 
+    fn digests_of(tar: &[u8], piece: usize) -> EntryDigests {
+        feed_pieces(tar.chunks(piece))
+    }
+
+    /// `tar` cut at pseudo-random points (xorshift from `seed`), pieces of
+    /// 1 byte up to a little more than a digest batch.
+    fn random_pieces(tar: &[u8], seed: u64) -> Vec<&[u8]> {
+        let mut state = seed | 1;
+        let mut pieces = Vec::new();
+        let mut rest = tar;
+        while !rest.is_empty() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let max = match state % 4 {
+                0 => 16,
+                1 => 4096,
+                2 => 300_000,
+                _ => limits::DIGEST_BATCH + 1000,
+            };
+            let n = ((state >> 8) as usize % max + 1).min(rest.len());
+            pieces.push(&rest[..n]);
+            rest = &rest[n..];
+        }
+        pieces
+    }
+
     fn algs(d: &EntryDigests, name: &str) -> Vec<Algorithm> {
-        d[name].iter().map(|(a, _)| *a).collect()
+        d.get(name)
+            .map(|ds| ds.iter().map(|(a, _)| *a).collect())
+            .unwrap_or_default()
+    }
+
+    fn line(alg: Algorithm, name: &str, data: &[u8]) -> String {
+        manifest::format_line(alg, name, &crate::ova::digest::digest(alg, data))
+    }
+
+    /// Every line of `mf` checked against `d`.
+    fn verdicts(mf: &str, d: &EntryDigests) -> Vec<(String, LineCheck)> {
+        let m = manifest::parse(mf.as_bytes()).expect("test manifest parses");
+        check_manifest(&m, |n| d.get(n).map(Vec::as_slice))
+            .into_iter()
+            .map(|(l, c)| (l.name.clone(), c))
+            .collect()
+    }
+
+    fn assert_all_verified(mf: &str, d: &EntryDigests, what: &str) {
+        for (name, check) in verdicts(mf, d) {
+            assert_eq!(check, LineCheck::Verified, "{what}: line for {name}");
+        }
+    }
+
+    const OVF1: &[u8] = br#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"/>"#;
+    const OVF2: &[u8] = br#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2"/>"#;
+
+    /// Content larger than an entry that is held, so it is streamed.
+    fn big(seed: u8) -> Vec<u8> {
+        let len = limits::MAX_DIGEST_HELD_ENTRY as usize * 2 + 777;
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Place {
+        First,
+        AfterOvf,
+        Last,
+    }
+
+    /// vm.ovf, disk1.img, nvram.dat (small), disk2.img and vm.mf, the
+    /// manifest placed as asked; its lines use `line_alg` for each entry.
+    fn package(
+        ovf: &[u8],
+        place: Place,
+        line_alg: impl Fn(&str) -> Algorithm,
+    ) -> (Vec<u8>, String) {
+        let (d1, d2, nv) = (big(1), big(2), vec![7u8; 1000]);
+        let content: [(&str, &[u8]); 4] = [
+            ("vm.ovf", ovf),
+            ("disk1.img", &d1),
+            ("nvram.dat", &nv),
+            ("disk2.img", &d2),
+        ];
+        let mf: String = content
+            .iter()
+            .map(|(n, data)| line(line_alg(n), n, data))
+            .collect();
+        let mf_entry = ("vm.mf", mf.as_bytes());
+        let mut entries: Vec<(&str, &[u8])> = Vec::new();
+        match place {
+            Place::First => {
+                entries.push(mf_entry);
+                entries.extend(content);
+            }
+            Place::AfterOvf => {
+                entries.push(content[0]);
+                entries.push(mf_entry);
+                entries.extend(&content[1..]);
+            }
+            Place::Last => {
+                entries.extend(content);
+                entries.push(mf_entry);
+            }
+        }
+        (tar_of(&entries), mf)
     }
 
     #[test]
-    fn algorithms_follow_what_passed_before() {
-        let ovf2 = br#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/2"/>"#;
-        let mut tar = tar_entry("a.img", b"first");
-        tar.extend(tar_entry("vm.ovf", ovf2));
-        tar.extend(tar_entry("b.img", b"second"));
-        let mf = format!(
-            "SHA512(c.img)= {}\n",
-            hex::encode(crate::ova::digest::digest(Algorithm::Sha512, b"third"))
-        );
-        tar.extend(tar_entry("vm.mf", mf.as_bytes()));
-        tar.extend(tar_entry("c.img", b"third"));
-        tar.extend([0u8; 1024]);
-        for piece in [1, 7, 512, 1 << 20] {
-            let d = digests_of(tar.clone(), piece);
-            assert_eq!(algs(&d, "a.img"), [Algorithm::Sha1, Algorithm::Sha256]);
-            assert_eq!(algs(&d, "b.img"), [Algorithm::Sha256]);
-            assert_eq!(algs(&d, "c.img"), [Algorithm::Sha512]);
-            assert_eq!(
-                d["c.img"][0].1,
-                crate::ova::digest::digest(Algorithm::Sha512, b"third")
-            );
+    fn one_algorithm_verifies_wherever_the_manifest_is() {
+        for ovf in [OVF1, OVF2] {
+            for alg in Algorithm::ALL {
+                for place in [Place::First, Place::AfterOvf, Place::Last] {
+                    let what = format!("{alg} manifest {place:?}, {}", ovf.len());
+                    let (tar, mf) = package(ovf, place, |_| alg);
+                    let d = digests_of(&tar, 1 << 20);
+                    assert_all_verified(&mf, &d, &what);
+                    // Held entries are hashed on demand, in the line's
+                    // algorithm only, wherever the manifest is.
+                    assert_eq!(algs(&d, "vm.ovf"), [alg], "{what}");
+                    assert_eq!(algs(&d, "nvram.dat"), [alg], "{what}");
+                    // Streamed entries: exactly the manifest's algorithm
+                    // after it, every algorithm before it.
+                    let disks = if place == Place::Last {
+                        Algorithm::ALL.to_vec()
+                    } else {
+                        vec![alg]
+                    };
+                    assert_eq!(algs(&d, "disk1.img"), disks, "{what}");
+                    assert_eq!(algs(&d, "disk2.img"), disks, "{what}");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn sha1_manifest_last_in_an_ovf2_package_verifies() {
+        let (tar, mf) = package(OVF2, Place::Last, |_| Algorithm::Sha1);
+        let d = digests_of(&tar, 4096);
+        assert_all_verified(&mf, &d, "OVF 2.0, SHA-1 manifest last");
+    }
+
+    #[test]
+    fn an_in_memory_ovf_line_in_sha512_with_the_manifest_last() {
+        let (tar, mf) = package(OVF1, Place::Last, |n| {
+            if n == "vm.ovf" {
+                Algorithm::Sha512
+            } else {
+                Algorithm::Sha256
+            }
+        });
+        let d = digests_of(&tar, 512);
+        assert_all_verified(&mf, &d, "SHA512 OVF line, manifest last");
+        assert_eq!(
+            d["vm.ovf"],
+            [(
+                Algorithm::Sha512,
+                crate::ova::digest::digest(Algorithm::Sha512, OVF1)
+            )]
+        );
+    }
+
+    #[test]
+    fn mixed_lines_verify_and_after_the_manifest_each_entry_gets_its_own() {
+        let alg_of = |n: &str| match n {
+            "vm.ovf" => Algorithm::Sha512,
+            "disk1.img" => Algorithm::Sha1,
+            "nvram.dat" => Algorithm::Sha256,
+            _ => Algorithm::Sha512,
+        };
+        for place in [Place::First, Place::AfterOvf, Place::Last] {
+            let (tar, mf) = package(OVF1, place, alg_of);
+            let d = digests_of(&tar, 1 << 16);
+            assert_all_verified(&mf, &d, &format!("mixed, {place:?}"));
+            for n in ["vm.ovf", "nvram.dat"] {
+                assert_eq!(algs(&d, n), [alg_of(n)], "{place:?} {n}");
+            }
+            if place != Place::Last {
+                assert_eq!(algs(&d, "disk1.img"), [Algorithm::Sha1]);
+                assert_eq!(algs(&d, "disk2.img"), [Algorithm::Sha512]);
+            }
+        }
+    }
+
+    #[test]
+    fn after_the_manifest_an_unlisted_entry_gets_no_digest() {
+        let data = big(3);
+        let mf = line(Algorithm::Sha256, "vm.ovf", OVF1);
+        let tar = tar_of(&[
+            ("vm.ovf", OVF1),
+            ("vm.mf", mf.as_bytes()),
+            ("iso.img", &data),
+        ]);
+        let d = digests_of(&tar, 1 << 20);
+        assert_all_verified(&mf, &d, "unlisted entry");
+        assert_eq!(algs(&d, "iso.img"), []);
+    }
+
+    #[test]
+    fn held_entries_are_capped_and_the_rest_streamed() {
+        let each = limits::MAX_DIGEST_HELD_ENTRY as usize;
+        let count = (limits::MAX_DIGEST_HELD_TOTAL as usize / each) + 2;
+        let contents: Vec<(String, Vec<u8>)> = (0..count)
+            .map(|i| (format!("small{i}.dat"), vec![i as u8; each]))
+            .collect();
+        let mut entries: Vec<(&str, &[u8])> = contents
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.as_slice()))
+            .collect();
+        let mf: String = contents
+            .iter()
+            .map(|(n, c)| line(Algorithm::Sha512, n, c))
+            .collect();
+        entries.push(("vm.mf", mf.as_bytes()));
+        let d = digests_of(&tar_of(&entries), 1 << 20);
+        assert_all_verified(&mf, &d, "many small entries");
+        let held = limits::MAX_DIGEST_HELD_TOTAL as usize / each;
+        assert_eq!(algs(&d, "small0.dat"), [Algorithm::Sha512]);
+        assert_eq!(
+            algs(&d, &format!("small{}.dat", held - 1)),
+            [Algorithm::Sha512]
+        );
+        assert_eq!(algs(&d, &format!("small{held}.dat")), Algorithm::ALL);
+    }
+
+    #[test]
+    fn any_split_gives_the_same_digests() {
+        let alg_of = |n: &str| match n {
+            "vm.ovf" => Algorithm::Sha512,
+            "disk1.img" => Algorithm::Sha1,
+            _ => Algorithm::Sha256,
+        };
+        for place in [Place::First, Place::AfterOvf, Place::Last] {
+            let (tar, mf) = package(OVF2, place, alg_of);
+            let whole = digests_of(&tar, tar.len());
+            assert_all_verified(&mf, &whole, &format!("{place:?} in one piece"));
+            for seed in 1..=8u64 {
+                let d = feed_pieces(random_pieces(&tar, seed * 0x9e37_79b9).into_iter());
+                assert_eq!(d, whole, "{place:?}, seed {seed}");
+            }
+            for piece in [7, 511, 512, 513] {
+                assert_eq!(digests_of(&tar, piece), whole, "{place:?}, piece {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_package_without_end_blocks_still_gets_its_last_digest() {
+        let data = big(4);
+        let tar = tar_entry("disk1.img", &data);
+        let d = digests_of(&tar, 1000);
+        assert_eq!(algs(&d, "disk1.img"), Algorithm::ALL);
+        assert_eq!(
+            d["disk1.img"][2].1,
+            crate::ova::digest::digest(Algorithm::Sha512, &data)
+        );
+    }
+
+    #[test]
+    fn a_broken_stream_ends_the_threads_without_a_panic() {
+        let mut tar = tar_entry("disk1.img", &big(5));
+        tar.extend([0xffu8; 512]);
+        tar.extend([0u8; 4096]);
+        // The pipeline reports the broken header; the tap only must not hang.
+        let d = digests_of(&tar, 100);
+        assert_eq!(algs(&d, "disk1.img"), Algorithm::ALL);
     }
 
     #[test]
@@ -426,15 +839,22 @@ mod tests {
     }
 
     #[test]
-    fn ovf_one_keeps_both_digests() {
-        assert_eq!(
-            ovf_major(b"xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\""),
-            1
-        );
-        let seen = Seen {
-            manifest: None,
-            ovf_major: Some(1),
-        };
-        assert_eq!(seen.expected(), [Algorithm::Sha1, Algorithm::Sha256]);
+    fn messages_spell_algorithms_as_manifests_do() {
+        for alg in Algorithm::ALL {
+            let entry = ManifestEntry {
+                algorithm: alg,
+                name: "disk1.vmdk".into(),
+                digest: vec![0; alg.digest_len()],
+            };
+            for check in [
+                LineCheck::Mismatch(vec![1; alg.digest_len()]),
+                LineCheck::NotComputed,
+            ] {
+                let msg = check.error(&entry, "vm.mf").expect("an error").to_string();
+                assert!(msg.contains(alg.name()), "{msg}");
+                assert!(msg.contains("disk1.vmdk"), "{msg}");
+                assert!(!msg.contains(&format!("{alg:?}")), "{msg}");
+            }
+        }
     }
 }
