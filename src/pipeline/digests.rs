@@ -15,6 +15,9 @@
 //! import as unverifiable; it never passes silently. The channel is
 //! bounded, so memory stays at a few chunks.
 //!
+//! A zip package has no tar stream: its members are sent one by one
+//! ([`DigestTap::begin_member`]), uncompressed, and digested alike.
+//!
 //! [`check_manifest`] compares the manifest with what was computed, line
 //! by line: import stops at the first line that does not verify, `inspect`
 //! reports every line.
@@ -84,10 +87,23 @@ impl Share {
     }
 }
 
+/// What a digest thread is sent.
+#[derive(Debug)]
+enum Msg {
+    /// Bytes of the tar stream: the thread finds the entries itself.
+    Tar(Bytes),
+    /// A zip member starts: its name, and its size when known.
+    Begin(String, Option<u64>),
+    /// Uncompressed bytes of the current zip member.
+    Data(Bytes),
+    /// The current zip member ended.
+    End,
+}
+
 /// Digest threads fed with the package stream.
 #[derive(Debug)]
 pub struct DigestTap {
-    senders: Vec<SyncSender<Bytes>>,
+    senders: Vec<SyncSender<Msg>>,
     threads: Vec<JoinHandle<EntryDigests>>,
 }
 
@@ -112,13 +128,33 @@ impl DigestTap {
         }
     }
 
-    /// Hands the next chunk of the package to every digest thread.
-    pub fn feed(&self, chunk: &Bytes) {
+    fn send(&self, m: impl Fn() -> Msg) {
         for s in &self.senders {
             // A thread that stopped (its demux failed) gives up quietly:
             // the pipeline's own demux reports the same error.
-            let _ = s.send(chunk.clone());
+            let _ = s.send(m());
         }
+    }
+
+    /// Hands the next chunk of the tar stream to every digest thread.
+    pub fn feed(&self, chunk: &Bytes) {
+        self.send(|| Msg::Tar(chunk.clone()));
+    }
+
+    /// A zip member starts, `size` bytes long when known: its bytes are
+    /// digested as a tar entry's are.
+    pub fn begin_member(&self, name: &str, size: Option<u64>) {
+        self.send(|| Msg::Begin(name.to_owned(), size));
+    }
+
+    /// Uncompressed bytes of the current zip member.
+    pub fn member_data(&self, data: &Bytes) {
+        self.send(|| Msg::Data(data.clone()));
+    }
+
+    /// The current zip member ended.
+    pub fn end_member(&self) {
+        self.send(|| Msg::End);
     }
 
     /// Ends the stream and collects every entry's digests.
@@ -140,16 +176,87 @@ impl DigestTap {
 struct Hashing {
     name: String,
     digest: MultiDigest,
-    /// Content kept when the entry is the manifest or the OVF.
+    /// Content kept when the entry is the manifest (`true`) or the OVF,
+    /// while it stays within its size limit.
     text: Option<(Vec<u8>, bool)>,
 }
 
-fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
-    let mut out = EntryDigests::new();
+/// One thread's share of the hashing, entry by entry.
+struct Hasher {
+    share: Share,
+    seen: Seen,
+    current: Option<Hashing>,
+    out: EntryDigests,
+}
+
+impl Hasher {
+    fn begin(&mut self, name: String, size: Option<u64>) {
+        let lower = name.to_ascii_lowercase();
+        let within = |limit: u64| size.is_none_or(|s| s <= limit);
+        let text = if lower.ends_with(".mf")
+            && self.seen.manifest.is_none()
+            && within(limits::MAX_MANIFEST_SIZE)
+        {
+            Some((Vec::new(), true))
+        } else if lower.ends_with(".ovf")
+            && self.seen.ovf_major.is_none()
+            && within(limits::MAX_OVF_SIZE)
+        {
+            Some((Vec::new(), false))
+        } else {
+            None
+        };
+        self.current = Some(Hashing {
+            name,
+            digest: MultiDigest::new(&self.share.algorithms(&self.seen)),
+            text,
+        });
+    }
+
+    fn data(&mut self, d: &[u8]) {
+        if let Some(c) = self.current.as_mut() {
+            c.digest.update(d);
+            if let Some((t, manifest)) = &mut c.text {
+                let limit = if *manifest {
+                    limits::MAX_MANIFEST_SIZE
+                } else {
+                    limits::MAX_OVF_SIZE
+                };
+                if (t.len() + d.len()) as u64 > limit {
+                    c.text = None;
+                } else {
+                    t.extend_from_slice(d);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(c) = self.current.take() {
+            match c.text {
+                Some((t, true)) => {
+                    if let Ok(m) = manifest::parse(&t) {
+                        self.seen.manifest = Some(m.algorithms());
+                    }
+                }
+                Some((t, false)) => self.seen.ovf_major = Some(ovf_major(&t)),
+                None => {}
+            }
+            self.out.insert(c.name, c.digest.finish());
+        }
+    }
+}
+
+fn digest_thread(share: Share, rx: Receiver<Msg>) -> EntryDigests {
+    let mut h = Hasher {
+        share,
+        seen: Seen::default(),
+        current: None,
+        out: EntryDigests::new(),
+    };
     let mut demux = Demux::new();
-    let mut seen = Seen::default();
-    let mut current: Option<Hashing> = None;
-    let mut step = |buf: &[u8], current: &mut Option<Hashing>, seen: &mut Seen| -> bool {
+    // Feeds tar bytes; false once the tar stream is over or broken.
+    let mut step = |buf: &[u8], h: &mut Hasher| -> bool {
         let mut rest = buf;
         loop {
             let Ok((n, ev)) = demux.step(rest) else {
@@ -157,49 +264,11 @@ fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
             };
             rest = &rest[n..];
             match ev {
-                Some(Event::Begin(h)) if h.entry_type == EntryType::Regular => {
-                    let lower = h.name.to_ascii_lowercase();
-                    let text = if lower.ends_with(".mf")
-                        && seen.manifest.is_none()
-                        && h.size <= limits::MAX_MANIFEST_SIZE
-                    {
-                        Some((Vec::new(), true))
-                    } else if lower.ends_with(".ovf")
-                        && seen.ovf_major.is_none()
-                        && h.size <= limits::MAX_OVF_SIZE
-                    {
-                        Some((Vec::new(), false))
-                    } else {
-                        None
-                    };
-                    *current = Some(Hashing {
-                        name: h.name,
-                        digest: MultiDigest::new(&share.algorithms(seen)),
-                        text,
-                    });
+                Some(Event::Begin(e)) if e.entry_type == EntryType::Regular => {
+                    h.begin(e.name, Some(e.size));
                 }
-                Some(Event::Data(d)) => {
-                    if let Some(c) = current.as_mut() {
-                        c.digest.update(d);
-                        if let Some((t, _)) = &mut c.text {
-                            t.extend_from_slice(d);
-                        }
-                    }
-                }
-                Some(Event::End) => {
-                    if let Some(c) = current.take() {
-                        match c.text {
-                            Some((t, true)) => {
-                                if let Ok(m) = manifest::parse(&t) {
-                                    seen.manifest = Some(m.algorithms());
-                                }
-                            }
-                            Some((t, false)) => seen.ovf_major = Some(ovf_major(&t)),
-                            None => {}
-                        }
-                        out.insert(c.name, c.digest.finish());
-                    }
-                }
+                Some(Event::Data(d)) => h.data(d),
+                Some(Event::End) => h.end(),
                 Some(Event::Eof) => return true,
                 _ => {}
             }
@@ -208,14 +277,25 @@ fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
             }
         }
     };
-    while let Ok(chunk) = rx.recv() {
-        if !step(&chunk, &mut current, &mut seen) {
-            return out;
+    let mut tar = false;
+    while let Ok(m) = rx.recv() {
+        match m {
+            Msg::Tar(chunk) => {
+                tar = true;
+                if !step(&chunk, &mut h) {
+                    return h.out;
+                }
+            }
+            Msg::Begin(name, size) => h.begin(name, size),
+            Msg::Data(d) => h.data(&d),
+            Msg::End => h.end(),
         }
     }
-    // End of stream: a package without end blocks leaves its last End pending.
-    step(&[], &mut current, &mut seen);
-    out
+    if tar {
+        // End of stream: a package without end blocks leaves its last End pending.
+        step(&[], &mut h);
+    }
+    h.out
 }
 
 /// What the package says about one manifest line.
