@@ -941,24 +941,15 @@ impl Importer {
         while let Some(p) = self.unpack.finish()? {
             self.piece(p)?;
         }
-        // A package without end-of-archive blocks leaves its last End pending.
-        if let (_, Some(Event::End)) = self.demux.step(&[]).map_err(Error::from)? {
-            self.end().map_err(|e| self.unpack.in_tar(e))?;
+        let container = self.unpack.container().unwrap_or(Container::Tar);
+        if container != Container::Zip {
+            self.finish_tar()?;
         }
-        self.demux.finish().map_err(|e| {
-            let e = self.head.tar_error(e);
-            let e = match self.current_name() {
-                Some(n) => e.in_entry(n),
-                None => e,
-            };
-            self.unpack.in_tar(e)
-        })?;
         if let Some(name) = self.current_name() {
             return Err(
                 Error::new(ErrorKind::CorruptImage, "package ends inside an entry").in_entry(name),
             );
         }
-        let container = self.unpack.container().unwrap_or(Container::Tar);
         if self.records.is_empty() && self.others.is_empty() {
             if container == Container::Zip {
                 return Err(Error::new(
@@ -1107,6 +1098,22 @@ impl Importer {
             skipped: self.skipped,
             compression: container.compression(),
             archive: container.archive(),
+        })
+    }
+
+    /// The tar stream ended: it must end between entries.
+    fn finish_tar(&mut self) -> Result<()> {
+        // A package without end-of-archive blocks leaves its last End pending.
+        if let (_, Some(Event::End)) = self.demux.step(&[]).map_err(Error::from)? {
+            self.end().map_err(|e| self.unpack.in_tar(e))?;
+        }
+        self.demux.finish().map_err(|e| {
+            let e = self.head.tar_error(e);
+            let e = match self.current_name() {
+                Some(n) => e.in_entry(n),
+                None => e,
+            };
+            self.unpack.in_tar(e)
         })
     }
 

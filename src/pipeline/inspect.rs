@@ -554,14 +554,16 @@ impl Pass {
         while let Some(p) = self.unpack.finish()? {
             self.piece(p)?;
         }
-        // A package without end-of-archive blocks leaves its last End pending.
-        if let (_, Some(ev)) = self.demux.step(&[]).map_err(|e| self.head.tar_error(e))? {
-            self.event(ev).map_err(|e| self.unpack.in_tar(e))?;
-        }
-        self.demux
-            .finish()
-            .map_err(|e| self.unpack.in_tar(self.head.tar_error(e)))?;
         let container = self.unpack.container().unwrap_or(Container::Tar);
+        if container != Container::Zip {
+            // A package without end-of-archive blocks leaves its last End pending.
+            if let (_, Some(ev)) = self.demux.step(&[]).map_err(|e| self.head.tar_error(e))? {
+                self.event(ev).map_err(|e| self.unpack.in_tar(e))?;
+            }
+            self.demux
+                .finish()
+                .map_err(|e| self.unpack.in_tar(self.head.tar_error(e)))?;
+        }
         if self.begun == 0 {
             if container == Container::Zip {
                 return Err(Error::new(
