@@ -1,4 +1,5 @@
-//! The OVA layer: tar demultiplexing, the OVF descriptor and the manifest.
+//! The OVA layer: the package container (plain tar, compressed tar or zip),
+//! tar demultiplexing, the OVF descriptor and the manifest.
 
 pub mod decompress;
 pub mod demux;

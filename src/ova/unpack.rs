@@ -360,6 +360,86 @@ impl Unpacker {
     }
 }
 
+/// Everything the unpacker hands on for `data` fed in pieces of the sizes
+/// `cuts` yields (cycled), tar bytes and member data merged, and how it
+/// ended; checks the step contract on the way.
+fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Piece>, std::result::Result<(), String>) {
+    let mut u = Unpacker::new();
+    let mut out: Vec<Piece> = Vec::new();
+    let push = |p: Piece, out: &mut Vec<Piece>| match (out.last_mut(), p) {
+        (Some(Piece::Tar(a)), Piece::Tar(b)) => *a = [&a[..], &b[..]].concat().into(),
+        (Some(Piece::Data(a)), Piece::Data(b)) => *a = [&a[..], &b[..]].concat().into(),
+        (_, p) => out.push(p),
+    };
+    let mut rest = data;
+    let mut i = 0;
+    let mut feed = |piece: &[u8], out: &mut Vec<Piece>| -> Result<()> {
+        let mut input = Bytes::copy_from_slice(piece);
+        loop {
+            let (n, p) = u.step(&input)?;
+            assert!(n <= input.len(), "consumed more than given");
+            assert!(n > 0 || p.is_some() || input.is_empty(), "(0, None)");
+            let _ = input.split_to(n);
+            match p {
+                Some(p) => push(p, out),
+                None if input.is_empty() => return Ok(()),
+                None => {}
+            }
+        }
+    };
+    let mut result = Ok(());
+    while !rest.is_empty() {
+        let cut = cuts
+            .get(i % cuts.len().max(1))
+            .copied()
+            .unwrap_or(usize::MAX);
+        i += 1;
+        let piece = &rest[..cut.clamp(1, rest.len())];
+        rest = &rest[piece.len()..];
+        if let Err(e) = feed(piece, &mut out) {
+            result = Err(e);
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = loop {
+            match u.finish() {
+                Ok(Some(p)) => push(p, &mut out),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+    }
+    let result = result.map_err(|e| e.to_string());
+    if result.is_err() {
+        // How much passed before the damage was noticed depends on the
+        // cuts; what was verified does not.
+        while matches!(out.last(), Some(Piece::Tar(_) | Piece::Data(_))) {
+            out.pop();
+        }
+    }
+    (out, result)
+}
+
+/// Fuzzing entry point: the container stage (the magic, then gzip, xz,
+/// zstd or zip) over `data` whole and cut two other ways must hand on the
+/// same pieces and end the same way, and keep its step contract. Not a
+/// stable API.
+#[doc(hidden)]
+pub fn fuzz_entry(data: &[u8]) {
+    let whole = run_split(data, &[usize::MAX]);
+    let seed = data
+        .iter()
+        .fold(11usize, |a, &b| a.wrapping_mul(31) ^ usize::from(b));
+    let odd: Vec<usize> = (0..16).map(|k| 1 + (seed >> (k % 8)) % 900).collect();
+    assert_eq!(run_split(data, &odd), whole, "split changed the result");
+    assert_eq!(
+        run_split(data, &[1, 5, 2, 64]),
+        whole,
+        "split changed the result"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -532,6 +612,36 @@ mod tests {
         // Without its central directory the archive is cut short.
         let e = pieces(&z[..cd as usize], 64).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn seeded_damage_never_breaks_the_contract() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 97) as u8).collect();
+        let xz = {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::bulk::compress(&data, 3).unwrap();
+        let mut rng = crate::test_support::Rng(0x000a_5eed);
+        for input in [gz(&data), xz, zst] {
+            fuzz_entry(&input);
+            for _ in 0..150 {
+                let mut bad = input.clone();
+                match rng.below(3) {
+                    0 => bad.truncate(rng.below(input.len() as u64) as usize),
+                    1 => {
+                        let at = rng.below(input.len() as u64) as usize;
+                        bad[at] ^= 1 << rng.below(8);
+                    }
+                    _ => {
+                        let at = rng.below(input.len() as u64) as usize;
+                        bad.insert(at, rng.next() as u8);
+                    }
+                }
+                fuzz_entry(&bad);
+            }
+        }
     }
 
     #[test]

@@ -506,6 +506,37 @@ mod tests {
     }
 
     #[test]
+    fn zip_members_are_digested_like_entries() {
+        let mf = format!(
+            "SHA512(b.img)= {}\n",
+            hex::encode(crate::ova::digest::digest(Algorithm::Sha512, b"second"))
+        );
+        let tap = DigestTap::start();
+        let member = |name: &str, size: Option<u64>, data: &[u8]| {
+            tap.begin_member(name, size);
+            for piece in data.chunks(3) {
+                tap.member_data(&Bytes::copy_from_slice(piece));
+            }
+            tap.end_member();
+        };
+        member("a.img", Some(5), b"first");
+        // A manifest whose size only its data descriptor gave.
+        member("vm.mf", None, mf.as_bytes());
+        member("b.img", None, b"second");
+        let d = tap.finish();
+        assert_eq!(algs(&d, "a.img"), [Algorithm::Sha1, Algorithm::Sha256]);
+        assert_eq!(
+            d["a.img"][1].1,
+            crate::ova::digest::digest(Algorithm::Sha256, b"first")
+        );
+        assert_eq!(algs(&d, "b.img"), [Algorithm::Sha512]);
+        assert_eq!(
+            d["b.img"][0].1,
+            crate::ova::digest::digest(Algorithm::Sha512, b"second")
+        );
+    }
+
+    #[test]
     fn ovf_one_keeps_both_digests() {
         assert_eq!(
             ovf_major(b"xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\""),

@@ -130,11 +130,14 @@ fn text(n: usize) -> Vec<u8> {
     (0..n).map(|i| b"ovaio zip member "[i % 17]).collect()
 }
 
-/// The members of an archive as `(name, size, data)`, fed whole.
-fn members(zip: &[u8]) -> Result<Vec<(String, Option<u64>, Vec<u8>)>, ZipError> {
+/// A member as read: name, size from its local header, data.
+type Read = (String, Option<u64>, Vec<u8>);
+
+/// The members of an archive, fed whole.
+fn members(zip: &[u8]) -> Result<Vec<Read>, ZipError> {
     let (events, r) = run_split(zip, &[usize::MAX]);
     r?;
-    let mut out: Vec<(String, Option<u64>, Vec<u8>)> = Vec::new();
+    let mut out: Vec<Read> = Vec::new();
     for e in events {
         match e {
             Owned::Begin(h) => out.push((h.name, h.size, Vec::new())),
@@ -163,7 +166,7 @@ fn sample() -> Vec<u8> {
 #[test]
 fn members_stream_out_with_their_sizes() {
     let got = members(&sample()).unwrap();
-    let want: Vec<(String, Option<u64>, Vec<u8>)> = vec![
+    let want: Vec<Read> = vec![
         ("vm.ovf".into(), Some(11), b"<Envelope/>".to_vec()),
         ("dir/".into(), Some(0), Vec::new()),
         ("disk1.vmdk".into(), Some(3000), text(3000)),
@@ -428,5 +431,22 @@ fn seeded_damage_never_breaks_the_contract() {
             }
         }
         fuzz_entry(&bad);
+    }
+}
+
+#[test]
+fn zips_from_pythons_zipfile_read() {
+    // Written to a file (sizes in the local headers) and to a pipe (sizes
+    // in data descriptors after deflated data).
+    for zip in [
+        &include_bytes!("../../../fuzz/seeds/zip/small.zip")[..],
+        &include_bytes!("../../../fuzz/seeds/zip/descriptors.zip")[..],
+    ] {
+        let got = members(zip).unwrap();
+        let names: Vec<&str> = got.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(names, ["vm.ovf", "vm.mf"]);
+        assert_eq!(got[0].2, b"<Envelope/>\n");
+        assert_eq!(got[1].2, b"SHA256(vm.ovf)= 00\n");
+        fuzz_entry(zip);
     }
 }
