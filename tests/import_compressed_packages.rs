@@ -491,6 +491,38 @@ fn truncated_and_corrupt_packages_fail_and_leave_nothing() {
     import_fails(&p.w, &bad, 1, &["entry 'disk2.vmdk'", "CRC-32 mismatch"]);
 }
 
+/// A small compressed tail can stand for any amount of data after the
+/// tar's end, which no entry or capacity limit counts: past 16 MiB the
+/// import stops.
+#[test]
+fn a_long_decompressed_tail_after_the_tar_is_refused() {
+    let p = package();
+    let mut bytes = fs::read(&p.tar).expect("read tar");
+    bytes.resize(bytes.len() + (20 << 20), 0);
+    let long = p.w.path("long.tar");
+    fs::write(&long, &bytes).expect("write");
+    let out = p.w.path("long.tar.zst");
+    run_to(
+        "zstd",
+        &[OsStr::new("-c"), OsStr::new("-q"), long.as_os_str()],
+        &out,
+    );
+    assert!(support::file_len(&out) < support::file_len(&p.tar));
+    import_fails(&p.w, &out, 1, &["after the end of its tar archive"]);
+    // Tar's own record padding passes.
+    let mut bytes = fs::read(&p.tar).expect("read tar");
+    bytes.resize(bytes.len() + (1 << 20), 0);
+    fs::write(&long, &bytes).expect("write");
+    run_to(
+        "zstd",
+        &[OsStr::new("-c"), OsStr::new("-q"), long.as_os_str()],
+        &out,
+    );
+    let dir = p.w.mkdir("out-padded");
+    let run = import(&out, false, &dir, Target::Raw);
+    check_import(&p, &run, Kind::Zstd, &dir, Target::Raw);
+}
+
 #[test]
 fn zip_members_that_cannot_be_streamed_are_refused_by_name() {
     let p = package();
