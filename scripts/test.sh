@@ -15,6 +15,8 @@ want() { # COMMAND PACKAGE REASON: PACKAGE unless COMMAND is on the PATH
 want qemu-img qemu-utils "builds and compares test disk images"
 want tar tar "packs and lists test OVAs"
 want gzip gzip "gzip-compressed test disks"
+want xz xz-utils "xz-compressed test packages"
+want zstd zstd "zstd-compressed test packages"
 want sha256sum coreutils "test manifests"
 want curl curl "server tests and the README walkthrough"
 want chromium chromium "browser upload tests"

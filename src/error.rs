@@ -91,6 +91,9 @@ pub struct Error {
     inner_offset: Option<u64>,
     /// Says in what the leaf's offset counts, when that is not the entry.
     note: Option<String>,
+    /// The offset counts bytes of the decompressed tar of a compressed
+    /// package, not bytes of the package as given.
+    decompressed: bool,
 }
 
 impl Error {
@@ -103,6 +106,7 @@ impl Error {
             source: None,
             inner_offset: None,
             note: None,
+            decompressed: false,
         }
     }
 
@@ -115,6 +119,7 @@ impl Error {
             source: Some(Box::new(source)),
             inner_offset: None,
             note: None,
+            decompressed: false,
         }
     }
 
@@ -148,11 +153,24 @@ impl Error {
     /// For a decoder nested in another (a disk inside gzip): the leaf's
     /// offset counts bytes of `what`, not of the entry, so it is named in
     /// the message and the error is placed at the entry's start.
+    /// Nested twice (a gzip disk in a deflated zip member), the inner
+    /// note comes first.
     pub fn inside(mut self, what: &str) -> Self {
-        self.note = Some(match self.inner_offset.replace(0) {
+        let here = match self.inner_offset.replace(0) {
             Some(0) | None => format!("in the {what}"),
             Some(o) => format!("in the {what} at offset {o}"),
+        };
+        self.note = Some(match self.note.take() {
+            Some(inner) => format!("{inner}, {here}"),
+            None => here,
         });
+        self
+    }
+
+    /// Says that the error's offsets count the decompressed tar of a
+    /// compressed package: `at byte N of the decompressed tar`.
+    pub fn in_decompressed(mut self) -> Self {
+        self.decompressed = true;
         self
     }
 
@@ -233,6 +251,17 @@ impl Error {
         if let Some(o) = offset {
             out.push_str(if located { " at byte " } else { "at byte " });
             out.push_str(&o.to_string());
+            if self.decompressed {
+                out.push_str(" of the decompressed tar");
+            }
+            located = true;
+        } else if self.decompressed && body.contains("at byte ") {
+            // A tar error gives its offset in its own words.
+            out.push_str(if located {
+                " in the decompressed tar"
+            } else {
+                "in the decompressed tar"
+            });
             located = true;
         }
         if located {
@@ -310,6 +339,27 @@ mod tests {
     fn display_escapes_names_from_packages() {
         let e = Error::new(ErrorKind::CorruptImage, "bad").in_entry("a\nb\u{202E}c");
         assert_eq!(e.to_string(), "entry 'a\\nb\\u{202E}c': bad");
+    }
+
+    #[test]
+    fn offsets_in_a_decompressed_tar_say_so() {
+        let e = Error::new(ErrorKind::CorruptImage, "bad grain")
+            .in_entry("disk1.vmdk")
+            .at_offset(4096)
+            .in_decompressed();
+        assert_eq!(
+            e.to_string(),
+            "entry 'disk1.vmdk' at byte 4096 of the decompressed tar: bad grain"
+        );
+        let e =
+            Error::new(ErrorKind::CorruptImage, "tar header at byte 512: bad").in_decompressed();
+        assert_eq!(
+            e.to_string(),
+            "in the decompressed tar: tar header at byte 512: bad"
+        );
+        // Without an offset there is nothing to qualify.
+        let e = Error::new(ErrorKind::Integrity, "digest mismatch").in_decompressed();
+        assert_eq!(e.to_string(), "digest mismatch");
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub use crate::codec::vmdk::fuzz_entry as vmdk;
 pub use crate::ova::demux::fuzz_entry as tar_demux;
 pub use crate::ova::manifest::fuzz_entry as manifest;
 pub use crate::ova::ovf::fuzz_entry as ovf;
+pub use crate::ova::unpack::fuzz_entry as package;
+pub use crate::ova::zip::fuzz_entry as zip;
 
 /// `Range`, `Content-Range` and query-string parsing of the data API: the
 /// first byte (mod 9) counts the little-endian resource-size bytes that

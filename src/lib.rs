@@ -1,7 +1,8 @@
 //! ovaio: a streaming data plane for virtual-machine disk images.
 //!
 //! ```text
-//! import:  source ──► [gunzip] ──► tar demux ──► per entry: OVF | manifest | disk
+//! import:  source ──► [gunzip | unxz | unzstd] ──► tar demux ──► per entry: OVF | manifest | disk
+//!                 └──► [zip reader: members as entries] ──────────┘
 //!                                      │ digest of every entry   │ disk decoder
 //!                                      ▼ (checked vs manifest)   ▼ raw | qcow2 | vmdk
 //!                                                     extents (offset, data | zero)
@@ -10,7 +11,8 @@
 //! ```
 //!
 //! * [`source`] yields the package bytes (file, stdin).
-//! * [`ova`] demultiplexes the tar stream and parses the OVF and manifest.
+//! * [`ova`] unpacks the package (plain, compressed or zip), demultiplexes
+//!   the tar stream and parses the OVF and manifest.
 //! * [`codec`] turns each disk entry into an extent stream.
 //! * [`sink`] writes extents into target volumes under `.partial` names.
 //! * [`roots`] confines every file a ticket, job or package names to the

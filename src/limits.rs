@@ -12,7 +12,7 @@ pub const MAX_CERT_SIZE: u64 = 1 << 20;
 pub const MAX_PAX_SIZE: u64 = 64 << 10;
 /// Largest GNU long name / long link (`L`/`K` entry) accepted (bytes).
 pub const MAX_LONG_NAME: u64 = 4096;
-/// Most tar entries accepted in one package.
+/// Most tar entries (or zip members) accepted in one package.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Most disks (files) in one OVF.
 pub const MAX_OVF_FILES: usize = 1024;
@@ -65,6 +65,22 @@ pub const DIGEST_QUEUE: usize = 4;
 pub const MAX_DIGEST_HELD_ENTRY: u64 = 64 << 10;
 /// Most bytes of such entries kept per package.
 pub const MAX_DIGEST_HELD_TOTAL: u64 = 1 << 20;
+/// Most decompressed bytes a compressed package (gzip, xz, zstd) or a
+/// deflated zip member hands on at once: what decompression buffers,
+/// however much the input expands.
+pub const DECOMPRESSED_CHUNK: usize = 256 << 10;
+/// Most memory a package's xz or zstd decoder may take for its dictionary
+/// or window (bytes): what `xz -9` (64 MiB dictionary) and zstd's own
+/// decoder default (`--long`, a 128 MiB window) need. A stream that needs
+/// more is refused, not decoded.
+pub const MAX_DECOMPRESSOR_WINDOW: u64 = 128 << 20;
+/// Most decompressed bytes accepted after the end-of-archive marker of a
+/// compressed tar package (bytes): room for tar's record padding. Past it,
+/// a small compressed tail could expand into unbounded work that no entry
+/// or capacity limit counts.
+pub const MAX_AFTER_TAR_END: u64 = 16 << 20;
+/// Longest zip member name accepted (bytes), as for tar long names.
+pub const MAX_ZIP_NAME: usize = 4096;
 /// Most outstanding reads a qcow2 stream decoder tracks at once (L2 tables
 /// and runs of data clusters mapped but not yet reached, spooled ranges).
 pub const MAX_QCOW2_PENDING: usize = 1 << 20;

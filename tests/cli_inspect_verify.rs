@@ -35,17 +35,15 @@ fn not_ovas(w: &Work) -> Vec<NotOva> {
     let raw = SMALL.write_raw(&w.path("small.raw"));
     let readme = w.path("README");
     fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"), &readme).expect("copy README");
-    let disk = ova::prepare(w.root(), "pkg", &SMALL, Source::Qcow2V3);
-    let package = Ova::new()
-        .disk(disk.disk(1, "disk1.qcow2"))
-        .manifest(Manifest::Sha256)
-        .build(w.root(), "vm.ova");
-    let gzipped = w.path("vm.ova.gz");
+    // A gzip-compressed package is decompressed and imported; a
+    // gzip-compressed disk image is named as what it holds.
+    let gzipped = w.path("disk.qcow2.gz");
+    let qcow2 = Source::Qcow2V3.convert(&raw, &w.path("gzipped.qcow2"));
     fs::write(
         &gzipped,
-        image::gzip(&fs::read(&package).expect("read package")),
+        image::gzip(&fs::read(&qcow2).expect("read qcow2")),
     )
-    .expect("write vm.ova.gz");
+    .expect("write disk.qcow2.gz");
     let blank = w.path("blank.img");
     tool(
         "qemu-img",
@@ -83,8 +81,8 @@ fn not_ovas(w: &Work) -> Vec<NotOva> {
         },
         NotOva {
             file: gzipped,
-            looks_like: &["compressed with gzip", "decompress it first"],
-            hint: &[],
+            looks_like: &["compressed with gzip; decompressed, it looks like a qcow2 disk image"],
+            hint: &["qemu-img convert"],
         },
         NotOva {
             // All zeros: to tar, two zero blocks are an empty archive.

@@ -139,8 +139,13 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
                 outln!("warning: {w}")?;
             }
         }
+        let package = match (summary.archive, summary.compression) {
+            ("zip", _) => " (a zip archive)".to_owned(),
+            (_, "none") => String::new(),
+            (_, c) => format!(" ({c}-compressed)"),
+        };
         outln!(
-            "imported {} disk(s) from {} bytes; manifest {}",
+            "imported {} disk(s) from {} bytes{package}; manifest {}",
             summary.disks.len(),
             summary.bytes_read,
             summary.manifest

@@ -53,6 +53,14 @@ pub(crate) fn run(a: InspectArgs) -> Result<()> {
 
 fn print_table(report: &InspectReport) -> Result<()> {
     outln!("OVF: {}", p(&report.ovf))?;
+    if report.archive == "zip" {
+        outln!("Package: zip archive (entry offsets are of each member's data in it)")?;
+    } else if report.compression != "none" {
+        outln!(
+            "Package: tar compressed with {} (entry offsets count the decompressed tar)",
+            report.compression
+        )?;
+    }
     if let Some(n) = &report.name {
         outln!("Name: {}", p(n))?;
     }

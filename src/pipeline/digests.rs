@@ -22,6 +22,9 @@
 //! [`limits::DIGEST_BATCH`] bytes), so a slow algorithm slows the pipeline
 //! instead of piling up memory.
 //!
+//! A zip package has no tar stream: its members are sent one by one
+//! ([`DigestTap::begin_member`]), uncompressed, and digested alike.
+//!
 //! [`check_manifest`] compares the manifest with what was computed, line
 //! by line: import stops at the first line that does not verify, `inspect`
 //! reports every line.
@@ -35,15 +38,28 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind};
 use crate::limits;
-use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
+use crate::ova::demux::{Demux, EntryType, Event};
 use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm, Manifest, ManifestEntry};
 
 /// Digests per entry name, in [`Algorithm::ALL`] order.
 pub type EntryDigests = HashMap<String, Vec<(Algorithm, Vec<u8>)>>;
 
-/// Package chunks handed to every digest thread at once.
-type Batch = Arc<Vec<Bytes>>;
+/// What a digest thread is sent.
+#[derive(Debug)]
+enum Piece {
+    /// Bytes of the tar stream: the thread finds the entries itself.
+    Tar(Bytes),
+    /// A zip member starts: its name, and its size when known.
+    Begin(String, Option<u64>),
+    /// Uncompressed bytes of the current zip member.
+    Data(Bytes),
+    /// The current zip member ended.
+    End,
+}
+
+/// Pieces handed to every digest thread at once.
+type Batch = Arc<Vec<Piece>>;
 
 /// How one entry is digested.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,25 +117,30 @@ impl Policy {
     /// Decides how the regular entry `h` is digested. Names are matched
     /// as the import pipeline matches them: the first `.mf` is the
     /// manifest, the first `.ovf` the descriptor.
-    fn begin(&mut self, h: &EntryHeader) -> Treatment {
-        let lower = h.name.to_ascii_lowercase();
-        if lower.ends_with(".mf") && !self.manifest_begun && h.size <= limits::MAX_MANIFEST_SIZE {
+    /// A zip member whose size only its data descriptor gives has `size`
+    /// `None`: it can be the manifest or the OVF (capped while it streams),
+    /// never another held entry.
+    fn begin(&mut self, name: &str, size: Option<u64>) -> Treatment {
+        let lower = name.to_ascii_lowercase();
+        let within = |limit: u64| size.is_none_or(|s| s <= limit);
+        if lower.ends_with(".mf") && !self.manifest_begun && within(limits::MAX_MANIFEST_SIZE) {
             self.manifest_begun = true;
             return Treatment::Manifest;
         }
-        if lower.ends_with(".ovf") && !self.ovf_held && h.size <= limits::MAX_OVF_SIZE {
+        if lower.ends_with(".ovf") && !self.ovf_held && within(limits::MAX_OVF_SIZE) {
             self.ovf_held = true;
             return Treatment::Held;
         }
-        if h.size <= limits::MAX_DIGEST_HELD_ENTRY
-            && self.held + h.size <= limits::MAX_DIGEST_HELD_TOTAL
+        if let Some(size) = size
+            && size <= limits::MAX_DIGEST_HELD_ENTRY
+            && self.held + size <= limits::MAX_DIGEST_HELD_TOTAL
         {
-            self.held += h.size;
+            self.held += size;
             return Treatment::Held;
         }
         Treatment::Streamed(match &self.manifest {
             None => Algorithm::ALL.to_vec(),
-            Some(w) => w.for_entry(&h.name).to_vec(),
+            Some(w) => w.for_entry(name).to_vec(),
         })
     }
 
@@ -137,8 +158,8 @@ impl Policy {
 pub struct DigestTap {
     senders: Vec<SyncSender<Batch>>,
     threads: Vec<JoinHandle<EntryDigests>>,
-    /// Chunks not yet handed on, and their length.
-    pending: Vec<Bytes>,
+    /// Pieces not yet handed on, and their length in bytes.
+    pending: Vec<Piece>,
     pending_len: usize,
 }
 
@@ -184,14 +205,39 @@ impl DigestTap {
         }
     }
 
-    /// Hands the next chunk of the package to every digest thread; waits
-    /// when the slowest of them is [`limits::DIGEST_QUEUE`] batches behind.
+    /// Hands the next chunk of the tar stream to every digest thread;
+    /// waits when the slowest of them is [`limits::DIGEST_QUEUE`] batches
+    /// behind.
     pub fn feed(&mut self, chunk: &Bytes) {
-        if self.senders.is_empty() || chunk.is_empty() {
+        if !chunk.is_empty() {
+            self.push(Piece::Tar(chunk.clone()), chunk.len());
+        }
+    }
+
+    /// A zip member starts, `size` bytes long when known: its bytes are
+    /// digested as a tar entry's are.
+    pub fn begin_member(&mut self, name: &str, size: Option<u64>) {
+        self.push(Piece::Begin(name.to_owned(), size), 0);
+    }
+
+    /// Uncompressed bytes of the current zip member.
+    pub fn member_data(&mut self, data: &Bytes) {
+        if !data.is_empty() {
+            self.push(Piece::Data(data.clone()), data.len());
+        }
+    }
+
+    /// The current zip member ended.
+    pub fn end_member(&mut self) {
+        self.push(Piece::End, 0);
+    }
+
+    fn push(&mut self, piece: Piece, len: usize) {
+        if self.senders.is_empty() {
             return;
         }
-        self.pending.push(chunk.clone());
-        self.pending_len += chunk.len();
+        self.pending.push(piece);
+        self.pending_len += len;
         if self.pending_len >= limits::DIGEST_BATCH {
             self.send();
         }
@@ -237,6 +283,8 @@ struct Entry {
     hash: Option<MultiDigest>,
     /// The content, when this thread keeps it.
     kept: Option<Vec<u8>>,
+    /// Most bytes kept.
+    limit: u64,
     manifest: bool,
 }
 
@@ -267,18 +315,30 @@ impl Follower {
     }
 
     fn run(mut self, rx: Receiver<Batch>) -> EntryDigests {
+        let mut tar = false;
         while let Ok(batch) = rx.recv() {
-            for chunk in batch.iter() {
-                if !self.step(chunk) {
-                    return self.out;
+            for piece in batch.iter() {
+                match piece {
+                    Piece::Tar(chunk) => {
+                        tar = true;
+                        if !self.step(chunk) {
+                            return self.out;
+                        }
+                    }
+                    Piece::Begin(name, size) => self.begin(name, *size),
+                    Piece::Data(d) => self.data(d),
+                    Piece::End => self.end(),
                 }
             }
             if self.idle() {
                 return self.out;
             }
         }
-        // End of stream: a package without end blocks leaves its last End pending.
-        self.step(&[]);
+        if tar {
+            // End of stream: a package without end blocks leaves its last
+            // End pending.
+            self.step(&[]);
+        }
         self.hash_held();
         self.out
     }
@@ -305,30 +365,25 @@ impl Follower {
             rest = &rest[n..];
             match ev {
                 None => return true,
-                Some(Event::Begin(h)) => self.begin(&h),
-                Some(Event::Data(d)) => {
-                    if let Some(e) = self.current.as_mut() {
-                        if let Some(h) = &mut e.hash {
-                            h.update(d);
-                        }
-                        if let Some(k) = &mut e.kept {
-                            k.extend_from_slice(d);
-                        }
-                    }
+                Some(Event::Begin(h)) if h.entry_type == EntryType::Regular => {
+                    self.begin(&h.name, Some(h.size))
                 }
+                Some(Event::Begin(_)) => {}
+                Some(Event::Data(d)) => self.data(d),
                 Some(Event::End) => self.end(),
                 Some(Event::Eof) => {}
             }
         }
     }
 
-    fn begin(&mut self, h: &EntryHeader) {
-        if h.entry_type != EntryType::Regular {
-            return;
-        }
-        let treatment = self.policy.begin(h);
+    fn begin(&mut self, name: &str, size: Option<u64>) {
+        let treatment = self.policy.begin(name, size);
         // Sizes are capped by the policy's limits before anything is reserved.
-        let keep = || Some(Vec::with_capacity(usize::try_from(h.size).unwrap_or(0)));
+        let keep = || {
+            Some(Vec::with_capacity(
+                size.map_or(0, |s| usize::try_from(s).unwrap_or(0)),
+            ))
+        };
         let (hash, kept) = match &treatment {
             Treatment::Manifest => (None, keep()),
             Treatment::Held if self.keeper => (None, keep()),
@@ -338,12 +393,39 @@ impl Follower {
             }
             Treatment::Streamed(_) => (None, None),
         };
+        let manifest = treatment == Treatment::Manifest;
+        let limit = if manifest {
+            limits::MAX_MANIFEST_SIZE
+        } else if kept.is_some() && size.is_none() {
+            limits::MAX_OVF_SIZE
+        } else {
+            u64::MAX
+        };
         self.current = Some(Entry {
-            name: h.name.clone(),
+            name: name.to_owned(),
             hash,
             kept,
-            manifest: treatment == Treatment::Manifest,
+            limit,
+            manifest,
         });
+    }
+
+    fn data(&mut self, d: &[u8]) {
+        let Some(e) = self.current.as_mut() else {
+            return;
+        };
+        if let Some(h) = &mut e.hash {
+            h.update(d);
+        }
+        if let Some(k) = &mut e.kept {
+            // Only a zip member of unknown size can outgrow its cap: it is
+            // then neither read nor hashed, and the pipeline refuses it.
+            if (k.len() + d.len()) as u64 > e.limit {
+                e.kept = None;
+            } else {
+                k.extend_from_slice(d);
+            }
+        }
     }
 
     fn end(&mut self) {
@@ -776,6 +858,33 @@ mod tests {
         // The pipeline reports the broken header; the tap only must not hang.
         let d = digests_of(&tar, 100);
         assert_eq!(algs(&d, "disk1.img"), Algorithm::ALL);
+    }
+
+    #[test]
+    fn zip_members_are_digested_like_entries() {
+        let large = big(7);
+        let mf = line(Algorithm::Sha1, "a.img", b"first")
+            + &line(Algorithm::Sha256, "large.img", &large)
+            + &line(Algorithm::Sha512, "b.img", b"second");
+        let mut tap = DigestTap::start();
+        let mut member = |name: &str, size: Option<u64>, data: &[u8]| {
+            tap.begin_member(name, size);
+            for piece in data.chunks(3000) {
+                tap.member_data(&Bytes::copy_from_slice(piece));
+            }
+            tap.end_member();
+        };
+        // Small and held; large, of unknown size, and streamed in all.
+        member("a.img", Some(5), b"first");
+        member("large.img", None, &large);
+        // A manifest whose size only its data descriptor gave.
+        member("vm.mf", None, mf.as_bytes());
+        member("b.img", None, b"second");
+        let d = tap.finish();
+        assert_eq!(algs(&d, "a.img"), [Algorithm::Sha1]);
+        assert_eq!(algs(&d, "large.img"), Algorithm::ALL);
+        assert_eq!(algs(&d, "b.img"), [Algorithm::Sha512]);
+        assert_all_verified(&mf, &d, "zip members");
     }
 
     #[test]

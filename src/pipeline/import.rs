@@ -6,6 +6,10 @@
 //! written under `.partial` names, and on [`Importer::finish`] checks the
 //! package against its OVF and manifest before renaming any target.
 //! Dropping an unfinished importer removes every partial target.
+//!
+//! A package compressed as a whole, or a zip archive, is unpacked on the
+//! way in ([`Unpacker`]): the tar demux reads the decompressed stream, and
+//! a zip's members take the place of tar entries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -24,6 +28,7 @@ use crate::limits;
 use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
 use crate::ova::manifest::{self, Algorithm, Manifest};
 use crate::ova::ovf::{self, Compression, Envelope};
+use crate::ova::unpack::{Container, Piece, Unpacker};
 use crate::pipeline::digests::{self, DigestTap};
 use crate::pipeline::package_head::PackageHead;
 use crate::pipeline::progress::Progress;
@@ -36,6 +41,9 @@ use crate::sink::writer::VolumeWriter;
 
 /// Entries oVirt and others add beside the disks; skipped (but digested).
 const KNOWN_EXTRAS: [&str; 3] = ["tpm.dat", "nvram.dat", "pad"];
+
+/// What offsets inside a deflated zip member count.
+const INFLATED_MEMBER: &str = "inflated zip member";
 
 /// Where one disk goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +108,12 @@ pub struct ImportSummary {
     pub disks: Vec<DiskSummary>,
     /// Entries passed over (known extras, non-disk files).
     pub skipped: Vec<String>,
+    /// How the package itself was compressed: `none`, `gzip`, `xz` or
+    /// `zstd`. For a compressed package, offsets in errors count the
+    /// decompressed tar.
+    pub compression: &'static str,
+    /// `tar`, or `zip` for a zip archive whose members were the entries.
+    pub archive: &'static str,
 }
 
 /// One imported disk.
@@ -150,6 +164,8 @@ struct Current {
     /// Package offset of the entry's first content byte.
     data_offset: u64,
     received: u64,
+    /// A deflated zip member: offsets in it count inflated bytes.
+    inflated: bool,
 }
 
 /// One disk being written.
@@ -423,6 +439,8 @@ pub struct Importer {
     targets: Targets,
     roots: AllowedRoots,
     existing: Existing,
+    /// Tells a plain, compressed or zip package apart, and unpacks it.
+    unpack: Unpacker,
     demux: Demux,
     /// The start of the stream, to name a source that is not a tar archive.
     head: PackageHead,
@@ -449,6 +467,7 @@ impl Importer {
             targets,
             roots: AllowedRoots::any(),
             existing: Existing::Replace,
+            unpack: Unpacker::new(),
             demux: Demux::new(),
             head: PackageHead::new(),
             records: Vec::new(),
@@ -494,6 +513,57 @@ impl Importer {
         self.progress.check_cancelled()?;
         self.progress.add_read(chunk.len() as u64);
         self.fed += chunk.len() as u64;
+        let mut input = chunk;
+        loop {
+            let (n, piece) = self.unpack.step(&input)?;
+            let _ = input.split_to(n);
+            match piece {
+                Some(p) => {
+                    // One chunk of a compressed package may expand a lot.
+                    self.progress.check_cancelled()?;
+                    self.piece(p)?;
+                }
+                None if input.is_empty() => return Ok(()),
+                None => {}
+            }
+        }
+    }
+
+    /// Hands one piece of the unpacked package on: tar bytes to the tar
+    /// demux, zip members to the entry logic.
+    fn piece(&mut self, p: Piece) -> Result<()> {
+        match p {
+            Piece::Tar(b) => {
+                if let Some(Container::Compressed(c)) = self.unpack.container() {
+                    self.head.decompressed_from(c);
+                }
+                self.feed_tar(b).map_err(|e| self.unpack.in_tar(e))
+            }
+            Piece::Begin(m) => {
+                let h = m.entry_header();
+                if h.entry_type == EntryType::Regular {
+                    self.digests.begin_member(&h.name, m.size);
+                }
+                self.begin_entry(h, m.size.is_some())?;
+                if let Some(c) = self.current.as_mut() {
+                    c.inflated = m.is_inflated();
+                }
+                Ok(())
+            }
+            Piece::Data(d) => {
+                self.digests.member_data(&d);
+                let pos = self.current.as_ref().map_or(0, |c| c.data_offset);
+                self.data(&d).map_err(|e| self.locate(e, pos))
+            }
+            Piece::End => {
+                self.digests.end_member();
+                self.end()
+            }
+        }
+    }
+
+    /// Pushes bytes of the tar stream.
+    fn feed_tar(&mut self, chunk: Bytes) -> Result<()> {
         self.digests.feed(&chunk);
         self.head.observe(&chunk);
         let mut buf = &chunk[..];
@@ -512,7 +582,7 @@ impl Importer {
                 Some(Event::Begin(h)) => self.begin(h)?,
                 Some(Event::Data(d)) => self.data(d).map_err(|e| self.locate(e, pos))?,
                 Some(Event::End) => self.end()?,
-                Some(Event::Eof) => {}
+                Some(Event::Eof) => self.unpack.tar_ended(),
             }
         }
         Ok(())
@@ -532,7 +602,7 @@ impl Importer {
                 Err(e) => {
                     return Err(Error::from(e)
                         .with_message("reading the package")
-                        .at_offset(self.demux.position()));
+                        .at_offset(self.fed));
                 }
             };
             self.feed(buf.split_to(n).freeze())?;
@@ -549,12 +619,23 @@ impl Importer {
     /// Adds the current entry's name and the package offset to an error.
     fn locate(&self, e: Error, stream_pos: u64) -> Error {
         match &self.current {
+            Some(c) if c.inflated => e.inside(INFLATED_MEMBER).in_entry_at(
+                &self.records[c.record].name,
+                c.data_offset,
+                0,
+            ),
             Some(c) => e.in_entry_at(&self.records[c.record].name, c.data_offset, c.received),
             None => e.at_offset(stream_pos),
         }
     }
 
     fn begin(&mut self, h: EntryHeader) -> Result<()> {
+        self.begin_entry(h, true)
+    }
+
+    /// An entry starts; `size_known` is false for a zip member whose size
+    /// only its data descriptor gives (`h.size` is then 0).
+    fn begin_entry(&mut self, h: EntryHeader, size_known: bool) -> Result<()> {
         let name = h.name;
         let at = |e: Error| e.in_entry(&name).at_offset(h.header_offset);
         if self.records.len() + self.others.len() >= limits::MAX_ENTRIES {
@@ -627,7 +708,7 @@ impl Importer {
             }
             Role::Manifest(Vec::with_capacity(h.size as usize))
         } else {
-            match self.start_disk(&name, h.size) {
+            match self.start_disk(&name, size_known.then_some(h.size)) {
                 Ok(Some(i)) => Role::Disk(i),
                 Ok(None) => {
                     self.skipped.push(name.clone());
@@ -648,6 +729,7 @@ impl Importer {
             role,
             data_offset: h.data_offset,
             received: 0,
+            inflated: false,
         });
         Ok(())
     }
@@ -702,7 +784,7 @@ impl Importer {
     }
 
     /// Decides whether an entry is a disk and where it goes.
-    fn start_disk(&mut self, name: &str, size: u64) -> Result<Option<usize>> {
+    fn start_disk(&mut self, name: &str, size: Option<u64>) -> Result<Option<usize>> {
         let mut capacity_hint = None;
         if let Some((_, env)) = &self.ovf {
             env.file_by_href(name).ok_or_else(|| {
@@ -732,8 +814,7 @@ impl Importer {
         // The content decides format and compression, whatever the OVF
         // declares; before the OVF, a raw disk is as large as its entry
         // until the OVF says otherwise.
-        let decoder =
-            Decoder::sniffing_any(Some(size), capacity_hint.unwrap_or(limits::MAX_CAPACITY));
+        let decoder = Decoder::sniffing_any(size, capacity_hint.unwrap_or(limits::MAX_CAPACITY));
         let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
         if self.existing == Existing::Keep {
             partial::refuse_existing(&dir, &file_name)?;
@@ -763,8 +844,21 @@ impl Importer {
         let Some(cur) = self.current.as_mut() else {
             return Ok(());
         };
+        // A zip member's size may be known only at its end.
+        let (what, limit) = match cur.role {
+            Role::Ovf(_) => ("OVF descriptor", limits::MAX_OVF_SIZE),
+            _ => ("manifest", limits::MAX_MANIFEST_SIZE),
+        };
         match &mut cur.role {
-            Role::Ovf(buf) | Role::Manifest(buf) => buf.extend_from_slice(d),
+            Role::Ovf(buf) | Role::Manifest(buf) => {
+                if (buf.len() + d.len()) as u64 > limit {
+                    return Err(Error::new(
+                        ErrorKind::LimitExceeded,
+                        format!("{what} over the {limit} byte limit"),
+                    ));
+                }
+                buf.extend_from_slice(d);
+            }
             Role::Disk(i) => {
                 let disk = &mut self.disks[*i];
                 disk.decoder.feed(d, &mut disk.out)?;
@@ -783,7 +877,16 @@ impl Importer {
         let name = self.records[cur.record].name.clone();
         let received = cur.received;
         let data_offset = cur.data_offset;
-        let wrap = |e: Error| e.in_entry_at(&name, data_offset, received);
+        // Where a zip member's data descriptor gave its size.
+        self.records[cur.record].size = received;
+        let inflated = cur.inflated;
+        let wrap = |e: Error| {
+            if inflated {
+                e.inside(INFLATED_MEMBER).in_entry_at(&name, data_offset, 0)
+            } else {
+                e.in_entry_at(&name, data_offset, received)
+            }
+        };
         match cur.role {
             Role::Ovf(buf) => {
                 let env = ovf::parse(&buf).map_err(|e| wrap(e.into()))?;
@@ -834,23 +937,26 @@ impl Importer {
     /// The stream ended: verify everything, then commit the targets.
     pub fn finish(mut self) -> Result<ImportSummary> {
         self.progress.check_cancelled()?;
-        // A package without end-of-archive blocks leaves its last End pending.
-        if let (_, Some(Event::End)) = self.demux.step(&[]).map_err(Error::from)? {
-            self.end()?;
+        // A compressed stream or a zip archive must be complete.
+        while let Some(p) = self.unpack.finish()? {
+            self.piece(p)?;
         }
-        self.demux.finish().map_err(|e| {
-            let e = self.head.tar_error(e);
-            match self.current_name() {
-                Some(n) => e.in_entry(n),
-                None => e,
-            }
-        })?;
+        let container = self.unpack.container().unwrap_or(Container::Tar);
+        if container != Container::Zip {
+            self.finish_tar()?;
+        }
         if let Some(name) = self.current_name() {
             return Err(
                 Error::new(ErrorKind::CorruptImage, "package ends inside an entry").in_entry(name),
             );
         }
         if self.records.is_empty() && self.others.is_empty() {
+            if container == Container::Zip {
+                return Err(Error::new(
+                    ErrorKind::InvalidFormat,
+                    "not an OVA package: the zip archive holds no members",
+                ));
+            }
             return Err(self.head.no_entries());
         }
         let Some((ovf_name, env)) = self.ovf.take() else {
@@ -990,6 +1096,24 @@ impl Importer {
             manifest: manifest_state,
             disks: summaries,
             skipped: self.skipped,
+            compression: container.compression(),
+            archive: container.archive(),
+        })
+    }
+
+    /// The tar stream ended: it must end between entries.
+    fn finish_tar(&mut self) -> Result<()> {
+        // A package without end-of-archive blocks leaves its last End pending.
+        if let (_, Some(Event::End)) = self.demux.step(&[]).map_err(Error::from)? {
+            self.end().map_err(|e| self.unpack.in_tar(e))?;
+        }
+        self.demux.finish().map_err(|e| {
+            let e = self.head.tar_error(e);
+            let e = match self.current_name() {
+                Some(n) => e.in_entry(n),
+                None => e,
+            };
+            self.unpack.in_tar(e)
         })
     }
 

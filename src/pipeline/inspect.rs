@@ -14,8 +14,13 @@
 //! [`PROBE_LEN`] bytes of each entry. On a source that can skip (a regular
 //! file) the rest of every entry is passed over with seeks; on a pipe it
 //! is read and dropped. Nothing is verified.
+//!
+//! A package compressed as a whole is read through its decompression, and
+//! a zip archive member by member ([`Unpacker`]), as import reads them;
+//! quick mode then reads everything, since offsets in the source no longer
+//! follow the entries.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::codec::gzip::InflatedHead;
@@ -25,6 +30,7 @@ use crate::limits;
 use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
 use crate::ova::manifest::{self, ManifestEntry};
 use crate::ova::ovf::{self, Compression};
+use crate::ova::unpack::{Container, Piece, Unpacker};
 use crate::pipeline::digests::{self, DigestTap, EntryDigests, LineCheck};
 use crate::pipeline::package_head::PackageHead;
 use crate::source::SourceReader;
@@ -57,7 +63,12 @@ pub struct InspectReport {
     pub disks: Vec<DiskInfo>,
     /// The manifest, if any.
     pub manifest: Option<ManifestInfo>,
-    /// Every regular tar entry, in package order.
+    /// How the package itself is compressed: `none`, `gzip`, `xz` or
+    /// `zstd`; entry offsets then count the decompressed tar.
+    pub compression: &'static str,
+    /// `tar`, or `zip` for a zip archive whose members are the entries.
+    pub archive: &'static str,
+    /// Every regular tar entry (or zip member), in package order.
     pub entries: Vec<EntryInfo>,
     /// What was checked, and the verdict.
     pub verification: Verification,
@@ -196,17 +207,20 @@ pub struct EntryInfo {
     pub name: String,
     /// Content size.
     pub size: u64,
-    /// Offset of the content in the package.
+    /// Offset of the content in the package (in the decompressed tar of a
+    /// compressed package; of the compressed data of a deflated zip
+    /// member).
     pub offset: u64,
 }
 
 /// Reads a whole package and reports on it, checking it unless `mode`
 /// is [`Mode::Quick`].
 pub fn inspect(reader: &mut dyn SourceReader, mode: Mode) -> Result<InspectReport> {
-    let skips = mode == Mode::Quick && reader.can_skip();
+    let can_skip = mode == Mode::Quick && reader.can_skip();
     let mut pass = Pass::new(mode);
     let mut buf = BytesMut::new();
     loop {
+        let skips = can_skip && pass.unpack.is_plain();
         if skips && let Some(n) = pass.skippable() {
             // The demux is told only once the source has moved.
             if reader.skip(n)? {
@@ -232,10 +246,7 @@ pub fn inspect(reader: &mut dyn SourceReader, mode: Mode) -> Result<InspectRepor
             }
         };
         let chunk = buf.split_to(n).freeze();
-        if let Some(tap) = &mut pass.digests {
-            tap.feed(&chunk);
-        }
-        pass.feed(&chunk)?;
+        pass.feed(chunk)?;
     }
     pass.finish()
 }
@@ -308,6 +319,7 @@ impl EntryHead {
 #[derive(Debug)]
 struct Pass {
     mode: Mode,
+    unpack: Unpacker,
     demux: Demux,
     head: PackageHead,
     /// Digest threads, when verifying.
@@ -321,12 +333,18 @@ struct Pass {
     collecting: Option<Collect>,
     /// Inside a regular entry: the content of any other belongs to no file.
     in_file: bool,
+    /// Inside a zip member whose size only its data descriptor gives: its
+    /// entry's size is counted as its bytes pass.
+    counting: bool,
+    /// Deflated zip members: offsets in them count inflated bytes.
+    inflated: Vec<String>,
 }
 
 impl Pass {
     fn new(mode: Mode) -> Self {
         Pass {
             mode,
+            unpack: Unpacker::new(),
             demux: Demux::new(),
             head: PackageHead::new(),
             digests: (mode == Mode::Verify).then(DigestTap::start),
@@ -337,6 +355,8 @@ impl Pass {
             mf_buf: None,
             collecting: None,
             in_file: false,
+            counting: false,
+            inflated: Vec::new(),
         }
     }
 
@@ -361,13 +381,97 @@ impl Pass {
         }
     }
 
-    fn feed(&mut self, chunk: &[u8]) -> Result<()> {
+    fn feed(&mut self, chunk: Bytes) -> Result<()> {
+        let mut input = chunk;
+        loop {
+            let (n, piece) = self.unpack.step(&input)?;
+            let _ = input.split_to(n);
+            match piece {
+                Some(p) => self.piece(p)?,
+                None if input.is_empty() => return Ok(()),
+                None => {}
+            }
+        }
+    }
+
+    /// One piece of the unpacked package: tar bytes, or a zip member's
+    /// event, handled as the tar demux's would be.
+    fn piece(&mut self, p: Piece) -> Result<()> {
+        match p {
+            Piece::Tar(b) => {
+                if let Some(Container::Compressed(c)) = self.unpack.container() {
+                    self.head.decompressed_from(c);
+                }
+                self.feed_tar(&b).map_err(|e| self.unpack.in_tar(e))
+            }
+            Piece::Begin(m) => {
+                let h = m.entry_header();
+                if let Some(tap) = &mut self.digests
+                    && h.entry_type == EntryType::Regular
+                {
+                    tap.begin_member(&h.name, m.size);
+                }
+                self.counting = m.size.is_none();
+                if m.is_inflated() && h.entry_type == EntryType::Regular {
+                    self.inflated.push(h.name.clone());
+                }
+                self.event(Event::Begin(h))
+                    .map_err(|e| e.at_offset(m.header_offset))
+            }
+            Piece::Data(d) => {
+                if let Some(tap) = &mut self.digests {
+                    tap.member_data(&d);
+                }
+                if self.counting
+                    && self.in_file
+                    && let Some(e) = self.entries.last_mut()
+                {
+                    e.size += d.len() as u64;
+                }
+                self.event(Event::Data(&d))?;
+                self.check_collected()
+            }
+            Piece::End => {
+                if let Some(tap) = &mut self.digests {
+                    tap.end_member();
+                }
+                self.counting = false;
+                self.event(Event::End)
+            }
+        }
+    }
+
+    /// A zip member's size may be known only at its end: the OVF or
+    /// manifest being collected is held to its limit as it grows.
+    fn check_collected(&self) -> Result<()> {
+        let (buf, what, limit) = match self.collecting {
+            Some(Collect::Ovf) => (&self.ovf_buf, "OVF descriptor", limits::MAX_OVF_SIZE),
+            Some(Collect::Manifest) => (&self.mf_buf, "manifest", limits::MAX_MANIFEST_SIZE),
+            None => return Ok(()),
+        };
+        match buf {
+            Some((name, b)) if b.len() as u64 > limit => Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!("{what} over the size limit"),
+            )
+            .in_entry(name)),
+            _ => Ok(()),
+        }
+    }
+
+    fn feed_tar(&mut self, chunk: &Bytes) -> Result<()> {
+        if let Some(tap) = &mut self.digests {
+            tap.feed(chunk);
+        }
         self.head.observe(chunk);
-        let mut rest = chunk;
+        let mut rest = &chunk[..];
         while !rest.is_empty() {
             let (used, ev) = self.demux.step(rest).map_err(|e| self.head.tar_error(e))?;
             rest = &rest[used..];
             if let Some(ev) = ev {
+                if ev == Event::Eof {
+                    self.unpack.tar_ended();
+                }
                 self.event(ev)?;
             }
         }
@@ -446,12 +550,27 @@ impl Pass {
     }
 
     fn finish(mut self) -> Result<InspectReport> {
-        // A package without end-of-archive blocks leaves its last End pending.
-        if let (_, Some(ev)) = self.demux.step(&[]).map_err(|e| self.head.tar_error(e))? {
-            self.event(ev)?;
+        // A compressed stream or a zip archive must be complete.
+        while let Some(p) = self.unpack.finish()? {
+            self.piece(p)?;
         }
-        self.demux.finish().map_err(|e| self.head.tar_error(e))?;
+        let container = self.unpack.container().unwrap_or(Container::Tar);
+        if container != Container::Zip {
+            // A package without end-of-archive blocks leaves its last End pending.
+            if let (_, Some(ev)) = self.demux.step(&[]).map_err(|e| self.head.tar_error(e))? {
+                self.event(ev).map_err(|e| self.unpack.in_tar(e))?;
+            }
+            self.demux
+                .finish()
+                .map_err(|e| self.unpack.in_tar(self.head.tar_error(e)))?;
+        }
         if self.begun == 0 {
+            if container == Container::Zip {
+                return Err(Error::new(
+                    ErrorKind::InvalidFormat,
+                    "not an OVA package: the zip archive holds no members",
+                ));
+            }
             return Err(self.head.no_entries());
         }
         let computed = self.digests.take().map(DigestTap::finish);
@@ -462,18 +581,22 @@ impl Pass {
             ));
         };
         // Errors inside the descriptor or manifest are placed in the package.
-        let data_offset = |name: &str| {
-            self.entries
+        let place = |e: Error, name: &str| {
+            let offset = self
+                .entries
                 .iter()
                 .find(|e| e.name == name)
-                .map_or(0, |e| e.offset)
+                .map_or(0, |e| e.offset);
+            if self.inflated.iter().any(|n| n == name) {
+                e.inside("inflated zip member").in_entry_at(name, offset, 0)
+            } else {
+                self.unpack.in_tar(e.in_entry_at(name, offset, 0))
+            }
         };
-        let env = ovf::parse(&ovf_bytes)
-            .map_err(|e| Error::from(e).in_entry_at(&ovf_name, data_offset(&ovf_name), 0))?;
+        let env = ovf::parse(&ovf_bytes).map_err(|e| place(e.into(), &ovf_name))?;
         let parsed = match self.mf_buf.take() {
             Some((name, bytes)) => {
-                let m = manifest::parse(&bytes)
-                    .map_err(|e| Error::from(e).in_entry_at(&name, data_offset(&name), 0))?;
+                let m = manifest::parse(&bytes).map_err(|e| place(e.into(), &name))?;
                 Some((name, m))
             }
             None => None,
@@ -557,6 +680,8 @@ impl Pass {
             files,
             disks,
             manifest,
+            compression: container.compression(),
+            archive: container.archive(),
             entries: self.entries,
             verification: Verification {
                 mode: match self.mode {

@@ -9,9 +9,14 @@
 //! uses for disks ([`crate::codec::probe`]), a few compressors' magics,
 //! and text. Errors later in the stream keep their tar messages: a package
 //! whose first header is sound is a tar archive, however damaged.
+//!
+//! A package compressed as a whole is decompressed before the demux sees
+//! it ([`crate::ova::unpack`]); then the head is the decompressed stream's,
+//! and the message says what the compressed file holds.
 
 use crate::codec::probe::{self, Format};
 use crate::error::{Error, ErrorKind};
+use crate::ova::decompress::Compression;
 use crate::ova::demux::TarError;
 
 /// Size of the block judged: one tar header.
@@ -23,12 +28,20 @@ const BLOCK: usize = 512;
 pub struct PackageHead {
     /// At most [`BLOCK`] bytes: the start of the stream.
     bytes: Vec<u8>,
+    /// The compression the stream was decompressed from.
+    outer: Option<Compression>,
 }
 
 impl PackageHead {
     /// Nothing seen yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Says that the stream observed is the decompressed content of a
+    /// package compressed with `c`.
+    pub fn decompressed_from(&mut self, c: Compression) {
+        self.outer = Some(c);
     }
 
     /// Records the start of the stream from the next chunk fed to the
@@ -43,20 +56,24 @@ impl PackageHead {
     /// an error naming what the source looks like instead; otherwise `e`
     /// as it is.
     pub fn tar_error(&self, e: TarError) -> Error {
-        if rejects_first_block(&e) {
-            not_an_ova(&self.bytes)
-        } else {
-            e.into()
+        if !rejects_first_block(&e) {
+            return e.into();
+        }
+        match self.outer {
+            Some(c) => compressed_not_an_ova(c, &self.bytes),
+            None => not_an_ova(&self.bytes),
         }
     }
 
     /// The error for a stream that is a tar archive holding no entry at
     /// all: two zero blocks, which is also how a blank raw disk starts.
     pub fn no_entries(&self) -> Error {
-        not_ova(
-            "it holds no tar entries (an empty tar archive, or data that starts with \
-             zero blocks, as a blank raw disk image does)",
-        )
+        let why = "it holds no tar entries (an empty tar archive, or data that starts with \
+             zero blocks, as a blank raw disk image does)";
+        match self.outer {
+            Some(c) => not_ova(format!("it is compressed with {c}; decompressed, {why}")),
+            None => not_ova(why),
+        }
     }
 }
 
@@ -96,6 +113,32 @@ const DISK_HINT: &str = "to use it as one disk, copy it to a volume with `qemu-i
 const CONVERT_HINT: &str = "to use it as one disk, copy it with `qemu-img convert` \
      (to raw or qcow2, which `ovaio export --name` can make an OVA of)";
 
+/// Names what `head`, the start of the decompressed content of a package
+/// compressed with `outer`, looks like (a gzip-compressed disk image, an
+/// archive compressed twice).
+pub fn compressed_not_an_ova(outer: Compression, head: &[u8]) -> Error {
+    let why = if head.is_empty() {
+        "it is empty".to_owned()
+    } else if let Some(tool) =
+        compressor(head).or((probe::probe(head) == Format::Gzip).then_some("gzip"))
+    {
+        format!(
+            "it is compressed again, with {tool}; ovaio undoes one compression of a package, decompress it once first"
+        )
+    } else if head.starts_with(b"PK\x03\x04") {
+        "it looks like a zip archive; ovaio reads a zip package only uncompressed".to_owned()
+    } else {
+        // What the bare bytes would be called, without the prefix.
+        let e = not_an_ova(head).to_string();
+        e.strip_prefix("not an OVA package (a tar archive): ")
+            .unwrap_or(&e)
+            .to_owned()
+    };
+    not_ova(format!(
+        "it is compressed with {outer}; decompressed, {why}"
+    ))
+}
+
 /// Names what `head`, the start of a source that is not a tar archive,
 /// looks like, and what to do with it.
 pub fn not_an_ova(head: &[u8]) -> Error {
@@ -103,17 +146,18 @@ pub fn not_an_ova(head: &[u8]) -> Error {
         return not_ova("it is empty");
     }
     if let Some(tool) = compressor(head) {
-        return not_ova(format!(
-            "it is compressed with {tool}; ovaio reads a plain .ova, decompress it first"
-        ));
+        let hint = if tool == "bzip2" {
+            "ovaio decompresses gzip, xz and zstd but not bzip2: decompress it first (bunzip2)"
+        } else {
+            "decompress it first"
+        };
+        return not_ova(format!("it is compressed with {tool}; {hint}"));
     }
     if head.starts_with(b"PK\x03\x04") {
         return not_ova("it looks like a zip archive; an OVA is a tar archive");
     }
     match probe::probe(head) {
-        Format::Gzip => not_ova(
-            "it is compressed with gzip; ovaio reads a plain .ova, decompress it first (gunzip)",
-        ),
+        Format::Gzip => not_ova("it is compressed with gzip; decompress it first (gunzip)"),
         Format::Qcow2 => not_ova(format!("it looks like a qcow2 disk image; {DISK_HINT}")),
         Format::Raw if head.iter().all(|&b| b == 0) => not_ova(format!(
             "it starts with zero bytes where a tar header belongs, as a raw disk image may; {DISK_HINT}"
@@ -136,7 +180,8 @@ pub fn not_an_ova(head: &[u8]) -> Error {
 }
 
 /// Compressors other than gzip (which the disk probe knows) whose output
-/// is mistaken for an OVA: `.ova.xz`, `.ova.zst`, `.ova.bz2`.
+/// is mistaken for an OVA: `.ova.bz2`, or xz and zstd inside a compressed
+/// package.
 fn compressor(head: &[u8]) -> Option<&'static str> {
     if head.starts_with(b"\xfd7zXZ\0") {
         Some("xz")
@@ -312,6 +357,32 @@ mod tests {
     fn empty_archive_is_named() {
         let m = PackageHead::new().no_entries().to_string();
         assert!(m.contains("no tar entries"), "{m}");
+        let mut head = PackageHead::new();
+        head.decompressed_from(Compression::Xz);
+        let m = head.no_entries().to_string();
+        assert!(
+            m.contains("compressed with xz; decompressed, it holds no tar entries"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn decompressed_content_is_named_with_its_compression() {
+        let qcow2 = padded(b"QFI\xfb\0\0\0\x03", 4096);
+        let m = compressed_not_an_ova(Compression::Gzip, &qcow2).to_string();
+        assert!(
+            m.starts_with(
+                "not an OVA package (a tar archive): it is compressed with gzip; decompressed, it looks like a qcow2 disk image; to use it"
+            ),
+            "{m}"
+        );
+        let m =
+            compressed_not_an_ova(Compression::Zstd, &padded(b"\x1f\x8b\x08\0", 512)).to_string();
+        assert!(m.contains("compressed again, with gzip"), "{m}");
+        let m = compressed_not_an_ova(Compression::Gzip, &padded(b"PK\x03\x04", 512)).to_string();
+        assert!(m.contains("zip package only uncompressed"), "{m}");
+        let m = compressed_not_an_ova(Compression::Xz, b"").to_string();
+        assert!(m.ends_with("decompressed, it is empty"), "{m}");
     }
 
     #[test]
