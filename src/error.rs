@@ -145,6 +145,29 @@ impl Error {
             .at_offset(data_offset.saturating_add(rel))
     }
 
+    /// Like [`Error::in_entry_at`] for an entry that is one chunk of a
+    /// file, starting at `chunk_start` in it, whose decoder counts offsets
+    /// in the whole file. An offset in an earlier chunk is named as one in
+    /// the file, and the error placed at this chunk's start.
+    pub fn in_chunk_at(
+        mut self,
+        name: &str,
+        data_offset: u64,
+        fallback: u64,
+        chunk_start: u64,
+    ) -> Self {
+        if self.note.is_none()
+            && let Some(o) = self.inner_offset
+        {
+            if o >= chunk_start {
+                self.inner_offset = Some(o - chunk_start);
+            } else {
+                self = self.inside("file its chunks make up");
+            }
+        }
+        self.in_entry_at(name, data_offset, fallback)
+    }
+
     /// For a decoder nested in another (a disk inside gzip): the leaf's
     /// offset counts bytes of `what`, not of the entry, so it is named in
     /// the message and the error is placed at the entry's start.

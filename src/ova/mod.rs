@@ -2,6 +2,7 @@
 
 pub mod demux;
 pub mod digest;
+pub mod layout;
 pub mod manifest;
 pub mod ovf;
 pub mod writer;

@@ -5,11 +5,19 @@
 //! chunks (`Bytes`, shared, not copied), runs its own tar demux to find
 //! entry boundaries, and hashes every regular entry.
 //!
+//! Entries are keyed by their names in the package ([`Layout`]: without
+//! the package's top-level directory, if it has one), the names manifests
+//! and hrefs use.
+//!
 //! Which digests an entry gets depends on what has passed before it:
-//! * after the manifest, exactly the algorithms it uses;
-//! * after an OVF 2.x descriptor, SHA-256 (the algorithm OVF 2.x names);
-//! * otherwise SHA-1 and SHA-256: OVF 1.x packages carry either (VirtualBox
-//!   writes a SHA-1 manifest last, ovaio and newer ovftool SHA-256).
+//! * an entry a manifest before it lists: exactly the algorithms listed
+//!   for it;
+//! * otherwise, after an OVF 2.x descriptor, SHA-256 (the algorithm OVF
+//!   2.x names), else SHA-1 and SHA-256: OVF 1.x packages carry either
+//!   (VirtualBox writes a SHA-1 manifest last, ovaio and newer ovftool
+//!   SHA-256); and after a manifest also every algorithm the manifests so
+//!   far use, since a package may carry a manifest per disk and a later
+//!   one may list the entry.
 //!
 //! A manifest whose algorithm was not computed for an entry fails the
 //! import as unverifiable; it never passes silently. The channel is
@@ -27,8 +35,10 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind};
 use crate::limits;
+use crate::names::printable;
 use crate::ova::demux::{Demux, EntryType, Event};
 use crate::ova::digest::MultiDigest;
+use crate::ova::layout::Layout;
 use crate::ova::manifest::{self, Algorithm, Manifest, ManifestEntry};
 
 /// Chunks queued per digest thread before the pipeline waits.
@@ -49,18 +59,40 @@ enum Share {
 /// What the stream has told so far about the digests to expect.
 #[derive(Debug, Default)]
 struct Seen {
-    manifest: Option<Vec<Algorithm>>,
+    /// The algorithms every manifest so far uses, together.
+    manifest: Vec<Algorithm>,
+    /// The algorithms the manifests so far list for each entry.
+    listed: HashMap<String, Vec<Algorithm>>,
     /// Major OVF version of the descriptor, once it passed.
     ovf_major: Option<u8>,
 }
 
 impl Seen {
-    fn expected(&self) -> Vec<Algorithm> {
-        match (&self.manifest, self.ovf_major) {
-            (Some(m), _) => m.clone(),
-            (None, Some(2)) => vec![Algorithm::Sha256],
-            (None, _) => vec![Algorithm::Sha1, Algorithm::Sha256],
+    fn expected(&self, name: &str) -> Vec<Algorithm> {
+        if let Some(algs) = self.listed.get(name) {
+            return algs.clone();
         }
+        let mut algs = match self.ovf_major {
+            Some(2) => vec![Algorithm::Sha256],
+            _ => vec![Algorithm::Sha1, Algorithm::Sha256],
+        };
+        algs.extend(&self.manifest);
+        algs.sort();
+        algs.dedup();
+        algs
+    }
+
+    fn manifest_passed(&mut self, m: &Manifest) {
+        for line in &m.entries {
+            let algs = self.listed.entry(line.name.clone()).or_default();
+            if !algs.contains(&line.algorithm) {
+                algs.push(line.algorithm);
+                algs.sort();
+            }
+        }
+        self.manifest.extend(m.algorithms());
+        self.manifest.sort();
+        self.manifest.dedup();
     }
 }
 
@@ -75,8 +107,8 @@ fn ovf_major(xml: &[u8]) -> u8 {
 }
 
 impl Share {
-    fn algorithms(self, seen: &Seen) -> Vec<Algorithm> {
-        let all = seen.expected();
+    fn algorithms(self, seen: &Seen, name: &str) -> Vec<Algorithm> {
+        let all = seen.expected(name);
         all.iter()
             .copied()
             .filter(|a| matches!(self, Share::Sha1) == (*a == Algorithm::Sha1))
@@ -147,6 +179,7 @@ struct Hashing {
 fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
     let mut out = EntryDigests::new();
     let mut demux = Demux::new();
+    let mut layout = Layout::new();
     let mut seen = Seen::default();
     let mut current: Option<Hashing> = None;
     let mut step = |buf: &[u8], current: &mut Option<Hashing>, seen: &mut Seen| -> bool {
@@ -157,26 +190,30 @@ fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
             };
             rest = &rest[n..];
             match ev {
-                Some(Event::Begin(h)) if h.entry_type == EntryType::Regular => {
-                    let lower = h.name.to_ascii_lowercase();
-                    let text = if lower.ends_with(".mf")
-                        && seen.manifest.is_none()
-                        && h.size <= limits::MAX_MANIFEST_SIZE
-                    {
-                        Some((Vec::new(), true))
-                    } else if lower.ends_with(".ovf")
-                        && seen.ovf_major.is_none()
-                        && h.size <= limits::MAX_OVF_SIZE
-                    {
-                        Some((Vec::new(), false))
-                    } else {
-                        None
+                Some(Event::Begin(h)) => {
+                    // An entry the layout refuses fails the import there.
+                    let Ok(name) = layout.place(&h.name, h.entry_type) else {
+                        return false;
                     };
-                    *current = Some(Hashing {
-                        name: h.name,
-                        digest: MultiDigest::new(&share.algorithms(seen)),
-                        text,
-                    });
+                    if let (Some(name), EntryType::Regular) = (name, h.entry_type) {
+                        let lower = name.to_ascii_lowercase();
+                        let text = if lower.ends_with(".mf") && h.size <= limits::MAX_MANIFEST_SIZE
+                        {
+                            Some((Vec::new(), true))
+                        } else if lower.ends_with(".ovf")
+                            && seen.ovf_major.is_none()
+                            && h.size <= limits::MAX_OVF_SIZE
+                        {
+                            Some((Vec::new(), false))
+                        } else {
+                            None
+                        };
+                        *current = Some(Hashing {
+                            digest: MultiDigest::new(&share.algorithms(seen, &name)),
+                            name,
+                            text,
+                        });
+                    }
                 }
                 Some(Event::Data(d)) => {
                     if let Some(c) = current.as_mut() {
@@ -191,7 +228,7 @@ fn digest_thread(share: Share, rx: Receiver<Bytes>) -> EntryDigests {
                         match c.text {
                             Some((t, true)) => {
                                 if let Ok(m) = manifest::parse(&t) {
-                                    seen.manifest = Some(m.algorithms());
+                                    seen.manifest_passed(&m);
                                 }
                             }
                             Some((t, false)) => seen.ovf_major = Some(ovf_major(&t)),
@@ -239,18 +276,20 @@ impl LineCheck {
         matches!(self, LineCheck::Mismatch(_) | LineCheck::NoSuchEntry)
     }
 
-    /// The error that stops an import at this line (`manifest` names the
-    /// manifest entry); `None` for a verified line. A mismatch or a
-    /// missing entry is an integrity error; a line that was not computed
-    /// is unverifiable, which import refuses rather than pass silently.
+    /// The error that stops an import at this line of the manifest entry
+    /// `manifest`; `None` for a verified line. A mismatch or a missing
+    /// entry is an integrity error; a line that was not computed is
+    /// unverifiable, which import refuses rather than pass silently. The
+    /// manifest is named, since a package may carry several.
     pub fn error(&self, line: &ManifestEntry, manifest: &str) -> Option<Error> {
+        let mf = printable(manifest);
         match self {
             LineCheck::Verified => None,
             LineCheck::Mismatch(got) => Some(
                 Error::new(
                     ErrorKind::Integrity,
                     format!(
-                        "{} digest mismatch: manifest says {}, content is {}",
+                        "{} digest mismatch: manifest '{mf}' says {}, content is {}",
                         line.algorithm,
                         hex::encode(&line.digest),
                         hex::encode(got)
@@ -263,7 +302,7 @@ impl LineCheck {
                     ErrorKind::Integrity,
                     format!(
                         "the manifest lists '{}' but the package has no such entry",
-                        line.name
+                        printable(&line.name)
                     ),
                 )
                 .in_entry(manifest),
@@ -272,7 +311,7 @@ impl LineCheck {
                 Error::new(
                     ErrorKind::Unsupported,
                     format!(
-                        "cannot verify: the manifest uses {}, which was not computed because the entry came before the manifest",
+                        "cannot verify: manifest '{mf}' uses {}, which was not computed because the entry came before the manifest",
                         line.algorithm
                     ),
                 )
@@ -352,17 +391,36 @@ mod tests {
         );
         tar.extend(tar_entry("vm.mf", mf.as_bytes()));
         tar.extend(tar_entry("c.img", b"third"));
+        tar.extend(tar_entry("d.img", b"fourth"));
         tar.extend([0u8; 1024]);
         for piece in [1, 7, 512, 1 << 20] {
             let d = digests_of(tar.clone(), piece);
             assert_eq!(algs(&d, "a.img"), [Algorithm::Sha1, Algorithm::Sha256]);
             assert_eq!(algs(&d, "b.img"), [Algorithm::Sha256]);
             assert_eq!(algs(&d, "c.img"), [Algorithm::Sha512]);
+            // Listed by no manifest yet: a later one may list it.
+            assert_eq!(algs(&d, "d.img"), [Algorithm::Sha256, Algorithm::Sha512]);
             assert_eq!(
                 d["c.img"][0].1,
                 crate::ova::digest::digest(Algorithm::Sha512, b"third")
             );
         }
+    }
+
+    #[test]
+    fn names_lose_the_package_directory() {
+        let mf = format!(
+            "SHA1(a.img)= {}\n",
+            hex::encode(crate::ova::digest::digest(Algorithm::Sha1, b"first"))
+        );
+        let mut tar = tar_entry("vm/vm.mf", mf.as_bytes());
+        tar.extend(tar_entry("vm/a.img", b"first"));
+        tar.extend([0u8; 1024]);
+        let d = digests_of(tar, 100);
+        let mut names: Vec<&str> = d.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["a.img", "vm.mf"]);
+        assert_eq!(algs(&d, "a.img"), [Algorithm::Sha1]);
     }
 
     #[test]
@@ -432,9 +490,9 @@ mod tests {
             1
         );
         let seen = Seen {
-            manifest: None,
             ovf_major: Some(1),
+            ..Seen::default()
         };
-        assert_eq!(seen.expected(), [Algorithm::Sha1, Algorithm::Sha256]);
+        assert_eq!(seen.expected("a"), [Algorithm::Sha1, Algorithm::Sha256]);
     }
 }

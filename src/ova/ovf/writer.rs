@@ -127,7 +127,8 @@ impl Edits {
 /// Completes a user-provided descriptor for export:
 ///
 /// * `File/@ovf:size` of each href in `sizes` is set (added if absent),
-///   and its `ovf:compression` removed: the entry is written as is;
+///   and its `ovf:compression` and `ovf:chunkSize` removed: the entry is
+///   written whole, as is;
 /// * `Disk/@ovf:populatedSize` of the disk using each href in `populated`
 ///   is set;
 /// * `Disk/@ovf:format` of the disk using each href in either list is set
@@ -484,6 +485,7 @@ fn file_splices(
         let prefix = l.prefix_of("href");
         l.set("size", &size.to_string(), prefix, out);
         l.remove("compression", out);
+        l.remove("chunkSize", out);
     }
     Ok(())
 }
