@@ -318,6 +318,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn offsets_in_a_chunked_file_are_placed_in_its_chunk() {
+        let leaf = |o| {
+            Error::from(crate::ova::ovf::OvfError::Xml {
+                offset: o,
+                message: "bad".into(),
+            })
+        };
+        // In this chunk, which starts at file offset 1000.
+        let e = leaf(1200).in_chunk_at("d.000000001", 5120, 7, 1000);
+        assert_eq!(e.context().offset, Some(5320));
+        // In an earlier chunk: said as an offset in the file.
+        let e = leaf(10).in_chunk_at("d.000000001", 5120, 7, 1000);
+        assert_eq!(e.context().offset, Some(5120));
+        assert!(
+            e.to_string()
+                .contains("in the file its chunks make up at offset 10"),
+            "{e}"
+        );
+        // No offset of its own: where the chunk's bytes had got to.
+        let e = Error::new(ErrorKind::CorruptImage, "x").in_chunk_at("d", 5120, 7, 1000);
+        assert_eq!(e.context().offset, Some(5127));
+    }
+
+    #[test]
     fn display_names_entry_and_offset() {
         let e = Error::new(ErrorKind::CorruptImage, "grain beyond capacity")
             .at_offset(4096)

@@ -840,7 +840,9 @@ impl Importer {
                 Error::new(ErrorKind::CorruptImage, "package ends inside an entry").in_entry(name),
             );
         }
-        if self.records.is_empty() && self.others.is_empty() {
+        // A package directory is set by an entry, even one that is only
+        // the directory's own.
+        if self.records.is_empty() && self.others.is_empty() && self.layout.directory().is_none() {
             return Err(self.head.no_entries());
         }
         // The package may end with a chunk: so does its run.
@@ -1077,3 +1079,6 @@ impl Importer {
         Ok("verified")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -807,6 +807,21 @@ mod tests {
     }
 
     #[test]
+    fn a_chunked_file_is_written_whole() {
+        let xml = VMWARE.replace(
+            r#"ovf:size="301619712"/>"#,
+            r#"ovf:size="301619712" ovf:chunkSize="100000000"/>"#,
+        );
+        assert_eq!(
+            parse(xml.as_bytes()).unwrap().files[0].chunk_size,
+            Some(100_000_000)
+        );
+        let out = fill_sizes(xml.as_bytes(), &s(&[("photon-disk1.vmdk", 4096)]), &[]).unwrap();
+        let f = &parse(&out).unwrap().files[0];
+        assert_eq!((f.size, f.chunk_size), (Some(4096), None));
+    }
+
+    #[test]
     fn errors_name_the_href() {
         let e = fill_sizes(VMWARE.as_bytes(), &s(&[("nope.vmdk", 1)]), &[]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
