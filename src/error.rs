@@ -150,6 +150,29 @@ impl Error {
             .at_offset(data_offset.saturating_add(rel))
     }
 
+    /// Like [`Error::in_entry_at`] for an entry that is one chunk of a
+    /// file, starting at `chunk_start` in it, whose decoder counts offsets
+    /// in the whole file. An offset in an earlier chunk is named as one in
+    /// the file, and the error placed at this chunk's start.
+    pub fn in_chunk_at(
+        mut self,
+        name: &str,
+        data_offset: u64,
+        fallback: u64,
+        chunk_start: u64,
+    ) -> Self {
+        if self.note.is_none()
+            && let Some(o) = self.inner_offset
+        {
+            if o >= chunk_start {
+                self.inner_offset = Some(o - chunk_start);
+            } else {
+                self = self.inside("file its chunks make up");
+            }
+        }
+        self.in_entry_at(name, data_offset, fallback)
+    }
+
     /// For a decoder nested in another (a disk inside gzip): the leaf's
     /// offset counts bytes of `what`, not of the entry, so it is named in
     /// the message and the error is placed at the entry's start.
@@ -322,6 +345,30 @@ impl Classify for std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_in_a_chunked_file_are_placed_in_its_chunk() {
+        let leaf = |o| {
+            Error::from(crate::ova::ovf::OvfError::Xml {
+                offset: o,
+                message: "bad".into(),
+            })
+        };
+        // In this chunk, which starts at file offset 1000.
+        let e = leaf(1200).in_chunk_at("d.000000001", 5120, 7, 1000);
+        assert_eq!(e.context().offset, Some(5320));
+        // In an earlier chunk: said as an offset in the file.
+        let e = leaf(10).in_chunk_at("d.000000001", 5120, 7, 1000);
+        assert_eq!(e.context().offset, Some(5120));
+        assert!(
+            e.to_string()
+                .contains("in the file its chunks make up at offset 10"),
+            "{e}"
+        );
+        // No offset of its own: where the chunk's bytes had got to.
+        let e = Error::new(ErrorKind::CorruptImage, "x").in_chunk_at("d", 5120, 7, 1000);
+        assert_eq!(e.context().offset, Some(5127));
+    }
 
     #[test]
     fn display_names_entry_and_offset() {

@@ -6,6 +6,9 @@
 pub const MAX_OVF_SIZE: u64 = 4 << 20;
 /// Largest manifest (`.mf`) accepted (bytes).
 pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;
+/// Largest size of every manifest of a package together (bytes): a
+/// package may carry one per disk, and each is kept until the end.
+pub const MAX_MANIFESTS_SIZE: u64 = 4 << 20;
 /// Largest certificate (`.cert`) kept for inspection (bytes).
 pub const MAX_CERT_SIZE: u64 = 1 << 20;
 /// Largest PAX extended header (`x`/`g` entry) accepted (bytes).

@@ -1,4 +1,4 @@
-//! `ovaio import SRC.ova|- (--disk HREF=PATH[:raw|qcow2])... | --dir DIR [--format raw|qcow2]`
+//! `ovaio import SRC.ova|- (--disk HREF|DISKID=PATH[:raw|qcow2])... | --dir DIR [--format raw|qcow2]`
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,14 +21,16 @@ pub(crate) struct ImportArgs {
     /// The OVA package to read, or `-` for standard input.
     source: String,
     /// Where a disk goes: `HREF=PATH[:raw|qcow2]` (HREF as in the OVF
-    /// References); repeat for each disk. Format defaults to --format.
+    /// References; for a blank disk, one the OVF gives no file, its
+    /// ovf:diskId); repeat for each disk. Format defaults to --format.
     #[arg(
         long = "disk",
         value_name = "HREF=PATH[:FORMAT]",
         conflicts_with = "dir"
     )]
     disks: Vec<String>,
-    /// Write every disk to DIR/<href without extension>.<format>.
+    /// Write every disk to DIR/<href without extension>.<format> (a blank
+    /// disk to DIR/<diskId>.<format>).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Target format: raw (sparse) or qcow2.
@@ -122,15 +124,25 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
         outln!("{v}")?;
     } else {
         for d in &summary.disks {
+            let source = if d.blank {
+                format!("{} (blank, created empty)", printable(&d.disk_id))
+            } else {
+                format!(
+                    "{} ({}{}{})",
+                    printable(&d.href),
+                    d.source_format,
+                    if d.compression == "gzip" {
+                        ", gzip"
+                    } else {
+                        ""
+                    },
+                    d.chunks
+                        .map(|n| format!(", {n} chunks"))
+                        .unwrap_or_default()
+                )
+            };
             outln!(
-                "{} ({}{}) -> {} ({}, {} bytes)",
-                printable(&d.href),
-                d.source_format,
-                if d.compression == "gzip" {
-                    ", gzip"
-                } else {
-                    ""
-                },
+                "{source} -> {} ({}, {} bytes)",
                 printable(&d.target.to_string_lossy()),
                 d.target_format,
                 d.capacity

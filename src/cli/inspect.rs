@@ -61,11 +61,26 @@ fn print_table(report: &InspectReport) -> Result<()> {
             report.compression
         )?;
     }
+    if let Some(d) = &report.directory {
+        outln!(
+            "Directory: {}/ (every entry is under it; names here are without it)",
+            p(d)
+        )?;
+    }
     if let Some(n) = &report.name {
         outln!("Name: {}", p(n))?;
     }
     outln!("Disks:")?;
     for d in &report.disks {
+        if d.blank {
+            outln!(
+                "  {:<12} {:<28} capacity {:>14}  blank (no file: import creates it empty)",
+                p(&d.disk_id),
+                "-",
+                d.capacity,
+            )?;
+            continue;
+        }
         outln!(
             "  {:<12} {:<28} capacity {:>14}  format {} ({})",
             p(&d.disk_id),
@@ -78,21 +93,26 @@ fn print_table(report: &InspectReport) -> Result<()> {
     outln!("Files:")?;
     for f in &report.files {
         outln!(
-            "  {:<12} {:<28} size {:>14}  compression {}",
+            "  {:<12} {:<28} size {:>14}  compression {}{}",
             p(&f.id),
             p(&f.href),
             f.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-            f.compression
+            f.compression,
+            f.chunk_size
+                .map(|c| format!(", in chunks of {c} bytes"))
+                .unwrap_or_default()
         )?;
     }
-    match &report.manifest {
-        Some(m) => outln!(
+    if report.manifests.is_empty() {
+        outln!("Manifest: none")?;
+    }
+    for m in &report.manifests {
+        outln!(
             "Manifest: {} ({}, {} entries)",
             p(&m.name),
             m.algorithm,
             m.entries
-        )?,
-        None => outln!("Manifest: none")?,
+        )?;
     }
     outln!("Entries:")?;
     for e in &report.entries {
@@ -110,6 +130,15 @@ fn verification_lines(report: &InspectReport) -> Vec<String> {
     let v = &report.verification;
     let m = &v.manifest;
     let mut out = Vec::new();
+    // With several manifests, each finding says which one it is from.
+    let several = report.manifests.len() > 1;
+    let from = |mf: &str| {
+        if several {
+            format!(" in {}", p(mf))
+        } else {
+            String::new()
+        }
+    };
     match m.status {
         "absent" => out.push("Manifest: none".to_owned()),
         "not verified" => out.push("Manifest: not verified (--quick)".to_owned()),
@@ -118,19 +147,22 @@ fn verification_lines(report: &InspectReport) -> Vec<String> {
             for l in &m.lines {
                 match l.status {
                     "mismatch" => out.push(format!(
-                        "Manifest: MISMATCH for {} ({}: content is {}, manifest says {})",
+                        "Manifest: MISMATCH for {}{} ({}: content is {}, manifest says {})",
                         p(&l.name),
+                        from(&l.manifest),
                         l.algorithm,
                         l.actual.as_deref().unwrap_or("?"),
                         l.expected
                     )),
                     "missing" => out.push(format!(
-                        "Manifest: MISSING {}: the manifest lists it, the package has no such entry",
-                        p(&l.name)
+                        "Manifest: MISSING {}{}: the manifest lists it, the package has no such entry",
+                        p(&l.name),
+                        from(&l.manifest)
                     )),
                     "not checked" => out.push(format!(
-                        "Manifest: not checked for {}: its {} digest was not computed",
+                        "Manifest: not checked for {}{}: its {} digest was not computed",
                         p(&l.name),
+                        from(&l.manifest),
                         l.algorithm
                     )),
                     _ => {}

@@ -4,6 +4,7 @@
 pub mod decompress;
 pub mod demux;
 pub mod digest;
+pub mod layout;
 pub mod manifest;
 pub mod ovf;
 pub mod unpack;

@@ -10,8 +10,13 @@
 //!   at the end, in the algorithm each manifest line naming them asks for;
 //! * another entry before the manifest is hashed in every algorithm a line
 //!   may ask for: SHA-1, SHA-256 and SHA-512;
-//! * after the manifest, in exactly the algorithms its lines name for that
-//!   entry (none for an entry it does not list).
+//! * an entry a manifest before it lists, in exactly the algorithms listed
+//!   for it; one no manifest so far lists is hashed in all three, since a
+//!   package may carry a manifest per disk and a later one may list it.
+//!
+//! Entries are keyed by their names in the package ([`Layout`]: without
+//! the package's top-level directory, if it has one), the names manifests
+//! and hrefs use.
 //!
 //! Each algorithm has its own thread, so that the three cost the wall time
 //! of the slowest rather than their sum, beside decoding and writing. The
@@ -38,8 +43,10 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind};
 use crate::limits;
+use crate::names::printable;
 use crate::ova::demux::{Demux, EntryType, Event};
 use crate::ova::digest::MultiDigest;
+use crate::ova::layout::Layout;
 use crate::ova::manifest::{self, Algorithm, Manifest, ManifestEntry};
 
 /// Digests per entry name, in [`Algorithm::ALL`] order.
@@ -73,26 +80,20 @@ enum Treatment {
     Streamed(Vec<Algorithm>),
 }
 
-/// The algorithms a manifest asks for.
+/// The algorithms the manifests so far ask for, per entry.
 #[derive(Debug, Default)]
 struct Wanted {
     by_name: HashMap<String, Vec<Algorithm>>,
-    /// Every algorithm of any line.
-    used: Vec<Algorithm>,
 }
 
 impl Wanted {
-    fn of(m: &Manifest) -> Wanted {
-        let mut by_name: HashMap<String, Vec<Algorithm>> = HashMap::new();
+    fn add(&mut self, m: &Manifest) {
         for line in &m.entries {
-            let algs = by_name.entry(line.name.clone()).or_default();
+            let algs = self.by_name.entry(line.name.clone()).or_default();
             if !algs.contains(&line.algorithm) {
                 algs.push(line.algorithm);
+                algs.sort();
             }
-        }
-        Wanted {
-            by_name,
-            used: m.algorithms(),
         }
     }
 
@@ -105,26 +106,31 @@ impl Wanted {
 /// copy and feeds it the same headers, so all threads decide alike.
 #[derive(Debug, Default)]
 struct Policy {
-    /// The manifest's wishes, once it has passed and parsed.
-    manifest: Option<Wanted>,
-    manifest_begun: bool,
+    /// The wishes of the manifests that have passed and parsed.
+    wanted: Wanted,
+    /// Bytes of the manifest entries so far.
+    manifest_bytes: u64,
     ovf_held: bool,
     /// Bytes of small entries held so far.
     held: u64,
 }
 
 impl Policy {
-    /// Decides how the regular entry `h` is digested. Names are matched
-    /// as the import pipeline matches them: the first `.mf` is the
-    /// manifest, the first `.ovf` the descriptor.
+    /// Decides how the regular entry `name` is digested. Names are matched
+    /// as the import pipeline matches them: every `.mf` is a manifest (up
+    /// to the limits the pipeline enforces), the first `.ovf` the
+    /// descriptor.
     /// A zip member whose size only its data descriptor gives has `size`
     /// `None`: it can be the manifest or the OVF (capped while it streams),
     /// never another held entry.
     fn begin(&mut self, name: &str, size: Option<u64>) -> Treatment {
         let lower = name.to_ascii_lowercase();
         let within = |limit: u64| size.is_none_or(|s| s <= limit);
-        if lower.ends_with(".mf") && !self.manifest_begun && within(limits::MAX_MANIFEST_SIZE) {
-            self.manifest_begun = true;
+        if lower.ends_with(".mf")
+            && within(limits::MAX_MANIFEST_SIZE)
+            && self.manifest_bytes + size.unwrap_or(0) <= limits::MAX_MANIFESTS_SIZE
+        {
+            self.manifest_bytes += size.unwrap_or(0);
             return Treatment::Manifest;
         }
         if lower.ends_with(".ovf") && !self.ovf_held && within(limits::MAX_OVF_SIZE) {
@@ -138,17 +144,17 @@ impl Policy {
             self.held += size;
             return Treatment::Held;
         }
-        Treatment::Streamed(match &self.manifest {
-            None => Algorithm::ALL.to_vec(),
-            Some(w) => w.for_entry(name).to_vec(),
+        Treatment::Streamed(match self.wanted.for_entry(name) {
+            [] => Algorithm::ALL.to_vec(),
+            listed => listed.to_vec(),
         })
     }
 
-    /// The manifest ended. One that does not parse changes nothing: the
-    /// pipeline reports it, and until then every algorithm stays wanted.
+    /// A manifest ended. One that does not parse changes nothing: the
+    /// pipeline reports it.
     fn manifest_passed(&mut self, text: &[u8]) {
         if let Ok(m) = manifest::parse(text) {
-            self.manifest = Some(Wanted::of(&m));
+            self.wanted.add(&m);
         }
     }
 }
@@ -250,9 +256,8 @@ impl DigestTap {
         let batch: Batch = Arc::new(std::mem::take(&mut self.pending));
         self.pending_len = 0;
         for s in &self.senders {
-            // A thread that stopped (its demux failed, or nothing more is
-            // asked of its algorithm) has dropped its receiver; the
-            // pipeline's own demux reports any error.
+            // A thread that stopped (its demux failed) has dropped its
+            // receiver; the pipeline's own demux reports the error.
             let _ = s.send(batch.clone());
         }
     }
@@ -288,13 +293,14 @@ struct Entry {
     manifest: bool,
 }
 
-/// One digest thread: its own demux and policy, one algorithm.
+/// One digest thread: its own demux, layout and policy, one algorithm.
 #[derive(Debug)]
 struct Follower {
     alg: Algorithm,
     /// Whether this thread keeps the held entries (exactly one does).
     keeper: bool,
     demux: Demux,
+    layout: Layout,
     policy: Policy,
     current: Option<Entry>,
     held: Vec<(String, Vec<u8>)>,
@@ -307,6 +313,7 @@ impl Follower {
             alg,
             keeper,
             demux: Demux::new(),
+            layout: Layout::new(),
             policy: Policy::default(),
             current: None,
             held: Vec::new(),
@@ -330,9 +337,6 @@ impl Follower {
                     Piece::End => self.end(),
                 }
             }
-            if self.idle() {
-                return self.out;
-            }
         }
         if tar {
             // End of stream: a package without end blocks leaves its last
@@ -341,17 +345,6 @@ impl Follower {
         }
         self.hash_held();
         self.out
-    }
-
-    /// Whether nothing more can be asked of this thread: the manifest has
-    /// passed without a line in its algorithm, and it holds nothing.
-    fn idle(&self) -> bool {
-        !self.keeper
-            && self
-                .policy
-                .manifest
-                .as_ref()
-                .is_some_and(|w| !w.used.contains(&self.alg))
     }
 
     /// Runs the demux over one chunk; false once the tar stream is broken
@@ -365,10 +358,15 @@ impl Follower {
             rest = &rest[n..];
             match ev {
                 None => return true,
-                Some(Event::Begin(h)) if h.entry_type == EntryType::Regular => {
-                    self.begin(&h.name, Some(h.size))
+                Some(Event::Begin(h)) => {
+                    // An entry the layout refuses fails the import there.
+                    let Ok(name) = self.layout.place(&h.name, h.entry_type) else {
+                        return false;
+                    };
+                    if let (Some(name), EntryType::Regular) = (name, h.entry_type) {
+                        self.begin(&name, Some(h.size));
+                    }
                 }
-                Some(Event::Begin(_)) => {}
                 Some(Event::Data(d)) => self.data(d),
                 Some(Event::End) => self.end(),
                 Some(Event::Eof) => {}
@@ -448,11 +446,8 @@ impl Follower {
     /// Hashes each held entry in the algorithms the manifest's lines for
     /// it name.
     fn hash_held(&mut self) {
-        let Some(w) = &self.policy.manifest else {
-            return;
-        };
         for (name, content) in self.held.drain(..) {
-            let algs = w.for_entry(&name);
+            let algs = self.policy.wanted.for_entry(&name);
             if algs.is_empty() {
                 continue;
             }
@@ -485,18 +480,20 @@ impl LineCheck {
         matches!(self, LineCheck::Mismatch(_) | LineCheck::NoSuchEntry)
     }
 
-    /// The error that stops an import at this line (`manifest` names the
-    /// manifest entry); `None` for a verified line. A mismatch or a
-    /// missing entry is an integrity error; a line that was not computed
-    /// is unverifiable, which import refuses rather than pass silently.
+    /// The error that stops an import at this line of the manifest entry
+    /// `manifest`; `None` for a verified line. A mismatch or a missing
+    /// entry is an integrity error; a line that was not computed is
+    /// unverifiable, which import refuses rather than pass silently. The
+    /// manifest is named, since a package may carry several.
     pub fn error(&self, line: &ManifestEntry, manifest: &str) -> Option<Error> {
+        let mf = printable(manifest);
         match self {
             LineCheck::Verified => None,
             LineCheck::Mismatch(got) => Some(
                 Error::new(
                     ErrorKind::Integrity,
                     format!(
-                        "{} digest mismatch: manifest says {}, content is {}",
+                        "{} digest mismatch: manifest '{mf}' says {}, content is {}",
                         line.algorithm,
                         hex::encode(&line.digest),
                         hex::encode(got)
@@ -509,7 +506,7 @@ impl LineCheck {
                     ErrorKind::Integrity,
                     format!(
                         "the manifest lists '{}' but the package has no such entry",
-                        line.name
+                        printable(&line.name)
                     ),
                 )
                 .in_entry(manifest),
@@ -518,7 +515,7 @@ impl LineCheck {
                 Error::new(
                     ErrorKind::Unsupported,
                     format!(
-                        "cannot verify: the {} digest of this entry was not computed",
+                        "cannot verify: manifest '{mf}' uses {} for this entry, which was not computed",
                         line.algorithm
                     ),
                 )
@@ -777,17 +774,32 @@ mod tests {
     }
 
     #[test]
-    fn after_the_manifest_an_unlisted_entry_gets_no_digest() {
+    fn an_entry_no_manifest_lists_yet_gets_every_algorithm() {
         let data = big(3);
-        let mf = line(Algorithm::Sha256, "vm.ovf", OVF1);
+        let mf1 = line(Algorithm::Sha256, "vm.ovf", OVF1);
+        let mf2 = line(Algorithm::Sha512, "iso.img", &data);
         let tar = tar_of(&[
             ("vm.ovf", OVF1),
-            ("vm.mf", mf.as_bytes()),
+            ("vm.mf", mf1.as_bytes()),
             ("iso.img", &data),
+            ("iso.mf", mf2.as_bytes()),
         ]);
         let d = digests_of(&tar, 1 << 20);
-        assert_all_verified(&mf, &d, "unlisted entry");
-        assert_eq!(algs(&d, "iso.img"), []);
+        assert_all_verified(&mf1, &d, "first manifest");
+        assert_all_verified(&mf2, &d, "second manifest, after its entry");
+        assert_eq!(algs(&d, "iso.img"), Algorithm::ALL);
+    }
+
+    #[test]
+    fn names_lose_the_package_directory() {
+        let mf = line(Algorithm::Sha1, "a.img", b"first");
+        let tar = tar_of(&[("vm/vm.mf", mf.as_bytes()), ("vm/a.img", b"first")]);
+        let d = digests_of(&tar, 100);
+        let mut names: Vec<&str> = d.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["a.img"]);
+        assert_eq!(algs(&d, "a.img"), [Algorithm::Sha1]);
+        assert_all_verified(&mf, &d, "under a directory");
     }
 
     #[test]

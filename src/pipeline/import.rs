@@ -1,145 +1,58 @@
 //! The import pipeline: package bytes in, verified target volumes out.
 //!
 //! [`Importer`] is pushed the package in pieces of any size. It drives the
-//! tar demux, routes each entry (descriptor, manifest, disk, known extra),
+//! tar demux, names each entry as the package means it ([`Layout`]: a
+//! package under one top-level directory loses it), routes each entry
+//! (descriptor, manifest, disk or one chunk of a disk, known extra),
 //! digests every entry while it passes, decodes disks into target volumes
-//! written under `.partial` names, and on [`Importer::finish`] checks the
-//! package against its OVF and manifest before renaming any target.
-//! Dropping an unfinished importer removes every partial target.
+//! written under `.partial` names, creates the blank disks the OVF
+//! declares, and on [`Importer::finish`] checks the package against its
+//! OVF and every manifest before renaming any target. Dropping an
+//! unfinished importer removes every partial target.
 //!
 //! A package compressed as a whole, or a zip archive, is unpacked on the
 //! way in ([`Unpacker`]): the tar demux reads the decompressed stream, and
 //! a zip's members take the place of tar entries.
 
+mod chunks;
+mod slot;
+mod summary;
+mod targets;
+
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use serde::Serialize;
 
+use self::chunks::{ChunkRun, Declared};
+use self::slot::TargetSlot;
+pub use self::summary::{DiskSummary, ImportSummary};
+pub use self::targets::{DiskTarget, Targets};
 use crate::codec::probe;
 use crate::codec::select::Decoder;
-use crate::codec::{DiskDecoder, ExtentSink, SourceFormat};
+use crate::codec::{DiskDecoder, SourceFormat};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
+use crate::names::printable;
 use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
+use crate::ova::layout::Layout;
 use crate::ova::manifest::{self, Algorithm, Manifest};
-use crate::ova::ovf::{self, Compression, Envelope};
+use crate::ova::ovf::{self, Compression, Envelope, chunk_name, split_chunk_name};
 use crate::ova::unpack::{Container, Piece, Unpacker};
 use crate::pipeline::digests::{self, DigestTap};
 use crate::pipeline::package_head::PackageHead;
 use crate::pipeline::progress::Progress;
-use crate::roots::{AllowedRoots, Dir};
-use crate::sink::format::TargetFormat;
-use crate::sink::partial::{self, Existing, PartialFile};
+use crate::roots::AllowedRoots;
+use crate::sink::partial::{self, Existing};
 use crate::sink::spool::FileSpool;
-use crate::sink::target::TargetVolume;
-use crate::sink::writer::VolumeWriter;
 
 /// Entries oVirt and others add beside the disks; skipped (but digested).
 const KNOWN_EXTRAS: [&str; 3] = ["tpm.dat", "nvram.dat", "pad"];
 
 /// What offsets inside a deflated zip member count.
 const INFLATED_MEMBER: &str = "inflated zip member";
-
-/// Where one disk goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskTarget {
-    /// Final path of the target volume.
-    pub path: PathBuf,
-    /// Format of the target volume.
-    pub format: TargetFormat,
-}
-
-/// How disks are mapped to targets.
-#[derive(Debug, Clone)]
-pub enum Targets {
-    /// Explicit `href → target` mapping; every disk must be named.
-    Map(BTreeMap<String, DiskTarget>),
-    /// Every disk to `DIR/<href stem>.<format>`.
-    Dir {
-        /// The directory.
-        dir: PathBuf,
-        /// The format of every target.
-        format: TargetFormat,
-    },
-}
-
-impl Targets {
-    /// Where the disk `href` goes; `None` when no `--disk` names it.
-    fn target_for(&self, href: &str) -> Result<Option<DiskTarget>> {
-        match self {
-            Targets::Map(m) => Ok(m.get(href).cloned()),
-            Targets::Dir { dir, format } => {
-                if let Some(why) = crate::names::unfit_for_file_name(href) {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        format!(
-                            "--dir cannot make a file name of this href: {why}; name its target with --disk"
-                        ),
-                    ));
-                }
-                let stem = Path::new(href)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| href.to_owned());
-                Ok(Some(DiskTarget {
-                    path: dir.join(format!("{stem}.{}", format.extension())),
-                    format: *format,
-                }))
-            }
-        }
-    }
-}
-
-/// What an import did, for `--json` and logs.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImportSummary {
-    /// Bytes of the package consumed.
-    pub bytes_read: u64,
-    /// Name of the OVF entry.
-    pub ovf: String,
-    /// `verified`, `absent` or `not verified`.
-    pub manifest: &'static str,
-    /// One record per disk written.
-    pub disks: Vec<DiskSummary>,
-    /// Entries passed over (known extras, non-disk files).
-    pub skipped: Vec<String>,
-    /// How the package itself was compressed: `none`, `gzip`, `xz` or
-    /// `zstd`. For a compressed package, offsets in errors count the
-    /// decompressed tar.
-    pub compression: &'static str,
-    /// `tar`, or `zip` for a zip archive whose members were the entries.
-    pub archive: &'static str,
-}
-
-/// One imported disk.
-#[derive(Debug, Clone, Serialize)]
-pub struct DiskSummary {
-    /// Entry name (OVF href).
-    pub href: String,
-    /// Format found in the entry: the content decides, whatever the OVF
-    /// declares.
-    pub source_format: &'static str,
-    /// The format the OVF's `Disk/@ovf:format` names (`vmdk
-    /// (streamOptimized)`, `qcow2`, ...; the URI itself when it names none
-    /// ovaio knows); `None` when the OVF names none.
-    pub declared_format: Option<String>,
-    /// `none` or `gzip`, as found in the entry.
-    pub compression: &'static str,
-    /// Final path of the target.
-    pub target: PathBuf,
-    /// Format of the target.
-    pub target_format: &'static str,
-    /// Virtual size in bytes.
-    pub capacity: u64,
-    /// Where the OVF's declarations and the content disagree, one line
-    /// each, starting with the href: what was declared and what was done.
-    pub warnings: Vec<String>,
-}
 
 /// One tar entry seen so far.
 #[derive(Debug)]
@@ -166,262 +79,42 @@ struct Current {
     received: u64,
     /// A deflated zip member: offsets in it count inflated bytes.
     inflated: bool,
+    /// Where the entry starts in its file: after the earlier chunks of a
+    /// chunked file, 0 otherwise.
+    chunk_start: u64,
 }
 
 /// One disk being written.
 #[derive(Debug)]
 struct DiskState {
+    /// The file's href (for a chunked file, without a chunk's suffix).
     href: String,
-    target: DiskTarget,
     decoder: Decoder,
+    out: TargetSlot,
+    /// Its content arrives in chunks: the decoder finishes when they end.
+    chunked: bool,
+}
+
+/// A disk the OVF gives no file, created empty.
+#[derive(Debug)]
+struct BlankDisk {
+    disk_id: String,
+    format_uri: Option<String>,
     out: TargetSlot,
 }
 
-/// A target volume opened lazily, once its capacity is known.
-///
-/// The result must not depend on whether the OVF came before the disk or
-/// after it. With the OVF first, its capacity is known when the volume is
-/// opened. A disk before the OVF is opened at the image's own capacity
-/// (qcow2, VMDK) or provisionally (raw, gzip), and everything that rule
-/// would have decided is settled when the OVF arrives: see
-/// [`TargetSlot::settle`].
+/// The chunked file whose chunk was the last entry: the next entry either
+/// continues it or ends it.
 #[derive(Debug)]
-struct TargetSlot {
-    target: DiskTarget,
-    /// The target's directory, opened when the disk's entry began.
-    dir: Arc<Dir>,
-    /// The target's file name in `dir`.
-    name: OsString,
-    /// What happens to a file already at the target's name.
-    existing: Existing,
-    /// Capacity from the OVF DiskSection.
-    capacity_hint: Option<u64>,
-    /// Size of a raw entry.
-    entry_hint: Option<u64>,
-    /// Opened before any capacity was known (raw or gzip before the OVF).
-    provisional: bool,
-    /// The image counts whole sectors past the OVF's exact capacity: bytes
-    /// from here on must be zero and are dropped.
-    zero_tail_from: Option<u64>,
-    /// An image before the OVF: its last sector, held back until the OVF
-    /// says whether the capacity ends inside it.
-    tail: Option<Tail>,
-    opened: Option<(PartialFile, VolumeWriter<TargetVolume>)>,
-}
-
-/// The last sector of an image that arrived before the OVF.
-#[derive(Debug)]
-struct Tail {
-    /// Guest offset of its first byte.
-    start: u64,
-    /// Its bytes (zero where nothing was written).
-    bytes: Vec<u8>,
-}
-
-/// A raw entry larger than the disk it is the content of.
-fn raw_too_large(entry: u64, capacity: u64) -> Error {
-    Error::new(
-        ErrorKind::CorruptImage,
-        format!(
-            "raw disk entry is {entry} bytes, more than the disk capacity of {capacity} bytes in the OVF"
-        ),
-    )
-}
-
-/// Non-zero image bytes past the exact capacity the OVF gives.
-fn past_ovf_capacity(capacity: u64) -> Error {
-    Error::new(
-        ErrorKind::CorruptImage,
-        format!("non-zero data past the OVF capacity of {capacity} bytes"),
-    )
-}
-
-impl TargetSlot {
-    fn open(&mut self, capacity: u64) -> Result<&mut VolumeWriter<TargetVolume>> {
-        if self.opened.is_none() {
-            if capacity > limits::MAX_CAPACITY {
-                return Err(Error::new(
-                    ErrorKind::LimitExceeded,
-                    format!("disk capacity {capacity} exceeds the limit"),
-                ));
-            }
-            let (partial, file) =
-                PartialFile::create_in(self.dir.clone(), &self.name, self.existing)?;
-            let volume = self
-                .target
-                .format
-                .create(file, capacity)
-                .map_err(|e| e.at_path(partial.partial_path()))?;
-            self.opened = Some((partial, VolumeWriter::new(volume)));
-        }
-        match &mut self.opened {
-            Some((_, w)) => Ok(w),
-            None => Err(Error::new(ErrorKind::Io, "target not open")),
-        }
-    }
-
-    fn writer(&mut self) -> Result<&mut VolumeWriter<TargetVolume>> {
-        if self.opened.is_none() {
-            if let Some(cap) = self.capacity_hint {
-                return self.open(cap);
-            }
-            // A raw disk before the OVF: its size is settled when the OVF
-            // arrives.
-            let (partial, file) =
-                PartialFile::create_in(self.dir.clone(), &self.name, self.existing)?;
-            let volume = self
-                .target
-                .format
-                .create_provisional(file)
-                .map_err(|e| e.at_path(partial.partial_path()))?;
-            self.opened = Some((partial, VolumeWriter::new(volume)));
-            self.provisional = true;
-        }
-        self.open(0)
-    }
-
-    /// The OVF arrived after this disk with `capacity`: settle what the
-    /// OVF-first rules would have decided.
-    fn settle(&mut self, capacity: u64) -> Result<()> {
-        self.capacity_hint = Some(capacity);
-        if self.provisional {
-            if let Some(entry) = self.entry_hint
-                && entry > capacity
-            {
-                return Err(raw_too_large(entry, capacity));
-            }
-            if let Some((_, w)) = &mut self.opened {
-                w.set_capacity(capacity)?;
-            }
-            self.provisional = false;
-            return Ok(());
-        }
-        let Some(tail) = self.tail.take() else {
-            return Ok(());
-        };
-        let image = tail.start + tail.bytes.len() as u64;
-        let mut keep = tail.bytes.len();
-        if capacity < image && image == capacity.div_ceil(512) * 512 {
-            keep = (capacity - tail.start) as usize;
-            if !crate::sink::writer::is_zero(&tail.bytes[keep..]) {
-                return Err(past_ovf_capacity(capacity));
-            }
-            self.open(0)?.set_capacity(capacity)?;
-        } else if capacity != image {
-            self.warn_capacity(capacity, image);
-        }
-        if !crate::sink::writer::is_zero(&tail.bytes[..keep]) {
-            self.open(0)?.data(tail.start, &tail.bytes[..keep])?;
-        }
-        Ok(())
-    }
-
-    fn warn_capacity(&self, ovf: u64, image: u64) {
-        tracing::warn!(
-            target = %self.target.path.display(),
-            ovf,
-            image,
-            "OVF capacity differs from the image's own; using the image's"
-        );
-    }
-
-    /// Copies what of `data` at `offset` falls into the held-back last
-    /// sector (zeroes it for `data == None`, `len` bytes) and returns how
-    /// much lies before it.
-    fn hold_tail(&mut self, offset: u64, data: Option<&[u8]>, len: u64) -> Result<u64> {
-        let Some(tail) = &mut self.tail else {
-            return Ok(len);
-        };
-        let end = offset.saturating_add(len);
-        if end <= tail.start {
-            return Ok(len);
-        }
-        let image = tail.start + tail.bytes.len() as u64;
-        if end > image {
-            return Err(Error::new(
-                ErrorKind::CorruptImage,
-                format!(
-                    "extent at guest offset {offset} (+{len} bytes) lies beyond the disk capacity of {image} bytes"
-                ),
-            ));
-        }
-        let before = tail.start.saturating_sub(offset);
-        let at = (offset + before - tail.start) as usize;
-        let n = (len - before) as usize;
-        let dst = &mut tail.bytes[at..at + n];
-        match data {
-            Some(d) => dst.copy_from_slice(&d[before as usize..]),
-            None => dst.fill(0),
-        }
-        Ok(before)
-    }
-}
-
-impl ExtentSink for TargetSlot {
-    fn capacity(&mut self, bytes: u64) -> Result<()> {
-        let Some(hint) = self.capacity_hint else {
-            // Before the OVF: the last sector waits for its capacity.
-            if bytes > 0 && bytes <= limits::MAX_CAPACITY {
-                let start = (bytes - 1) / 512 * 512;
-                self.tail = Some(Tail {
-                    start,
-                    bytes: vec![0; (bytes - start) as usize],
-                });
-            }
-            return self.open(bytes).map(|_| ());
-        };
-        // qcow2 and VMDK count whole sectors: an image one partial sector
-        // larger than the OVF capacity is that capacity, rounded up.
-        if hint < bytes && bytes == hint.div_ceil(512) * 512 {
-            self.zero_tail_from = Some(hint);
-            return self.open(hint).map(|_| ());
-        }
-        if hint != bytes {
-            self.warn_capacity(hint, bytes);
-        }
-        self.open(bytes).map(|_| ())
-    }
-
-    fn size_hint(&mut self, bytes: u64) -> Result<()> {
-        if let Some(cap) = self.capacity_hint
-            && bytes > cap
-        {
-            return Err(raw_too_large(bytes, cap));
-        }
-        self.entry_hint = Some(bytes);
-        Ok(())
-    }
-
-    fn data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let before = self.hold_tail(offset, Some(data), data.len() as u64)?;
-        let mut data = &data[..before as usize];
-        if let Some(cap) = self.zero_tail_from
-            && offset.saturating_add(data.len() as u64) > cap
-        {
-            let keep = cap.saturating_sub(offset).min(data.len() as u64) as usize;
-            if !crate::sink::writer::is_zero(&data[keep..]) {
-                return Err(past_ovf_capacity(cap));
-            }
-            data = &data[..keep];
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.writer()?.data(offset, data)
-    }
-
-    fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
-        let len = self.hold_tail(offset, None, len)?;
-        // A fresh volume reads zero past the exact capacity.
-        let len = match self.zero_tail_from {
-            Some(cap) => len.min(cap.saturating_sub(offset)),
-            None => len,
-        };
-        if len == 0 {
-            return Ok(());
-        }
-        self.writer()?.zero(offset, len)
-    }
+struct OpenRun {
+    href: String,
+    disk: Option<usize>,
+    /// The last chunk: name, package offset of its content, size, and
+    /// where it starts in the file.
+    name: String,
+    data_offset: u64,
+    size: u64,
+    chunk_start: u64,
 }
 
 fn referenced_non_file(what: &str) -> Error {
@@ -431,6 +124,36 @@ fn referenced_non_file(what: &str) -> Error {
             "the OVF references this entry, but it is a {what}, not a regular file; an OVA carries only regular files"
         ),
     )
+}
+
+/// The entry `name`, or the file a run of chunks stands for, is not a file
+/// of `env` in that form.
+fn not_listed(env: &Envelope, name: &str, chunked: bool) -> Error {
+    let why = match env.file_by_href(name) {
+        Some(f) if f.chunk_size.is_some() && !chunked => format!(
+            "the OVF stores this file in chunks ('{}', ...), not as one entry",
+            printable(&chunk_name(name, 0))
+        ),
+        Some(_) if chunked => format!(
+            "the OVF lists '{}' as one entry, not in chunks",
+            printable(name)
+        ),
+        _ => "entry is not listed in the OVF References".to_owned(),
+    };
+    Error::new(ErrorKind::CorruptImage, why)
+}
+
+/// The content of `disk` is complete: its decoder finishes, and an empty
+/// raw disk still gets its target. `run` is the run of chunks it came in,
+/// to place an error in its last chunk (the caller places others).
+fn finish_decoder(disk: &mut DiskState, run: Option<&OpenRun>) -> Result<()> {
+    disk.decoder
+        .finish(&mut disk.out)
+        .and_then(|()| disk.out.create())
+        .map_err(|e| match run {
+            Some(r) => e.in_chunk_at(&r.name, r.data_offset, r.size, r.chunk_start),
+            None => e,
+        })
 }
 
 /// The import pipeline; see the module documentation.
@@ -444,12 +167,23 @@ pub struct Importer {
     demux: Demux,
     /// The start of the stream, to name a source that is not a tar archive.
     head: PackageHead,
+    layout: Layout,
     records: Vec<EntryRecord>,
     by_name: HashMap<String, usize>,
     current: Option<Current>,
     ovf: Option<(String, Envelope)>,
-    manifest: Option<(String, Manifest)>,
+    manifests: Vec<(String, Manifest)>,
+    /// Bytes of every manifest entry so far.
+    manifest_bytes: u64,
     disks: Vec<DiskState>,
+    blanks: Vec<BlankDisk>,
+    /// Chunks of each chunked file seen so far, by href.
+    runs: BTreeMap<String, ChunkRun>,
+    open_run: Option<OpenRun>,
+    /// Runs that ended before the OVF: their decoders finish once the OVF
+    /// has said whether a chunk is missing, which is the better error
+    /// than the decoder's about content that stops short.
+    ended_runs: Vec<OpenRun>,
     skipped: Vec<String>,
     /// Entries that are not regular files: name and what they are.
     others: Vec<(String, &'static str)>,
@@ -470,12 +204,18 @@ impl Importer {
             unpack: Unpacker::new(),
             demux: Demux::new(),
             head: PackageHead::new(),
+            layout: Layout::new(),
             records: Vec::new(),
             by_name: HashMap::new(),
             current: None,
             ovf: None,
-            manifest: None,
+            manifests: Vec::new(),
+            manifest_bytes: 0,
             disks: Vec::new(),
+            blanks: Vec::new(),
+            runs: BTreeMap::new(),
+            open_run: None,
+            ended_runs: Vec::new(),
             skipped: Vec::new(),
             others: Vec::new(),
             progress,
@@ -485,7 +225,7 @@ impl Importer {
         }
     }
 
-    /// Computes no digests: a manifest in the package is parsed but not
+    /// Computes no digests: manifests in the package are parsed but not
     /// checked (the summary says `not verified`). For callers that verify
     /// the package by other means and want the CPU back.
     pub fn without_verification(mut self) -> Self {
@@ -624,7 +364,12 @@ impl Importer {
                 c.data_offset,
                 0,
             ),
-            Some(c) => e.in_entry_at(&self.records[c.record].name, c.data_offset, c.received),
+            Some(c) => e.in_chunk_at(
+                &self.records[c.record].name,
+                c.data_offset,
+                c.received,
+                c.chunk_start,
+            ),
             None => e.at_offset(stream_pos),
         }
     }
@@ -636,11 +381,33 @@ impl Importer {
     /// An entry starts; `size_known` is false for a zip member whose size
     /// only its data descriptor gives (`h.size` is then 0).
     fn begin_entry(&mut self, h: EntryHeader, size_known: bool) -> Result<()> {
-        let name = h.name;
-        let at = |e: Error| e.in_entry(&name).at_offset(h.header_offset);
         if self.records.len() + self.others.len() >= limits::MAX_ENTRIES {
-            return Err(at(Error::new(ErrorKind::LimitExceeded, "too many entries")));
+            return Err(Error::new(ErrorKind::LimitExceeded, "too many entries")
+                .in_entry(&h.name)
+                .at_offset(h.header_offset));
         }
+        let placed = self
+            .layout
+            .place(&h.name, h.entry_type)
+            .map_err(|e| Error::from(e).at_offset(h.header_offset))?;
+        let chunk = match (&placed, h.entry_type) {
+            (Some(n), EntryType::Regular) => self.chunk_of(n),
+            _ => None,
+        };
+        // Any entry but the next chunk of a run of chunks ends that run.
+        if let Some(open) = self
+            .open_run
+            .take_if(|r| chunk.as_ref().is_none_or(|c| c.0 != r.href))
+        {
+            let came = placed.as_deref().unwrap_or(&h.name);
+            let at = |e: Error| e.in_entry(came).at_offset(h.header_offset);
+            self.end_run(open, &at)?;
+        }
+        // The package directory's own entry is nothing of the package.
+        let Some(name) = placed else {
+            return Ok(());
+        };
+        let at = |e: Error| e.in_entry(&name).at_offset(h.header_offset);
         if let Some((_, what)) = self.others.iter().find(|(n, _)| *n == name) {
             return Err(at(Error::new(
                 ErrorKind::CorruptImage,
@@ -672,6 +439,7 @@ impl Importer {
         }
         self.progress.set_entry(&name);
         let lower = name.to_ascii_lowercase();
+        let mut chunk_start = 0;
         let role = if extra {
             self.skipped.push(name.clone());
             Role::Skip
@@ -694,21 +462,43 @@ impl Importer {
             }
             Role::Ovf(Vec::with_capacity(h.size as usize))
         } else if lower.ends_with(".mf") {
-            if self.manifest.is_some() {
-                return Err(at(Error::new(
-                    ErrorKind::CorruptImage,
-                    "a second manifest in the package",
-                )));
-            }
             if h.size > limits::MAX_MANIFEST_SIZE {
                 return Err(at(Error::new(
                     ErrorKind::LimitExceeded,
                     "manifest over the size limit",
                 )));
             }
+            self.manifest_bytes += h.size;
+            if self.manifest_bytes > limits::MAX_MANIFESTS_SIZE {
+                return Err(at(Error::new(
+                    ErrorKind::LimitExceeded,
+                    format!(
+                        "the package's manifests together are over the {} byte limit",
+                        limits::MAX_MANIFESTS_SIZE
+                    ),
+                )));
+            }
             Role::Manifest(Vec::with_capacity(h.size as usize))
+        } else if let Some((href, index)) = chunk {
+            chunk_start = self.runs.get(&href).map_or(0, ChunkRun::total);
+            let disk = self.begin_chunk(&href, index, h.size).map_err(at)?;
+            self.open_run = Some(OpenRun {
+                href,
+                disk,
+                name: name.clone(),
+                data_offset: h.data_offset,
+                size: h.size,
+                chunk_start,
+            });
+            match disk {
+                Some(i) => Role::Disk(i),
+                None => {
+                    self.skipped.push(name.clone());
+                    Role::Skip
+                }
+            }
         } else {
-            match self.start_disk(&name, size_known.then_some(h.size)) {
+            match self.start_disk(&name, size_known.then_some(h.size), false) {
                 Ok(Some(i)) => Role::Disk(i),
                 Ok(None) => {
                     self.skipped.push(name.clone());
@@ -730,8 +520,64 @@ impl Importer {
             data_offset: h.data_offset,
             received: 0,
             inflated: false,
+            chunk_start,
         });
         Ok(())
+    }
+
+    /// The chunked file and index a regular entry `name` is a chunk of.
+    /// The OVF decides; before it, the name's shape does, unless the
+    /// caller's mapping names the entry itself.
+    fn chunk_of(&self, name: &str) -> Option<(String, u64)> {
+        if let Some((_, env)) = &self.ovf {
+            let (f, index) = env.file_for_entry(name)?;
+            return index.map(|i| (f.href.clone(), i));
+        }
+        let (href, index) = split_chunk_name(name)?;
+        if self.targets.names(name) && !self.targets.names(href) {
+            return None;
+        }
+        Some((href.to_owned(), index))
+    }
+
+    /// Chunk `index` of `href`, of `size` bytes, begins: checks its place
+    /// in the run and says which disk it feeds, if any.
+    fn begin_chunk(&mut self, href: &str, index: u64, size: u64) -> Result<Option<usize>> {
+        let adjacent = self.open_run.as_ref().is_some_and(|r| r.href == href);
+        let declared = self
+            .ovf
+            .as_ref()
+            .and_then(|(_, env)| env.file_by_href(href))
+            .and_then(Declared::of);
+        self.runs
+            .entry(href.to_owned())
+            .or_insert_with(|| ChunkRun::new(href))
+            .begin(index, size, adjacent, declared)?;
+        if index == 0 {
+            self.start_disk(href, declared.and_then(|d| d.size), true)
+        } else {
+            Ok(self.disks.iter().position(|d| d.chunked && d.href == href))
+        }
+    }
+
+    /// No more chunk of `open` follows: the run must be the whole file,
+    /// and its disk's content is complete. `at` places what is wrong with
+    /// the run where the package went on instead. Before the OVF neither
+    /// can be told yet: the run waits for it.
+    fn end_run(&mut self, open: OpenRun, at: &dyn Fn(Error) -> Error) -> Result<()> {
+        let Some((_, env)) = &self.ovf else {
+            self.ended_runs.push(open);
+            return Ok(());
+        };
+        if let Some(d) = env.file_by_href(&open.href).and_then(Declared::of)
+            && let Some(run) = self.runs.get(&open.href)
+        {
+            run.check(d).map_err(at)?;
+        }
+        match open.disk {
+            Some(i) => finish_decoder(&mut self.disks[i], Some(&open)),
+            None => Ok(()),
+        }
     }
 
     /// Whether `name` is one of the files producers add beside the disks
@@ -748,8 +594,7 @@ impl Importer {
             .ovf
             .as_ref()
             .is_some_and(|(_, env)| env.disk_for_href(name).is_some());
-        let mapped = matches!(&self.targets, Targets::Map(m) if m.contains_key(name));
-        !ovf_disk && !mapped
+        !ovf_disk && !self.targets.names(name)
     }
 
     /// A tar entry that is not a regular file: GNU tar and Python's tarfile
@@ -769,7 +614,7 @@ impl Importer {
             ));
         }
         if let Some((_, env)) = &self.ovf
-            && env.file_by_href(name).is_some()
+            && env.file_for_entry(name).is_some()
         {
             return Err(referenced_non_file(what));
         }
@@ -783,59 +628,65 @@ impl Importer {
         Ok(())
     }
 
-    /// Decides whether an entry is a disk and where it goes.
-    fn start_disk(&mut self, name: &str, size: Option<u64>) -> Result<Option<usize>> {
+    /// Refuses a second disk for a target already taken.
+    fn claim(&self, path: &Path) -> Result<()> {
+        let mut taken = self
+            .disks
+            .iter()
+            .map(|d| d.out.target())
+            .chain(self.blanks.iter().map(|b| b.out.target()));
+        if taken.any(|t| t.path == path) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("two disks map to the same target {}", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decides whether the file `href` is a disk and where it goes.
+    /// `entry_size` is the size of its content when known (a chunked
+    /// file's before the OVF is not).
+    fn start_disk(
+        &mut self,
+        href: &str,
+        entry_size: Option<u64>,
+        chunked: bool,
+    ) -> Result<Option<usize>> {
         let mut capacity_hint = None;
         if let Some((_, env)) = &self.ovf {
-            env.file_by_href(name).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::CorruptImage,
-                    "entry is not listed in the OVF References",
-                )
-            })?;
-            match env.disk_for_href(name) {
+            // A chunk's file was found by the entry's name already.
+            if !chunked && !matches!(env.file_for_entry(href), Some((_, None))) {
+                return Err(not_listed(env, href, false));
+            }
+            match env.disk_for_href(href) {
                 Some(d) => capacity_hint = Some(d.capacity),
                 // A referenced file that no disk uses (an ISO, say).
                 None => return Ok(None),
             }
         }
-        let target = self.targets.target_for(name)?.ok_or_else(|| {
+        let target = self.targets.target_for(href)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidArgument,
                 "no --disk target names this disk",
             )
         })?;
-        if self.disks.iter().any(|d| d.target.path == target.path) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("two disks map to the same target {}", target.path.display()),
-            ));
-        }
+        self.claim(&target.path)?;
         // The content decides format and compression, whatever the OVF
         // declares; before the OVF, a raw disk is as large as its entry
         // until the OVF says otherwise.
-        let decoder = Decoder::sniffing_any(size, capacity_hint.unwrap_or(limits::MAX_CAPACITY));
+        let decoder =
+            Decoder::sniffing_any(entry_size, capacity_hint.unwrap_or(limits::MAX_CAPACITY));
         let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
         if self.existing == Existing::Keep {
             partial::refuse_existing(&dir, &file_name)?;
         }
         let decoder = decoder.with_spool(Box::new(FileSpool::new(dir.clone())));
         self.disks.push(DiskState {
-            href: name.to_owned(),
-            target: target.clone(),
+            href: href.to_owned(),
             decoder,
-            out: TargetSlot {
-                target,
-                dir,
-                name: file_name,
-                existing: self.existing,
-                capacity_hint,
-                entry_hint: None,
-                provisional: false,
-                zero_tail_from: None,
-                tail: None,
-                opened: None,
-            },
+            out: TargetSlot::new(target, dir, file_name, self.existing, capacity_hint),
+            chunked,
         });
         Ok(Some(self.disks.len() - 1))
     }
@@ -894,43 +745,123 @@ impl Importer {
             }
             Role::Manifest(buf) => {
                 let m = manifest::parse(&buf).map_err(|e| wrap(e.into()))?;
-                self.manifest = Some((name, m));
+                self.manifest_arrived(name, m)?;
             }
-            Role::Disk(i) => {
-                let disk = &mut self.disks[i];
-                disk.decoder.finish(&mut disk.out).map_err(wrap)?;
-                if disk.out.opened.is_none() {
-                    // An empty raw disk: still create the target.
-                    disk.out.writer().map_err(wrap)?;
-                }
+            // A chunked disk's content goes on in its next chunk; the run
+            // ends when another entry comes, or the package does.
+            Role::Disk(i) if !self.disks[i].chunked => {
+                finish_decoder(&mut self.disks[i], None).map_err(wrap)?;
             }
-            Role::Skip => {}
+            Role::Disk(_) | Role::Skip => {}
         }
         Ok(())
     }
 
-    /// The descriptor arrived: check the entries that came before it.
+    /// A manifest arrived: one that gives an entry another digest than an
+    /// earlier manifest, with the same algorithm, contradicts it.
+    fn manifest_arrived(&mut self, name: String, m: Manifest) -> Result<()> {
+        for line in &m.entries {
+            for (other, earlier) in &self.manifests {
+                if let Some(e) = earlier.get(&line.name)
+                    && e.algorithm == line.algorithm
+                    && e.digest != line.digest
+                {
+                    return Err(Error::new(
+                        ErrorKind::Integrity,
+                        format!(
+                            "lists '{}' with another {} digest than manifest '{}' does",
+                            printable(&line.name),
+                            line.algorithm,
+                            printable(other)
+                        ),
+                    )
+                    .in_entry(&name));
+                }
+            }
+        }
+        self.manifests.push((name, m));
+        Ok(())
+    }
+
+    /// The descriptor arrived: check the entries that came before it,
+    /// settle their disks, and create the blank disks.
     fn ovf_arrived(&mut self, name: String, env: Envelope) -> Result<()> {
         if let Some((n, what)) = self
             .others
             .iter()
-            .find(|(n, _)| env.file_by_href(n).is_some())
+            .find(|(n, _)| env.file_for_entry(n).is_some())
         {
             return Err(referenced_non_file(what).in_entry(n));
         }
-        for d in &mut self.disks {
-            let at = |e: Error| e.in_entry(&d.href);
-            env.file_by_href(&d.href).ok_or_else(|| {
-                at(Error::new(
-                    ErrorKind::CorruptImage,
-                    "entry is not listed in the OVF References",
-                ))
-            })?;
+        for (i, d) in self.disks.iter_mut().enumerate() {
+            if d.chunked {
+                let first = chunk_name(&d.href, 0);
+                let count = self.runs.get(&d.href).map_or(0, ChunkRun::count);
+                match env.file_by_href(&d.href).and_then(Declared::of) {
+                    Some(decl) => {
+                        if let Some(run) = self.runs.get(&d.href) {
+                            run.check(decl).map_err(|e| e.in_entry(&name))?;
+                        }
+                    }
+                    // Only the name looked like a chunk's: the OVF lists
+                    // the entry as a file of its own.
+                    None if count == 1 && matches!(env.file_for_entry(&first), Some((_, None))) => {
+                        self.runs.remove(&d.href);
+                        d.href = first;
+                        d.chunked = false;
+                    }
+                    None => return Err(not_listed(&env, &d.href, true).in_entry(&first)),
+                }
+            } else if !matches!(env.file_for_entry(&d.href), Some((_, None))) {
+                return Err(not_listed(&env, &d.href, false).in_entry(&d.href));
+            }
+            if let Some(at) = self.ended_runs.iter().position(|r| r.disk == Some(i)) {
+                let open = self.ended_runs.swap_remove(at);
+                finish_decoder(d, Some(&open))?;
+            }
             if let Some(disk) = env.disk_for_href(&d.href) {
-                d.out.settle(disk.capacity).map_err(at)?;
+                let raw = d.decoder.format() == Some(SourceFormat::Raw) && !d.decoder.is_gzip();
+                if let (true, true, Some(run)) = (d.chunked, raw, self.runs.get(&d.href)) {
+                    d.out.set_entry_size(run.total());
+                }
+                d.out
+                    .settle(disk.capacity)
+                    .map_err(|e| e.in_entry(&d.href))?;
             }
         }
+        self.create_blanks(&env).map_err(|e| e.in_entry(&name))?;
         self.ovf = Some((name, env));
+        Ok(())
+    }
+
+    /// Creates the target of every disk the OVF gives no file, empty at
+    /// its capacity.
+    fn create_blanks(&mut self, env: &Envelope) -> Result<()> {
+        for disk in env.blank_disks() {
+            let id = &disk.disk_id;
+            let target = self.targets.blank_target_for(id)?.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "no --disk target names the blank disk '{}' (the OVF gives it no file: it is created empty); give --disk {0}=PATH",
+                        printable(id)
+                    ),
+                )
+            })?;
+            self.claim(&target.path)?;
+            let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
+            if self.existing == Existing::Keep {
+                partial::refuse_existing(&dir, &file_name)?;
+            }
+            let mut out =
+                TargetSlot::new(target, dir, file_name, self.existing, Some(disk.capacity));
+            out.create()?;
+            self.blanks.push(BlankDisk {
+                disk_id: id.clone(),
+                format_uri: disk.format.clone(),
+                out,
+            });
+        }
         Ok(())
     }
 
@@ -950,7 +881,9 @@ impl Importer {
                 Error::new(ErrorKind::CorruptImage, "package ends inside an entry").in_entry(name),
             );
         }
-        if self.records.is_empty() && self.others.is_empty() {
+        // A package directory is set by an entry, even one that is only
+        // the directory's own.
+        if self.records.is_empty() && self.others.is_empty() && self.layout.directory().is_none() {
             if container == Container::Zip {
                 return Err(Error::new(
                     ErrorKind::InvalidFormat,
@@ -958,6 +891,10 @@ impl Importer {
                 ));
             }
             return Err(self.head.no_entries());
+        }
+        // The package may end with a chunk: so does its run.
+        if let Some(open) = self.open_run.take() {
+            self.end_run(open, &|e| e)?;
         }
         let Some((ovf_name, env)) = self.ovf.take() else {
             return Err(Error::new(
@@ -967,12 +904,19 @@ impl Importer {
         };
         // Every referenced file must have arrived, with the size the OVF promised.
         for f in &env.files {
+            if let Some(decl) = Declared::of(f) {
+                let run = self.runs.get(&f.href).cloned();
+                run.unwrap_or_else(|| ChunkRun::new(&f.href))
+                    .check(decl)
+                    .map_err(|e| e.in_entry(&ovf_name))?;
+                continue;
+            }
             let Some(&ri) = self.by_name.get(&f.href) else {
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!(
                         "the OVF references '{}' but the package has no such entry",
-                        f.href
+                        printable(&f.href)
                     ),
                 )
                 .in_entry(&ovf_name));
@@ -993,22 +937,42 @@ impl Importer {
             }
         }
         // Every disk named on the command line must have been in the package.
-        if let Targets::Map(map) = &self.targets
-            && let Some(href) = map
-                .keys()
-                .find(|h| !self.disks.iter().any(|d| &d.href == *h))
-        {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("--disk names '{href}' but the package has no such disk"),
-            ));
+        for name in self.targets.named() {
+            if self.disks.iter().any(|d| d.href == name)
+                || self.blanks.iter().any(|b| b.disk_id == name)
+            {
+                continue;
+            }
+            let with_file = env
+                .disks
+                .iter()
+                .find(|d| d.disk_id == name)
+                .and_then(|d| d.file_ref.as_deref())
+                .and_then(|id| env.files.iter().find(|f| f.id == id));
+            let why = match with_file {
+                Some(f) => format!(
+                    "--disk names disk '{}', which has a file: name it by its href '{}'",
+                    printable(name),
+                    printable(&f.href)
+                ),
+                None => format!(
+                    "--disk names '{}' but the package has no such disk",
+                    printable(name)
+                ),
+            };
+            return Err(Error::new(ErrorKind::NotFound, why));
         }
         // Disks that came before the OVF but turned out not to be disks.
         let mut keep = vec![true; self.disks.len()];
         for (i, d) in self.disks.iter().enumerate() {
             if env.disk_for_href(&d.href).is_none() {
                 keep[i] = false;
-                self.skipped.push(d.href.clone());
+                match self.runs.get(&d.href) {
+                    Some(run) if d.chunked => self
+                        .skipped
+                        .extend((0..run.count()).map(|c| chunk_name(&d.href, c))),
+                    _ => self.skipped.push(d.href.clone()),
+                }
             }
         }
         // Every disk of the DiskSection that has a file must have been written.
@@ -1042,7 +1006,7 @@ impl Importer {
                 r.digests.clone_from(d);
             }
         }
-        let manifest_state = self.verify_manifest()?;
+        let manifest_state = self.verify_manifests()?;
         // Flush and fsync every target before renaming any.
         let mut summaries = Vec::new();
         let mut commits = Vec::new();
@@ -1051,7 +1015,8 @@ impl Importer {
                 continue;
             }
             let format = d.decoder.format().unwrap_or(SourceFormat::Raw);
-            let Some((partial, writer)) = d.out.opened else {
+            let target_format = d.out.target().format.name();
+            let Some((partial, writer)) = d.out.into_opened() else {
                 return Err(
                     Error::new(ErrorKind::CorruptImage, "disk produced no target")
                         .in_entry(&d.href),
@@ -1061,9 +1026,8 @@ impl Importer {
             writer
                 .finish()
                 .map_err(|e| e.at_path(partial.partial_path()))?;
-            let format_uri = env
-                .disk_for_href(&d.href)
-                .and_then(|disk| disk.format.as_deref());
+            let desc = env.disk_for_href(&d.href);
+            let format_uri = desc.and_then(|disk| disk.format.as_deref());
             let declared_gzip = env
                 .file_by_href(&d.href)
                 .is_some_and(|f| f.compression == Compression::Gzip);
@@ -1076,24 +1040,59 @@ impl Importer {
                 tracing::warn!("{w}");
             }
             summaries.push(DiskSummary {
-                href: d.href,
+                disk_id: desc.map(|disk| disk.disk_id.clone()).unwrap_or_default(),
+                blank: false,
+                chunks: d
+                    .chunked
+                    .then(|| self.runs.get(&d.href).map_or(0, ChunkRun::count)),
                 source_format: format.name(),
                 declared_format: format_uri.map(|u| probe::declared(u).label),
                 compression: if d.decoder.is_gzip() { "gzip" } else { "none" },
                 target: partial.final_path().to_path_buf(),
-                target_format: d.target.format.name(),
+                target_format,
                 capacity,
                 warnings,
+                href: d.href,
             });
             commits.push(partial);
         }
+        for b in self.blanks {
+            let target_format = b.out.target().format.name();
+            let Some((partial, writer)) = b.out.into_opened() else {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("blank disk '{}' has no target", printable(&b.disk_id)),
+                ));
+            };
+            let capacity = writer.capacity();
+            writer
+                .finish()
+                .map_err(|e| e.at_path(partial.partial_path()))?;
+            summaries.push(DiskSummary {
+                href: String::new(),
+                disk_id: b.disk_id,
+                blank: true,
+                chunks: None,
+                source_format: "blank",
+                declared_format: b.format_uri.map(|u| probe::declared(&u).label),
+                compression: "none",
+                target: partial.final_path().to_path_buf(),
+                target_format,
+                capacity,
+                warnings: Vec::new(),
+            });
+            commits.push(partial);
+        }
+        summaries.sort_by_key(|s| env.disks.iter().position(|d| d.disk_id == s.disk_id));
         for p in commits {
             p.commit()?;
         }
         Ok(ImportSummary {
             bytes_read: self.fed,
             ovf: ovf_name,
+            directory: self.layout.directory().map(str::to_owned),
             manifest: manifest_state,
+            manifests: self.manifests.into_iter().map(|(n, _)| n).collect(),
             disks: summaries,
             skipped: self.skipped,
             compression: container.compression(),
@@ -1117,12 +1116,17 @@ impl Importer {
         })
     }
 
-    fn verify_manifest(&self) -> Result<&'static str> {
-        let Some((mf_name, m)) = &self.manifest else {
+    /// Every line of every manifest, each against the digests of its
+    /// entry; the first that does not verify fails the import, naming its
+    /// manifest.
+    fn verify_manifests(&self) -> Result<&'static str> {
+        if self.manifests.is_empty() {
             return Ok("absent");
-        };
+        }
         if !self.verify {
-            tracing::warn!(manifest = %mf_name, "manifest not checked (verification disabled)");
+            for (mf_name, _) in &self.manifests {
+                tracing::warn!(manifest = %mf_name, "manifest not checked (verification disabled)");
+            }
             return Ok("not verified");
         }
         let computed = |name: &str| {
@@ -1130,11 +1134,16 @@ impl Importer {
                 .get(name)
                 .map(|&ri| self.records[ri].digests.as_slice())
         };
-        for (entry, check) in digests::check_manifest(m, computed) {
-            if let Some(e) = check.error(entry, mf_name) {
-                return Err(e);
+        for (mf_name, m) in &self.manifests {
+            for (entry, check) in digests::check_manifest(m, computed) {
+                if let Some(e) = check.error(entry, mf_name) {
+                    return Err(e);
+                }
             }
         }
         Ok("verified")
     }
 }
+
+#[cfg(test)]
+mod tests;

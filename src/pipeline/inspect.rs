@@ -1,8 +1,10 @@
 //! Inspection: one pass over a package that records its entries and
-//! parses its OVF and manifest, without writing anything.
+//! parses its OVF and manifests, without writing anything. Entries are
+//! named as import names them ([`Layout`]: without the package's one
+//! top-level directory, if it has one).
 //!
 //! By default the pass also checks what import would check, the way
-//! import checks it: every manifest line against the digests of the
+//! import checks it: every line of every manifest against the digests of the
 //! entries, computed while they stream by the same digest threads
 //! ([`DigestTap`]) and compared by the same rule
 //! ([`digests::check_manifest`]); and each disk's content, probed as
@@ -28,8 +30,9 @@ use crate::codec::probe::{self, Format, PROBE_LEN, ProbeError};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
 use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
+use crate::ova::layout::Layout;
 use crate::ova::manifest::{self, ManifestEntry};
-use crate::ova::ovf::{self, Compression};
+use crate::ova::ovf::{self, Compression, chunk_name};
 use crate::ova::unpack::{Container, Piece, Unpacker};
 use crate::pipeline::digests::{self, DigestTap, EntryDigests, LineCheck};
 use crate::pipeline::package_head::PackageHead;
@@ -55,28 +58,34 @@ const QUICK_READ: usize = 512;
 pub struct InspectReport {
     /// Name of the OVF entry.
     pub ovf: String,
+    /// The one top-level directory every entry is under, if any; entry
+    /// names here are without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
     /// The virtual system's name, if the OVF gives one.
     pub name: Option<String>,
     /// OVF References.
     pub files: Vec<FileInfo>,
     /// OVF DiskSection.
     pub disks: Vec<DiskInfo>,
-    /// The manifest, if any.
+    /// The first manifest, if any.
     pub manifest: Option<ManifestInfo>,
     /// How the package itself is compressed: `none`, `gzip`, `xz` or
     /// `zstd`; entry offsets then count the decompressed tar.
     pub compression: &'static str,
     /// `tar`, or `zip` for a zip archive whose members are the entries.
     pub archive: &'static str,
+    /// Every manifest, in package order.
+    pub manifests: Vec<ManifestInfo>,
     /// Every regular tar entry (or zip member), in package order.
     pub entries: Vec<EntryInfo>,
     /// What was checked, and the verdict.
     pub verification: Verification,
-    /// The manifest lines that prove the package differs from its
-    /// manifest, with the manifest's entry name: what
+    /// The manifest lines that prove the package differs from a manifest,
+    /// each with its manifest's entry name: what
     /// [`InspectReport::integrity_error`] reports.
     #[serde(skip)]
-    failures: Vec<(ManifestEntry, LineCheck)>,
+    failures: Vec<(String, ManifestEntry, LineCheck)>,
 }
 
 impl InspectReport {
@@ -85,9 +94,8 @@ impl InspectReport {
     /// names no entry of the package, in the words import uses. `None`
     /// when no line fails (lines that could not be checked do not).
     pub fn integrity_error(&self) -> Option<Error> {
-        let manifest = self.manifest.as_ref()?;
-        let (line, check) = self.failures.first()?;
-        check.error(line, &manifest.name)
+        let (manifest, line, check) = self.failures.first()?;
+        check.error(line, manifest)
     }
 }
 
@@ -102,24 +110,26 @@ pub struct Verification {
     pub disks: Vec<DiskCheck>,
 }
 
-/// The manifest against the entries' digests.
+/// Every manifest against the entries' digests.
 #[derive(Debug, Clone, Serialize)]
 pub struct ManifestCheck {
-    /// `verified` (every line), `failed` (an entry's digest differs, or a
-    /// line names no entry), `incomplete` (some lines could not be
-    /// checked, none failed), `absent` (no manifest) or `not verified`
-    /// (`--quick`).
+    /// `verified` (every line of every manifest), `failed` (an entry's
+    /// digest differs, or a line names no entry), `incomplete` (some lines
+    /// could not be checked, none failed), `absent` (no manifest) or `not
+    /// verified` (`--quick`).
     pub status: &'static str,
     /// Lines whose digest matched.
     pub verified: usize,
-    /// One record per manifest line, in manifest order; empty when not
-    /// verified.
+    /// One record per manifest line, manifests in package order and each
+    /// in its own order; empty when not verified.
     pub lines: Vec<LineReport>,
 }
 
 /// One manifest line and what the package says about it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LineReport {
+    /// The manifest entry the line is in.
+    pub manifest: String,
     /// The entry it names.
     pub name: String,
     /// `SHA1`, `SHA256` or `SHA512`.
@@ -162,10 +172,14 @@ pub struct FileInfo {
     pub id: String,
     /// `ovf:href`.
     pub href: String,
-    /// `ovf:size`.
+    /// `ovf:size` (of the whole file, for a chunked one).
     pub size: Option<u64>,
     /// `none` or `gzip`.
     pub compression: &'static str,
+    /// `ovf:chunkSize`: the file is stored in entries `href.000000000`,
+    /// `href.000000001`, ... of this many bytes each (the last one fewer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
 }
 
 /// One OVF Disk.
@@ -173,8 +187,10 @@ pub struct FileInfo {
 pub struct DiskInfo {
     /// `ovf:diskId`.
     pub disk_id: String,
-    /// The href of its file.
+    /// The href of its file; `None` for a blank disk.
     pub href: Option<String>,
+    /// The OVF gives the disk no file: import creates it empty.
+    pub blank: bool,
     /// Capacity in bytes.
     pub capacity: u64,
     /// `ovf:format`.
@@ -184,8 +200,9 @@ pub struct DiskInfo {
     pub declared_format: Option<String>,
     /// `ovf:populatedSize`.
     pub populated_size: Option<u64>,
-    /// Format recognised from the entry's content by the probe import
-    /// decides with; the content wins over `declared_format`.
+    /// Format recognised from the entry's content (a chunked file's
+    /// first chunk) by the probe import decides with; the content wins
+    /// over `declared_format`.
     pub detected_format: Option<&'static str>,
 }
 
@@ -328,8 +345,12 @@ struct Pass {
     heads: Vec<EntryHead>,
     /// Entries of any type begun.
     begun: usize,
+    layout: Layout,
     ovf_buf: Option<(String, Vec<u8>)>,
-    mf_buf: Option<(String, Vec<u8>)>,
+    /// Every manifest, in package order.
+    mf_bufs: Vec<(String, Vec<u8>)>,
+    /// Bytes of every manifest together.
+    mf_bytes: u64,
     collecting: Option<Collect>,
     /// Inside a regular entry: the content of any other belongs to no file.
     in_file: bool,
@@ -351,8 +372,10 @@ impl Pass {
             entries: Vec::new(),
             heads: Vec::new(),
             begun: 0,
+            layout: Layout::new(),
             ovf_buf: None,
-            mf_buf: None,
+            mf_bufs: Vec::new(),
+            mf_bytes: 0,
             collecting: None,
             in_file: false,
             counting: false,
@@ -445,8 +468,12 @@ impl Pass {
     /// manifest being collected is held to its limit as it grows.
     fn check_collected(&self) -> Result<()> {
         let (buf, what, limit) = match self.collecting {
-            Some(Collect::Ovf) => (&self.ovf_buf, "OVF descriptor", limits::MAX_OVF_SIZE),
-            Some(Collect::Manifest) => (&self.mf_buf, "manifest", limits::MAX_MANIFEST_SIZE),
+            Some(Collect::Ovf) => (
+                self.ovf_buf.as_ref(),
+                "OVF descriptor",
+                limits::MAX_OVF_SIZE,
+            ),
+            Some(Collect::Manifest) => (self.mf_bufs.last(), "manifest", limits::MAX_MANIFEST_SIZE),
             None => return Ok(()),
         };
         match buf {
@@ -487,7 +514,7 @@ impl Pass {
                 }
                 let buf = match self.collecting {
                     Some(Collect::Ovf) => self.ovf_buf.as_mut(),
-                    Some(Collect::Manifest) => self.mf_buf.as_mut(),
+                    Some(Collect::Manifest) => self.mf_bufs.last_mut(),
                     None => None,
                 };
                 if let Some((_, b)) = buf {
@@ -514,34 +541,39 @@ impl Pass {
         if !h.entry_type.is_known() {
             return Err(h.entry_type.unknown_error().in_entry(&h.name));
         }
-        if h.entry_type != EntryType::Regular {
+        let placed = self
+            .layout
+            .place(&h.name, h.entry_type)
+            .map_err(|e| Error::from(e).at_offset(h.header_offset))?;
+        let (Some(name), EntryType::Regular) = (placed, h.entry_type) else {
             return Ok(());
-        }
+        };
         self.in_file = true;
         self.collecting = None;
-        let lower = h.name.to_ascii_lowercase();
+        let lower = name.to_ascii_lowercase();
         if lower.ends_with(".ovf") && self.ovf_buf.is_none() {
             if h.size > limits::MAX_OVF_SIZE {
                 return Err(Error::new(
                     ErrorKind::LimitExceeded,
                     "OVF descriptor over the size limit",
                 )
-                .in_entry(&h.name));
+                .in_entry(&name));
             }
-            self.ovf_buf = Some((h.name.clone(), Vec::new()));
+            self.ovf_buf = Some((name.clone(), Vec::new()));
             self.collecting = Some(Collect::Ovf);
-        } else if lower.ends_with(".mf") && self.mf_buf.is_none() {
-            if h.size > limits::MAX_MANIFEST_SIZE {
+        } else if lower.ends_with(".mf") {
+            self.mf_bytes += h.size;
+            if h.size > limits::MAX_MANIFEST_SIZE || self.mf_bytes > limits::MAX_MANIFESTS_SIZE {
                 return Err(
                     Error::new(ErrorKind::LimitExceeded, "manifest over the size limit")
-                        .in_entry(&h.name),
+                        .in_entry(&name),
                 );
             }
-            self.mf_buf = Some((h.name.clone(), Vec::new()));
+            self.mf_bufs.push((name.clone(), Vec::new()));
             self.collecting = Some(Collect::Manifest);
         }
         self.entries.push(EntryInfo {
-            name: h.name,
+            name,
             size: h.size,
             offset: h.data_offset,
         });
@@ -594,23 +626,24 @@ impl Pass {
             }
         };
         let env = ovf::parse(&ovf_bytes).map_err(|e| place(e.into(), &ovf_name))?;
-        let parsed = match self.mf_buf.take() {
-            Some((name, bytes)) => {
-                let m = manifest::parse(&bytes).map_err(|e| place(e.into(), &name))?;
-                Some((name, m))
-            }
-            None => None,
-        };
-        let manifest = parsed.as_ref().map(|(name, m)| {
-            let algs: Vec<&str> = m.algorithms().iter().map(|a| a.name()).collect();
-            ManifestInfo {
-                name: name.clone(),
-                algorithm: algs.join(","),
-                entries: m.entries.len(),
-            }
-        });
-        let (manifest_check, failures) = match (&parsed, &computed) {
-            (None, _) => (
+        let mut parsed = Vec::new();
+        for (name, bytes) in std::mem::take(&mut self.mf_bufs) {
+            let m = manifest::parse(&bytes).map_err(|e| place(e.into(), &name))?;
+            parsed.push((name, m));
+        }
+        let manifests: Vec<ManifestInfo> = parsed
+            .iter()
+            .map(|(name, m)| {
+                let algs: Vec<&str> = m.algorithms().iter().map(|a| a.name()).collect();
+                ManifestInfo {
+                    name: name.clone(),
+                    algorithm: algs.join(","),
+                    entries: m.entries.len(),
+                }
+            })
+            .collect();
+        let (manifest_check, failures) = match (parsed.is_empty(), &computed) {
+            (true, _) => (
                 ManifestCheck {
                     status: "absent",
                     verified: 0,
@@ -618,7 +651,7 @@ impl Pass {
                 },
                 Vec::new(),
             ),
-            (Some(_), None) => (
+            (false, None) => (
                 ManifestCheck {
                     status: "not verified",
                     verified: 0,
@@ -626,7 +659,7 @@ impl Pass {
                 },
                 Vec::new(),
             ),
-            (Some((_, m)), Some(computed)) => check_lines(m, computed, &self.entries),
+            (false, Some(computed)) => check_lines(&parsed, computed, &self.entries),
         };
         let files = env
             .files
@@ -639,10 +672,16 @@ impl Pass {
                     Compression::Gzip => "gzip",
                     _ => "none",
                 },
+                chunk_size: f.chunk_size,
             })
             .collect();
-        let entry_head = |href: &str| {
-            let i = self.entries.iter().position(|e| e.name == href)?;
+        // A chunked file's content starts in its first chunk.
+        let entry_head = |f: &ovf::FileRef| {
+            let name = match f.chunk_size {
+                Some(_) => chunk_name(&f.href, 0),
+                None => f.href.clone(),
+            };
+            let i = self.entries.iter().position(|e| e.name == name)?;
             self.heads.get(i)
         };
         let mut disks = Vec::new();
@@ -653,7 +692,7 @@ impl Pass {
                 .as_ref()
                 .and_then(|r| env.files.iter().find(|f| &f.id == r));
             let href = file.map(|f| f.href.clone());
-            let head = href.as_deref().and_then(entry_head);
+            let head = file.and_then(entry_head);
             if let Some(f) = file {
                 disk_checks.push(check_disk(
                     self.mode,
@@ -666,6 +705,7 @@ impl Pass {
             }
             disks.push(DiskInfo {
                 disk_id: d.disk_id.clone(),
+                blank: d.file_ref.is_none(),
                 href,
                 capacity: d.capacity,
                 format_uri: d.format.clone(),
@@ -676,10 +716,12 @@ impl Pass {
         }
         Ok(InspectReport {
             ovf: ovf_name,
+            directory: self.layout.directory().map(str::to_owned),
             name: env.name.clone(),
             files,
             disks,
-            manifest,
+            manifest: manifests.first().cloned(),
+            manifests,
             compression: container.compression(),
             archive: container.archive(),
             entries: self.entries,
@@ -696,13 +738,13 @@ impl Pass {
     }
 }
 
-/// Every manifest line against the digests computed; the failing lines
-/// are returned apart for [`InspectReport::integrity_error`].
+/// Every line of every manifest against the digests computed; the
+/// failing lines are returned apart for [`InspectReport::integrity_error`].
 fn check_lines(
-    m: &manifest::Manifest,
+    manifests: &[(String, manifest::Manifest)],
     computed: &EntryDigests,
     entries: &[EntryInfo],
-) -> (ManifestCheck, Vec<(ManifestEntry, LineCheck)>) {
+) -> (ManifestCheck, Vec<(String, ManifestEntry, LineCheck)>) {
     // An entry whose content was empty of digests (none expected) is still
     // an entry of the package.
     let digests_of = |name: &str| {
@@ -711,12 +753,16 @@ fn check_lines(
             .any(|e| e.name == name)
             .then(|| computed.get(name).map_or(&[][..], Vec::as_slice))
     };
-    let checks = digests::check_manifest(m, digests_of);
-    let mut lines = Vec::with_capacity(checks.len());
+    let checks = manifests.iter().flat_map(|(mf, m)| {
+        digests::check_manifest(m, digests_of)
+            .into_iter()
+            .map(move |(line, check)| (mf, line, check))
+    });
+    let mut lines = Vec::new();
     let mut failures = Vec::new();
     let mut verified = 0;
     let mut unchecked = 0;
-    for (line, check) in checks {
+    for (mf, line, check) in checks {
         let actual = digests_of(&line.name)
             .and_then(|ds| ds.iter().find(|(a, _)| *a == line.algorithm))
             .map(|(_, d)| hex::encode(d));
@@ -733,6 +779,7 @@ fn check_lines(
             }
         };
         lines.push(LineReport {
+            manifest: mf.clone(),
             name: line.name.clone(),
             algorithm: line.algorithm.name(),
             status,
@@ -740,7 +787,7 @@ fn check_lines(
             actual,
         });
         if check.is_failure() {
-            failures.push((line.clone(), check));
+            failures.push((mf.clone(), line.clone(), check));
         }
     }
     let status = if !failures.is_empty() {

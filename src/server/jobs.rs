@@ -262,6 +262,7 @@ impl Jobs {
                     let p = url(&field, &d.url)?;
                     Ok(ResolvedDisk {
                         href: d.href.clone(),
+                        disk_id: d.disk_id.clone(),
                         path: self.store.resolve_path(&field, &p, create)?,
                         format: d.format.clone(),
                     })

@@ -64,8 +64,15 @@ impl TicketKind {
 /// One disk of an OVA ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OvaDisk {
-    /// The disk's `File/@ovf:href` (its tar entry name).
+    /// The disk's `File/@ovf:href`: its tar entry name (for a chunked
+    /// file, the name its chunks' names extend). Empty, and left out, for
+    /// a blank disk named by `disk_id`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub href: String,
+    /// Import only, instead of `href`: the `ovf:diskId` of a blank disk,
+    /// one the OVF gives no file, which the import creates empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_id: Option<String>,
     /// Target (import) or source (export) volume, `file:///path`.
     pub url: String,
     /// `raw` or `qcow2`; on import the target format (default raw), on
@@ -210,8 +217,12 @@ impl std::fmt::Display for TransferState {
 /// Progress of one disk of an OVA ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskStatus {
-    /// The disk's href.
+    /// The disk's href; empty, and left out, for a blank disk.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub href: String,
+    /// A blank disk's `ovf:diskId`, as the ticket names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_id: Option<String>,
     /// Bytes of the disk's tar entry received (import) or produced
     /// (export) so far, as the package carries them (compressed, for a
     /// compressed entry).
@@ -340,19 +351,37 @@ impl TicketRequest {
             return Err(invalid("ova.disks", "must name at least one disk"));
         }
         max("ova.disks", ova.disks.len() as u64, MAX_OVF_FILES as u64)?;
-        let mut hrefs = HashSet::new();
+        // Hrefs and disk ids share one namespace: the import's mapping.
+        let mut names = HashSet::new();
         for (i, d) in ova.disks.iter().enumerate() {
-            if d.href.is_empty() || d.href.contains('\0') {
+            let (field, name) = match &d.disk_id {
+                None => (format!("ova.disks[{i}].href"), d.href.as_str()),
+                Some(_) if !d.href.is_empty() => {
+                    return Err(invalid(
+                        format!("ova.disks[{i}].disk_id"),
+                        "give href for a disk with a file, disk_id for a blank disk, not both",
+                    ));
+                }
+                Some(_) if kind != TicketKind::OvaImport => {
+                    return Err(invalid(
+                        format!("ova.disks[{i}].disk_id"),
+                        "only an import creates blank disks; name each disk of an export by its href",
+                    ));
+                }
+                Some(id) => (format!("ova.disks[{i}].disk_id"), id.as_str()),
+            };
+            if name.is_empty() || name.contains('\0') {
                 return Err(invalid(
-                    format!("ova.disks[{i}].href"),
-                    "must be a non-empty entry name",
+                    field,
+                    if d.disk_id.is_some() {
+                        "must be a non-empty disk id"
+                    } else {
+                        "must be a non-empty entry name"
+                    },
                 ));
             }
-            if !hrefs.insert(d.href.as_str()) {
-                return Err(invalid(
-                    format!("ova.disks[{i}].href"),
-                    format!("'{}' is named twice", d.href),
-                ));
+            if !names.insert(name) {
+                return Err(invalid(field, format!("'{name}' is named twice")));
             }
             file_url_path(&format!("ova.disks[{i}].url"), &d.url)?;
             if let Some(f) = &d.format
@@ -479,6 +508,7 @@ mod tests {
             ova: Some(OvaSpec {
                 disks: vec![OvaDisk {
                     href: "vm-disk1.vmdk".into(),
+                    disk_id: None,
                     url: "file:///data/vm-disk1.raw".into(),
                     format: Some("raw".into()),
                 }],
@@ -757,6 +787,52 @@ mod tests {
         let mut t = ova(TicketKind::OvaImport, Op::Write);
         t.url = Some("file:///x".into());
         assert_eq!(field_of(t.validate(ID).unwrap_err()), "url");
+    }
+
+    #[test]
+    fn blank_disks_are_named_by_disk_id_on_import_only() {
+        let t: TicketRequest = serde_json::from_str(
+            r#"{"uuid": "t1", "timeout": 60, "ops": ["write"], "kind": "ova-import",
+                "ova": {"disks": [{"href": "d1.vmdk", "url": "file:///s/d1.raw"},
+                                  {"disk_id": "flash", "url": "file:///s/flash.raw"}]}}"#,
+        )
+        .unwrap();
+        t.validate("t1").unwrap();
+        let o = t.ova.as_ref().unwrap();
+        assert_eq!(o.disks[1].disk_id.as_deref(), Some("flash"));
+        assert_eq!(o.disks[1].href, "");
+        let json = serde_json::to_value(&t).unwrap();
+        assert!(json["ova"]["disks"][1].get("href").is_none(), "{json}");
+        assert!(json["ova"]["disks"][0].get("disk_id").is_none(), "{json}");
+
+        let with = |kind, op, href: &str, id: Option<&str>| {
+            let mut t = ova(kind, op);
+            let d = &mut t.ova.as_mut().unwrap().disks[0];
+            d.href = href.into();
+            d.disk_id = id.map(str::to_owned);
+            t.validate(ID).map_err(field_of)
+        };
+        let import = (TicketKind::OvaImport, Op::Write);
+        assert_eq!(with(import.0, import.1, "", Some("flash")), Ok(()));
+        let both = with(import.0, import.1, "d.vmdk", Some("flash"));
+        assert_eq!(both, Err("ova.disks[0].disk_id".into()));
+        let empty = with(import.0, import.1, "", Some(""));
+        assert_eq!(empty, Err("ova.disks[0].disk_id".into()));
+        let neither = with(import.0, import.1, "", None);
+        assert_eq!(neither, Err("ova.disks[0].href".into()));
+        let export = with(TicketKind::OvaExport, Op::Read, "", Some("flash"));
+        assert_eq!(export, Err("ova.disks[0].disk_id".into()));
+
+        // An href and a disk id are names in one mapping.
+        let mut t = ova(TicketKind::OvaImport, Op::Write);
+        let mut d = t.ova.as_ref().unwrap().disks[0].clone();
+        d.disk_id = Some(std::mem::take(&mut d.href));
+        d.url = "file:///data/other.raw".into();
+        t.ova.as_mut().unwrap().disks.push(d);
+        assert_eq!(
+            field_of(t.validate(ID).unwrap_err()),
+            "ova.disks[1].disk_id"
+        );
     }
 
     #[test]

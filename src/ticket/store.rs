@@ -37,8 +37,10 @@ use crate::source::volume::AllowedRoots;
 /// One disk of an OVA ticket with its path resolved under the storage roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedDisk {
-    /// The disk's href.
+    /// The disk's href; empty for a blank disk.
     pub href: String,
+    /// A blank disk's `ovf:diskId`, instead of an href.
+    pub disk_id: Option<String>,
     /// Canonical path of the volume (for an import target that does not
     /// exist yet: its canonical directory joined with its file name).
     pub path: PathBuf,
@@ -160,6 +162,7 @@ impl TicketStore {
             .flat_map(|o| &o.disks)
             .map(|d| DiskStatus {
                 href: d.href.clone(),
+                disk_id: d.disk_id.clone(),
                 bytes: 0,
                 state: TransferState::Pending,
             })
@@ -361,6 +364,7 @@ impl TicketStore {
                         }
                         disks.push(ResolvedDisk {
                             href: d.href.clone(),
+                            disk_id: d.disk_id.clone(),
                             path: p,
                             format: d.format.clone(),
                         });
@@ -628,8 +632,25 @@ impl TicketHandle {
     /// is ignored.
     pub fn set_disk_progress(&self, href: &str, bytes: u64, state: TransferState) {
         let mut s = lock(&self.live.state);
-        if let Some(d) = s.disks.iter_mut().find(|d| d.href == href) {
+        if let Some(d) = s
+            .disks
+            .iter_mut()
+            .find(|d| !d.href.is_empty() && d.href == href)
+        {
             d.bytes = bytes;
+            d.state = state;
+        }
+    }
+
+    /// Reports where a blank disk of an import ticket stands: it has no
+    /// entry, so no bytes, only an outcome. An unknown id is ignored.
+    pub fn set_blank_disk_state(&self, disk_id: &str, state: TransferState) {
+        let mut s = lock(&self.live.state);
+        if let Some(d) = s
+            .disks
+            .iter_mut()
+            .find(|d| d.disk_id.as_deref() == Some(disk_id))
+        {
             d.state = state;
         }
     }
@@ -752,11 +773,13 @@ mod tests {
                     disks: vec![
                         OvaDisk {
                             href: "d1.vmdk".into(),
+                            disk_id: None,
                             url: self.url("new1.qcow2"),
                             format: Some("qcow2".into()),
                         },
                         OvaDisk {
                             href: "d2.vmdk".into(),
+                            disk_id: None,
                             url: self.url("new2.raw"),
                             format: None,
                         },
@@ -788,6 +811,7 @@ mod tests {
                 ova: Some(OvaSpec {
                     disks: vec![OvaDisk {
                         href: "vol.qcow2".into(),
+                        disk_id: None,
                         url: self.url("vol.raw"),
                         format: None,
                     }],

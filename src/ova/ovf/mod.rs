@@ -49,9 +49,33 @@ pub struct FileRef {
     pub size: Option<u64>,
     /// `ovf:compression`.
     pub compression: Compression,
-    /// `ovf:chunkSize`. Chunked files are refused, so this is always `None`
-    /// in a successfully parsed envelope; kept for the export side.
+    /// `ovf:chunkSize`: the file is stored as consecutive entries
+    /// [`chunk_name`]`(href, 0)`, `(href, 1)`, ... of this many bytes each
+    /// (the last one fewer), and `size` is the whole file's.
     pub chunk_size: Option<u64>,
+}
+
+/// Digits of the index ovftool appends to the href of each chunk of a
+/// chunked file (`disk.vmdk.000000000`, `disk.vmdk.000000001`, ...).
+pub const CHUNK_INDEX_DIGITS: usize = 9;
+
+/// The tar entry name of chunk `index` of the chunked file `href`.
+pub fn chunk_name(href: &str, index: u64) -> String {
+    format!("{href}.{index:0width$}", width = CHUNK_INDEX_DIGITS)
+}
+
+/// Splits an entry name shaped like a chunk (`href.` and
+/// [`CHUNK_INDEX_DIGITS`] decimal digits) into the href and the index.
+/// Only the OVF can say whether such an entry is a chunk; before it
+/// arrives, the shape is all there is.
+pub fn split_chunk_name(name: &str) -> Option<(&str, u64)> {
+    let at = name.len().checked_sub(CHUNK_INDEX_DIGITS + 1)?;
+    let (href, suffix) = (name.get(..at)?, name.get(at..)?);
+    let digits = suffix.strip_prefix('.')?;
+    if href.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((href, digits.parse().ok()?))
 }
 
 /// A `DiskSection/Disk` element.
@@ -97,6 +121,25 @@ impl Envelope {
         self.disks
             .iter()
             .find(|d| d.file_ref.as_deref() == Some(file.id.as_str()))
+    }
+
+    /// The file a tar entry named `name` holds: the whole file (`None`
+    /// index) when `name` is the href of an unchunked file, or one chunk
+    /// of a chunked file. A chunked file's href alone names no entry.
+    pub fn file_for_entry(&self, name: &str) -> Option<(&FileRef, Option<u64>)> {
+        if let Some(f) = self.file_by_href(name)
+            && f.chunk_size.is_none()
+        {
+            return Some((f, None));
+        }
+        let (href, index) = split_chunk_name(name)?;
+        let f = self.file_by_href(href)?;
+        f.chunk_size.map(|_| (f, Some(index)))
+    }
+
+    /// Disks with no file: blank disks the importer creates empty.
+    pub fn blank_disks(&self) -> impl Iterator<Item = &DiskDesc> {
+        self.disks.iter().filter(|d| d.file_ref.is_none())
     }
 }
 
@@ -206,7 +249,7 @@ pub enum OvfError {
     Unsupported {
         /// Start of the element using it.
         offset: u64,
-        /// The feature, e.g. `chunked files (ovf:chunkSize)`.
+        /// The feature, e.g. `compressions other than gzip`.
         what: String,
     },
     /// Two `File` elements share an `ovf:id`, or two `Disk`s an `ovf:diskId`.
@@ -247,6 +290,17 @@ pub enum OvfError {
         /// The shared file id.
         file_ref: String,
     },
+    /// A `File` href is also the entry name of a chunk of a chunked file,
+    /// so one tar entry would stand for two files.
+    #[error("<File> href '{href}' is also the name of a chunk of the chunked file '{chunked}'")]
+    ChunkNameClash {
+        /// Start of the `File` element with the plain href.
+        offset: u64,
+        /// The href that looks like a chunk.
+        href: String,
+        /// The chunked file's href.
+        chunked: String,
+    },
 }
 
 impl Classify for OvfError {
@@ -268,7 +322,8 @@ impl Classify for OvfError {
             | OvfError::DuplicateId { offset, .. }
             | OvfError::DuplicateHref { offset, .. }
             | OvfError::DanglingFileRef { offset, .. }
-            | OvfError::SharedFileRef { offset, .. } => Some(offset),
+            | OvfError::SharedFileRef { offset, .. }
+            | OvfError::ChunkNameClash { offset, .. } => Some(offset),
         }
     }
 
@@ -282,7 +337,8 @@ impl Classify for OvfError {
             OvfError::DuplicateId { .. }
             | OvfError::DuplicateHref { .. }
             | OvfError::DanglingFileRef { .. }
-            | OvfError::SharedFileRef { .. } => ErrorKind::CorruptImage,
+            | OvfError::SharedFileRef { .. }
+            | OvfError::ChunkNameClash { .. } => ErrorKind::CorruptImage,
             _ => ErrorKind::InvalidFormat,
         }
     }
@@ -502,6 +558,8 @@ struct Parser {
     disk_ids: HashSet<String>,
     /// Offset of each disk's element, for errors found at the end.
     disk_offsets: Vec<u64>,
+    /// Offset of each file's element, likewise.
+    file_offsets: Vec<u64>,
     seen_system: bool,
     system_id: Option<String>,
     system_name: Option<String>,
@@ -519,6 +577,7 @@ impl Parser {
             disk_ids: HashSet::new(),
             ovf09: false,
             disk_offsets: Vec::new(),
+            file_offsets: Vec::new(),
             seen_system: false,
             system_id: None,
             system_name: None,
@@ -757,11 +816,9 @@ impl Parser {
         check_href(a, href)?;
         let size = a.number("size")?;
         let chunk_size = a.number("chunkSize")?;
-        if chunk_size.is_some() {
-            return Err(OvfError::Unsupported {
-                offset: a.offset,
-                what: "chunked files (ovf:chunkSize)".into(),
-            });
+        if chunk_size == Some(0) {
+            let v = a.get("chunkSize").unwrap_or_default();
+            return Err(a.bad("chunkSize", v, "a chunk must hold at least one byte"));
         }
         let compression = match a.get("compression").map(str::trim) {
             None | Some("" | "identity" | "none") => Compression::None,
@@ -793,6 +850,7 @@ impl Parser {
             compression,
             chunk_size,
         });
+        self.file_offsets.push(a.offset);
         Ok(())
     }
 
@@ -853,6 +911,20 @@ impl Parser {
 
     /// Cross-checks disks against files and settles the name.
     fn finish(mut self) -> Result<Envelope, OvfError> {
+        for (f, &offset) in self.env.files.iter().zip(&self.file_offsets) {
+            if let Some((href, _)) = split_chunk_name(&f.href)
+                && self
+                    .env
+                    .file_by_href(href)
+                    .is_some_and(|c| c.chunk_size.is_some())
+            {
+                return Err(OvfError::ChunkNameClash {
+                    offset,
+                    href: f.href.clone(),
+                    chunked: href.to_owned(),
+                });
+            }
+        }
         let mut used = HashSet::new();
         for (d, &offset) in self.env.disks.iter().zip(&self.disk_offsets) {
             let Some(r) = &d.file_ref else { continue };

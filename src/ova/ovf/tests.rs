@@ -324,24 +324,71 @@ fn deep_nesting_rejected() {
 }
 
 #[test]
-fn chunk_size_unsupported() {
+fn chunked_files() {
     let xml = doc(
-        r#"<ovf:File ovf:href="disk.vmdk.000000000" ovf:id="f" ovf:size="100" ovf:chunkSize="2147483648"/>"#,
+        r#"<ovf:File ovf:href="disk.vmdk" ovf:id="f" ovf:size="5000" ovf:chunkSize="2048"/><ovf:File ovf:href="disk.vmdk.1" ovf:id="g"/>"#,
+        r#"<ovf:Disk ovf:diskId="d" ovf:fileRef="f" ovf:capacity="1048576"/><ovf:Disk ovf:diskId="blank" ovf:capacity="4096"/>"#,
+    );
+    let env = parse(xml.as_bytes()).unwrap();
+    assert_eq!(env.files[0].chunk_size, Some(2048));
+    assert_eq!(env.files[0].size, Some(5000));
+    let id = |e: Option<(&FileRef, Option<u64>)>| e.map(|(f, i)| (f.id.clone(), i));
+    assert_eq!(
+        id(env.file_for_entry("disk.vmdk.000000002")),
+        Some(("f".into(), Some(2)))
+    );
+    // A chunked file's href names no entry; an unchunked one's does.
+    assert_eq!(id(env.file_for_entry("disk.vmdk")), None);
+    assert_eq!(
+        id(env.file_for_entry("disk.vmdk.1")),
+        Some(("g".into(), None))
+    );
+    assert_eq!(id(env.file_for_entry("disk.vmdk.00000001")), None);
+    assert_eq!(env.disk_for_href("disk.vmdk").unwrap().disk_id, "d");
+    let blank: Vec<&str> = env.blank_disks().map(|d| d.disk_id.as_str()).collect();
+    assert_eq!(blank, ["blank"]);
+
+    assert_eq!(chunk_name("a.vmdk", 7), "a.vmdk.000000007");
+    assert_eq!(split_chunk_name("a.vmdk.000000007"), Some(("a.vmdk", 7)));
+    assert_eq!(
+        split_chunk_name("a.vmdk.999999999"),
+        Some(("a.vmdk", 999_999_999))
+    );
+    for not_a_chunk in [
+        ".000000000",
+        "a.vmdk.00000000",
+        "a.vmdk.0000000001",
+        "a.vmdk-000000000",
+        "a.vmdk.00000000x",
+        "a.vmdk.+00000000",
+        "é.00000000é",
+    ] {
+        assert_eq!(split_chunk_name(not_a_chunk), None, "{not_a_chunk}");
+    }
+
+    // A plain href that is also a chunk's name would make one entry two files.
+    let xml = doc(
+        r#"<ovf:File ovf:href="d" ovf:id="f" ovf:chunkSize="10"/><ovf:File ovf:href="d.000000000" ovf:id="g"/>"#,
+        "",
+    );
+    let at = xml.find(r#"<ovf:File ovf:href="d.000"#).unwrap() as u64;
+    assert_eq!(
+        parse(xml.as_bytes()),
+        Err(OvfError::ChunkNameClash {
+            offset: at,
+            href: "d.000000000".into(),
+            chunked: "d".into()
+        })
+    );
+
+    let xml = doc(
+        r#"<ovf:File ovf:href="d" ovf:id="f" ovf:chunkSize=" 0"/>"#,
         "",
     );
     let err = parse(xml.as_bytes()).unwrap_err();
-    let at = xml.find("<ovf:File").unwrap() as u64;
-    assert_eq!(
-        err,
-        OvfError::Unsupported {
-            offset: at,
-            what: "chunked files (ovf:chunkSize)".into()
-        }
-    );
-    assert_eq!(err.kind(), ErrorKind::Unsupported);
-    assert_eq!(
-        crate::Error::from(err.clone()).to_string(),
-        format!("at byte {at}: chunked files (ovf:chunkSize) are not supported")
+    assert!(
+        matches!(&err, OvfError::BadAttribute { attribute: "chunkSize", reason, .. } if reason.contains("at least one byte")),
+        "{err:?}"
     );
 }
 

@@ -127,7 +127,8 @@ impl Edits {
 /// Completes a user-provided descriptor for export:
 ///
 /// * `File/@ovf:size` of each href in `sizes` is set (added if absent),
-///   and its `ovf:compression` removed: the entry is written as is;
+///   and its `ovf:compression` and `ovf:chunkSize` removed: the entry is
+///   written whole, as is;
 /// * `Disk/@ovf:populatedSize` of the disk using each href in `populated`
 ///   is set;
 /// * `Disk/@ovf:format` of the disk using each href in either list is set
@@ -484,6 +485,7 @@ fn file_splices(
         let prefix = l.prefix_of("href");
         l.set("size", &size.to_string(), prefix, out);
         l.remove("compression", out);
+        l.remove("chunkSize", out);
     }
     Ok(())
 }
@@ -802,6 +804,21 @@ mod tests {
             fill_sizes(VMWARE.as_bytes(), &[], &[]).unwrap(),
             VMWARE.as_bytes()
         );
+    }
+
+    #[test]
+    fn a_chunked_file_is_written_whole() {
+        let xml = VMWARE.replace(
+            r#"ovf:size="301619712"/>"#,
+            r#"ovf:size="301619712" ovf:chunkSize="100000000"/>"#,
+        );
+        assert_eq!(
+            parse(xml.as_bytes()).unwrap().files[0].chunk_size,
+            Some(100_000_000)
+        );
+        let out = fill_sizes(xml.as_bytes(), &s(&[("photon-disk1.vmdk", 4096)]), &[]).unwrap();
+        let f = &parse(&out).unwrap().files[0];
+        assert_eq!((f.size, f.chunk_size), (Some(4096), None));
     }
 
     #[test]

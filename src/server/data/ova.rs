@@ -24,6 +24,8 @@ use super::BusyGuard;
 use super::blocking::{self, ChannelWriter};
 use super::image::{add_disposition, range_error};
 use crate::error::{Error, ErrorKind, Result};
+use crate::names::printable;
+use crate::ova::ovf::split_chunk_name;
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::server::config::DataConfig;
@@ -50,26 +52,47 @@ fn ova_of(t: &TicketHandle) -> Result<&ResolvedOva> {
     })
 }
 
-/// The import targets an `ova-import` ticket maps.
+/// The import targets an `ova-import` ticket or job maps: a disk with a
+/// file by its href, a blank disk by its disk id.
 pub(crate) fn import_targets(ova: &ResolvedOva) -> Result<Targets> {
     let mut map = BTreeMap::new();
     for d in &ova.disks {
+        let name = match (&d.disk_id, d.href.is_empty()) {
+            (None, _) => &d.href,
+            (Some(id), true) => id,
+            (Some(_), false) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "disk '{}': give href for a disk with a file, disk_id for a blank disk, not both",
+                        printable(&d.href)
+                    ),
+                ));
+            }
+        };
         let format = match d.format.as_deref() {
             None => TargetFormat::Raw,
             Some(f) => TargetFormat::parse(f).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidArgument,
-                    format!("disk '{}': unknown target format '{f}'", d.href),
+                    format!(
+                        "disk '{}': unknown target format '{}'",
+                        printable(name),
+                        printable(f)
+                    ),
                 )
             })?,
         };
-        map.insert(
-            d.href.clone(),
-            DiskTarget {
-                path: d.path.clone(),
-                format,
-            },
-        );
+        let target = DiskTarget {
+            path: d.path.clone(),
+            format,
+        };
+        if map.insert(name.clone(), target).is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("disk '{}' is named twice", printable(name)),
+            ));
+        }
     }
     Ok(Targets::Map(map))
 }
@@ -102,6 +125,15 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
         .disks
         .iter()
         .map(|d| {
+            if let Some(id) = &d.disk_id {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "disk_id '{}': only an import creates blank disks; name each disk of an export by its href",
+                        printable(id)
+                    ),
+                ));
+            }
             let format = match d.format.as_deref() {
                 None => None,
                 Some("raw") => Some(VolumeFormat::Raw),
@@ -143,8 +175,25 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
     })
 }
 
+/// The disk an entry feeds: the disk whose href is its name, or the
+/// chunked file it is a chunk of.
+fn disk_of<'a>(hrefs: &'a [String], entry: &str) -> Option<&'a String> {
+    hrefs.iter().find(|h| *h == entry).or_else(|| {
+        let (href, _) = split_chunk_name(entry)?;
+        hrefs.iter().find(|h| *h == href)
+    })
+}
+
+/// Bytes of every entry of the disk `href` seen so far: its chunks add up.
+fn disk_bytes(hrefs: &[String], seen: &BTreeMap<String, u64>, href: &str) -> u64 {
+    seen.iter()
+        .filter(|(e, _)| disk_of(hrefs, e).is_some_and(|h| h == href))
+        .map(|(_, b)| b)
+        .sum()
+}
+
 /// Reports the current disk's bytes from the pipeline's progress record
-/// and remembers them, so the final state keeps the count.
+/// and remembers each entry's, so the final state keeps the count.
 fn report_disk(
     t: &TicketHandle,
     hrefs: &[String],
@@ -153,27 +202,33 @@ fn report_disk(
 ) {
     // The entry that ended inside the last chunk, with its final count.
     let (prev, prev_bytes) = p.previous_entry();
-    if hrefs.contains(&prev) && seen.get(&prev) != Some(&prev_bytes) {
-        t.set_disk_progress(&prev, prev_bytes, TransferState::Active);
+    if let Some(h) = disk_of(hrefs, &prev)
+        && seen.get(&prev) != Some(&prev_bytes)
+    {
         seen.insert(prev, prev_bytes);
+        t.set_disk_progress(h, disk_bytes(hrefs, seen, h), TransferState::Active);
     }
     let entry = p.entry();
-    if hrefs.contains(&entry) {
-        let bytes = p.entry_bytes();
-        t.set_disk_progress(&entry, bytes, TransferState::Active);
-        seen.insert(entry, bytes);
+    if let Some(h) = disk_of(hrefs, &entry) {
+        seen.insert(entry, p.entry_bytes());
+        t.set_disk_progress(h, disk_bytes(hrefs, seen, h), TransferState::Active);
     }
 }
 
-/// Sets every disk's final state, keeping the bytes last seen.
+/// Sets every disk's final state, keeping the bytes last seen; a blank
+/// disk has no bytes, only the outcome.
 fn finish_disks(
     t: &TicketHandle,
+    ova: &ResolvedOva,
     hrefs: &[String],
     seen: &BTreeMap<String, u64>,
     state: TransferState,
 ) {
     for h in hrefs {
-        t.set_disk_progress(h, seen.get(h).copied().unwrap_or(0), state);
+        t.set_disk_progress(h, disk_bytes(hrefs, seen, h), state);
+    }
+    for id in ova.disks.iter().filter_map(|d| d.disk_id.as_deref()) {
+        t.set_blank_disk_state(id, state);
     }
 }
 
@@ -239,7 +294,13 @@ pub(super) async fn put(
     }
     let targets = import_targets(&ova)?;
     t.begin()?;
-    let hrefs: Arc<Vec<String>> = Arc::new(ova.disks.iter().map(|d| d.href.clone()).collect());
+    let hrefs: Arc<Vec<String>> = Arc::new(
+        ova.disks
+            .iter()
+            .filter(|d| !d.href.is_empty())
+            .map(|d| d.href.clone())
+            .collect(),
+    );
     let progress = t.progress();
     let t = Arc::new(t);
     tracing::info!(length, disks = hrefs.len(), "OVA upload started");
@@ -328,7 +389,7 @@ pub(super) async fn put(
     };
     match outcome {
         Ok(summary) => {
-            finish_disks(&t, &hrefs, &seen, TransferState::Succeeded);
+            finish_disks(&t, &ova, &hrefs, &seen, TransferState::Succeeded);
             t.succeed();
             tracing::info!(
                 bytes = received,
@@ -339,7 +400,7 @@ pub(super) async fn put(
         }
         Err(e) => {
             let msg = e.one_line();
-            finish_disks(&t, &hrefs, &seen, TransferState::Failed);
+            finish_disks(&t, &ova, &hrefs, &seen, TransferState::Failed);
             t.fail(msg.clone());
             tracing::warn!(bytes = received, error = %msg, "OVA import failed");
             Err(e)
