@@ -351,6 +351,16 @@ listen = "127.0.0.1:54324"
     }
 
     #[test]
+    fn the_shipped_service_configuration_is_valid() {
+        let c = ServeConfig::from_toml(include_str!("../../dist/ovaio.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/ovaio"));
+        assert_eq!(c.roots, vec![PathBuf::from("/var/lib/ovaio/storage")]);
+        assert_eq!(c.control_socket(), PathBuf::from("/run/ovaio/control.sock"));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_field() {
         let e = ServeConfig::from_toml("[data]\nlisten = \"nowhere\"").unwrap_err();
         assert!(e.to_string().contains("data.listen"), "{e}");
