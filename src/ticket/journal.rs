@@ -85,22 +85,24 @@ impl Journal {
     /// Replaces the record `name` (a plain file name without the suffix)
     /// with `data`, durably.
     pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&self.dir)?;
-        tmp.write_all(data)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(self.path(name)).map_err(|e| e.error)?;
-        self.handle.sync_all()
+        off_the_runtime(|| {
+            let mut tmp = tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(&self.dir)?;
+            tmp.write_all(data)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(self.path(name)).map_err(|e| e.error)?;
+            self.handle.sync_all()
+        })
     }
 
     /// Removes the record `name`, durably; a missing record is no error.
     pub fn remove(&self, name: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.path(name)) {
+        off_the_runtime(|| match std::fs::remove_file(self.path(name)) {
             Ok(()) => self.handle.sync_all(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
-        }
+        })
     }
 
     /// Every record as (name, contents), sorted by name. Temporary files
@@ -142,6 +144,20 @@ impl Journal {
         let mut file = name.to_owned();
         file.push_str(RECORD_SUFFIX);
         self.dir.join(OsStr::new(&file))
+    }
+}
+
+/// Runs file I/O that waits for the disk (two fsyncs, a few
+/// milliseconds). Called on a worker of tokio's multi-thread runtime (a
+/// control request, a transfer starting or ending), the worker first hands
+/// its other tasks to another thread, so that an fsync never holds up
+/// requests that have nothing to do with it. Anywhere else (a job's
+/// thread, the blocking pool, a single-threaded runtime) it just runs.
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -220,5 +236,31 @@ mod tests {
         assert_eq!(j.load(), vec![("ok".to_owned(), b"1".to_vec())]);
         assert!(!dir.join(".tmp-crashed").exists());
         assert!(dir.join("big.json").exists(), "kept for the operator");
+    }
+
+    #[test]
+    fn writes_from_runtime_threads_of_either_flavour() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(Journal::open(tmp.path()).unwrap());
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let j2 = j.clone();
+        let task = multi.spawn(async move {
+            j2.write("worker", b"1").unwrap();
+            let j3 = j2.clone();
+            tokio::task::spawn_blocking(move || j3.write("pool", b"2").unwrap())
+                .await
+                .unwrap();
+            j2.remove("worker").unwrap();
+        });
+        multi.block_on(task).unwrap();
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        single.block_on(async { j.write("single", b"3").unwrap() });
+        let names: Vec<String> = j.load().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["pool", "single"]);
     }
 }
