@@ -146,7 +146,6 @@ fn io_error(e: std::io::Error, what: &str, path: &Path) -> Error {
 
 /// The certificate and key the data API presents, read from two PEM files
 /// and read again from the same files by [`ReloadableCert::reload`].
-#[derive(Debug)]
 pub struct ReloadableCert {
     cert: PathBuf,
     key: PathBuf,
@@ -193,6 +192,17 @@ impl ReloadableCert {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// Names the files and the certificate in use, never the key.
+impl std::fmt::Debug for ReloadableCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableCert")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("fingerprint", &self.fingerprint())
+            .finish()
     }
 }
 

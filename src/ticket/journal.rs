@@ -247,7 +247,7 @@ mod tests {
             .build()
             .unwrap();
         let j2 = j.clone();
-        let task = multi.spawn(async move {
+        let spawned = multi.spawn(async move {
             j2.write("worker", b"1").unwrap();
             let j3 = j2.clone();
             tokio::task::spawn_blocking(move || j3.write("pool", b"2").unwrap())
@@ -255,7 +255,7 @@ mod tests {
                 .unwrap();
             j2.remove("worker").unwrap();
         });
-        multi.block_on(task).unwrap();
+        multi.block_on(spawned).unwrap();
         let single = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
