@@ -22,6 +22,10 @@ want curl curl "server tests and the README walkthrough"
 want chromium chromium "browser upload tests"
 want chromedriver chromium-driver "browser upload tests"
 want groff groff-base "manual page test"
+want systemd-analyze systemd "checks the shipped unit (verify, security)"
+want systemd-sysusers systemd "checks the shipped sysusers.d entry"
+want openssl openssl "certificate reload test: the certificate a client is shown"
+want mkfifo coreutils "restart test: a job reading from a pipe"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
   { need+=(python3-venv); why+=("venv for ovirt-imageio and selenium"); }
 if [ ${#need[@]} -gt 0 ]; then

@@ -96,3 +96,11 @@ pub const MAX_BACKING_CHAIN: usize = 16;
 pub const MAX_TICKET_TIMEOUT: u64 = 30 * 24 * 3600;
 /// Longest ticket id accepted (bytes).
 pub const MAX_TICKET_ID_LEN: usize = 256;
+/// Tickets held at once, expired ones not counted. Each is kept in memory
+/// and journaled in the state directory, so this bounds both; an engine
+/// removes a ticket once its transfer is done, and a few thousand is far
+/// more than one host moves at once.
+pub const MAX_TICKETS: usize = 4096;
+/// Largest journal record read back at start-up (bytes): a ticket body is
+/// at most 1 MiB, plus its resolved paths; a job's summary is smaller.
+pub const MAX_JOURNAL_RECORD: u64 = 4 << 20;

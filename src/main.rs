@@ -9,7 +9,7 @@ use ovaio::cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ovaio::cli::init_logging(cli.verbose, cli.is_server());
+    ovaio::cli::init_logging(cli.verbose, cli.is_server(), cli.log_format());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

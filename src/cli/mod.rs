@@ -24,6 +24,7 @@ mod signals;
 use clap::{Parser, Subcommand};
 
 use crate::error::Result;
+use crate::server::config::LogFormat;
 
 /// Streams virtual-machine disks in and out of OVA packages.
 #[derive(Debug, Parser)]
@@ -56,6 +57,15 @@ impl Cli {
     /// Whether the command is a long-running server (logs at info by default).
     pub fn is_server(&self) -> bool {
         matches!(self.command, Command::Serve(_))
+    }
+
+    /// How the command's log lines are written: as `serve` is told, else
+    /// text.
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve(a) => a.log_format(),
+            _ => LogFormat::Text,
+        }
     }
 }
 
@@ -97,8 +107,10 @@ pub(crate) fn split_disk_spec<'a>(
 }
 
 /// Installs a `tracing` subscriber writing to stderr: `RUST_LOG` when set,
-/// else warnings (info for a server) raised by each `-v`.
-pub fn init_logging(verbose: u8, server: bool) {
+/// else warnings (info for a server) raised by each `-v`. As JSON, each
+/// line is one object with `timestamp`, `level`, `fields` (`message` and
+/// the event's fields), the innermost `span` and the list of `spans`.
+pub fn init_logging(verbose: u8, server: bool, format: LogFormat) {
     let level = match verbose + u8::from(server) {
         0 => "warn",
         1 => "info",
@@ -107,10 +119,19 @@ pub fn init_logging(verbose: u8, server: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ovaio={level},warn")));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_ansi(false)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }

@@ -1,13 +1,21 @@
-//! `ovaio serve [--config FILE]`: the data and control APIs.
+//! `ovaio serve [--config FILE]`: the data and control APIs, and what a
+//! service manager needs from them: with `NOTIFY_SOCKET` set (systemd's
+//! `Type=notify`) the server says `READY=1` once both APIs listen,
+//! `RELOADING=1` then `READY=1` around a SIGHUP's certificate reload, and
+//! `STOPPING=1` when asked to stop. The messages go through the
+//! `sd-notify` crate (a datagram to the socket, abstract names included).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
+use sd_notify::NotifyState;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::server::config::ServeConfig;
+use crate::server::config::{LogFormat, ServeConfig};
+use crate::server::tls::ReloadableCert;
 
 /// Arguments of `ovaio serve`; flags override the configuration file,
 /// which overrides the embedded defaults.
@@ -43,9 +51,24 @@ pub(crate) struct ServeArgs {
     /// Data API connections served at once.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Log lines on stderr as text, or as one JSON object per line (for
+    /// the journal) [default: the configuration's log.format, else text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
+    /// The log format: the flag, else the configuration file's. A file
+    /// that cannot be read gives text here; running reports its error.
+    pub(crate) fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_else(|| match &self.config {
+            Some(p) => ServeConfig::load(p)
+                .map(|c| c.log.format)
+                .unwrap_or_default(),
+            None => LogFormat::default(),
+        })
+    }
+
     fn config(&self) -> Result<ServeConfig> {
         let mut c = match &self.config {
             Some(p) => ServeConfig::load(p)?,
@@ -77,6 +100,9 @@ impl ServeArgs {
         if let Some(n) = self.max_connections {
             c.data.max_connections = n;
         }
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
         Ok(c)
     }
 }
@@ -88,7 +114,69 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         .thread_name("ovaio-serve")
         .build()
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start the runtime: {e}")))?;
-    rt.block_on(crate::server::serve(cfg, shutdown_signal(), |ep| {
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Installed before anything can send it: SIGHUP's default action
+        // would end the server.
+        let hangup = signal(SignalKind::hangup());
+        let shutdown = shutdown_signal();
+        let stopping = async {
+            shutdown.await;
+            notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        };
+        crate::server::serve(cfg, stopping, move |ep| {
+            print_endpoints(ep);
+            match hangup {
+                Ok(h) => {
+                    tokio::spawn(reload_on_hangup(h, ep.certificate.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; the certificate cannot be reloaded"),
+            }
+            let status = format!("serving https://{}/images/", ep.data);
+            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        })
+        .await
+    })
+}
+
+/// Sends `states` to the service manager, when one asked for them.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// Reloads the certificate and key on every SIGHUP. A pair that does not
+/// load leaves the one in use, with an error line saying why.
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, cert: Arc<ReloadableCert>) {
+    while hangup.recv().await.is_some() {
+        // systemd 253 and later want the time with RELOADING=1.
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(NotifyState::monotonic_usec_now().ok());
+        notify(&states);
+        let c = cert.clone();
+        let r = tokio::task::spawn_blocking(move || c.reload()).await;
+        let status = match r {
+            Ok(Ok(fingerprint)) => {
+                tracing::info!(cert = %cert.cert_path().display(), %fingerprint, "certificate reloaded");
+                "serving; certificate reloaded".to_owned()
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e.one_line(), fingerprint = %cert.fingerprint(), "certificate not reloaded; the one in use stays");
+                format!("serving; certificate reload failed: {}", e.one_line())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload did not finish; the one in use stays");
+                "serving; certificate reload failed".to_owned()
+            }
+        };
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+}
+
+/// The start-up lines on stdout: where everything is, then `ready`.
+fn print_endpoints(ep: &crate::server::Endpoints) {
+    {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
@@ -108,27 +196,36 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         for r in &ep.roots {
             let _ = writeln!(out, "ovaio serve: storage root {}", r.display());
         }
-        let _ = writeln!(out, "ovaio serve: ready (SIGTERM or Ctrl-C stops)");
+        let _ = writeln!(
+            out,
+            "ovaio serve: ready (SIGHUP reloads the certificate; SIGTERM or Ctrl-C stops)"
+        );
         let _ = out.flush();
-    }))
+    }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed at the
+/// call, not when the future is first polled, so that neither signal can
+/// end the process by its default action once the server says it is
+/// ready.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

@@ -138,6 +138,19 @@ impl AllowedRoots {
         }
     }
 
+    /// Whether the canonical path `canon` (as [`AllowedRoots::check`] once
+    /// gave it) lies under a root now, judged by its text alone: for paths
+    /// kept across a restart, whose roots may have changed meanwhile. Any
+    /// later open still goes beneath the root.
+    pub fn holds(&self, canon: &Path) -> bool {
+        use std::path::Component;
+        canon.is_absolute()
+            && canon
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+            && (self.roots.is_none() || self.root_of(canon).is_some())
+    }
+
     /// The root holding the canonical path `canon`, and the rest of it.
     fn root_of<'a>(&'a self, canon: &'a Path) -> Option<(&'a Root, &'a Path)> {
         self.roots

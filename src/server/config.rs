@@ -16,6 +16,9 @@
 //! [control]
 //! socket = "/run/ovaio/control.sock"  # default: state_dir/control.sock
 //! listen = "127.0.0.1:54324"          # optional loopback TCP
+//!
+//! [log]
+//! format = "json"                     # one JSON object per line; default text
 //! ```
 
 use std::net::SocketAddr;
@@ -45,6 +48,27 @@ pub struct ServeConfig {
     pub data: DataConfig,
     /// The control API.
     pub control: ControlConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// How log lines are written on stderr.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (level, fields, spans): for the journal
+    /// and log collectors.
+    Json,
 }
 
 /// Data API settings.
@@ -108,6 +132,7 @@ impl ServeConfig {
                 socket: None,
                 listen: None,
             },
+            log: LogConfig::default(),
         }
     }
 
@@ -154,6 +179,9 @@ impl ServeConfig {
             if let Some(l) = k.listen {
                 c.control.listen = Some(parse_addr("control.listen", &l)?);
             }
+        }
+        if let Some(l) = file.log {
+            set(&mut c.log.format, l.format);
         }
         Ok(c)
     }
@@ -247,6 +275,13 @@ struct FileConfig {
     roots: Option<Vec<PathBuf>>,
     data: Option<FileData>,
     control: Option<FileControl>,
+    log: Option<FileLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: Option<LogFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,7 +342,22 @@ listen = "127.0.0.1:54324"
         assert_eq!(c.data.header_timeout, 30);
         assert_eq!(c.data.queue_depth, 4);
         assert_eq!(c.control.listen.map(|a| a.port()), Some(54324));
+        assert_eq!(c.log.format, LogFormat::Text);
         c.validate().unwrap();
+        let c = ServeConfig::from_toml("[log]\nformat = \"json\"").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let e = ServeConfig::from_toml("[log]\nformat = \"xml\"").unwrap_err();
+        assert!(e.to_string().contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_service_configuration_is_valid() {
+        let c = ServeConfig::from_toml(include_str!("../../dist/ovaio.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/ovaio"));
+        assert_eq!(c.roots, vec![PathBuf::from("/var/lib/ovaio/storage")]);
+        assert_eq!(c.control_socket(), PathBuf::from("/run/ovaio/control.sock"));
+        assert_eq!(c.log.format, LogFormat::Json);
     }
 
     #[test]

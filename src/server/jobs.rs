@@ -3,6 +3,12 @@
 //! job runs the same pipeline as the command line on a thread of its own
 //! and reports into a [`Progress`] the control API shows.
 //!
+//! With a journal ([`Jobs::with_journal`]) each job is recorded when it
+//! is accepted and when it ends (the outcome before it becomes visible),
+//! and [`Jobs::restore`] reads the records back at start-up: a finished
+//! job keeps its outcome, one that was running is `failed` with the
+//! reason [`RESTARTED`].
+//!
 //! ```json
 //! {"type": "import", "source": "file:///nfs/in/vm.ova",
 //!  "disks": [{"href": "disk1.vmdk", "url": "file:///srv/images/d1.qcow2", "format": "qcow2"}]}
@@ -11,8 +17,9 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -24,11 +31,12 @@ use crate::pipeline::progress::Progress;
 use crate::server::data::{export_request, import_targets};
 use crate::sink::partial::{self, Existing, PartialFile};
 use crate::source::volume::AllowedRoots;
-use crate::ticket::{OvaDisk, ResolvedDisk, ResolvedOva, TicketStore, TransferState};
+use crate::ticket::journal::Journal;
+use crate::ticket::{OvaDisk, RESTARTED, ResolvedDisk, ResolvedOva, TicketStore, TransferState};
 
-/// Jobs kept at once (finished ones included); older finished jobs are
-/// dropped first.
-const MAX_JOBS: usize = 256;
+/// Jobs kept at once (finished ones included), in memory and in the
+/// journal; older finished jobs are dropped first.
+pub const MAX_JOBS: usize = 256;
 
 /// The body of `POST /jobs`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -66,7 +74,7 @@ pub enum JobRequest {
 }
 
 /// What `GET /jobs/{id}` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobStatus {
     /// The job id.
     pub id: String,
@@ -102,9 +110,12 @@ struct Job {
     progress: Arc<Progress>,
     created: u64,
     outcome: Mutex<Outcome>,
+    /// The files the job writes, whose partial files an interruption
+    /// leaves behind.
+    targets: Vec<PathBuf>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Outcome {
     state: Option<TransferState>,
     error: Option<String>,
@@ -112,12 +123,92 @@ struct Outcome {
     finished: Option<u64>,
 }
 
+type Map = HashMap<String, Arc<Job>>;
+
 /// Every job, by id.
 #[derive(Debug)]
 pub struct Jobs {
     store: Arc<TicketStore>,
-    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    jobs: Arc<Mutex<Map>>,
     next: AtomicU64,
+    journal: Option<Arc<JobJournal>>,
+}
+
+/// What a job's journal record holds: its status as `GET` shows it and
+/// the files it writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct JobRecord {
+    /// [`RECORD_VERSION`].
+    version: u32,
+    status: JobStatus,
+    targets: Vec<PathBuf>,
+}
+
+/// The layout of [`JobRecord`].
+const RECORD_VERSION: u32 = 1;
+
+/// The jobs' journal, shared with the job threads.
+#[derive(Debug)]
+struct JobJournal {
+    journal: Journal,
+    jobs: Arc<Mutex<Map>>,
+    /// Set at shutdown: cancellations from then on are not journaled, so
+    /// that a restarted server reports those jobs as cut short.
+    stopping: AtomicBool,
+}
+
+/// What [`Jobs::restore`] found in the journal.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoredJobs {
+    /// Jobs known again.
+    pub jobs: usize,
+    /// Jobs that were running, now `failed`.
+    pub interrupted: usize,
+    /// The files those jobs were writing, whose partial files are left over.
+    pub interrupted_targets: Vec<PathBuf>,
+}
+
+impl JobJournal {
+    /// Makes the record of `id` say what the job list holds (with
+    /// `outcome` in place of the job's own), then runs `apply`, all in
+    /// the journal's lock.
+    fn write(&self, id: &str, outcome: Option<&Outcome>, apply: impl FnOnce()) {
+        let _held = self.journal.lock();
+        let job = lock_map(&self.jobs).get(id).cloned();
+        let r = match job {
+            None => self.journal.remove(id),
+            Some(job) => {
+                let mut status = job.status();
+                if let Some(o) = outcome {
+                    status.state = o.state.unwrap_or(status.state);
+                    status.error.clone_from(&o.error);
+                    status.result.clone_from(&o.result);
+                    status.finished = o.finished;
+                }
+                let record = JobRecord {
+                    version: RECORD_VERSION,
+                    status,
+                    targets: job.targets.clone(),
+                };
+                serde_json::to_vec(&record)
+                    .map_err(std::io::Error::other)
+                    .and_then(|data| self.journal.write(id, &data))
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(job = %id, error = %e, "cannot journal the job; a restart would not know this change");
+        }
+        apply();
+    }
+}
+
+fn lock_map(m: &Mutex<Map>) -> MutexGuard<'_, Map> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether `id` can name a record file: the ids this server makes.
+fn is_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn now() -> u64 {
@@ -132,9 +223,98 @@ impl Jobs {
     pub fn new(store: Arc<TicketStore>) -> Self {
         Jobs {
             store,
-            jobs: Mutex::new(HashMap::new()),
+            jobs: Arc::new(Mutex::new(HashMap::new())),
             next: AtomicU64::new(1),
+            journal: None,
         }
+    }
+
+    /// Journals every job in `journal` from now on; call
+    /// [`Jobs::restore`] first thing to read back what it holds.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(Arc::new(JobJournal {
+            journal,
+            jobs: self.jobs.clone(),
+            stopping: AtomicBool::new(false),
+        }));
+        self
+    }
+
+    /// Reads back the jobs journaled by an earlier run (the newest
+    /// [`MAX_JOBS`]). A finished job keeps its outcome; one that was
+    /// pending or running is marked `failed` with the reason
+    /// [`RESTARTED`], finished now, and the files it was writing are
+    /// returned so that their partial files can be removed.
+    pub fn restore(&self) -> RestoredJobs {
+        let mut out = RestoredJobs::default();
+        let Some(jj) = &self.journal else {
+            return out;
+        };
+        let mut records: Vec<JobRecord> = Vec::new();
+        for (name, data) in jj.journal.load() {
+            match serde_json::from_slice::<JobRecord>(&data) {
+                Ok(r) if r.version == RECORD_VERSION && r.status.id == name && is_job_id(&name) => {
+                    records.push(r)
+                }
+                Ok(_) => {
+                    tracing::warn!(record = %name, "journal record of another layout or name skipped")
+                }
+                Err(e) => {
+                    tracing::warn!(record = %name, error = %e, "unreadable journal record skipped")
+                }
+            }
+        }
+        records.sort_by(|a, b| {
+            (a.status.created, &a.status.id).cmp(&(b.status.created, &b.status.id))
+        });
+        let excess = records.len().saturating_sub(MAX_JOBS);
+        for r in records.drain(..excess) {
+            if let Err(e) = jj.journal.remove(&r.status.id) {
+                tracing::warn!(job = %r.status.id, error = %e, "cannot remove a journal record");
+            }
+        }
+        let mut changed = Vec::new();
+        let mut next = 1;
+        for r in records {
+            let st = r.status;
+            let mut outcome = Outcome {
+                state: Some(st.state),
+                error: st.error,
+                result: st.result,
+                finished: st.finished,
+            };
+            if !st.state.is_final() {
+                outcome.state = Some(TransferState::Failed);
+                outcome.error = Some(RESTARTED.to_owned());
+                outcome.finished = Some(now());
+                out.interrupted += 1;
+                out.interrupted_targets.extend(r.targets.iter().cloned());
+                tracing::warn!(job = %st.id, "job cut short by a restart: marked failed");
+                changed.push(st.id.clone());
+            }
+            if let Some(n) = st.id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
+                next = next.max(n.saturating_add(1));
+            }
+            let progress = Progress::new(st.total);
+            progress.add_read(st.bytes);
+            progress.set_entry(&st.entry);
+            let job = Job {
+                id: st.id.clone(),
+                request: st.request,
+                progress: Arc::new(progress),
+                created: st.created,
+                outcome: Mutex::new(outcome),
+                targets: r.targets,
+            };
+            self.lock().insert(st.id, Arc::new(job));
+            out.jobs += 1;
+        }
+        // Ids go on from the restored ones, so that none is given twice.
+        self.next.fetch_max(next, Ordering::Relaxed);
+        for id in changed {
+            jj.write(&id, None, || {});
+        }
+        out
     }
 
     /// Checks the request, then starts it on its own thread. Every path is
@@ -149,7 +329,9 @@ impl Jobs {
             progress: progress.clone(),
             created: now(),
             outcome: Mutex::new(Outcome::default()),
+            targets: work.targets(),
         });
+        let mut evicted = None;
         {
             let mut map = self.lock();
             if map.len() >= MAX_JOBS {
@@ -162,6 +344,7 @@ impl Jobs {
                 match done.first() {
                     Some((_, old)) => {
                         map.remove(&old.clone());
+                        evicted = Some(old.clone());
                     }
                     None => {
                         return Err(Error::new(
@@ -173,16 +356,25 @@ impl Jobs {
             }
             map.insert(id.clone(), job.clone());
         }
+        if let Some(jj) = &self.journal {
+            if let Some(old) = evicted {
+                jj.write(&old, None, || {});
+            }
+            jj.write(&id, None, || {});
+        }
         let j = job.clone();
-        std::thread::Builder::new()
+        let journal = self.journal.clone();
+        let spawned = std::thread::Builder::new()
             .name(format!("job-{id}"))
             .spawn(move || {
                 let span = tracing::info_span!("job", id = %j.id);
                 let _e = span.enter();
                 j.set_state(TransferState::Active);
                 let r = work.run(j.progress.clone());
-                let mut o = j.outcome();
-                o.finished = Some(now());
+                let mut o = Outcome {
+                    finished: Some(now()),
+                    ..Outcome::default()
+                };
                 match r {
                     Ok(v) => {
                         tracing::info!("job succeeded");
@@ -199,8 +391,25 @@ impl Jobs {
                         o.error = Some(e.one_line());
                     }
                 }
-            })
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start a job thread: {e}")))?;
+                let apply = || *j.outcome() = o.clone();
+                match &journal {
+                    Some(jj)
+                        if !(o.state == Some(TransferState::Cancelled)
+                            && jj.stopping.load(Ordering::SeqCst)) =>
+                    {
+                        jj.write(&j.id, Some(&o), apply)
+                    }
+                    _ => apply(),
+                }
+            });
+        if let Err(e) = spawned {
+            // Not started: forget it, record included.
+            self.remove(&id);
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot start a job thread: {e}"),
+            ));
+        }
         Ok(job.status())
     }
 
@@ -221,13 +430,23 @@ impl Jobs {
 
     /// Cancels a running job and forgets it; unknown ids succeed (a retry).
     pub fn remove(&self, id: &str) {
-        if let Some(j) = self.lock().remove(id) {
+        let removed = self.lock().remove(id);
+        if let Some(j) = removed {
             j.progress.cancel();
+        }
+        if let Some(jj) = &self.journal
+            && is_job_id(id)
+        {
+            jj.write(id, None, || {});
         }
     }
 
-    /// Cancels every running job (server shutdown).
+    /// Cancels every running job (server shutdown). Their records keep
+    /// the state before the cancellation (see [`Jobs::restore`]).
     pub fn cancel_all(&self) {
+        if let Some(jj) = &self.journal {
+            jj.stopping.store(true, Ordering::SeqCst);
+        }
         for j in self.lock().values() {
             j.progress.cancel();
         }
@@ -241,8 +460,8 @@ impl Jobs {
             .count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
-        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        lock_map(&self.jobs)
     }
 
     fn resolve(&self, r: &JobRequest) -> Result<Work> {
@@ -355,6 +574,14 @@ fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value> {
 }
 
 impl Work {
+    /// The files the job writes.
+    fn targets(&self) -> Vec<PathBuf> {
+        match self {
+            Work::Import { ova, .. } => ova.disks.iter().map(|d| d.path.clone()).collect(),
+            Work::Export { target, .. } => vec![target.clone()],
+        }
+    }
+
     /// What `total` shows: an import reads its package whole, so its size
     /// is known at the start; an export's is known only once the plan is
     /// made, and its `result` then carries it.

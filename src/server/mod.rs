@@ -20,6 +20,7 @@ pub mod http;
 pub mod io;
 pub mod jobs;
 pub mod range;
+pub mod state;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -41,7 +42,6 @@ use tokio_rustls::TlsAcceptor;
 use self::config::ServeConfig;
 use self::control::ControlApi;
 use self::data::DataApi;
-use self::jobs::Jobs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::TicketStore;
@@ -77,6 +77,8 @@ pub struct Endpoints {
     pub control_tcp: Option<SocketAddr>,
     /// Canonical storage roots.
     pub roots: Vec<PathBuf>,
+    /// The data API's certificate, to reload on SIGHUP.
+    pub certificate: Arc<tls::ReloadableCert>,
 }
 
 /// Runs the server until `shutdown` completes; `ready` is called once
@@ -103,10 +105,10 @@ pub async fn serve(
         },
         _ => tls::ensure_self_signed(&cfg.state_dir.join("tls"), &[])?,
     };
-    let acceptor = TlsAcceptor::from(tls::server_config(&tls.cert, &tls.key)?);
+    let certificate = tls::ReloadableCert::load(&tls.cert, &tls.key)?;
+    let acceptor = TlsAcceptor::from(tls::server_config_for(certificate.clone())?);
 
-    let store = Arc::new(TicketStore::new(roots));
-    let jobs = Arc::new(Jobs::new(store.clone()));
+    let (store, jobs) = state::open(&cfg.state_dir, roots)?;
     let data_api = Arc::new(DataApi::new(store.clone(), cfg.data.clone()));
     let control_api = Arc::new(ControlApi::new(store.clone(), jobs.clone()));
 
@@ -134,6 +136,7 @@ pub async fn serve(
             None => None,
         },
         roots: canon_roots,
+        certificate,
     };
     tracing::info!(data = %endpoints.data, control = %socket_path.display(), "serving");
     ready(&endpoints);

@@ -1,15 +1,24 @@
 //! TLS for the data API: a self-signed certificate on first start and the
 //! rustls server configuration built from PEM files.
+//!
+//! The certificate is served through [`ReloadableCert`], so that SIGHUP
+//! can replace it while the server runs: handshakes after a reload
+//! present the new one, connections already open keep theirs, and files
+//! that do not make a usable pair leave the old one in place.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -135,10 +144,104 @@ fn io_error(e: std::io::Error, what: &str, path: &Path) -> Error {
     Error::new(ErrorKind::Io, format!("{what}: {e}")).at_path(path)
 }
 
+/// The certificate and key the data API presents, read from two PEM files
+/// and read again from the same files by [`ReloadableCert::reload`].
+pub struct ReloadableCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// Loads `cert` and `key`; errors name the file and what is wrong.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<ReloadableCert>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = certified_key(cert, key, &provider)?;
+        Ok(Arc::new(ReloadableCert {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            provider,
+            current: RwLock::new(current),
+        }))
+    }
+
+    /// Reads both files again and, if they make a usable pair, serves
+    /// them to every handshake from now on; returns the new fingerprint.
+    /// On an error the certificate in use stays.
+    pub fn reload(&self) -> Result<String> {
+        let new = certified_key(&self.cert, &self.key, &self.provider)?;
+        let fp = fingerprint(&new);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = new;
+        Ok(fp)
+    }
+
+    /// The SHA-256 of the end-entity certificate in use (hex, as
+    /// `openssl x509 -fingerprint -sha256` shows it, without colons).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.current())
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Names the files and the certificate in use, never the key.
+impl std::fmt::Debug for ReloadableCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableCert")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("fingerprint", &self.fingerprint())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn fingerprint(k: &CertifiedKey) -> String {
+    k.cert
+        .first()
+        .map(|c| hex::encode(Sha256::digest(c.as_ref())))
+        .unwrap_or_default()
+}
+
 /// A rustls server configuration from PEM files: the ring crypto provider,
 /// TLS 1.3 and 1.2 only, no client authentication, ALPN `http/1.1`.
 /// Errors name the file and what is wrong with it.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    server_config_for(ReloadableCert::load(cert, key)?)
+}
+
+/// The configuration of [`server_config`], presenting whatever `cert`
+/// holds at each handshake.
+pub fn server_config_for(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = cert.provider.clone();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::new(ErrorKind::Unsupported, format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Reads a certificate chain and its private key and checks that they
+/// belong together.
+fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>> {
     let invalid = |p: &Path, msg: String| Error::new(ErrorKind::InvalidArgument, msg).at_path(p);
     let pem_error = |p: &Path, what: &str, e: rustls::pki_types::pem::Error| match e {
         rustls::pki_types::pem::Error::Io(io) => io_error(io, &format!("cannot read {what}"), p),
@@ -159,12 +262,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         other => pem_error(key, "private key", other),
     })?;
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::new(ErrorKind::Unsupported, format!("TLS setup: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
+    CertifiedKey::from_der(chain, key_der, provider)
+        .map(Arc::new)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => invalid(
                 key,
@@ -173,10 +272,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
                     cert.display()
                 ),
             ),
+            e @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+                invalid(cert, format!("unusable certificate: {e}"))
+            }
             other => invalid(key, format!("unusable private key: {other}")),
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+        })
 }
 
 #[cfg(test)]
@@ -310,5 +410,78 @@ mod tests {
         let e = server_config(&tmp.path().join("absent.crt"), &files.key).expect_err("missing");
         assert_eq!(e.kind(), ErrorKind::Io);
         assert!(e.to_string().contains("absent.crt"), "{e}");
+    }
+
+    /// The end-entity certificate a client is shown in a fresh handshake.
+    async fn presented(acceptor: &tokio_rustls::TlsAcceptor, trust: &[&Path]) -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        for p in trust {
+            for c in CertificateDer::pem_file_iter(p).expect("open cert") {
+                roots.add(c.expect("parse cert")).expect("add root");
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let acceptor = acceptor.clone();
+        let server = tokio::spawn(async move {
+            let mut tls = acceptor.accept(s).await.expect("server handshake");
+            tls.write_all(b"x").await.expect("server write");
+            tls.flush().await.expect("flush");
+        });
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, c).await.expect("client handshake");
+        let mut b = [0u8; 1];
+        tls.read_exact(&mut b).await.expect("client read");
+        server.await.expect("server task");
+        let (_, conn) = tls.get_ref();
+        conn.peer_certificates().expect("peer certificates")[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn reload_serves_new_pairs_and_keeps_the_old_on_a_bad_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let live = ensure_self_signed(&tmp.path().join("live"), &[]).expect("generate");
+        let next = ensure_self_signed(&tmp.path().join("next"), &[]).expect("generate");
+        let der = |p: &Path| {
+            CertificateDer::from_pem_file(p)
+                .expect("read cert")
+                .as_ref()
+                .to_vec()
+        };
+        let (first, second) = (der(&live.cert), der(&next.cert));
+        let old_cert = tmp.path().join("old.crt");
+        std::fs::copy(&live.cert, &old_cert).expect("keep a copy");
+        let trust = [old_cert.as_path(), next.cert.as_path()];
+
+        let rc = ReloadableCert::load(&live.cert, &live.key).expect("load");
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(server_config_for(rc.clone()).expect("config"));
+        assert_eq!(presented(&acceptor, &trust).await, first);
+        let fp0 = rc.fingerprint();
+        assert_eq!(fp0, hex::encode(Sha256::digest(&first)));
+
+        std::fs::copy(&next.cert, &live.cert).expect("new cert");
+        std::fs::copy(&next.key, &live.key).expect("new key");
+        let fp1 = rc.reload().expect("reload");
+        assert_ne!(fp1, fp0);
+        assert_eq!(presented(&acceptor, &trust).await, second);
+
+        // A key that is not one, then a key of another pair: refused, and
+        // the certificate in use stays.
+        std::fs::write(&live.key, b"garbage\n").expect("write");
+        let e = rc.reload().expect_err("garbage key");
+        assert!(e.to_string().contains("no private key"), "{e}");
+        let other = ensure_self_signed(&tmp.path().join("other"), &[]).expect("generate");
+        std::fs::copy(&other.key, &live.key).expect("mismatched key");
+        let e = rc.reload().expect_err("mismatch");
+        assert!(e.to_string().contains("does not match"), "{e}");
+        assert_eq!(rc.fingerprint(), fp1);
+        assert_eq!(presented(&acceptor, &trust).await, second);
     }
 }

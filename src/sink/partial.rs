@@ -317,6 +317,21 @@ fn remove_unheld(dir: &Dir, name: &OsStr) -> Result<()> {
     }
 }
 
+/// Removes the partial file of the target `path` unless a live transfer
+/// holds it; true when there was one to remove. For a transfer known to
+/// have been cut short (a server restarted mid-import).
+pub fn remove_stale_of(roots: &AllowedRoots, path: &Path) -> Result<bool> {
+    let (dir, name) = target_dir(roots, path)?;
+    let mut partial = name;
+    partial.push(PARTIAL_SUFFIX);
+    match dir.stat(&partial) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        _ => {}
+    }
+    remove_unheld(&dir, &partial)?;
+    Ok(true)
+}
+
 /// Removes every `*.partial` file under `root` that no live transfer
 /// holds (a process that died mid-transfer left it), without following
 /// symbolic links. Returns the paths removed; files that could not be

@@ -10,6 +10,7 @@
 //! Time comes from a [`Clock`], so expiry is tested without sleeping.
 
 mod clock;
+pub mod journal;
 mod model;
 mod store;
 
@@ -18,7 +19,10 @@ pub(crate) use model::file_url_path;
 pub use model::{
     DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
 };
-pub use store::{IdleHold, ResolvedDisk, ResolvedOva, TicketHandle, TicketStore};
+pub use store::{
+    IdleHold, JOURNAL_EXPIRY_SLACK, RESTARTED, ResolvedDisk, ResolvedOva, Restored, TicketHandle,
+    TicketStore,
+};
 
 use crate::error::{Classify, ErrorKind};
 

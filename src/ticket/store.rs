@@ -3,6 +3,14 @@
 //! ticket's live state (always taken in that order); no lock is held
 //! across I/O or while bytes move.
 //!
+//! With a [`Journal`] ([`TicketStore::with_journal`]) every change that
+//! `GET /tickets/{id}` would show other than byte counts and idle time is
+//! written to the ticket's record before the call that made it returns
+//! (an outcome before it becomes visible, so a restart never takes a
+//! `succeeded` back), and [`TicketStore::restore`] reads the records
+//! again at start-up. The journal's own lock comes first, before the map:
+//! the record written is always the state the store holds at that moment.
+//!
 //! A ticket expires `timeout` seconds after it was added or extended, or
 //! after the last data-plane request completed (whichever is later), and
 //! also when it has had no connection for `inactivity_timeout` seconds
@@ -21,21 +29,25 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
 use super::clock::{Clock, SystemClock};
+use super::journal::Journal;
 use super::model::{
     DiskStatus, Op, TicketKind, TicketRequest, TicketStatus, TransferState, file_url_path,
 };
 use super::{DEFAULT_INACTIVITY_TIMEOUT, TicketError, ct_eq};
-use crate::error::{Error, Result};
-use crate::limits::MAX_TICKET_TIMEOUT;
+use crate::error::{Error, ErrorKind, Result};
+use crate::limits::{MAX_TICKET_TIMEOUT, MAX_TICKETS};
 use crate::pipeline::progress::Progress;
 use crate::source::volume::AllowedRoots;
 
 /// One disk of an OVA ticket with its path resolved under the storage roots.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedDisk {
     /// The disk's href; empty for a blank disk.
     pub href: String,
@@ -49,7 +61,7 @@ pub struct ResolvedDisk {
 }
 
 /// The `ova` object of a ticket with its paths resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedOva {
     /// The disks, in the ticket's order.
     pub disks: Vec<ResolvedDisk>,
@@ -57,6 +69,21 @@ pub struct ResolvedOva {
     pub ovf: Option<PathBuf>,
     /// Export: the VM name.
     pub name: Option<String>,
+}
+
+/// What [`TicketStore::restore`] found in the journal.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Tickets known again.
+    pub tickets: usize,
+    /// Records dropped: expired while the server was down, or naming
+    /// paths outside today's storage roots.
+    pub dropped: usize,
+    /// Transfers a restart cut short, now `failed`.
+    pub interrupted: usize,
+    /// The import targets of those transfers, whose partial files are left
+    /// over.
+    pub interrupted_targets: Vec<PathBuf>,
 }
 
 /// What never changes for the life of a ticket.
@@ -76,6 +103,8 @@ struct Live {
     inactivity: Option<Duration>,
     /// The ticket's own progress record, handed to every transfer.
     progress: Arc<Progress>,
+    /// Where changes are journaled, if anywhere.
+    persist: Option<Arc<Persist>>,
     state: Mutex<LiveState>,
 }
 
@@ -90,6 +119,10 @@ struct LiveState {
     disks: Vec<DiskStatus>,
     /// Further progress records attached by transfers.
     attached: Vec<Arc<Progress>>,
+    /// The deadline and byte count the journal record holds: activity
+    /// moves the deadline without a write until it runs
+    /// [`JOURNAL_EXPIRY_SLACK`] ahead, and shutdown writes what moved.
+    journaled: (Instant, u64),
 }
 
 #[derive(Debug)]
@@ -98,13 +131,27 @@ struct Entry {
     live: Arc<Live>,
 }
 
+type Map = HashMap<String, Entry>;
+
+/// How far activity may move a ticket's expiry past the one in its
+/// journal record before the record is rewritten. Requests end (and move
+/// the expiry) many times a second on a busy image ticket; rewriting the
+/// record each time would put an fsync on every request. A server killed
+/// outright may so bring a ticket's expiry up to this much earlier after
+/// its restart; a stopped one writes the exact expiry first.
+pub const JOURNAL_EXPIRY_SLACK: Duration = Duration::from_secs(60);
+
+/// The reason `GET` shows for a transfer a restart cut short.
+pub const RESTARTED: &str = "server restarted";
+
 /// Tickets by id. Share it in an `Arc` between the control API and the
 /// data API.
 #[derive(Debug)]
 pub struct TicketStore {
     roots: AllowedRoots,
     clock: Arc<dyn Clock>,
-    tickets: Mutex<HashMap<String, Entry>>,
+    tickets: Arc<Mutex<Map>>,
+    persist: Option<Arc<Persist>>,
     /// Live [`IdleHold`]s; changed only under the `tickets` lock, so a
     /// purge and a release never interleave.
     idle_holds: AtomicUsize,
@@ -126,9 +173,21 @@ impl TicketStore {
         TicketStore {
             roots,
             clock,
-            tickets: Mutex::new(HashMap::new()),
+            tickets: Arc::new(Mutex::new(HashMap::new())),
+            persist: None,
             idle_holds: AtomicUsize::new(0),
         }
+    }
+
+    /// Journals every ticket in `journal` from now on; call
+    /// [`TicketStore::restore`] first thing to read back what it holds.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.persist = Some(Arc::new(Persist {
+            journal,
+            tickets: Arc::downgrade(&self.tickets),
+            clock: self.clock.clone(),
+        }));
+        self
     }
 
     /// Adds the ticket `id`, or replaces it (`PUT /tickets/{id}`).
@@ -145,16 +204,21 @@ impl TicketStore {
         let spec = self.resolve(req)?;
 
         let now = self.clock.now();
-        let timeout = Duration::from_secs(spec.req.timeout);
         let deadline = deadline(now, spec.req.timeout)?;
-        let mut map = lock(&self.tickets);
-        self.purge(&mut map, now);
+        let mut map = self.purged(now);
         if let Some(old) = map.get(id) {
             if old.spec.req == spec.req {
                 lock(&old.live.state).deadline = deadline;
+                drop(map);
+                self.sync(id);
                 return Ok(());
             }
             old.live.cancel(&mut lock(&old.live.state));
+        } else if map.len() >= MAX_TICKETS {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!("{MAX_TICKETS} tickets are installed; remove finished ones first"),
+            ));
         }
         let disks = spec
             .ova
@@ -167,26 +231,7 @@ impl TicketStore {
                 state: TransferState::Pending,
             })
             .collect();
-        let live = Live {
-            clock: self.clock.clone(),
-            timeout,
-            inactivity: spec
-                .req
-                .inactivity_timeout
-                .filter(|&t| t > 0)
-                .map(Duration::from_secs),
-            progress: Arc::new(Progress::new(spec.req.size)),
-            state: Mutex::new(LiveState {
-                deadline,
-                last_activity: now,
-                connections: 0,
-                canceled: false,
-                state: TransferState::Pending,
-                error: None,
-                disks,
-                attached: Vec::new(),
-            }),
-        };
+        let live = self.live(&spec, deadline, now, TransferState::Pending, None, disks);
         map.insert(
             id.to_owned(),
             Entry {
@@ -194,7 +239,43 @@ impl TicketStore {
                 live: Arc::new(live),
             },
         );
+        drop(map);
+        self.sync(id);
         Ok(())
+    }
+
+    /// The live state of a ticket installed at `now`.
+    fn live(
+        &self,
+        spec: &Spec,
+        deadline: Instant,
+        now: Instant,
+        state: TransferState,
+        error: Option<String>,
+        disks: Vec<DiskStatus>,
+    ) -> Live {
+        Live {
+            clock: self.clock.clone(),
+            timeout: Duration::from_secs(spec.req.timeout),
+            inactivity: spec
+                .req
+                .inactivity_timeout
+                .filter(|&t| t > 0)
+                .map(Duration::from_secs),
+            progress: Arc::new(Progress::new(spec.req.size)),
+            persist: self.persist.clone(),
+            state: Mutex::new(LiveState {
+                deadline,
+                last_activity: now,
+                connections: 0,
+                canceled: false,
+                state,
+                error,
+                disks,
+                attached: Vec::new(),
+                journaled: (deadline, 0),
+            }),
+        }
     }
 
     /// The ticket with its live status (`GET /tickets/{id}`); `NotFound`
@@ -202,8 +283,7 @@ impl TicketStore {
     pub fn get_status(&self, id: &str) -> Result<TicketStatus> {
         let now = self.clock.now();
         let wall = self.clock.wall();
-        let mut map = lock(&self.tickets);
-        self.purge(&mut map, now);
+        let map = self.purged(now);
         let entry = map.get(id).ok_or_else(|| not_found(id))?;
         Ok(entry.status(now, wall))
     }
@@ -215,8 +295,7 @@ impl TicketStore {
     pub fn list(&self) -> Vec<TicketStatus> {
         let now = self.clock.now();
         let wall = self.clock.wall();
-        let mut map = lock(&self.tickets);
-        self.purge(&mut map, now);
+        let map = self.purged(now);
         let mut v: Vec<TicketStatus> = map.values().map(|e| e.status(now, wall)).collect();
         drop(map);
         v.sort_by(|a, b| a.ticket.uuid.cmp(&b.ticket.uuid));
@@ -236,10 +315,11 @@ impl TicketStore {
         }
         let now = self.clock.now();
         let deadline = deadline(now, timeout)?;
-        let mut map = lock(&self.tickets);
-        self.purge(&mut map, now);
+        let map = self.purged(now);
         let entry = map.get(id).ok_or_else(|| not_found(id))?;
         lock(&entry.live.state).deadline = deadline;
+        drop(map);
+        self.sync(id);
         Ok(())
     }
 
@@ -249,11 +329,12 @@ impl TicketStore {
     /// store does not wait for them.
     pub fn remove(&self, id: &str) -> Result<()> {
         let now = self.clock.now();
-        let mut map = lock(&self.tickets);
-        self.purge(&mut map, now);
+        let mut map = self.purged(now);
         if let Some(entry) = map.remove(id) {
             entry.live.cancel(&mut lock(&entry.live.state));
         }
+        drop(map);
+        self.sync(id);
         Ok(())
     }
 
@@ -263,8 +344,7 @@ impl TicketStore {
     /// ticket's in constant time. Every failure is [`crate::ErrorKind::Auth`].
     pub fn authorize(&self, id: &str, op: Op) -> Result<TicketHandle> {
         let now = self.clock.now();
-        let mut map = lock(&self.tickets);
-        self.purge(&mut map, now);
+        let map = self.purged(now);
         let mut found = None;
         for (key, entry) in map.iter() {
             if ct_eq(key.as_bytes(), id.as_bytes()) {
@@ -294,6 +374,124 @@ impl TicketStore {
         })
     }
 
+    /// Reads back the tickets journaled by an earlier run. A ticket keeps
+    /// its absolute expiry, and one that expired while the server was
+    /// down is dropped, as is one whose paths no longer lie under the
+    /// storage roots. Outcomes stay as they were. A transfer of an OVA
+    /// ticket that was under way is marked `failed` with the reason
+    /// [`RESTARTED`], and its import targets are returned so that their
+    /// partial files can be removed. An `image` ticket that was `active`
+    /// stays so: its state says that a client has used it, not that a
+    /// request was in progress, and its client may go on with it.
+    /// Each ticket starts a fresh idle period, as after a connection.
+    pub fn restore(&self) -> Restored {
+        let mut out = Restored::default();
+        let Some(p) = &self.persist else {
+            return out;
+        };
+        let (now, wall) = (self.clock.now(), self.clock.wall());
+        let wall_now = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut records = Vec::new();
+        for (name, data) in p.journal.load() {
+            match serde_json::from_slice::<TicketRecord>(&data) {
+                Ok(r) if r.version == RECORD_VERSION && name == record_name(&r.ticket.uuid) => {
+                    records.push(r)
+                }
+                Ok(_) => {
+                    tracing::warn!(record = %name, "journal record of another layout or name skipped")
+                }
+                Err(e) => {
+                    tracing::warn!(record = %name, error = %e, "unreadable journal record skipped")
+                }
+            }
+        }
+        // Beyond the limit (lowered since?), the tickets that live longest stay.
+        records.sort_by_key(|r| std::cmp::Reverse(r.expires));
+        let mut changed = Vec::new();
+        for (i, r) in records.into_iter().enumerate() {
+            let id = r.ticket.uuid.clone();
+            let log_id = super::log_id(&id).to_owned();
+            let drop_record = |why: &str| {
+                tracing::info!(ticket = %log_id, "journaled ticket dropped: {why}");
+                if let Err(e) = p.journal.remove(&record_name(&id)) {
+                    tracing::warn!(ticket = %log_id, error = %e, "cannot remove a journal record");
+                }
+            };
+            // `expires` is whole seconds, cut down from a deadline that lay
+            // somewhere within the next second: take its middle, so that
+            // `GET` shows the same `expires` as before the restart (the
+            // monotonic and wall clocks are read microseconds apart, and a
+            // deadline at the exact second would show the one before).
+            let remaining = (Duration::from_secs(r.expires) + Duration::from_millis(500))
+                .saturating_sub(wall_now);
+            if r.expires <= wall_now.as_secs() {
+                drop_record("it expired while the server was down");
+                out.dropped += 1;
+                continue;
+            }
+            if r.ticket.validate(&id).is_err() {
+                drop_record("it is not a valid ticket");
+                out.dropped += 1;
+                continue;
+            }
+            let paths = r.path.iter().chain(
+                r.ova
+                    .iter()
+                    .flat_map(|o| o.disks.iter().map(|d| &d.path).chain(o.ovf.as_ref())),
+            );
+            if !paths.into_iter().all(|p| self.roots.holds(p)) {
+                drop_record("a path it names is no longer under a storage root");
+                out.dropped += 1;
+                continue;
+            }
+            if i >= MAX_TICKETS {
+                drop_record("more tickets are journaled than the server holds");
+                out.dropped += 1;
+                continue;
+            }
+            let (mut state, mut error, mut disks) = (r.state, r.error, r.disks);
+            if state == TransferState::Active && r.ticket.kind != TicketKind::Image {
+                state = TransferState::Failed;
+                error = Some(RESTARTED.to_owned());
+                for d in disks.iter_mut().filter(|d| !d.state.is_final()) {
+                    d.state = TransferState::Failed;
+                }
+                if r.ticket.kind == TicketKind::OvaImport {
+                    out.interrupted_targets.extend(
+                        r.ova
+                            .iter()
+                            .flat_map(|o| o.disks.iter().map(|d| d.path.clone())),
+                    );
+                }
+                tracing::warn!(ticket = %log_id, "transfer cut short by a restart: marked failed");
+                out.interrupted += 1;
+                changed.push(id.clone());
+            }
+            let spec = Spec {
+                req: r.ticket,
+                path: r.path,
+                ova: r.ova,
+            };
+            let remaining = remaining.min(Duration::from_secs(MAX_TICKET_TIMEOUT));
+            let deadline = now.checked_add(remaining).unwrap_or(now);
+            let live = self.live(&spec, deadline, now, state, error, disks);
+            live.progress.add_read(r.transferred);
+            lock(&live.state).journaled = (deadline, r.transferred);
+            lock(&self.tickets).insert(
+                id,
+                Entry {
+                    spec: Arc::new(spec),
+                    live: Arc::new(live),
+                },
+            );
+            out.tickets += 1;
+        }
+        for id in changed {
+            self.sync(&id);
+        }
+        out
+    }
+
     /// The storage roots every path must resolve under.
     pub fn roots(&self) -> &AllowedRoots {
         &self.roots
@@ -313,26 +511,60 @@ impl TicketStore {
         }
     }
 
-    /// Cancels every active transfer (server shutdown). The tickets stay.
+    /// Cancels every active transfer (server shutdown). The tickets stay,
+    /// and so do their journal records, as they stood before: each first
+    /// gets the expiry and byte count activity moved since it was written,
+    /// and the cancellation itself is not journaled, so that a restarted
+    /// server shows an interrupted transfer as one (see
+    /// [`TicketStore::restore`]) and an unused ticket as still usable.
     pub fn cancel_all(&self) {
+        if self.persist.is_some() {
+            let moved: Vec<String> = lock(&self.tickets)
+                .iter()
+                .filter(|(_, e)| {
+                    let s = lock(&e.live.state);
+                    s.journaled != (s.deadline, e.live.transferred(&s))
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in moved {
+                self.sync(&id);
+            }
+        }
         let map = lock(&self.tickets);
         for e in map.values() {
             e.live.cancel(&mut lock(&e.live.state));
         }
     }
 
-    /// Drops expired tickets, cancelling whatever still uses them.
-    fn purge(&self, map: &mut HashMap<String, Entry>, now: Instant) {
+    /// The map with expired tickets dropped (their transfers cancelled);
+    /// their journal records are removed once the map is unlocked.
+    fn purged(&self, now: Instant) -> Purged<'_> {
+        let mut map = lock(&self.tickets);
         let idle_held = self.idle_holds.load(Ordering::Relaxed) > 0;
-        map.retain(|_, e| {
+        let mut gone = Vec::new();
+        map.retain(|id, e| {
             let mut s = lock(&e.live.state);
             if e.live.expired(&s, now, idle_held) {
                 e.live.cancel(&mut s);
+                gone.push(id.clone());
                 false
             } else {
                 true
             }
         });
+        Purged {
+            map: Some(map),
+            gone,
+            store: self,
+        }
+    }
+
+    /// Makes the journal record of `id` say what the store holds now.
+    fn sync(&self, id: &str) {
+        if let Some(p) = &self.persist {
+            p.sync(id);
+        }
     }
 
     /// Resolves every path of a validated request under the roots.
@@ -442,12 +674,7 @@ impl Entry {
     /// instant on the system clock, for `expires`).
     fn status(&self, now: Instant, wall: SystemTime) -> TicketStatus {
         let s = lock(&self.live.state);
-        let remaining = s.deadline.saturating_duration_since(now);
-        let expires = wall
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_add(remaining)
-            .as_secs();
+        let expires = unix_secs(wall, s.deadline.saturating_duration_since(now));
         let idle_time = if s.connections > 0 {
             0
         } else {
@@ -506,7 +733,10 @@ impl Live {
 
     /// Records activity: the idle clock restarts and the ticket lives at
     /// least `timeout` more seconds (an extension is never shortened).
-    fn touch(&self, s: &mut LiveState) {
+    /// True when the expiry moved [`JOURNAL_EXPIRY_SLACK`] past the
+    /// journaled one: the caller then rewrites the record.
+    #[must_use]
+    fn touch(&self, s: &mut LiveState) -> bool {
         let now = self.clock.now();
         s.last_activity = now;
         if let Some(d) = now.checked_add(self.timeout)
@@ -514,6 +744,9 @@ impl Live {
         {
             s.deadline = d;
         }
+        self.persist.is_some()
+            && !s.canceled
+            && s.deadline.saturating_duration_since(s.journaled.0) > JOURNAL_EXPIRY_SLACK
     }
 }
 
@@ -603,7 +836,17 @@ impl TicketHandle {
     /// Records activity: keeps an active ticket from expiring. Call it as
     /// bytes flow (at least every few seconds) and when a request ends.
     pub fn touch(&self) {
-        self.live.touch(&mut lock(&self.live.state));
+        let rewrite = self.live.touch(&mut lock(&self.live.state));
+        if rewrite {
+            self.sync();
+        }
+    }
+
+    /// Rewrites the ticket's journal record from the store.
+    fn sync(&self) {
+        if let Some(p) = &self.live.persist {
+            p.sync(self.id());
+        }
     }
 
     /// Where the transfer stands now.
@@ -618,7 +861,13 @@ impl TicketHandle {
     /// transfer.
     pub fn begin(&self) -> Result<()> {
         let mut s = lock(&self.live.state);
+        let before = s.state;
         s.state = s.state.start(self.kind())?;
+        let changed = s.state != before;
+        drop(s);
+        if changed {
+            self.sync();
+        }
         Ok(())
     }
 
@@ -665,11 +914,18 @@ impl TicketHandle {
         self.finish(TransferState::Failed, Some(error.into()));
     }
 
+    /// Records the outcome, journaled before it becomes visible.
     fn finish(&self, state: TransferState, error: Option<String>) {
-        let mut s = lock(&self.live.state);
-        if s.state != TransferState::Cancelled {
-            s.state = state;
-            s.error = error;
+        let apply = || {
+            let mut s = lock(&self.live.state);
+            if s.state != TransferState::Cancelled {
+                s.state = state;
+                s.error = error.clone();
+            }
+        };
+        match &self.live.persist {
+            Some(p) => p.finish(self.id(), &self.live, state, error.as_deref(), apply),
+            None => apply(),
         }
     }
 }
@@ -700,8 +956,201 @@ impl Drop for TicketHandle {
     fn drop(&mut self) {
         let mut s = lock(&self.live.state);
         s.connections = s.connections.saturating_sub(1);
-        self.live.touch(&mut s);
+        let rewrite = self.live.touch(&mut s);
+        drop(s);
+        if rewrite {
+            self.sync();
+        }
     }
+}
+
+/// The ticket map with expired tickets dropped; unlocking it removes
+/// their journal records (I/O the map's lock must not wait for).
+struct Purged<'a> {
+    map: Option<MutexGuard<'a, Map>>,
+    gone: Vec<String>,
+    store: &'a TicketStore,
+}
+
+impl std::ops::Deref for Purged<'_> {
+    type Target = Map;
+    fn deref(&self) -> &Map {
+        self.map
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl std::ops::DerefMut for Purged<'_> {
+    fn deref_mut(&mut self) -> &mut Map {
+        self.map
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for Purged<'_> {
+    fn drop(&mut self) {
+        drop(self.map.take());
+        for id in std::mem::take(&mut self.gone) {
+            self.store.sync(&id);
+        }
+    }
+}
+
+/// What a journal record of a ticket holds: the ticket as `GET` shows it,
+/// less what only a running server knows (connections, idle time), plus
+/// the paths it resolved to.
+#[derive(Debug, Serialize, Deserialize)]
+struct TicketRecord {
+    /// [`RECORD_VERSION`].
+    version: u32,
+    ticket: TicketRequest,
+    /// Unix time (s) of expiry: absolute, so a restart keeps it.
+    expires: u64,
+    state: TransferState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    transferred: u64,
+    #[serde(default)]
+    disks: Vec<DiskStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ova: Option<ResolvedOva>,
+}
+
+/// The layout of [`TicketRecord`]; a record of another version is
+/// skipped at start-up.
+const RECORD_VERSION: u32 = 1;
+
+/// A ticket's record name: a digest of its id, so that not even the
+/// directory listing shows a credential.
+fn record_name(id: &str) -> String {
+    hex::encode(&Sha256::digest(id.as_bytes())[..16])
+}
+
+/// The journal link shared by the store and its tickets' live states.
+#[derive(Debug)]
+struct Persist {
+    journal: Journal,
+    /// Weak: the map holds the live states that hold this.
+    tickets: Weak<Mutex<Map>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// An outcome to journal before it is applied.
+struct Outcome<'a> {
+    live: &'a Arc<Live>,
+    state: TransferState,
+    error: Option<&'a str>,
+}
+
+impl Persist {
+    /// Makes the record of `id` say what the store holds: the ticket as
+    /// it stands, or no record once it is gone. A ticket cancelled by a
+    /// shutdown keeps the record it had.
+    fn sync(&self, id: &str) {
+        self.write(id, None);
+    }
+
+    /// Journals the outcome of the transfer on `live`, then (still in
+    /// the journal's lock, so no other write can slip in between with the
+    /// older state) runs `apply` to make it visible. A success reported
+    /// after a shutdown cancelled the transfer is journaled all the same:
+    /// its targets are in place. Any other outcome of a cancelled transfer
+    /// is the cancellation's, and not journaled.
+    fn finish(
+        &self,
+        id: &str,
+        live: &Arc<Live>,
+        state: TransferState,
+        error: Option<&str>,
+        apply: impl FnOnce(),
+    ) {
+        let _held = self.write(id, Some(Outcome { live, state, error }));
+        apply();
+    }
+
+    fn write(&self, id: &str, outcome: Option<Outcome<'_>>) -> super::journal::JournalGuard<'_> {
+        let held = self.journal.lock();
+        let Some(tickets) = self.tickets.upgrade() else {
+            return held;
+        };
+        let (now, wall) = (self.clock.now(), self.clock.wall());
+        let record = {
+            let map = lock(&tickets);
+            match map.get(id) {
+                None => Some(None),
+                Some(e) => match &outcome {
+                    Some(o) if !Arc::ptr_eq(&e.live, o.live) => None,
+                    _ => e.record(now, wall, outcome.as_ref()).map(Some),
+                },
+            }
+        };
+        let name = record_name(id);
+        let r = match record {
+            Some(Some(data)) => self.journal.write(&name, &data),
+            Some(None) => self.journal.remove(&name),
+            None => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(ticket = %super::log_id(id), error = %e, "cannot journal the ticket; a restart would not know this change");
+        }
+        held
+    }
+}
+
+impl Entry {
+    /// The journal record, marking what it holds as journaled; `None`
+    /// when nothing is to be written (see [`Persist::finish`]).
+    fn record(
+        &self,
+        now: Instant,
+        wall: SystemTime,
+        outcome: Option<&Outcome<'_>>,
+    ) -> Option<Vec<u8>> {
+        let mut s = lock(&self.live.state);
+        let (mut state, mut error) = (s.state, s.error.clone());
+        match outcome {
+            Some(o) if s.canceled && o.state != TransferState::Succeeded => return None,
+            Some(o) => {
+                state = o.state;
+                error = o.error.map(str::to_owned);
+            }
+            None if s.canceled => return None,
+            None => {}
+        }
+        let transferred = self.live.transferred(&s);
+        s.journaled = (s.deadline, transferred);
+        let record = TicketRecord {
+            version: RECORD_VERSION,
+            ticket: self.spec.req.clone(),
+            expires: unix_secs(wall, s.deadline.saturating_duration_since(now)),
+            state,
+            error,
+            transferred,
+            disks: s.disks.clone(),
+            path: self.spec.path.clone(),
+            ova: self.spec.ova.clone(),
+        };
+        drop(s);
+        match serde_json::to_vec(&record) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(ticket = %super::log_id(&self.spec.req.uuid), error = %e, "cannot journal the ticket");
+                None
+            }
+        }
+    }
+}
+
+/// `wall + remaining` as Unix seconds, as `expires` shows it.
+fn unix_secs(wall: SystemTime, remaining: Duration) -> u64 {
+    wall.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(remaining)
+        .as_secs()
 }
 
 #[cfg(test)]
@@ -1356,5 +1805,193 @@ mod tests {
         assert_eq!(list[0].state, TransferState::Pending);
         assert_eq!(list[0].connections, 0);
         assert!(h.is_cancelled());
+    }
+
+    /// A store journaling into `dir` on the fixture's roots and clock.
+    fn journaled(f: &Fixture, dir: &Path) -> TicketStore {
+        let roots = AllowedRoots::new(std::slice::from_ref(&f.root)).unwrap();
+        TicketStore::with_clock(roots, f.clock.clone()).with_journal(Journal::open(dir).unwrap())
+    }
+
+    fn records(dir: &Path) -> Vec<TicketRecord> {
+        let mut v: Vec<TicketRecord> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+            .collect();
+        v.sort_by(|a, b| a.ticket.uuid.cmp(&b.ticket.uuid));
+        v
+    }
+
+    /// What a restart may change in a status: the idle time.
+    fn stable(mut v: Vec<TicketStatus>) -> Vec<TicketStatus> {
+        for s in &mut v {
+            s.idle_time = 0;
+        }
+        v
+    }
+
+    #[test]
+    fn journaled_tickets_come_back_after_a_stop_as_they_were() {
+        let f = fixture();
+        let dir = f._dir.path().join("journal");
+        let a = journaled(&f, &dir);
+        let add = |id: &str, mut req: TicketRequest| {
+            req.uuid = id.into();
+            a.add(id, req).unwrap();
+        };
+        add("a-image", f.image(&[Op::Read, Op::Write]));
+        add("b-import", f.ova_import());
+        add("c-export", f.ova_export());
+        add("d-used", f.image(&[Op::Read]));
+        let i = a.authorize("b-import", Op::Write).unwrap();
+        i.begin().unwrap();
+        i.set_disk_progress("d1.vmdk", 4096, TransferState::Succeeded);
+        i.set_disk_progress("d2.vmdk", 512, TransferState::Succeeded);
+        i.progress().add_read(8192);
+        i.succeed();
+        // The outcome is on disk as soon as it is visible.
+        let r = records(&dir);
+        assert_eq!(r[1].state, TransferState::Succeeded);
+        assert_eq!(r[1].transferred, 8192);
+        assert_eq!(r[1].disks[1].bytes, 512);
+        drop(i);
+        let h = a.authorize("d-used", Op::Read).unwrap();
+        h.begin().unwrap();
+        h.add_transferred(4096);
+        // Activity within the slack moves the expiry without a write...
+        f.advance(20);
+        drop(h);
+        assert_eq!(records(&dir)[3].expires, T0 + 300);
+        assert_eq!(a.get_status("d-used").unwrap().expires, T0 + 320);
+        let before = stable(a.list());
+        // ...and a stop writes it, but not the cancellation.
+        a.cancel_all();
+        drop(a);
+        assert_eq!(records(&dir)[3].expires, T0 + 320);
+        assert_eq!(records(&dir)[3].transferred, 4096);
+        assert_eq!(records(&dir)[2].state, TransferState::Pending);
+
+        f.advance(7);
+        let b = journaled(&f, &dir);
+        let restored = b.restore();
+        assert_eq!(
+            restored,
+            Restored {
+                tickets: 4,
+                ..Restored::default()
+            }
+        );
+        assert_eq!(stable(b.list()), before);
+        // A restored ticket works as before: the pending export can start.
+        let e = b.authorize("c-export", Op::Read).unwrap();
+        e.begin().unwrap();
+        assert_eq!(e.state(), TransferState::Active);
+        // A fresh idle period starts at the restart.
+        assert_eq!(b.get_status("a-image").unwrap().idle_time, 0);
+    }
+
+    #[test]
+    fn a_restart_fails_cut_short_ova_transfers_and_keeps_image_tickets() {
+        let f = fixture();
+        let dir = f._dir.path().join("journal");
+        let a = journaled(&f, &dir);
+        a.add(ID, f.ova_import()).unwrap();
+        let mut image = f.image(&[Op::Write]);
+        image.uuid = "img".into();
+        a.add("img", image).unwrap();
+        let i = a.authorize(ID, Op::Write).unwrap();
+        i.begin().unwrap();
+        i.set_disk_progress("d1.vmdk", 4096, TransferState::Succeeded);
+        let m = a.authorize("img", Op::Write).unwrap();
+        m.begin().unwrap();
+        // Killed: no stop, handles never dropped.
+        std::mem::forget((i, m));
+        drop(a);
+
+        let b = journaled(&f, &dir);
+        let r = b.restore();
+        assert_eq!(r.tickets, 2);
+        assert_eq!(r.interrupted, 1);
+        assert_eq!(
+            r.interrupted_targets,
+            [f.root.join("new1.qcow2"), f.root.join("new2.raw")]
+        );
+        let s = b.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Failed);
+        assert_eq!(s.error.as_deref(), Some(RESTARTED));
+        // Disk progress is not journaled (it changes as bytes move), and
+        // no target of an unfinished import was renamed into place.
+        assert!(s.disks.iter().all(|d| d.state == TransferState::Failed));
+        assert_eq!(s.connections, 0);
+        let e = b.authorize(ID, Op::Write).unwrap().begin().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert_eq!(b.get_status("img").unwrap().state, TransferState::Active);
+        b.authorize("img", Op::Write).unwrap().begin().unwrap();
+        drop(b);
+
+        // The verdict is journaled: the next start finds nothing to do.
+        let c = journaled(&f, &dir);
+        let r = c.restore();
+        assert_eq!((r.tickets, r.interrupted), (2, 0));
+        assert_eq!(c.get_status(ID).unwrap().error.as_deref(), Some(RESTARTED));
+    }
+
+    #[test]
+    fn gone_tickets_leave_no_record_and_expired_ones_do_not_come_back() {
+        let f = fixture();
+        let dir = f._dir.path().join("journal");
+        let a = journaled(&f, &dir);
+        a.add(ID, f.image(&[Op::Read])).unwrap();
+        a.remove(ID).unwrap();
+        assert!(records(&dir).is_empty());
+        // Expired by inactivity though its record says it lives on.
+        a.add(ID, f.image(&[Op::Read])).unwrap();
+        f.advance(60);
+        assert!(a.get_status(ID).is_err());
+        assert!(records(&dir).is_empty());
+        // Expired while the server was down.
+        let mut long = f.image(&[Op::Read]);
+        long.inactivity_timeout = Some(0);
+        a.add(ID, long).unwrap();
+        a.extend(ID, 100).unwrap();
+        assert_eq!(records(&dir)[0].expires, T0 + 60 + 100);
+        drop(a);
+        f.advance(99);
+        let b = journaled(&f, &dir);
+        assert_eq!(b.restore().tickets, 1);
+        drop(b);
+        f.advance(1);
+        let c = journaled(&f, &dir);
+        let r = c.restore();
+        assert_eq!((r.tickets, r.dropped), (0, 1));
+        assert!(records(&dir).is_empty());
+
+        // A path outside today's roots drops the ticket.
+        c.add(ID, f.image(&[Op::Read])).unwrap();
+        drop(c);
+        let other = f._dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let roots = AllowedRoots::new(&[other]).unwrap();
+        let d = TicketStore::with_clock(roots, f.clock.clone())
+            .with_journal(Journal::open(&dir).unwrap());
+        assert_eq!(d.restore().dropped, 1);
+        assert!(records(&dir).is_empty());
+    }
+
+    #[test]
+    fn the_number_of_tickets_is_bounded() {
+        let f = fixture();
+        for i in 0..MAX_TICKETS {
+            f.add_as(&format!("t{i}"), f.image(&[Op::Read]));
+        }
+        let mut req = f.image(&[Op::Read]);
+        req.uuid = "one-more".into();
+        let e = f.store.add("one-more", req).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+        assert!(e.to_string().contains("4096 tickets"), "{e}");
+        // Replacing one is still allowed, and an expired one frees a place.
+        f.add_as("t0", f.image(&[Op::Read, Op::Write]));
+        f.advance(60);
+        f.add_as("one-more", f.image(&[Op::Read]));
     }
 }

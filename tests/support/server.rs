@@ -5,6 +5,7 @@
 //! (or, byte for byte, through [`Server::tls`]), and the `ovirt_imageio`
 //! client runs in the venv the test setup made.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -84,9 +85,17 @@ impl Server {
 
     /// Like [`Server::start`], with extra `ovaio serve` arguments.
     pub fn start_with(work: &Work, extra: &[&str]) -> Server {
+        Server::start_env(work, extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with more environment variables. The
+    /// state directory and storage root are those of `work`, so a server
+    /// started again on the same `work` finds what the last one left.
+    pub fn start_env(work: &Work, extra: &[&str], env: &[(&str, &OsStr)]) -> Server {
         let state = work.mkdir("state");
         let root = work.mkdir("storage");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ovaio"))
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -254,9 +263,64 @@ impl Server {
         tls
     }
 
+    /// Sends SIGTERM, waits for the exit status and returns it with
+    /// every log line not yet read.
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let status = child.wait().expect("wait for server");
+        // The reader thread ends with the pipe; collect until it does.
+        let mut lines = Vec::new();
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(10)) {
+            lines.push(l);
+        }
+        (status, lines)
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, ...) to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits (at most `limit`) for a log line containing `text` and
+    /// returns it; lines before it are consumed.
+    pub fn await_log(&self, text: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {text:?} within {limit:?}"),
+            }
+        }
+    }
+
+    /// Kills the server outright (SIGKILL): nothing it would do on a stop
+    /// is done.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill the server");
+        let status = child.wait().expect("wait for server");
+        assert!(!status.success(), "killed server exited {status}");
     }
 
     /// Sends SIGTERM and waits for the exit status.
