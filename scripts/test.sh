@@ -20,6 +20,7 @@ want curl curl "server tests and the README walkthrough"
 want chromium chromium "browser upload tests"
 want chromedriver chromium-driver "browser upload tests"
 want groff groff-base "manual page test"
+want promtool prometheus "checks the server's /metrics exposition"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
   { need+=(python3-venv); why+=("venv for ovirt-imageio and selenium"); }
 if [ ${#need[@]} -gt 0 ]; then

@@ -22,6 +22,7 @@ use crate::pipeline::export::ExportPlan;
 use crate::pipeline::import::Importer;
 use crate::pipeline::progress::Progress;
 use crate::server::data::{export_request, import_targets};
+use crate::server::metrics::{JobType, Metrics};
 use crate::sink::partial::{self, Existing, PartialFile};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::{OvaDisk, ResolvedDisk, ResolvedOva, TicketStore, TransferState};
@@ -118,6 +119,7 @@ pub struct Jobs {
     store: Arc<TicketStore>,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     next: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 fn now() -> u64 {
@@ -134,7 +136,14 @@ impl Jobs {
             store,
             jobs: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts jobs into `metrics` (by default a registry of their own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Checks the request, then starts it on its own thread. Every path is
@@ -174,6 +183,13 @@ impl Jobs {
             map.insert(id.clone(), job.clone());
         }
         let j = job.clone();
+        let job_type = match &job.request {
+            JobRequest::Import { .. } => JobType::Import,
+            JobRequest::Export { .. } => JobType::Export,
+        };
+        let metrics = self.metrics.clone();
+        metrics.job_started(job_type);
+        let unstarted = self.metrics.clone();
         std::thread::Builder::new()
             .name(format!("job-{id}"))
             .spawn(move || {
@@ -181,6 +197,7 @@ impl Jobs {
                 let _e = span.enter();
                 j.set_state(TransferState::Active);
                 let r = work.run(j.progress.clone());
+                metrics.job_ended(job_type, r.as_ref().err());
                 let mut o = j.outcome();
                 o.finished = Some(now());
                 match r {
@@ -200,7 +217,11 @@ impl Jobs {
                     }
                 }
             })
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start a job thread: {e}")))?;
+            .map_err(|e| {
+                let e = Error::new(ErrorKind::Io, format!("cannot start a job thread: {e}"));
+                unstarted.job_ended(job_type, Some(&e));
+                e
+            })?;
         Ok(job.status())
     }
 

@@ -19,6 +19,7 @@ pub mod data;
 pub mod http;
 pub mod io;
 pub mod jobs;
+pub mod metrics;
 pub mod range;
 pub mod tls;
 
@@ -42,6 +43,7 @@ use self::config::ServeConfig;
 use self::control::ControlApi;
 use self::data::DataApi;
 use self::jobs::Jobs;
+use self::metrics::{ApiKind, HandshakeFailure, Metrics};
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::TicketStore;
@@ -106,9 +108,15 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls::server_config(&tls.cert, &tls.key)?);
 
     let store = Arc::new(TicketStore::new(roots));
-    let jobs = Arc::new(Jobs::new(store.clone()));
-    let data_api = Arc::new(DataApi::new(store.clone(), cfg.data.clone()));
-    let control_api = Arc::new(ControlApi::new(store.clone(), jobs.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let jobs = Arc::new(Jobs::new(store.clone()).with_metrics(metrics.clone()));
+    let data_api = Arc::new(DataApi::new(
+        store.clone(),
+        cfg.data.clone(),
+        metrics.clone(),
+    ));
+    let control_api =
+        Arc::new(ControlApi::new(store.clone(), jobs.clone()).with_metrics(metrics.clone()));
 
     let data_listener = TcpListener::bind(cfg.data.listen)
         .await
@@ -161,6 +169,7 @@ pub async fn serve(
         let write_timeout = Duration::from_secs(cfg.data.write_timeout);
         let waiting = Some(store.clone());
         let store = store.clone();
+        let metrics = metrics.clone();
         tasks.spawn(accept_loop(
             data_listener,
             pending,
@@ -174,15 +183,18 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 let slots = slots.clone();
                 let store = store.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
+                            metrics.handshake_failed(HandshakeFailure::Error);
                             return;
                         }
                         Err(_) => {
                             tracing::debug!("TLS handshake timed out");
+                            metrics.handshake_failed(HandshakeFailure::Timeout);
                             return;
                         }
                     };
@@ -193,6 +205,7 @@ pub async fn serve(
                         return;
                     };
                     drop(pending_permit);
+                    let _counted = metrics.connection(ApiKind::Data);
                     let io = TokioIo::new(io::WriteTimeout::new(tls, write_timeout));
                     serve_conn(&http, io, api, max_head, watcher, "data").await;
                 });
@@ -203,12 +216,15 @@ pub async fn serve(
         let max_head = cfg.data.max_header_bytes;
         let graceful = graceful.clone();
         let http = http.clone();
+        let metrics = metrics.clone();
         move |io: Box<dyn IoStream>, permit| {
             let api = control_api.clone();
             let http = http.clone();
             let watcher = graceful.watcher();
+            let counted = metrics.connection(ApiKind::Control);
             tokio::spawn(async move {
                 let _permit = permit;
+                let _counted = counted;
                 serve_conn(&http, TokioIo::new(io), api, max_head, watcher, "control").await;
             });
         }
@@ -270,10 +286,11 @@ pub trait Api: Send + Sync + 'static {
     /// Answers one request.
     fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send;
 
-    /// Completes a response given before the request reached
-    /// [`Api::handle`] (a refused head or transfer coding) with what every
-    /// response of this API carries.
-    fn complete(&self, resp: http::Response) -> http::Response {
+    /// Completes a response to a `method` request refused before it
+    /// reached [`Api::handle`] (a refused head or transfer coding) with
+    /// what every response of this API carries.
+    fn complete(&self, method: &::http::Method, resp: http::Response) -> http::Response {
+        let _ = method;
         resp
     }
 }
@@ -283,8 +300,8 @@ impl Api for DataApi {
         DataApi::handle(self, req)
     }
 
-    fn complete(&self, resp: http::Response) -> http::Response {
-        DataApi::complete(resp)
+    fn complete(&self, method: &::http::Method, resp: http::Response) -> http::Response {
+        DataApi::complete(self, method, resp)
     }
 }
 
@@ -311,11 +328,12 @@ async fn serve_conn<A: Api, I>(
         let api = api.clone();
         async move {
             if let Some(r) = http::head_too_large(&req, max_head) {
-                return Ok::<_, Infallible>(api.complete(r));
+                return Ok::<_, Infallible>(api.complete(req.method(), r));
             }
             if let Some(r) = http::unknown_transfer_coding(&req) {
+                let method = req.method().clone();
                 http::drain_in_background(req.into_body());
-                return Ok(api.complete(r));
+                return Ok(api.complete(&method, r));
             }
             Ok::<_, Infallible>(api.handle(req).await)
         }

@@ -18,7 +18,9 @@ pub(crate) use model::file_url_path;
 pub use model::{
     DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
 };
-pub use store::{IdleHold, ResolvedDisk, ResolvedOva, TicketHandle, TicketStore};
+pub use store::{
+    CancelCause, IdleHold, ResolvedDisk, ResolvedOva, TicketHandle, TicketStore, TicketWatch,
+};
 
 use crate::error::{Classify, ErrorKind};
 
