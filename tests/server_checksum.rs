@@ -3,8 +3,11 @@
 //! zeros, a short last block) is uploaded by the `ovirt_imageio` client
 //! into a raw `image` ticket, and `ovirt_imageio.client.checksum()` of the
 //! local file must equal what ovaio answers for the volume, for every
-//! algorithm and for other block sizes. `…/checksum/algorithms` lists
-//! what imageio's checksum computes. An `ova-export` ticket shows the
+//! algorithm and for other block sizes. A qcow2 image's checksum is
+//! that of its guest data, as imageio's client computes it: uploaded by
+//! the client into a raw ticket, its volume answers the checksum the
+//! client computes of the qcow2 file. `…/checksum/algorithms` lists what
+//! imageio's checksum computes. An `ova-export` ticket shows the
 //! SHA-256 of the package and of its disks once a download completed,
 //! checked against the bytes received and GNU tar's extraction.
 
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::image::{Fill, Layout, Run};
+use support::image::{Fill, Layout, Run, Source};
 use support::server::Server;
 use support::{Work, tool};
 
@@ -218,6 +221,74 @@ fn checksums_equal_the_imageio_clients() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_ne!(server_checksum(&s, "sum", ""), before);
+}
+
+/// ovaio's image tickets are raw volumes; imageio's checksum of a qcow2
+/// image is over the guest data its `qemu-nbd` shows. Uploading the
+/// qcow2 file with the client converts it into the raw volume, whose
+/// checksum must then be the client's checksum of the qcow2 file (and of
+/// the raw image it was made from), and not one of the file's bytes.
+#[test]
+fn a_qcow2_image_checksums_as_its_guest_data() {
+    let w = Work::new();
+    let s = Server::start(&w);
+    let raw = SPARSE.write_raw(&w.path("local.raw"));
+    let qcow2 = Source::Qcow2V3.convert(&raw, &w.path("local.qcow2"));
+    let qcow2_len = fs::metadata(&qcow2).expect("qcow2 size").len();
+    assert_ne!(
+        qcow2_len, SPARSE.size,
+        "the qcow2 file is not its guest data"
+    );
+    fs::File::create(s.root.join("vol.raw"))
+        .and_then(|f| f.set_len(SPARSE.size))
+        .expect("create the volume");
+    s.add_ticket(&json!({
+        "uuid": "q", "size": SPARSE.size, "url": s.file_url("vol.raw"),
+        "ops": ["read", "write"], "timeout": 300, "sparse": true,
+    }));
+    let qcow2_arg = qcow2.display().to_string();
+    let cert = s.cert.display().to_string();
+    run_python(&s, CLIENT_UPLOAD, &[&qcow2_arg, &s.image_url("q"), &cert]);
+    assert_eq!(
+        fs::read(s.root.join("vol.raw")).expect("read the volume"),
+        SPARSE.bytes(),
+        "the upload is the guest data"
+    );
+
+    let cases = ["-:-", "sha256:1048576", "blake2b:16777216"];
+    let of_qcow2 = {
+        let mut a = vec![qcow2_arg.as_str()];
+        a.extend(cases);
+        last_json(&run_python(&s, CLIENT_CHECKSUMS, &a))
+    };
+    let raw_arg = raw.display().to_string();
+    let of_raw = {
+        let mut a = vec![raw_arg.as_str()];
+        a.extend(cases);
+        last_json(&run_python(&s, CLIENT_CHECKSUMS, &a))
+    };
+    assert_eq!(of_qcow2, of_raw, "imageio's checksum is of the guest data");
+    let of_qcow2 = of_qcow2.as_array().expect("a list of checksums");
+    assert_eq!(of_qcow2.len(), cases.len());
+    for (case, want) in cases.iter().zip(of_qcow2) {
+        let query = match case.split_once(':').expect("A:B") {
+            ("-", "-") => String::new(),
+            (a, b) => format!("?algorithm={a}&block_size={b}"),
+        };
+        assert_eq!(&server_checksum(&s, "q", &query), want, "checksum{query}");
+    }
+
+    // The qcow2 file's own bytes behind a ticket are another checksum:
+    // an image ticket serves and sums its file as it is.
+    fs::copy(&qcow2, s.root.join("file.qcow2")).expect("copy the qcow2 file");
+    s.add_ticket(&json!({
+        "uuid": "f", "size": qcow2_len, "url": s.file_url("file.qcow2"),
+        "ops": ["read"], "timeout": 60,
+    }));
+    assert_ne!(
+        server_checksum(&s, "f", "")["checksum"],
+        of_qcow2[0]["checksum"]
+    );
 }
 
 #[test]

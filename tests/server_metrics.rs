@@ -325,7 +325,7 @@ fn metrics_count_what_clients_do() {
                 format!("ovaio_received_bytes_total{l}"),
                 support::file_len(&liar) as f64,
             ),
-            ("ovaio_manifest_mismatches_total".to_owned(), 1.0),
+            ("ovaio_digest_mismatches_total".to_owned(), 1.0),
             requests("PUT", "4xx", 1.0),
         ],
     );

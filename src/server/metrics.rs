@@ -9,7 +9,10 @@
 //!
 //! Counting costs an atomic add: the label sets are closed (ticket kinds,
 //! operations, reason classes, status classes), every series exists from
-//! the start, and a transfer looks its series up once, when it starts.
+//! the start, and the handles on those counted per buffer, per request
+//! and per transfer are taken when the registry is made, so counting
+//! neither looks a label set up nor takes a lock. Only the end of a
+//! transfer takes one, its duration histogram's.
 //!
 //! A *transfer* is one request that moves bytes: on an `image` ticket a
 //! `GET` (`read`), `PUT` (`write`) or `PATCH` (`zero`, `flush`); on an
@@ -279,7 +282,7 @@ pub struct Metrics {
     cancelled: Family<KindOpReason, Counter>,
     active: Family<KindOp, Gauge>,
     duration: Family<KindOp, Histogram, fn() -> Histogram>,
-    manifest_mismatches: Counter,
+    digest_mismatches: Counter,
     handshake_failures: Family<ReasonLabel, Counter>,
     connections: Family<ApiLabel, Gauge>,
     requests: Family<RequestLabels, Counter>,
@@ -287,6 +290,27 @@ pub struct Metrics {
     jobs_succeeded: Family<JobLabel, Counter>,
     jobs_failed: Family<JobReason, Counter>,
     jobs_cancelled: Family<JobLabel, Counter>,
+    /// Handles on the series of each of [`KIND_OPS`], in its order.
+    transfers: Vec<Arc<Series>>,
+    /// Handles on `requests`, [`METHODS`] by [`STATUS_CLASSES`].
+    request_counts: Vec<Counter>,
+}
+
+/// Handles on every series of one kind and op, taken when the registry is
+/// made: a transfer counts through them without looking anything up
+/// (a `Family` lookup takes a read lock and hashes the labels).
+#[derive(Debug)]
+struct Series {
+    /// The bytes counter; `None` for a flush.
+    bytes: Option<Counter>,
+    started: Counter,
+    succeeded: Counter,
+    /// By [`Reason::FAILED`].
+    failed: Vec<Counter>,
+    /// By [`Reason::CANCELLED`].
+    cancelled: Vec<Counter>,
+    active: Gauge,
+    duration: Histogram,
 }
 
 fn duration_histogram() -> Histogram {
@@ -302,7 +326,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every series at zero.
     pub fn new() -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             registry: Registry::with_prefix("ovaio"),
             received: Family::default(),
             sent: Family::default(),
@@ -313,7 +337,7 @@ impl Metrics {
             cancelled: Family::default(),
             active: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
-            manifest_mismatches: Counter::default(),
+            digest_mismatches: Counter::default(),
             handshake_failures: Family::default(),
             connections: Family::default(),
             requests: Family::default(),
@@ -321,6 +345,8 @@ impl Metrics {
             jobs_succeeded: Family::default(),
             jobs_failed: Family::default(),
             jobs_cancelled: Family::default(),
+            transfers: Vec::new(),
+            request_counts: Vec::new(),
         };
         m.create_series();
         m.register()
@@ -328,26 +354,32 @@ impl Metrics {
 
     /// Creates every series of the closed label sets, so that each is
     /// shown from the start (at 0) and a rate over it is defined before
-    /// its first event.
-    fn create_series(&self) {
+    /// its first event; keeps handles on those counted per transfer and
+    /// per request.
+    fn create_series(&mut self) {
         for (kind, op) in KIND_OPS {
             let l = kind_op(kind, op);
-            match op {
-                Op::Read => drop(self.sent.get_or_create(&l)),
-                Op::Write => drop(self.received.get_or_create(&l)),
-                Op::Zero => drop(self.zeroed.get_or_create(&l)),
-                Op::Flush => {}
-            }
-            drop(self.started.get_or_create(&l));
-            drop(self.succeeded.get_or_create(&l));
-            drop(self.active.get_or_create(&l));
-            drop(self.duration.get_or_create(&l));
-            for r in Reason::FAILED {
-                drop(self.failed.get_or_create(&with_reason(&l, r)));
-            }
-            for r in Reason::CANCELLED {
-                drop(self.cancelled.get_or_create(&with_reason(&l, r)));
-            }
+            let bytes = match op {
+                Op::Read => Some(self.sent.get_or_create_owned(&l)),
+                Op::Write => Some(self.received.get_or_create_owned(&l)),
+                Op::Zero => Some(self.zeroed.get_or_create_owned(&l)),
+                Op::Flush => None,
+            };
+            self.transfers.push(Arc::new(Series {
+                bytes,
+                started: self.started.get_or_create_owned(&l),
+                succeeded: self.succeeded.get_or_create_owned(&l),
+                failed: Reason::FAILED
+                    .iter()
+                    .map(|&r| self.failed.get_or_create_owned(&with_reason(&l, r)))
+                    .collect(),
+                cancelled: Reason::CANCELLED
+                    .iter()
+                    .map(|&r| self.cancelled.get_or_create_owned(&with_reason(&l, r)))
+                    .collect(),
+                active: self.active.get_or_create_owned(&l),
+                duration: self.duration.get_or_create_owned(&l),
+            }));
         }
         for r in [HandshakeFailure::Error, HandshakeFailure::Timeout] {
             drop(self.handshake_failures.get_or_create(&handshake_label(r)));
@@ -357,9 +389,9 @@ impl Metrics {
         }
         for method in METHODS {
             for status in STATUS_CLASSES {
-                drop(
+                self.request_counts.push(
                     self.requests
-                        .get_or_create(&RequestLabels { method, status }),
+                        .get_or_create_owned(&RequestLabels { method, status }),
                 );
             }
         }
@@ -432,9 +464,9 @@ impl Metrics {
             self.duration.clone(),
         );
         r.register(
-            "manifest_mismatches",
-            "OVA imports (tickets and jobs) refused because an entry differs from the manifest",
-            self.manifest_mismatches.clone(),
+            "digest_mismatches",
+            "OVA imports (tickets and jobs) refused by their manifest: an entry's digest differs, or a listed entry is missing",
+            self.digest_mismatches.clone(),
         );
         r.register(
             "tls_handshake_failures",
@@ -496,19 +528,17 @@ impl Metrics {
 
     /// Starts a transfer of `op` on a ticket of `kind`.
     pub fn start(self: &Arc<Self>, kind: TicketKind, op: Op, watch: TicketWatch) -> Transfer {
-        let labels = kind_op(kind, op);
-        let bytes = match op {
-            Op::Read => Some(self.sent.get_or_create_owned(&labels)),
-            Op::Write => Some(self.received.get_or_create_owned(&labels)),
-            Op::Zero => Some(self.zeroed.get_or_create_owned(&labels)),
-            Op::Flush => None,
+        let series = match KIND_OPS.iter().position(|&ko| ko == (kind, op)) {
+            Some(i) => self.transfers[i].clone(),
+            // A kind without this op: counted nowhere, as the request is
+            // refused before it moves anything. Not reached by the data
+            // API, which starts only the transfers of KIND_OPS.
+            None => Arc::new(Series::detached()),
         };
-        self.started.get_or_create(&labels).inc();
-        self.active.get_or_create(&labels).inc();
+        series.started.inc();
+        series.active.inc();
         Transfer(Arc::new(TransferInner {
-            metrics: self.clone(),
-            labels,
-            bytes,
+            series,
             begun: Instant::now(),
             ended: AtomicBool::new(false),
             handed_off: AtomicBool::new(false),
@@ -516,9 +546,10 @@ impl Metrics {
         }))
     }
 
-    /// Counts an OVA import refused by its manifest.
-    pub fn manifest_mismatch(&self) {
-        self.manifest_mismatches.inc();
+    /// Counts an OVA import refused by its manifest (a digest that
+    /// differs, or an entry it lists that is missing).
+    pub fn digest_mismatch(&self) {
+        self.digest_mismatches.inc();
     }
 
     /// Counts a data connection that never completed its TLS handshake.
@@ -539,17 +570,15 @@ impl Metrics {
 
     /// Counts a data API response.
     pub fn request(&self, method: &http::Method, status: StatusCode) {
-        let method = METHODS
-            .into_iter()
-            .find(|m| *m == method.as_str())
-            .unwrap_or("other");
-        let status = STATUS_CLASSES
-            .get(usize::from(status.as_u16() / 100).wrapping_sub(1))
-            .copied()
-            .unwrap_or("5xx");
-        self.requests
-            .get_or_create(&RequestLabels { method, status })
-            .inc();
+        let m = METHODS
+            .iter()
+            .position(|m| *m == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        let s = usize::from(status.as_u16() / 100)
+            .checked_sub(1)
+            .filter(|&s| s < STATUS_CLASSES.len())
+            .unwrap_or(STATUS_CLASSES.len() - 1);
+        self.request_counts[m * STATUS_CLASSES.len() + s].inc();
     }
 
     /// Counts a job started.
@@ -567,7 +596,7 @@ impl Metrics {
             Some(ErrorKind::Cancelled) => self.jobs_cancelled.get_or_create(&l).inc(),
             Some(kind) => {
                 if kind == ErrorKind::Integrity && t == JobType::Import {
-                    self.manifest_mismatch();
+                    self.digest_mismatch();
                 }
                 self.jobs_failed
                     .get_or_create(&JobReason {
@@ -623,10 +652,8 @@ pub struct Transfer(Arc<TransferInner>);
 
 #[derive(Debug)]
 struct TransferInner {
-    metrics: Arc<Metrics>,
-    labels: KindOp,
-    /// The bytes counter of this kind and op; `None` for a flush.
-    bytes: Option<Counter>,
+    /// The series of its kind and op.
+    series: Arc<Series>,
     begun: Instant,
     ended: AtomicBool,
     /// A response body counts and ends the transfer.
@@ -648,7 +675,7 @@ impl Transfer {
 
     /// Counts `n` bytes moved.
     pub fn count(&self, n: u64) {
-        if let Some(c) = &self.0.bytes {
+        if let Some(c) = &self.0.series.bytes {
             c.inc_by(n);
         }
     }
@@ -656,7 +683,7 @@ impl Transfer {
     /// A handle on the bytes counter, for a thread that counts without
     /// holding the transfer (and so without keeping it from ending).
     pub fn counter(&self) -> Option<Counter> {
-        self.0.bytes.clone()
+        self.0.series.bytes.clone()
     }
 
     /// Ends the transfer as completed.
@@ -698,19 +725,39 @@ impl TransferInner {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        let m = &self.metrics;
-        match reason {
-            None => m.succeeded.get_or_create(&self.labels).inc(),
-            Some(r) if r.is_cancel() => m
-                .cancelled
-                .get_or_create(&with_reason(&self.labels, r))
-                .inc(),
-            Some(r) => m.failed.get_or_create(&with_reason(&self.labels, r)).inc(),
+        let s = &self.series;
+        let counter = match reason {
+            None => Some(&s.succeeded),
+            Some(r) if r.is_cancel() => Reason::CANCELLED
+                .iter()
+                .position(|&x| x == r)
+                .map(|i| &s.cancelled[i]),
+            Some(r) => Reason::FAILED
+                .iter()
+                .position(|&x| x == r)
+                .map(|i| &s.failed[i]),
         };
-        m.active.get_or_create(&self.labels).dec();
-        m.duration
-            .get_or_create(&self.labels)
-            .observe(self.begun.elapsed().as_secs_f64());
+        // Every reason is in one of the lists.
+        if let Some(c) = counter {
+            c.inc();
+        }
+        s.active.dec();
+        s.duration.observe(self.begun.elapsed().as_secs_f64());
+    }
+}
+
+impl Series {
+    /// Series registered nowhere.
+    fn detached() -> Series {
+        Series {
+            bytes: None,
+            started: Counter::default(),
+            succeeded: Counter::default(),
+            failed: Reason::FAILED.map(|_| Counter::default()).to_vec(),
+            cancelled: Reason::CANCELLED.map(|_| Counter::default()).to_vec(),
+            active: Gauge::default(),
+            duration: duration_histogram(),
+        }
     }
 }
 
@@ -773,7 +820,7 @@ mod tests {
             "ovaio_transfer_duration_seconds_bucket{kind=\"image\",op=\"write\",le=\"14400\"} 0",
             "ovaio_data_requests_total{method=\"other\",status=\"4xx\"} 0",
             "ovaio_tls_handshake_failures_total{reason=\"timeout\"} 0",
-            "ovaio_manifest_mismatches_total 0",
+            "ovaio_digest_mismatches_total 0",
             "ovaio_jobs_failed_total{type=\"import\",reason=\"io\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

@@ -289,8 +289,7 @@ pub trait Api: Send + Sync + 'static {
     /// Completes a response to a `method` request refused before it
     /// reached [`Api::handle`] (a refused head or transfer coding) with
     /// what every response of this API carries.
-    fn complete(&self, method: &::http::Method, resp: http::Response) -> http::Response {
-        let _ = method;
+    fn complete(&self, _method: &::http::Method, resp: http::Response) -> http::Response {
         resp
     }
 }

@@ -42,7 +42,7 @@ const BLOCK_ALIGN: u64 = 4096;
 /// The digest size imageio asks of the blake2 algorithms.
 const BLAKE2_DIGEST_SIZE: usize = 32;
 /// Bytes of zeros hashed at a time where a block of zeros is hashed.
-const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The algorithms imageio's checksum computes: those Python's `hashlib`
 /// always provides as attributes (imageio looks them up with `getattr`),

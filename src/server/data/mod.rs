@@ -77,7 +77,7 @@ impl Meter {
             && let Err(e) = r
             && e.kind() == ErrorKind::Integrity
         {
-            self.metrics.manifest_mismatch();
+            self.metrics.digest_mismatch();
         }
         let Some(t) = self.transfer else {
             return;

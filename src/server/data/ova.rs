@@ -409,7 +409,7 @@ pub(super) async fn get(
     let (skip, len) = range.map_or((0, total), |r| (r.start, r.len()));
     let to_end = skip + len == total;
     // Only a download of the whole package sees every byte to hash.
-    let hash = (skip == 0 && to_end).then(PackageHash::start);
+    let hash = (skip == 0 && to_end).then(PackageHash::start).flatten();
     tracing::info!(size = total, skip, len, "OVA download started");
     let (tx, rx) = mpsc::channel(cfg.queue_depth);
     let chunk = cfg.buffer_size;
@@ -511,23 +511,32 @@ pub(super) fn checksum(t: &TicketHandle, req: &Request) -> Result<Response> {
 /// export hashes its disk entries), so hashing costs the thread that
 /// encodes the package no time: `start` gives the sender to tap the
 /// response with and the thread, which ends with the hex digest once the
-/// sender is dropped.
+/// sender is dropped; `None` when no thread could be started (the
+/// download goes on unhashed).
 struct PackageHash;
 
 impl PackageHash {
     /// Chunks queued before the response waits for the hash.
     const QUEUE: usize = 4;
 
-    fn start() -> (SyncSender<Bytes>, JoinHandle<String>) {
+    fn start() -> Option<(SyncSender<Bytes>, JoinHandle<String>)> {
         let (tx, rx) = sync_channel::<Bytes>(Self::QUEUE);
-        let thread = std::thread::spawn(move || {
-            let mut h = Sha256::new();
-            while let Ok(chunk) = rx.recv() {
-                h.update(&chunk);
+        let thread = std::thread::Builder::new()
+            .name("ova-sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                while let Ok(chunk) = rx.recv() {
+                    h.update(&chunk);
+                }
+                hex::encode(h.finalize())
+            });
+        match thread {
+            Ok(thread) => Some((tx, thread)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread to hash the package; its checksum stays unknown");
+                None
             }
-            hex::encode(h.finalize())
-        });
-        (tx, thread)
+        }
     }
 }
 
