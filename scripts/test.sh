@@ -26,6 +26,7 @@ want systemd-analyze systemd "checks the shipped unit (verify, security)"
 want systemd-sysusers systemd "checks the shipped sysusers.d entry"
 want openssl openssl "certificate reload test: the certificate a client is shown"
 want mkfifo coreutils "restart test: a job reading from a pipe"
+want promtool prometheus "checks the server's /metrics exposition"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
   { need+=(python3-venv); why+=("venv for ovirt-imageio and selenium"); }
 if [ ${#need[@]} -gt 0 ]; then

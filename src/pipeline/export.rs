@@ -122,6 +122,9 @@ pub struct ExportedDisk {
     pub size: u64,
     /// Bytes of guest data in it.
     pub populated_size: u64,
+    /// SHA-256 of the entry, hex, when the export writes a manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 fn manifest_text_len(names: &[&str]) -> u64 {
@@ -450,6 +453,7 @@ fn write_disk<W: Write>(
     }
     tar.end_entry()?;
     let hash = hasher.map(HashThread::finish).transpose()?;
+    let sha256 = hash.as_deref().map(hex::encode);
     Ok((
         hash,
         ExportedDisk {
@@ -459,6 +463,7 @@ fn write_disk<W: Write>(
             capacity: d.capacity,
             size,
             populated_size: populated,
+            sha256,
         },
     ))
 }

@@ -11,6 +11,7 @@
 //! | `POST /jobs` (job JSON) | 201, the job's status |
 //! | `GET /jobs`, `GET /jobs/{id}` | 200 |
 //! | `DELETE /jobs/{id}` | 204, cancels a running job |
+//! | `GET /metrics` | 200, Prometheus text (OpenMetrics when the `Accept` header asks) |
 //!
 //! Errors are one line of text with a 4xx/5xx status, as ovirt-imageio's.
 //!
@@ -28,6 +29,7 @@ use serde_json::json;
 
 use super::http::{self as h, Request, Response};
 use super::jobs::{JobRequest, Jobs};
+use super::metrics::Metrics;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ticket::{self, TicketKind, TicketRequest, TicketStatus, TicketStore, TransferState};
 
@@ -41,6 +43,7 @@ const BODY_IDLE: Duration = Duration::from_secs(30);
 pub struct ControlApi {
     store: Arc<TicketStore>,
     jobs: Arc<Jobs>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,7 +54,18 @@ struct Extend {
 impl ControlApi {
     /// The control API over the ticket store and job list.
     pub fn new(store: Arc<TicketStore>, jobs: Arc<Jobs>) -> Self {
-        ControlApi { store, jobs }
+        ControlApi {
+            store,
+            jobs,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Shows `metrics` on `GET /metrics` (by default a registry of its
+    /// own, all zero).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Answers one request; never fails (errors become responses).
@@ -124,22 +138,56 @@ impl ControlApi {
                 }
                 Ok(r)
             }
+            (["metrics"], &Method::GET) => {
+                let (text, ctype) = self.metrics.encode(wants_openmetrics(req.headers()));
+                let mut r = hyper::Response::new(h::full(text));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(ctype),
+                );
+                Ok(r)
+            }
             (["jobs"], &Method::GET) => Ok(h::json(StatusCode::OK, &self.jobs.list())),
             (["jobs", id], &Method::GET) => Ok(h::json(StatusCode::OK, &self.jobs.get(id)?)),
             (["jobs", id], &Method::DELETE) => {
                 self.jobs.remove(id);
                 Ok(h::status(StatusCode::NO_CONTENT))
             }
-            (["tickets"] | ["tickets", _] | ["jobs", _] | ["jobs"] | ["info"], _) => Ok(h::text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{method} is not allowed on {path}"),
-            )),
+            (["tickets"] | ["tickets", _] | ["jobs", _] | ["jobs"] | ["info"] | ["metrics"], _) => {
+                Ok(h::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("{method} is not allowed on {path}"),
+                ))
+            }
             _ => Err(Error::new(
                 ErrorKind::NotFound,
                 format!("no resource {path}"),
             )),
         }
     }
+}
+
+/// Whether the scraper takes OpenMetrics text (Prometheus asks for it
+/// first in its `Accept` header); anything else gets the classic text
+/// format, which every scraper reads.
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| {
+            let mut parts = m.split(';').map(str::trim);
+            let kind = parts.next().unwrap_or_default();
+            // A quality of zero refuses the type.
+            kind.eq_ignore_ascii_case("application/openmetrics-text")
+                && !parts.any(|p| {
+                    matches!(
+                        p.replace(' ', "").as_str(),
+                        "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
+                    )
+                })
+        })
 }
 
 async fn body(req: Request) -> Result<bytes::Bytes> {

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::metrics::Transfer;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Every response body.
@@ -330,16 +331,43 @@ impl BodyReader {
 /// A response body fed through a bounded channel, typically by a blocking
 /// thread reading a volume. An `Err` item aborts the response (the client
 /// sees the connection close before `Content-Length` bytes).
+///
+/// With a [`Transfer`], the body is where a download's bytes are counted
+/// (as each frame is handed to the connection, so a buffer still queued
+/// when the client leaves is not) and where it ends: completed with its
+/// last byte, abandoned when the connection drops the body before that.
 #[derive(Debug)]
 pub struct ChannelBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     remaining: Option<u64>,
+    transfer: Option<Transfer>,
 }
 
 impl ChannelBody {
     /// A body of exactly `len` bytes when given, read from `rx`.
     pub fn new(rx: mpsc::Receiver<io::Result<Bytes>>, len: Option<u64>) -> Self {
-        ChannelBody { rx, remaining: len }
+        ChannelBody {
+            rx,
+            remaining: len,
+            transfer: None,
+        }
+    }
+
+    /// Counts the body's bytes into `t` and ends it with the body.
+    pub fn with_transfer(mut self, t: Transfer) -> Self {
+        t.hand_off();
+        self.transfer = Some(t);
+        self
+    }
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        // Ended already when the last byte went out or the producer
+        // failed; otherwise the connection let go of the body early.
+        if let Some(t) = &self.transfer {
+            t.abandon();
+        }
     }
 }
 
@@ -356,15 +384,39 @@ impl http_body::Body for ChannelBody {
                 if let Some(r) = self.remaining.as_mut() {
                     *r = r.saturating_sub(b.len() as u64);
                 }
+                if let Some(t) = &self.transfer {
+                    t.count(b.len() as u64);
+                    // hyper asks no further once the length is reached.
+                    if self.remaining == Some(0) {
+                        t.succeed();
+                    }
+                }
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                // The producer has said why, where it knew; this is the
+                // fallback.
+                if let Some(t) = &self.transfer {
+                    t.fail_kind(ErrorKind::Io);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => match self.remaining {
-                Some(r) if r > 0 => Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("response ended {r} bytes short"),
-                )))),
-                _ => Poll::Ready(None),
+                Some(r) if r > 0 => {
+                    if let Some(t) = &self.transfer {
+                        t.fail_kind(ErrorKind::Io);
+                    }
+                    Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("response ended {r} bytes short"),
+                    ))))
+                }
+                _ => {
+                    if let Some(t) = &self.transfer {
+                        t.succeed();
+                    }
+                    Poll::Ready(None)
+                }
             },
             Poll::Pending => Poll::Pending,
         }
@@ -382,13 +434,19 @@ impl http_body::Body for ChannelBody {
     }
 }
 
-/// A streaming response of `len` bytes (when known) from `rx`.
+/// A streaming response of `len` bytes (when known) from `rx`; the body
+/// counts and ends `transfer` (see [`ChannelBody`]).
 pub fn streaming(
     code: StatusCode,
     rx: mpsc::Receiver<io::Result<Bytes>>,
     len: Option<u64>,
+    transfer: Option<Transfer>,
 ) -> Response {
-    let mut r = hyper::Response::new(ChannelBody::new(rx, len).boxed());
+    let mut body = ChannelBody::new(rx, len);
+    if let Some(t) = transfer {
+        body = body.with_transfer(t);
+    }
+    let mut r = hyper::Response::new(body.boxed());
     *r.status_mut() = code;
     if let Some(len) = len {
         r.headers_mut()

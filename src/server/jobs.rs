@@ -29,6 +29,7 @@ use crate::pipeline::export::ExportPlan;
 use crate::pipeline::import::Importer;
 use crate::pipeline::progress::Progress;
 use crate::server::data::{export_request, import_targets};
+use crate::server::metrics::{JobType, Metrics};
 use crate::sink::partial::{self, Existing, PartialFile};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::journal::Journal;
@@ -132,6 +133,7 @@ pub struct Jobs {
     jobs: Arc<Mutex<Map>>,
     next: AtomicU64,
     journal: Option<Arc<JobJournal>>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a job's journal record holds: its status as `GET` shows it and
@@ -226,7 +228,14 @@ impl Jobs {
             jobs: Arc::new(Mutex::new(HashMap::new())),
             next: AtomicU64::new(1),
             journal: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts jobs into `metrics` (by default a registry of their own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Journals every job in `journal` from now on; call
@@ -363,6 +372,12 @@ impl Jobs {
             jj.write(&id, None, || {});
         }
         let j = job.clone();
+        let job_type = match &job.request {
+            JobRequest::Import { .. } => JobType::Import,
+            JobRequest::Export { .. } => JobType::Export,
+        };
+        let metrics = self.metrics.clone();
+        metrics.job_started(job_type);
         let journal = self.journal.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("job-{id}"))
@@ -371,6 +386,7 @@ impl Jobs {
                 let _e = span.enter();
                 j.set_state(TransferState::Active);
                 let r = work.run(j.progress.clone());
+                metrics.job_ended(job_type, r.as_ref().err());
                 let mut o = Outcome {
                     finished: Some(now()),
                     ..Outcome::default()
@@ -405,10 +421,9 @@ impl Jobs {
         if let Err(e) = spawned {
             // Not started: forget it, record included.
             self.remove(&id);
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("cannot start a job thread: {e}"),
-            ));
+            let e = Error::new(ErrorKind::Io, format!("cannot start a job thread: {e}"));
+            self.metrics.job_ended(job_type, Some(&e));
+            return Err(e);
         }
         Ok(job.status())
     }

@@ -19,6 +19,7 @@ pub mod data;
 pub mod http;
 pub mod io;
 pub mod jobs;
+pub mod metrics;
 pub mod range;
 pub mod state;
 pub mod tls;
@@ -42,6 +43,7 @@ use tokio_rustls::TlsAcceptor;
 use self::config::ServeConfig;
 use self::control::ControlApi;
 use self::data::DataApi;
+use self::metrics::{ApiKind, HandshakeFailure, Metrics};
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::TicketStore;
@@ -108,9 +110,15 @@ pub async fn serve(
     let certificate = tls::ReloadableCert::load(&tls.cert, &tls.key)?;
     let acceptor = TlsAcceptor::from(tls::server_config_for(certificate.clone())?);
 
-    let (store, jobs) = state::open(&cfg.state_dir, roots)?;
-    let data_api = Arc::new(DataApi::new(store.clone(), cfg.data.clone()));
-    let control_api = Arc::new(ControlApi::new(store.clone(), jobs.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let (store, jobs) = state::open(&cfg.state_dir, roots, metrics.clone())?;
+    let data_api = Arc::new(DataApi::new(
+        store.clone(),
+        cfg.data.clone(),
+        metrics.clone(),
+    ));
+    let control_api =
+        Arc::new(ControlApi::new(store.clone(), jobs.clone()).with_metrics(metrics.clone()));
 
     let data_listener = TcpListener::bind(cfg.data.listen)
         .await
@@ -164,6 +172,7 @@ pub async fn serve(
         let write_timeout = Duration::from_secs(cfg.data.write_timeout);
         let waiting = Some(store.clone());
         let store = store.clone();
+        let metrics = metrics.clone();
         tasks.spawn(accept_loop(
             data_listener,
             pending,
@@ -177,15 +186,18 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 let slots = slots.clone();
                 let store = store.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
+                            metrics.handshake_failed(HandshakeFailure::Error);
                             return;
                         }
                         Err(_) => {
                             tracing::debug!("TLS handshake timed out");
+                            metrics.handshake_failed(HandshakeFailure::Timeout);
                             return;
                         }
                     };
@@ -196,6 +208,7 @@ pub async fn serve(
                         return;
                     };
                     drop(pending_permit);
+                    let _counted = metrics.connection(ApiKind::Data);
                     let io = TokioIo::new(io::WriteTimeout::new(tls, write_timeout));
                     serve_conn(&http, io, api, max_head, watcher, "data").await;
                 });
@@ -206,12 +219,15 @@ pub async fn serve(
         let max_head = cfg.data.max_header_bytes;
         let graceful = graceful.clone();
         let http = http.clone();
+        let metrics = metrics.clone();
         move |io: Box<dyn IoStream>, permit| {
             let api = control_api.clone();
             let http = http.clone();
             let watcher = graceful.watcher();
+            let counted = metrics.connection(ApiKind::Control);
             tokio::spawn(async move {
                 let _permit = permit;
+                let _counted = counted;
                 serve_conn(&http, TokioIo::new(io), api, max_head, watcher, "control").await;
             });
         }
@@ -273,10 +289,10 @@ pub trait Api: Send + Sync + 'static {
     /// Answers one request.
     fn handle(self: Arc<Self>, req: http::Request) -> impl Future<Output = http::Response> + Send;
 
-    /// Completes a response given before the request reached
-    /// [`Api::handle`] (a refused head or transfer coding) with what every
-    /// response of this API carries.
-    fn complete(&self, resp: http::Response) -> http::Response {
+    /// Completes a response to a `method` request refused before it
+    /// reached [`Api::handle`] (a refused head or transfer coding) with
+    /// what every response of this API carries.
+    fn complete(&self, _method: &::http::Method, resp: http::Response) -> http::Response {
         resp
     }
 }
@@ -286,8 +302,8 @@ impl Api for DataApi {
         DataApi::handle(self, req)
     }
 
-    fn complete(&self, resp: http::Response) -> http::Response {
-        DataApi::complete(resp)
+    fn complete(&self, method: &::http::Method, resp: http::Response) -> http::Response {
+        DataApi::complete(self, method, resp)
     }
 }
 
@@ -314,11 +330,12 @@ async fn serve_conn<A: Api, I>(
         let api = api.clone();
         async move {
             if let Some(r) = http::head_too_large(&req, max_head) {
-                return Ok::<_, Infallible>(api.complete(r));
+                return Ok::<_, Infallible>(api.complete(req.method(), r));
             }
             if let Some(r) = http::unknown_transfer_coding(&req) {
+                let method = req.method().clone();
                 http::drain_in_background(req.into_body());
-                return Ok(api.complete(r));
+                return Ok(api.complete(&method, r));
             }
             Ok::<_, Infallible>(api.handle(req).await)
         }

@@ -359,6 +359,10 @@ pub struct ImageQuery {
     pub flush: Option<bool>,
     /// `context=`: `"zero"` or `"dirty"` for extents; `None` when not given.
     pub context: Option<String>,
+    /// `algorithm=` of a checksum, as given (the checksum checks it).
+    pub algorithm: Option<String>,
+    /// `block_size=` of a checksum, as given (the checksum checks it).
+    pub block_size: Option<String>,
 }
 
 /// Parses the query string (the part after `?`, without it) into the data
@@ -367,6 +371,7 @@ pub struct ImageQuery {
 /// * `flush=y|yes|true|1` or `flush=n|no|false|0` (imageio itself sends
 ///   `y` and `n`); values are case-sensitive.
 /// * `context=zero|dirty`.
+/// * `algorithm=` and `block_size=`, kept as given for the checksum.
 /// * Unknown keys are ignored, as are empty pairs (`a&&b`).
 ///
 /// Errors are [`RangeError::Invalid`]: another value for a known key, a
@@ -380,7 +385,7 @@ pub fn parse_query(query: Option<&str>) -> Result<ImageQuery, RangeError> {
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "flush" && key != "context" {
+        if !["flush", "context", "algorithm", "block_size"].contains(&key) {
             continue;
         }
         if value.contains('%') {
@@ -389,7 +394,16 @@ pub fn parse_query(query: Option<&str>) -> Result<ImageQuery, RangeError> {
                 format!("{key}={}: percent-escapes are not supported", quote(value)),
             ));
         }
-        if key == "flush" {
+        if key == "algorithm" || key == "block_size" {
+            let slot = if key == "algorithm" {
+                &mut out.algorithm
+            } else {
+                &mut out.block_size
+            };
+            if slot.replace(value.to_owned()).is_some() {
+                return Err(RangeError::invalid(QUERY, format!("{key} given twice")));
+            }
+        } else if key == "flush" {
             if out.flush.is_some() {
                 return Err(RangeError::invalid(QUERY, "flush given twice"));
             }
@@ -702,6 +716,12 @@ mod tests {
         let q = |flush, context: Option<&str>| ImageQuery {
             flush,
             context: context.map(str::to_owned),
+            ..ImageQuery::default()
+        };
+        let sum = |algorithm: Option<&str>, block_size: Option<&str>| ImageQuery {
+            algorithm: algorithm.map(str::to_owned),
+            block_size: block_size.map(str::to_owned),
+            ..ImageQuery::default()
         };
         let cases: &[(Option<&str>, ImageQuery)] = &[
             (None, ImageQuery::default()),
@@ -727,6 +747,13 @@ mod tests {
             (Some("x=%zz&y&=z&flush=n"), q(Some(false), None)),
             (Some("Flush=maybe"), ImageQuery::default()),
             (Some("flushy=1"), ImageQuery::default()),
+            // Checksum options are kept as given; the checksum judges them.
+            (Some("algorithm=sha256"), sum(Some("sha256"), None)),
+            (
+                Some("block_size=1048576&algorithm=x"),
+                sum(Some("x"), Some("1048576")),
+            ),
+            (Some("block_size="), sum(None, Some(""))),
         ];
         for (query, want) in cases {
             assert_eq!(parse_query(*query).as_ref(), Ok(want), "{query:?}");
@@ -753,6 +780,9 @@ mod tests {
             "flush=y&flush=n",
             "context=zero&context=dirty",
             "foo=1&flush=x",
+            "algorithm=sha256&algorithm=md5",
+            "block_size=1&block_size=1",
+            "algorithm=sha%32",
         ];
         for &query in cases {
             let got = parse_query(Some(query));

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::jobs::Jobs;
+use super::metrics::Metrics;
 use crate::error::Result;
 use crate::sink::partial;
 use crate::source::volume::AllowedRoots;
@@ -23,8 +24,13 @@ use crate::ticket::journal::Journal;
 pub const JOURNAL_DIR: &str = "journal";
 
 /// The ticket store and job list over `roots`, journaled in `state_dir`
-/// and restored from what an earlier run journaled there.
-pub fn open(state_dir: &Path, roots: AllowedRoots) -> Result<(Arc<TicketStore>, Arc<Jobs>)> {
+/// and restored from what an earlier run journaled there; jobs count
+/// themselves in `metrics`.
+pub fn open(
+    state_dir: &Path,
+    roots: AllowedRoots,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<TicketStore>, Arc<Jobs>)> {
     let dir = state_dir.join(JOURNAL_DIR);
     // Opened first so that the parent is created 0700 before its children.
     Journal::open(&dir)?;
@@ -34,7 +40,9 @@ pub fn open(state_dir: &Path, roots: AllowedRoots) -> Result<(Arc<TicketStore>, 
     let store = TicketStore::new(roots.clone()).with_journal(tickets);
     let t = store.restore();
     let store = Arc::new(store);
-    let jobs = Jobs::new(store.clone()).with_journal(jobs_journal);
+    let jobs = Jobs::new(store.clone())
+        .with_journal(jobs_journal)
+        .with_metrics(metrics);
     let j = jobs.restore();
 
     let mut removed = 0;

@@ -58,6 +58,12 @@ impl<'a> DirectWriter<'a> {
         }
     }
 
+    /// The file offset up to which every byte given has been written to
+    /// the file (the rest waits in the buffer for a whole block).
+    pub fn written_through(&self) -> u64 {
+        self.pos - self.fill as u64
+    }
+
     /// Whether whole blocks bypass the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()

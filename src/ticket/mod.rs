@@ -20,8 +20,8 @@ pub use model::{
     DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
 };
 pub use store::{
-    IdleHold, JOURNAL_EXPIRY_SLACK, RESTARTED, ResolvedDisk, ResolvedOva, Restored, TicketHandle,
-    TicketStore,
+    CancelCause, IdleHold, JOURNAL_EXPIRY_SLACK, RESTARTED, ResolvedDisk, ResolvedOva, Restored,
+    TicketHandle, TicketStore, TicketWatch,
 };
 
 use crate::error::{Classify, ErrorKind};

@@ -229,6 +229,10 @@ pub struct DiskStatus {
     pub bytes: u64,
     /// Where this disk stands.
     pub state: TransferState,
+    /// `ova-export`: SHA-256 of the disk's tar entry, once a download of
+    /// the whole package completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// What `GET /tickets/{id}` answers, and each item of `GET /tickets`: the
@@ -261,6 +265,10 @@ pub struct TicketStatus {
     /// Per-disk progress (OVA kinds).
     #[serde(default)]
     pub disks: Vec<DiskStatus>,
+    /// `ova-export`: SHA-256 of the whole package, once a download of all
+    /// of it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl TicketRequest {
@@ -597,6 +605,7 @@ mod tests {
             state: TransferState::Active,
             error: None,
             disks: vec![],
+            sha256: None,
         };
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["uuid"], ID);

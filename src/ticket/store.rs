@@ -123,6 +123,21 @@ struct LiveState {
     /// moves the deadline without a write until it runs
     /// [`JOURNAL_EXPIRY_SLACK`] ahead, and shutdown writes what moved.
     journaled: (Instant, u64),
+    /// Why the ticket was cancelled, the first reason only.
+    cancel_cause: Option<CancelCause>,
+    /// SHA-256 of the package an `ova-export` ticket last sent whole.
+    sha256: Option<String>,
+}
+
+/// Why a ticket's transfers were cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelCause {
+    /// The ticket was removed, or replaced by another under its id.
+    Removed,
+    /// The ticket expired.
+    Expired,
+    /// The server is stopping.
+    Shutdown,
 }
 
 #[derive(Debug)]
@@ -213,7 +228,8 @@ impl TicketStore {
                 self.sync(id);
                 return Ok(());
             }
-            old.live.cancel(&mut lock(&old.live.state));
+            old.live
+                .cancel(&mut lock(&old.live.state), CancelCause::Removed);
         } else if map.len() >= MAX_TICKETS {
             return Err(Error::new(
                 ErrorKind::LimitExceeded,
@@ -229,6 +245,7 @@ impl TicketStore {
                 disk_id: d.disk_id.clone(),
                 bytes: 0,
                 state: TransferState::Pending,
+                sha256: None,
             })
             .collect();
         let live = self.live(&spec, deadline, now, TransferState::Pending, None, disks);
@@ -274,6 +291,8 @@ impl TicketStore {
                 disks,
                 attached: Vec::new(),
                 journaled: (deadline, 0),
+                cancel_cause: None,
+                sha256: None,
             }),
         }
     }
@@ -331,7 +350,9 @@ impl TicketStore {
         let now = self.clock.now();
         let mut map = self.purged(now);
         if let Some(entry) = map.remove(id) {
-            entry.live.cancel(&mut lock(&entry.live.state));
+            entry
+                .live
+                .cancel(&mut lock(&entry.live.state), CancelCause::Removed);
         }
         drop(map);
         self.sync(id);
@@ -533,7 +554,8 @@ impl TicketStore {
         }
         let map = lock(&self.tickets);
         for e in map.values() {
-            e.live.cancel(&mut lock(&e.live.state));
+            e.live
+                .cancel(&mut lock(&e.live.state), CancelCause::Shutdown);
         }
     }
 
@@ -546,7 +568,7 @@ impl TicketStore {
         map.retain(|id, e| {
             let mut s = lock(&e.live.state);
             if e.live.expired(&s, now, idle_held) {
-                e.live.cancel(&mut s);
+                e.live.cancel(&mut s, CancelCause::Expired);
                 gone.push(id.clone());
                 false
             } else {
@@ -691,6 +713,7 @@ impl Entry {
             state: s.state,
             error: s.error.clone(),
             disks: s.disks.clone(),
+            sha256: s.sha256.clone(),
         }
     }
 }
@@ -711,8 +734,9 @@ impl Live {
         }
     }
 
-    fn cancel(&self, s: &mut LiveState) {
+    fn cancel(&self, s: &mut LiveState, cause: CancelCause) {
         s.canceled = true;
+        s.cancel_cause.get_or_insert(cause);
         if matches!(s.state, TransferState::Pending | TransferState::Active) {
             s.state = TransferState::Cancelled;
         }
@@ -904,6 +928,40 @@ impl TicketHandle {
         }
     }
 
+    /// Why the ticket was cancelled, once it is.
+    pub fn cancel_cause(&self) -> Option<CancelCause> {
+        lock(&self.live.state).cancel_cause
+    }
+
+    /// A view of the ticket's cancellation that outlives this handle and
+    /// does not count as a connection: what is left of a transfer after
+    /// its request (a response body still streaming) asks it.
+    pub fn watch(&self) -> TicketWatch {
+        TicketWatch {
+            live: self.live.clone(),
+        }
+    }
+
+    /// Records the SHA-256 of a whole package sent and of each disk entry
+    /// in it (`ova-export`), shown until a later whole download replaces
+    /// them. Unknown hrefs are ignored.
+    pub fn set_checksums(&self, package: String, disks: &[(String, String)]) {
+        let mut s = lock(&self.live.state);
+        s.sha256 = Some(package);
+        for (href, hex) in disks {
+            if let Some(d) = s.disks.iter_mut().find(|d| &d.href == href) {
+                d.sha256 = Some(hex.clone());
+            }
+        }
+    }
+
+    /// The checksums [`TicketHandle::set_checksums`] recorded: the
+    /// package's, and each disk's by href.
+    pub fn checksums(&self) -> Option<(String, Vec<DiskStatus>)> {
+        let s = lock(&self.live.state);
+        s.sha256.clone().map(|p| (p, s.disks.clone()))
+    }
+
     /// Marks the transfer complete and verified.
     pub fn succeed(&self) {
         self.finish(TransferState::Succeeded, None);
@@ -927,6 +985,19 @@ impl TicketHandle {
             Some(p) => p.finish(self.id(), &self.live, state, error.as_deref(), apply),
             None => apply(),
         }
+    }
+}
+
+/// See [`TicketHandle::watch`].
+#[derive(Debug, Clone)]
+pub struct TicketWatch {
+    live: Arc<Live>,
+}
+
+impl TicketWatch {
+    /// Why the ticket was cancelled, once it is.
+    pub fn cancel_cause(&self) -> Option<CancelCause> {
+        lock(&self.live.state).cancel_cause
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Server {
     pub cert: PathBuf,
     /// The control socket.
     pub socket: PathBuf,
+    /// `http://ADDR` of the control API's loopback TCP listener, when
+    /// `--control-listen` asked for one.
+    pub control_tcp: Option<String>,
     /// The (canonical) storage root.
     pub root: PathBuf,
     /// The state directory.
@@ -149,10 +152,15 @@ impl Server {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
+        let control_tcp = lines.iter().find_map(|l| {
+            l.strip_prefix("ovaio serve: control API http://")
+                .map(|a| format!("http://{}", a.trim_end_matches('/')))
+        });
         Server {
             child: Some(child),
             base: format!("https://127.0.0.1:{port}"),
             port,
+            control_tcp,
             cert: state.join("tls/server.crt"),
             socket: state.join("control.sock"),
             root: std::fs::canonicalize(&root).expect("canonical root"),

@@ -29,6 +29,7 @@ pub(crate) struct ChannelWriter {
     buf: BytesMut,
     chunk: usize,
     on_send: Option<Box<dyn FnMut() + Send>>,
+    tap: Option<std::sync::mpsc::SyncSender<Bytes>>,
 }
 
 impl std::fmt::Debug for ChannelWriter {
@@ -47,7 +48,14 @@ impl ChannelWriter {
             buf: BytesMut::with_capacity(chunk),
             chunk,
             on_send: None,
+            tap: None,
         }
+    }
+
+    /// Also hands every buffer to `tap` (shared, not copied) before it
+    /// goes to the response; a tap that has gone is left alone.
+    pub(crate) fn tap(&mut self, tap: std::sync::mpsc::SyncSender<Bytes>) {
+        self.tap = Some(tap);
     }
 
     /// Calls `f` after each buffer is handed on (progress reports).
@@ -62,6 +70,11 @@ impl ChannelWriter {
         }
         let b = self.buf.split().freeze();
         self.buf.reserve(self.chunk);
+        if let Some(t) = &self.tap
+            && t.send(b.clone()).is_err()
+        {
+            self.tap = None;
+        }
         self.tx
             .blocking_send(Ok(b))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client disconnected"))?;

@@ -26,12 +26,14 @@ use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::blocking;
+use super::checksum::{self, Options};
+use super::{Meter, blocking};
 use crate::codec::map::RangeKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::roots::AllowedRoots;
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
+use crate::server::metrics::Op;
 use crate::server::range::{self, ByteRange, RangeError};
 use crate::sink::direct::DirectWriter;
 use crate::ticket::TicketHandle;
@@ -104,7 +106,9 @@ pub(super) async fn get(
     req: Request,
     roots: AllowedRoots,
     cfg: &DataConfig,
+    meter: &mut Meter,
 ) -> Result<Response> {
+    let transfer = meter.start(Op::Read);
     let path = volume_path(&t)?;
     let (parts, _) = req.into_parts();
     let p = path.clone();
@@ -125,11 +129,13 @@ pub(super) async fn get(
     let (tx, rx) = mpsc::channel(cfg.queue_depth);
     let chunk = cfg.buffer_size;
     let cancel = t.progress().cancel_flag();
+    let producer = transfer.clone();
     tokio::task::spawn_blocking(move || {
         let mut off = start;
         let end = start + len;
         while off < end {
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                producer.fail_kind(ErrorKind::Cancelled);
                 let _ = tx.blocking_send(Err(io::Error::other("ticket cancelled")));
                 return;
             }
@@ -137,6 +143,7 @@ pub(super) async fn get(
             let mut buf = BytesMut::zeroed(n);
             if let Err(e) = file.read_exact_at(&mut buf, off) {
                 tracing::warn!(offset = off, error = %e, "read failed");
+                producer.fail_kind(ErrorKind::Io);
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
@@ -148,7 +155,7 @@ pub(super) async fn get(
             off += n as u64;
         }
     });
-    let mut r = h::streaming(code, rx, Some(len));
+    let mut r = h::streaming(code, rx, Some(len), Some(transfer));
     let hd = r.headers_mut();
     hd.insert(
         CONTENT_TYPE,
@@ -171,7 +178,9 @@ pub(super) async fn put(
     req: Request,
     roots: AllowedRoots,
     cfg: &DataConfig,
+    meter: &mut Meter,
 ) -> Result<Response> {
+    let received = meter.start(Op::Write).counter();
     let path = volume_path(&t)?;
     let (parts, body) = req.into_parts();
     let query = match range::parse_query(parts.uri.query()) {
@@ -237,12 +246,24 @@ pub(super) async fn put(
                 .at_path(&wpath)
                 .with_message(format!("write at offset {offset} failed"))
         };
+        // Bytes count once the file has them, not while the writer
+        // holds them for an aligned block.
+        let mut counted = offset;
+        let mut count = |through: u64| {
+            if let Some(c) = &received {
+                c.inc_by(through - counted);
+            }
+            counted = through;
+        };
         while let Some(batch) = rx.blocking_recv() {
             for b in batch.into_pieces() {
                 w.write(&b).map_err(fail)?;
+                count(w.written_through());
             }
         }
-        Ok(w.finish().map_err(fail)? - offset)
+        let end = w.finish().map_err(fail)?;
+        count(end);
+        Ok(end - offset)
     });
     let mut reader = BodyReader::new(body, idle(&t)).cancelled_by(t.progress().cancel_flag());
     let mut sent = 0u64;
@@ -312,6 +333,7 @@ pub(super) async fn patch(
     req: Request,
     roots: AllowedRoots,
     cfg: &DataConfig,
+    meter: &mut Meter,
 ) -> Result<Response> {
     let path = volume_path(&t)?;
     let (_, body) = req.into_parts();
@@ -332,6 +354,10 @@ pub(super) async fn patch(
             format!("bad PATCH message: {e}"),
         )
     })?;
+    let transfer = meter.start(match op {
+        PatchOp::Zero { .. } => Op::Zero,
+        PatchOp::Flush => Op::Flush,
+    });
     let p = path.clone();
     let size_hint = t.size();
     let file = blocking::run(move || open_volume(&roots, &p, true, size_hint)).await?;
@@ -370,9 +396,48 @@ pub(super) async fn patch(
             })
             .await?;
             t.add_transferred(len);
+            transfer.count(len);
         }
     }
     Ok(h::status(StatusCode::OK))
+}
+
+/// `GET /images/{ticket}/checksum[?algorithm=A][&block_size=N]`: the
+/// volume's block checksum (see [`checksum`]), with imageio's defaults.
+pub(super) async fn checksum(
+    t: TicketHandle,
+    req: Request,
+    roots: AllowedRoots,
+    cfg: &DataConfig,
+) -> Result<Response> {
+    let path = volume_path(&t)?;
+    let q = match range::parse_query(req.uri().query()) {
+        Ok(q) => q,
+        Err(e) => return Ok(range_error(e)),
+    };
+    let opts = Options::parse(q.algorithm.as_deref(), q.block_size.as_deref())?;
+    let buffer = cfg.buffer_size;
+    let cancel = t.progress().cancel_flag();
+    let sum = blocking::run(move || {
+        let file = open_volume(&roots, &path, false, None)?;
+        let size = file_size(&file, &path)?;
+        checksum::checksum_file(&file, size, opts, buffer, &cancel, || t.touch())
+            .map_err(|e| e.at_path(&path))
+    })
+    .await?;
+    tracing::debug!(
+        algorithm = opts.algorithm.name(),
+        block_size = opts.block_size,
+        "checksum"
+    );
+    Ok(h::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "algorithm": opts.algorithm.name(),
+            "block_size": opts.block_size,
+            "checksum": sum,
+        }),
+    ))
 }
 
 /// Zeroes `[offset, offset+len)`: punches a hole on a sparse ticket,

@@ -5,6 +5,7 @@
 //! ([`ova`]).
 
 mod blocking;
+pub mod checksum;
 mod image;
 mod ova;
 
@@ -20,8 +21,9 @@ use tracing::Instrument;
 
 use super::config::DataConfig;
 use super::http::{self as h, Request, Response};
+use super::metrics::{self, Metrics, Transfer};
 use crate::error::{ErrorKind, Result};
-use crate::ticket::{Op, TicketHandle, TicketKind, TicketStore};
+use crate::ticket::{Op, TicketHandle, TicketKind, TicketStore, TicketWatch};
 
 /// What `OPTIONS` advertises for writers and readers at once per ticket.
 pub const MAX_READERS: u32 = 8;
@@ -35,6 +37,7 @@ pub struct DataApi {
     cfg: DataConfig,
     /// OVA tickets with an upload or download in progress: one at a time.
     busy: Arc<Mutex<HashSet<String>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Which resource under `/images/{ticket}`.
@@ -42,26 +45,75 @@ pub struct DataApi {
 enum Resource {
     Image,
     Extents,
+    Checksum,
+    Algorithms,
+}
+
+/// The transfer a request may start, handed to its handler, which starts
+/// it once the request is accepted (an OVA upload only after its length
+/// was checked against the ticket). [`Meter::finish`] ends it by the
+/// handler's answer, unless a response body took it over.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    metrics: Arc<Metrics>,
+    kind: TicketKind,
+    watch: TicketWatch,
+    transfer: Option<Transfer>,
+}
+
+impl Meter {
+    /// Starts the transfer as `op`.
+    pub(crate) fn start(&mut self, op: metrics::Op) -> Transfer {
+        let t = self.metrics.start(self.kind, op, self.watch.clone());
+        self.transfer = Some(t.clone());
+        t
+    }
+
+    /// Ends a started transfer by the handler's result: an error or an
+    /// error status fails it, a success completes it, unless a response
+    /// body is still sending it.
+    fn finish(self, r: &Result<Response>) {
+        if self.kind == TicketKind::OvaImport
+            && let Err(e) = r
+            && e.kind() == ErrorKind::Integrity
+        {
+            self.metrics.digest_mismatch();
+        }
+        let Some(t) = self.transfer else {
+            return;
+        };
+        match r {
+            Err(e) => t.fail(e),
+            Ok(resp) if !resp.status().is_success() => t.fail_status(resp.status()),
+            Ok(_) if t.is_handed_off() => {}
+            Ok(_) => t.succeed(),
+        }
+    }
 }
 
 impl DataApi {
-    /// The data API over `store`.
-    pub fn new(store: Arc<TicketStore>, cfg: DataConfig) -> Self {
+    /// The data API over `store`, counting into `metrics`.
+    pub fn new(store: Arc<TicketStore>, cfg: DataConfig, metrics: Arc<Metrics>) -> Self {
         DataApi {
             store,
             cfg,
             busy: Arc::new(Mutex::new(HashSet::new())),
+            metrics,
         }
     }
 
     /// Answers one request; never fails (errors become responses).
     pub async fn handle(self: Arc<Self>, req: Request) -> Response {
-        Self::complete(self.route(req).await)
+        let method = req.method().clone();
+        let r = self.route(req).await;
+        self.complete(&method, r)
     }
 
-    /// Adds what every data API response carries (CORS headers).
-    pub fn complete(mut resp: Response) -> Response {
+    /// Adds what every data API response carries (CORS headers) and
+    /// counts it.
+    pub fn complete(&self, method: &Method, mut resp: Response) -> Response {
         cors(resp.headers_mut());
+        self.metrics.request(method, resp.status());
         resp
     }
 
@@ -79,6 +131,8 @@ impl DataApi {
         let (id, res) = match rest.split_once('/') {
             None => (rest, Resource::Image),
             Some((id, "extents")) => (id, Resource::Extents),
+            Some((id, "checksum")) => (id, Resource::Checksum),
+            Some((id, "checksum/algorithms")) => (id, Resource::Algorithms),
             Some(_) => return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}")),
         };
         let method = req.method().clone();
@@ -96,6 +150,10 @@ impl DataApi {
         if method == Method::OPTIONS && id == "*" {
             return options_response(&["OPTIONS", "GET", "PUT", "PATCH"], &FULL_FEATURES);
         }
+        // Server information, whatever the ticket (as imageio answers it).
+        if res == Resource::Algorithms && method == Method::GET {
+            return checksum::algorithms();
+        }
         let op = match (&method, res) {
             (&Method::OPTIONS, Resource::Image) => None,
             (&Method::GET, _) => Some(Op::Read),
@@ -109,7 +167,7 @@ impl DataApi {
                     ALLOW,
                     HeaderValue::from_static(match res {
                         Resource::Image => "OPTIONS, GET, PUT, PATCH",
-                        Resource::Extents => "GET",
+                        Resource::Extents | Resource::Checksum | Resource::Algorithms => "GET",
                     }),
                 );
                 return r;
@@ -163,33 +221,46 @@ impl DataApi {
             h::drain_in_background(req.into_body());
             return h::error_text(&e);
         }
+        let mut meter = Meter {
+            metrics: self.metrics.clone(),
+            kind,
+            watch: ticket.watch(),
+            transfer: None,
+        };
+        let roots = self.store.roots().clone();
+        let cfg = &self.cfg;
+        let m = &mut meter;
         let r: Result<Response> = match (kind, method, res) {
             (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
             (TicketKind::Image, Method::GET, Resource::Image) => {
-                image::get(ticket, req, self.store.roots().clone(), &self.cfg).await
+                image::get(ticket, req, roots, cfg, m).await
             }
             (TicketKind::Image, Method::GET, Resource::Extents) => {
-                image::extents(ticket, req, self.store.roots().clone()).await
+                image::extents(ticket, req, roots).await
             }
-            (TicketKind::Image, Method::PUT, _) => {
-                image::put(ticket, req, self.store.roots().clone(), &self.cfg).await
+            (TicketKind::Image, Method::GET, Resource::Checksum) => {
+                image::checksum(ticket, req, roots, cfg).await
             }
-            (TicketKind::Image, Method::PATCH, _) => {
-                image::patch(ticket, req, self.store.roots().clone(), &self.cfg).await
+            (TicketKind::OvaExport, Method::GET, Resource::Checksum) => {
+                ova::checksum(&ticket, &req)
+            }
+            (TicketKind::Image, Method::PUT, Resource::Image) => {
+                image::put(ticket, req, roots, cfg, m).await
+            }
+            (TicketKind::Image, Method::PATCH, Resource::Image) => {
+                image::patch(ticket, req, roots, cfg, m).await
             }
             (TicketKind::OvaImport, Method::PUT, Resource::Image) => {
                 match self.claim(ticket.id()) {
-                    Some(_guard) => {
-                        ova::put(ticket, req, self.store.roots().clone(), &self.cfg).await
-                    }
+                    Some(_guard) => ova::put(ticket, req, roots, cfg, m).await,
                     None => Ok(busy()),
                 }
             }
             (TicketKind::OvaExport, Method::GET, Resource::Image) => {
+                // A second download at once is a transfer refused.
+                let transfer = m.start(metrics::Op::Read);
                 match self.claim(ticket.id()) {
-                    Some(guard) => {
-                        ova::get(ticket, req, self.store.roots().clone(), &self.cfg, guard).await
-                    }
+                    Some(guard) => ova::get(ticket, req, roots, cfg, guard, transfer).await,
                     None => Ok(busy()),
                 }
             }
@@ -198,6 +269,7 @@ impl DataApi {
                 &format!("{method} is not supported on an {} ticket", kind.name()),
             )),
         };
+        meter.finish(&r);
         r.unwrap_or_else(|e| h::error_text(&e))
     }
 
@@ -245,7 +317,7 @@ fn busy() -> Response {
     )
 }
 
-const FULL_FEATURES: [&str; 3] = ["extents", "zero", "flush"];
+const FULL_FEATURES: [&str; 4] = ["checksum", "extents", "zero", "flush"];
 
 fn ticket_options(t: &TicketHandle) -> Response {
     let can_write = t.ops().contains(&Op::Write);
@@ -253,7 +325,7 @@ fn ticket_options(t: &TicketHandle) -> Response {
         TicketKind::Image if can_write => {
             options_response(&["OPTIONS", "GET", "PUT", "PATCH"], &FULL_FEATURES)
         }
-        TicketKind::Image => options_response(&["OPTIONS", "GET"], &["extents"]),
+        TicketKind::Image => options_response(&["OPTIONS", "GET"], &["checksum", "extents"]),
         TicketKind::OvaImport => options_response(&["OPTIONS", "PUT"], &[]),
         TicketKind::OvaExport => options_response(&["OPTIONS", "GET"], &[]),
     }

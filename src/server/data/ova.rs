@@ -12,7 +12,12 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use http::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE, RANGE,
@@ -20,9 +25,9 @@ use http::header::{
 use http::{HeaderValue, StatusCode};
 use tokio::sync::mpsc;
 
-use super::BusyGuard;
 use super::blocking::{self, ChannelWriter};
 use super::image::{add_disposition, range_error};
+use super::{BusyGuard, Meter, checksum};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::printable;
 use crate::ova::ovf::split_chunk_name;
@@ -30,6 +35,7 @@ use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
+use crate::server::metrics::{Op, Transfer};
 use crate::server::range;
 use crate::sink::format::TargetFormat;
 use crate::source::volume::{AllowedRoots, VolumeFormat};
@@ -249,6 +255,7 @@ pub(super) async fn put(
     req: Request,
     roots: AllowedRoots,
     cfg: &DataConfig,
+    meter: &mut Meter,
 ) -> Result<Response> {
     let ova = ova_of(&t)?.clone();
     let (parts, body) = req.into_parts();
@@ -294,6 +301,8 @@ pub(super) async fn put(
     }
     let targets = import_targets(&ova)?;
     t.begin()?;
+    // What the import consumes is what counts as received.
+    let consumed = meter.start(Op::Write).counter();
     let hrefs: Arc<Vec<String>> = Arc::new(
         ova.disks
             .iter()
@@ -316,8 +325,12 @@ pub(super) async fn put(
             match m {
                 Msg::Data(batch) => {
                     for b in batch.into_pieces() {
+                        let n = b.len() as u64;
                         if let Err(e) = importer.feed(b) {
                             return (Err(e), seen);
+                        }
+                        if let Some(c) = &consumed {
+                            c.inc_by(n);
                         }
                     }
                     report_disk(&tt, &hh, &progress, &mut seen);
@@ -419,6 +432,7 @@ pub(super) async fn get(
     roots: AllowedRoots,
     cfg: &DataConfig,
     guard: BusyGuard,
+    transfer: Transfer,
 ) -> Result<Response> {
     let ova = ova_of(&t)?.clone();
     let filename = t
@@ -455,10 +469,13 @@ pub(super) async fn get(
     };
     let (skip, len) = range.map_or((0, total), |r| (r.start, r.len()));
     let to_end = skip + len == total;
+    // Only a download of the whole package sees every byte to hash.
+    let hash = (skip == 0 && to_end).then(PackageHash::start).flatten();
     tracing::info!(size = total, skip, len, "OVA download started");
     let (tx, rx) = mpsc::channel(cfg.queue_depth);
     let chunk = cfg.buffer_size;
     let progress = t.progress();
+    let producer = transfer.clone();
     // The transfer outlives this handler: the thread keeps the ticket busy.
     let hrefs: Vec<String> = t
         .ova()
@@ -471,8 +488,13 @@ pub(super) async fn get(
             let (t, hrefs, progress) = (t.clone(), hrefs.clone(), progress.clone());
             move || report_disk(&t, &hrefs, &progress, &mut seen)
         };
+        let mut inner = ChannelWriter::new(tx, chunk).on_send(Box::new(report));
+        let hash = hash.map(|(tap, thread)| {
+            inner.tap(tap);
+            thread
+        });
         let mut w = RangeWriter {
-            inner: ChannelWriter::new(tx, chunk).on_send(Box::new(report)),
+            inner,
             skip,
             left: len,
         };
@@ -491,10 +513,21 @@ pub(super) async fn get(
                 for d in &s.disks {
                     t.set_disk_progress(&d.href, d.size, TransferState::Succeeded);
                 }
+                // The hash thread ends with the writer's tap.
+                drop(w);
+                if let Some(package) = hash.and_then(|h| h.join().ok()) {
+                    let disks: Vec<(String, String)> = s
+                        .disks
+                        .iter()
+                        .filter_map(|d| Some((d.href.clone(), d.sha256.clone()?)))
+                        .collect();
+                    t.set_checksums(package, &disks);
+                }
                 t.succeed();
                 tracing::info!(size = s.size, "OVA download finished");
             }
             Err(e) => {
+                producer.fail(&e);
                 let msg = e.one_line();
                 tracing::warn!(error = %msg, "OVA download failed");
                 for h in &hrefs {
@@ -510,7 +543,7 @@ pub(super) async fn get(
     } else {
         StatusCode::OK
     };
-    let mut r = h::streaming(code, rx, Some(len));
+    let mut r = h::streaming(code, rx, Some(len), Some(transfer));
     let hd = r.headers_mut();
     hd.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     hd.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -524,6 +557,48 @@ pub(super) async fn get(
     }
     add_disposition(&mut r, Some(&filename));
     Ok(r)
+}
+
+/// `GET /images/{ticket}/checksum` on an `ova-export` ticket.
+pub(super) fn checksum(t: &TicketHandle, req: &Request) -> Result<Response> {
+    let q = match range::parse_query(req.uri().query()) {
+        Ok(q) => q,
+        Err(e) => return Ok(range_error(e)),
+    };
+    checksum::ova_export(t, q.algorithm.as_deref(), q.block_size.is_some())
+}
+
+/// SHA-256 of a whole package as it is sent, on its own thread (as the
+/// export hashes its disk entries), so hashing costs the thread that
+/// encodes the package no time: `start` gives the sender to tap the
+/// response with and the thread, which ends with the hex digest once the
+/// sender is dropped; `None` when no thread could be started (the
+/// download goes on unhashed).
+struct PackageHash;
+
+impl PackageHash {
+    /// Chunks queued before the response waits for the hash.
+    const QUEUE: usize = 4;
+
+    fn start() -> Option<(SyncSender<Bytes>, JoinHandle<String>)> {
+        let (tx, rx) = sync_channel::<Bytes>(Self::QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("ova-sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                while let Ok(chunk) = rx.recv() {
+                    h.update(&chunk);
+                }
+                hex::encode(h.finalize())
+            });
+        match thread {
+            Ok(thread) => Some((tx, thread)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread to hash the package; its checksum stays unknown");
+                None
+            }
+        }
+    }
 }
 
 /// Passes on the bytes of `[skip, skip + left)` of what is written to it;
