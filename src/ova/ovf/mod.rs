@@ -711,7 +711,15 @@ impl Parser {
                 let name = e.name().0;
                 let found = match &ns {
                     ResolveResult::Bound(Namespace(uri)) if local == "Envelope" => {
-                        format!("<{name}> in namespace '{uri}', not an OVF one")
+                        match uri
+                            .trim_end_matches('/')
+                            .strip_prefix("http://schemas.dmtf.org/ovf/envelope/")
+                        {
+                            Some(v) => format!(
+                                "<{name}> of OVF version {v} (namespace '{uri}'), which is not supported: ovaio reads OVF 0.9, 1.x and 2.x"
+                            ),
+                            None => format!("<{name}> in namespace '{uri}', not an OVF one"),
+                        }
                     }
                     ResolveResult::Unknown(p) if local == "Envelope" => {
                         format!("<{name}> with the undeclared prefix '{p}'")

@@ -615,6 +615,19 @@ fn malformed_documents() {
 }
 
 #[test]
+fn an_unknown_ovf_version_is_named() {
+    let xml =
+        r#"<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/3"><References/></Envelope>"#;
+    let e = parse(xml.as_bytes()).unwrap_err().to_string();
+    assert!(
+        e.contains("OVF version 3")
+            && e.contains("not supported")
+            && e.contains("OVF 0.9, 1.x and 2.x"),
+        "{e}"
+    );
+}
+
+#[test]
 fn too_many_files() {
     let files: String = (0..=limits::MAX_OVF_FILES)
         .map(|i| format!(r#"<ovf:File ovf:href="f{i}" ovf:id="{i}"/>"#))
