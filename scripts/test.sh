@@ -27,6 +27,7 @@ want systemd-sysusers systemd "checks the shipped sysusers.d entry"
 want openssl openssl "certificate reload test: the certificate a client is shown"
 want mkfifo coreutils "restart test: a job reading from a pipe"
 want promtool prometheus "checks the server's /metrics exposition"
+want dpkg-deb dpkg "unpacks the Debian package the packaging test builds"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
   { need+=(python3-venv); why+=("venv for ovirt-imageio and selenium"); }
 if [ ${#need[@]} -gt 0 ]; then
@@ -50,7 +51,16 @@ export OVAIO_TEST_PYTHON="$VENV/bin/python"
 
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 
+# Supply chain: licenses, duplicate crates and sources as deny.toml allows
+# (offline: the advisory database cannot be fetched). cargo-deny and
+# cargo-deb (the Debian package test) are built once into ~/.cargo/bin.
+command -v cargo-deny >/dev/null 2>&1 && cargo deny --version | grep -q '^cargo-deny 0\.20\.' ||
+  cargo install --locked --quiet --no-default-features cargo-deny@0.20.2
+command -v cargo-deb >/dev/null 2>&1 && cargo deb --version | grep -q '^3\.' ||
+  cargo install --locked --quiet cargo-deb@3.8.0
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+cargo deny --offline check bans licenses sources
 cargo test --all-targets
 cargo test --doc
