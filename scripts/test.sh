@@ -28,8 +28,9 @@ want openssl openssl "certificate reload test: the certificate a client is shown
 want mkfifo coreutils "restart test: a job reading from a pipe"
 want promtool prometheus "checks the server's /metrics exposition"
 want dpkg-deb dpkg "unpacks the Debian package the packaging test builds"
+want xmllint libxml2-utils "validates generated OVF descriptors against the DMTF schema"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
-  { need+=(python3-venv); why+=("venv for ovirt-imageio and selenium"); }
+  { need+=(python3-venv); why+=("venv for ovirt-imageio, selenium and COT"); }
 if [ ${#need[@]} -gt 0 ]; then
   for i in "${!need[@]}"; do
     echo "installing ${need[$i]} (${why[$i]})"
@@ -41,11 +42,13 @@ if [ ${#need[@]} -gt 0 ]; then
     --no-install-recommends --no-upgrade "${need[@]}"
 fi
 # The ovirt-imageio client library and daemon (the peer the server tests
-# talk to) and selenium (drives chromium for the browser upload test).
+# talk to), selenium (drives chromium for the browser upload test) and the
+# Common OVF Tool (`cot info` judges the packages export writes).
 VENV="$PWD/target/test-venv"
-if ! "$VENV/bin/python" -c 'import ovirt_imageio.client, selenium' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import ovirt_imageio.client, selenium, COT' >/dev/null 2>&1 ||
+  [ ! -x "$VENV/bin/cot" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'ovirt-imageio==2.5.1' 'selenium>=4.20'
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'ovirt-imageio==2.5.1' 'selenium>=4.20' 'cot==2.2.1'
 fi
 export OVAIO_TEST_PYTHON="$VENV/bin/python"
 

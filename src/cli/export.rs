@@ -1,4 +1,4 @@
-//! `ovaio export (--ovf FILE.ovf | --name NAME) --disk HREF=PATH[:raw|qcow2]... -o OUT.ova|-`
+//! `ovaio export (--ovf FILE.ovf | --name NAME [VM flags]) --disk HREF=PATH[:raw|qcow2]... -o OUT.ova|-`
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::cli::progress::Bar;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::{Existing, PartialFile};
@@ -22,9 +23,45 @@ pub(crate) struct ExportArgs {
     /// OVF descriptor to complete with the exact sizes (the rest is kept).
     #[arg(long, value_name = "FILE.ovf")]
     ovf: Option<PathBuf>,
-    /// Generate a minimal OVF 1.0 descriptor for a VM of this name.
+    /// Generate an OVF 1.0 descriptor for a VM of this name: hardware
+    /// families vmx-13 and virtualbox-2.2, CPUs, memory, guest OS, a disk
+    /// controller every disk is attached to, NICs (the flags below).
     #[arg(long, value_name = "NAME", conflicts_with = "ovf")]
     name: Option<String>,
+    /// Virtual CPUs of the generated VM [default: 1].
+    #[arg(long, value_name = "N", value_parser = vm::parse_cpus, conflicts_with = "ovf")]
+    cpus: Option<u32>,
+    /// Memory of the generated VM: MiB, or a number with M, G or T (4G)
+    /// [default: 2G].
+    #[arg(long, value_name = "SIZE", value_parser = vm::parse_memory, conflicts_with = "ovf")]
+    memory: Option<u64>,
+    /// Guest OS of the generated VM: other, other64, linux, linux64,
+    /// debian64, ubuntu64, rhel64, centos64, oracle64, sles64, freebsd64,
+    /// windows7-64, windows2012r2, windows2016, windows10-64, or a CIM
+    /// OSType number [default: other64].
+    #[arg(long, value_name = "TYPE", value_parser = GuestOs::parse, conflicts_with = "ovf")]
+    os: Option<GuestOs>,
+    /// Disk controller of the generated VM, every disk attached to it:
+    /// sata (AHCI) or scsi (LSI Logic); more are added past 30 (SATA) or 15
+    /// (SCSI) disks, up to 4 [default: sata].
+    #[arg(long, value_name = "sata|scsi", value_parser = Controller::parse, conflicts_with = "ovf")]
+    controller: Option<Controller>,
+    /// Give the generated VM an E1000 network adapter connected to
+    /// NETWORK (listed in a NetworkSection); repeat for more, up to 10.
+    #[arg(long = "nic", value_name = "NETWORK", value_parser = text, conflicts_with = "ovf")]
+    nics: Vec<String>,
+    /// Product name for the generated descriptor's ProductSection.
+    #[arg(long, value_name = "TEXT", value_parser = text, conflicts_with = "ovf")]
+    product: Option<String>,
+    /// Vendor for the generated descriptor's ProductSection.
+    #[arg(long, value_name = "TEXT", value_parser = text, conflicts_with = "ovf")]
+    vendor: Option<String>,
+    /// Product version for the generated descriptor's ProductSection.
+    #[arg(long, value_name = "TEXT", value_parser = text, conflicts_with = "ovf")]
+    product_version: Option<String>,
+    /// Annotation (a description of the VM) for the generated descriptor.
+    #[arg(long, value_name = "TEXT", value_parser = text, conflicts_with = "ovf")]
+    annotation: Option<String>,
     /// A disk: `HREF=PATH[:raw|qcow2]` (the source format; probed when
     /// omitted). Repeat in References order.
     #[arg(long = "disk", value_name = "HREF=PATH[:FORMAT]", required = true)]
@@ -57,6 +94,36 @@ pub(crate) struct ExportArgs {
     quiet: bool,
 }
 
+/// Free text of the generated descriptor (product, vendor, NIC network...).
+fn text(s: &str) -> std::result::Result<String, String> {
+    vm::check_text(s).map(|()| s.to_owned())
+}
+
+impl ExportArgs {
+    /// The VM the generated descriptor describes.
+    fn vm(&self, name: &str) -> VmSpec {
+        let mut vm = VmSpec::new(name);
+        if let Some(n) = self.cpus {
+            vm.cpus = n;
+        }
+        if let Some(m) = self.memory {
+            vm.memory_mib = m;
+        }
+        if let Some(os) = &self.os {
+            vm.os = os.clone();
+        }
+        if let Some(c) = self.controller {
+            vm.controller = c;
+        }
+        vm.networks = self.nics.clone();
+        vm.product.product = self.product.clone();
+        vm.product.vendor = self.vendor.clone();
+        vm.product.version = self.product_version.clone();
+        vm.annotation = self.annotation.clone();
+        vm
+    }
+}
+
 fn parse_disk(spec: &str) -> Result<ExportDisk> {
     let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
     Ok(ExportDisk {
@@ -85,11 +152,22 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
                 .unwrap_or_else(|| "vm.ovf".into());
             (OvfSource::Descriptor(bytes), name)
         }
-        (None, Some(name)) => (OvfSource::Generate(name.clone()), format!("{name}.ovf")),
+        (None, Some(name)) => {
+            let vm = a.vm(name);
+            // The same checks as the descriptor's, before any source is
+            // read, naming the flag (every field is one: `nic` is --nic).
+            vm.check(disks.len()).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("--{}: {}", e.field.replace('_', "-"), e.message),
+                )
+            })?;
+            (OvfSource::Generate(vm), format!("{name}.ovf"))
+        }
         (None, None) => {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                "say what describes the VM: give --ovf FILE.ovf (a descriptor to complete) or --name NAME (a minimal one is generated)",
+                "say what describes the VM: give --ovf FILE.ovf (a descriptor to complete) or --name NAME (one is generated)",
             ));
         }
     };

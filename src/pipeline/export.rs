@@ -23,7 +23,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm};
 use crate::ova::ovf;
-use crate::ova::ovf::writer::{GeneratedDisk, fill_sizes, generate};
+use crate::ova::ovf::vm::VmSpec;
+use crate::ova::ovf::writer::{GeneratedDisk, QCOW2_FORMAT_URI, fill_sizes, generate};
 use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::PartialFile;
@@ -48,8 +49,8 @@ pub struct ExportDisk {
 pub enum OvfSource {
     /// A descriptor to complete with the exact sizes.
     Descriptor(Vec<u8>),
-    /// Generate a minimal OVF 1.0 descriptor for a VM of this name.
-    Generate(String),
+    /// Generate an OVF 1.0 descriptor for this VM.
+    Generate(VmSpec),
 }
 
 /// What to export and how.
@@ -183,7 +184,7 @@ impl ExportPlan {
             .collect();
         let ovf_bytes = match &req.ovf {
             OvfSource::Descriptor(xml) => fill_sizes(xml, &sizes, &populated)?,
-            OvfSource::Generate(name) => {
+            OvfSource::Generate(vm) => {
                 let generated: Vec<GeneratedDisk> = disks
                     .iter()
                     .zip(&populated)
@@ -192,9 +193,10 @@ impl ExportPlan {
                         size: d.layout.total_size(),
                         capacity: d.capacity,
                         populated_size: *pop,
+                        format: QCOW2_FORMAT_URI,
                     })
                     .collect();
-                generate(name, &generated)
+                generate(vm, &generated)?
             }
         };
         // The descriptor we write must be one we would read.

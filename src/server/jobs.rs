@@ -33,7 +33,9 @@ use crate::server::metrics::{JobType, Metrics};
 use crate::sink::partial::{self, Existing, PartialFile};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::journal::Journal;
-use crate::ticket::{OvaDisk, RESTARTED, ResolvedDisk, ResolvedOva, TicketStore, TransferState};
+use crate::ticket::{
+    OvaDisk, RESTARTED, ResolvedDisk, ResolvedOva, TicketStore, TransferState, VmFields,
+};
 
 /// Jobs kept at once (finished ones included), in memory and in the
 /// journal; older finished jobs are dropped first.
@@ -68,6 +70,9 @@ pub enum JobRequest {
         /// The VM name when no descriptor is given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// The VM of the generated descriptor (as a ticket's `ova.vm`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vm: Option<Box<VmFields>>,
         /// Replace an existing target (default false).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         overwrite: Option<bool>,
@@ -527,6 +532,7 @@ impl Jobs {
                         disks: targets,
                         ovf: None,
                         name: None,
+                        vm: None,
                     },
                     verify: verify.unwrap_or(true),
                     existing: existing(*overwrite),
@@ -538,8 +544,18 @@ impl Jobs {
                 disks: d,
                 ovf,
                 name,
+                vm,
                 overwrite,
             } => {
+                if let Some(vm) = vm {
+                    if ovf.is_some() {
+                        return Err(Error::new(
+                            ErrorKind::InvalidArgument,
+                            "vm: describes a generated descriptor; not used with ovf",
+                        ));
+                    }
+                    vm.spec(name.as_deref().unwrap_or("vm"), d.len(), "vm")?;
+                }
                 let target = self
                     .store
                     .resolve_path("target", &url("target", target)?, true)?;
@@ -557,6 +573,7 @@ impl Jobs {
                         disks: disks(d, false)?,
                         ovf,
                         name: name.clone(),
+                        vm: vm.as_deref().cloned(),
                     },
                     existing: existing(*overwrite),
                     roots: self.store.roots().clone(),

@@ -17,7 +17,8 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub(crate) use model::file_url_path;
 pub use model::{
-    DiskStatus, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus, TransferState,
+    DiskStatus, NumberOrText, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus,
+    TransferState, VmFields,
 };
 pub use store::{
     CancelCause, IdleHold, JOURNAL_EXPIRY_SLACK, RESTARTED, ResolvedDisk, ResolvedOva, Restored,

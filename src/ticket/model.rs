@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TicketError;
 use crate::limits::{MAX_CAPACITY, MAX_OVF_FILES, MAX_TICKET_ID_LEN, MAX_TICKET_TIMEOUT};
+use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 
 /// An operation a ticket allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,10 +90,99 @@ pub struct OvaSpec {
     /// Export only: an OVF descriptor to complete, `file:///path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ovf: Option<String>,
-    /// Export only: the VM name (names the `.ovf` entry; a minimal
-    /// descriptor is generated when `ovf` is absent).
+    /// Export only: the VM name (names the `.ovf` entry; a descriptor is
+    /// generated when `ovf` is absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Export only, without `ovf`: the VM the generated descriptor
+    /// describes (the defaults of `ovaio export --name` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmFields>,
+}
+
+/// A number or a string: memory as MiB or `"4G"`, a guest OS as a CIM
+/// OSType number or a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrText {
+    /// As a JSON number.
+    Number(u64),
+    /// As a JSON string.
+    Text(String),
+}
+
+impl NumberOrText {
+    fn text(&self) -> String {
+        match self {
+            NumberOrText::Number(n) => n.to_string(),
+            NumberOrText::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// The VM of a generated descriptor, as an export ticket or job gives it:
+/// the fields of `ovaio export`'s flags of the same names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmFields {
+    /// Virtual CPUs (1 to 768).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory: MiB as a number, or a string with a unit (`"4G"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<NumberOrText>,
+    /// Guest OS: a name (`"ubuntu64"`) or a CIM OSType number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<NumberOrText>,
+    /// `"sata"` or `"scsi"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
+    /// One network adapter per network named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<String>,
+    /// ProductSection: product name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// ProductSection: vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// ProductSection: version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_version: Option<String>,
+    /// AnnotationSection text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<String>,
+}
+
+impl VmFields {
+    /// The VM named `name` these fields describe, for `disks` disks; an
+    /// error names the field under `prefix` (`ova.vm`, `vm`).
+    pub fn spec(&self, name: &str, disks: usize, prefix: &str) -> Result<VmSpec, TicketError> {
+        let at = |f: &str, reason: String| invalid(format!("{prefix}.{f}"), reason);
+        let mut vm = VmSpec::new(name);
+        if let Some(n) = self.cpus {
+            vm.cpus = vm::parse_cpus(&n.to_string()).map_err(|r| at("cpus", r))?;
+        }
+        if let Some(m) = &self.memory {
+            vm.memory_mib = vm::parse_memory(&m.text()).map_err(|r| at("memory", r))?;
+        }
+        if let Some(os) = &self.os {
+            vm.os = GuestOs::parse(&os.text()).map_err(|r| at("os", r))?;
+        }
+        if let Some(c) = &self.controller {
+            vm.controller = Controller::parse(c).map_err(|r| at("controller", r))?;
+        }
+        vm.networks = self.nics.clone();
+        vm.product.product = self.product.clone();
+        vm.product.vendor = self.vendor.clone();
+        vm.product.version = self.product_version.clone();
+        vm.annotation = self.annotation.clone();
+        vm.check(disks).map_err(|e| {
+            let field = if e.field == "nic" { "nics" } else { e.field };
+            at(field, e.message)
+        })?;
+        Ok(vm)
+    }
 }
 
 /// The body of `PUT /tickets/{id}`. Unknown fields are ignored, as
@@ -409,6 +499,9 @@ impl TicketRequest {
             if ova.name.is_some() {
                 return Err(invalid("ova.name", "only for ova-export tickets"));
             }
+            if ova.vm.is_some() {
+                return Err(invalid("ova.vm", "only for ova-export tickets"));
+            }
         } else {
             if let Some(ovf) = &ova.ovf {
                 file_url_path("ova.ovf", ovf)?;
@@ -417,6 +510,16 @@ impl TicketRequest {
                 && (name.is_empty() || name.contains(['/', '\0']))
             {
                 return Err(invalid("ova.name", "must be non-empty, without '/'"));
+            }
+            if let Some(vm) = &ova.vm {
+                if ova.ovf.is_some() {
+                    return Err(invalid(
+                        "ova.vm",
+                        "describes a generated descriptor; not used with ova.ovf",
+                    ));
+                }
+                let name = ova.name.as_deref().unwrap_or("vm");
+                vm.spec(name, ova.disks.len(), "ova.vm")?;
             }
         }
         Ok(())
@@ -522,6 +625,7 @@ mod tests {
                 }],
                 ovf: None,
                 name: None,
+                vm: None,
             }),
         }
     }

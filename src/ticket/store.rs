@@ -69,6 +69,8 @@ pub struct ResolvedOva {
     pub ovf: Option<PathBuf>,
     /// Export: the VM name.
     pub name: Option<String>,
+    /// Export: the VM of a generated descriptor.
+    pub vm: Option<super::VmFields>,
 }
 
 /// What [`TicketStore::restore`] found in the journal.
@@ -635,6 +637,7 @@ impl TicketStore {
                         disks,
                         ovf,
                         name: spec.name.clone(),
+                        vm: spec.vm.clone(),
                     });
                 }
             }
@@ -1306,6 +1309,7 @@ mod tests {
                     ],
                     ovf: None,
                     name: None,
+                    vm: None,
                 }),
                 ..self.image(&[Op::Write])
             }
@@ -1337,6 +1341,7 @@ mod tests {
                     }],
                     ovf: None,
                     name: Some("vm".into()),
+                    vm: None,
                 }),
                 ..self.ova_import()
             }

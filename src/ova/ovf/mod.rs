@@ -14,6 +14,7 @@
 //! no namespace at all. Attributes are matched in the OVF namespace under
 //! whatever prefix it is bound to, falling back to unprefixed attributes.
 
+pub mod vm;
 pub mod writer;
 
 use std::collections::HashSet;

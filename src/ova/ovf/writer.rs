@@ -21,12 +21,15 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{Namespace, QName, ResolveResult};
 use quick_xml::reader::NsReader;
 
+use super::vm::{NIC_MODEL, VIRTUAL_SYSTEM_TYPE, VmError, VmSpec};
 use super::{Envelope, OvfError, is_ovf, is_ovf_namespace};
 use crate::error::{Classify, ErrorKind};
 
-/// oVirt's `ovf:format` URI for qcow2 disks, written for every exported
-/// disk.
+/// oVirt's `ovf:format` URI for qcow2 disks.
 pub const QCOW2_FORMAT_URI: &str = "http://www.gnome.org/~markmc/qcow-image-format.html";
+/// VMware's `ovf:format` URI for streamOptimized VMDK disks.
+pub const VMDK_STREAM_FORMAT_URI: &str =
+    "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized";
 
 /// Why a descriptor cannot be completed with the sizes given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,9 +74,10 @@ impl Classify for OvfWriteError {
 }
 
 /// Values to set on one `Disk` element.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct DiskEdit {
     populated: Option<u64>,
+    format: &'static str,
 }
 
 /// What to change, keyed by `File/@ovf:id` and `Disk/@ovf:fileRef`.
@@ -97,9 +101,21 @@ impl Edits {
         env: &Envelope,
         sizes: &[(String, u64)],
         populated: &[(String, u64)],
+        formats: &[(String, &'static str)],
     ) -> Result<Edits, OvfWriteError> {
         check_unique(sizes.iter().map(|(h, _)| h.as_str()))?;
         check_unique(populated.iter().map(|(h, _)| h.as_str()))?;
+        check_unique(formats.iter().map(|(h, _)| h.as_str()))?;
+        let format_of = |href: &str| {
+            formats
+                .iter()
+                .find(|(h, _)| h == href)
+                .map_or(QCOW2_FORMAT_URI, |(_, f)| *f)
+        };
+        let edit = |href: &str| DiskEdit {
+            populated: None,
+            format: format_of(href),
+        };
         let mut files = HashMap::new();
         let mut disks: HashMap<String, DiskEdit> = HashMap::new();
         for (href, size) in sizes {
@@ -108,7 +124,7 @@ impl Edits {
                 .ok_or_else(|| OvfWriteError::UnknownHref { href: href.clone() })?;
             files.insert(f.id.clone(), *size);
             if env.disk_for_href(href).is_some() {
-                disks.entry(f.id.clone()).or_default();
+                disks.entry(f.id.clone()).or_insert_with(|| edit(href));
             }
         }
         for (href, pop) in populated {
@@ -118,7 +134,19 @@ impl Edits {
             if env.disk_for_href(href).is_none() {
                 return Err(OvfWriteError::NoDisk { href: href.clone() });
             }
-            disks.entry(f.id.clone()).or_default().populated = Some(*pop);
+            disks
+                .entry(f.id.clone())
+                .or_insert_with(|| edit(href))
+                .populated = Some(*pop);
+        }
+        for (href, _) in formats {
+            let f = env
+                .file_by_href(href)
+                .ok_or_else(|| OvfWriteError::UnknownHref { href: href.clone() })?;
+            if env.disk_for_href(href).is_none() {
+                return Err(OvfWriteError::NoDisk { href: href.clone() });
+            }
+            disks.entry(f.id.clone()).or_insert_with(|| edit(href));
         }
         Ok(Edits { files, disks })
     }
@@ -132,7 +160,7 @@ impl Edits {
 /// * `Disk/@ovf:populatedSize` of the disk using each href in `populated`
 ///   is set;
 /// * `Disk/@ovf:format` of the disk using each href in either list is set
-///   to [`QCOW2_FORMAT_URI`].
+///   to [`QCOW2_FORMAT_URI`] ([`fill_sizes_and_formats`] sets others).
 ///
 /// Existing attributes are edited where they stand, with their quoting;
 /// new ones are appended after the element's last attribute with the
@@ -147,8 +175,21 @@ pub fn fill_sizes(
     sizes: &[(String, u64)],
     populated: &[(String, u64)],
 ) -> crate::Result<Vec<u8>> {
+    fill_sizes_and_formats(ovf, sizes, populated, &[])
+}
+
+/// [`fill_sizes`], with the `Disk/@ovf:format` of each href in `formats`
+/// set to the URI given (a disk named only in `sizes` or `populated`
+/// gets [`QCOW2_FORMAT_URI`]). A format given for a file no disk uses is
+/// an error, as a populated size is.
+pub fn fill_sizes_and_formats(
+    ovf: &[u8],
+    sizes: &[(String, u64)],
+    populated: &[(String, u64)],
+    formats: &[(String, &'static str)],
+) -> crate::Result<Vec<u8>> {
     let env = super::parse(ovf)?;
-    let edits = Edits::new(&env, sizes, populated)?;
+    let edits = Edits::new(&env, sizes, populated, formats)?;
     // `parse` accepted it, so it is UTF-8 after an optional BOM.
     let base = if ovf.starts_with(b"\xef\xbb\xbf") {
         3
@@ -505,7 +546,7 @@ fn disk_splices(
         if let Some(p) = edit.populated {
             l.set("populatedSize", &p.to_string(), prefix, out);
         }
-        l.set("format", QCOW2_FORMAT_URI, prefix, out);
+        l.set("format", edit.format, prefix, out);
     }
     Ok(())
 }
@@ -521,6 +562,9 @@ pub struct GeneratedDisk {
     pub capacity: u64,
     /// Guest bytes stored in the image (`Disk/@ovf:populatedSize`).
     pub populated_size: u64,
+    /// The disk format URI (`Disk/@ovf:format`): [`QCOW2_FORMAT_URI`] or
+    /// [`VMDK_STREAM_FORMAT_URI`].
+    pub format: &'static str,
 }
 
 /// Text-content escaping (also safe inside double-quoted attributes).
@@ -528,21 +572,46 @@ fn esc(s: &str) -> String {
     escape_value(s, '"').replace('>', "&gt;")
 }
 
-/// A minimal OVF 1.0 descriptor: one `VirtualSystem` named `name` (`vm`
-/// when empty), `References` with one `File` per disk (`file1`, ...),
-/// a `DiskSection` with one `Disk` per file (`disk1`, ...; capacity in
-/// bytes, [`QCOW2_FORMAT_URI`], populated size) and a
-/// `VirtualHardwareSection` attaching each disk (`ResourceType` 17).
-/// Deterministic in its inputs.
-pub fn generate(name: &str, disks: &[GeneratedDisk]) -> Vec<u8> {
+/// Appends one `Item` of the VirtualHardwareSection: `(element, value)`
+/// pairs in the order the CIM schema gives them (alphabetical).
+fn item(s: &mut String, fields: &[(&str, &str)]) {
     use std::fmt::Write as _;
-    let name = if name.is_empty() { "vm" } else { name };
-    let mut s = String::with_capacity(1024 + 600 * disks.len());
+    s.push_str("      <Item>\n");
+    for (k, v) in fields {
+        // `write!` into a String cannot fail.
+        let _ = writeln!(s, "        <rasd:{k}>{}</rasd:{k}>", esc(v));
+    }
+    s.push_str("      </Item>\n");
+}
+
+/// An OVF 1.0 descriptor for the VM `vm` with `disks`, which importers
+/// (VMware, VirtualBox, the Common OVF Tool) turn into a VM that boots
+/// and which validates against the DMTF envelope schema (DSP8023):
+///
+/// * `References`: one `File` per disk (`file1`, ...), and a `DiskSection`
+///   with one `Disk` per file (`disk1`, ...; capacity in bytes, the
+///   disk's format URI, populated size);
+/// * a `NetworkSection` naming each network a NIC connects to;
+/// * one `VirtualSystem`: `AnnotationSection` and `ProductSection` when
+///   given, the `OperatingSystemSection` (CIM OSType and VMware's guest
+///   id), and the `VirtualHardwareSection`: the hardware families
+///   ([`VIRTUAL_SYSTEM_TYPE`]), CPU and memory Items, as many disk
+///   controllers as the disks need, each disk attached to one (`Parent`,
+///   `AddressOnParent`), then the NICs.
+///
+/// Deterministic in its inputs. Errors when a value of `vm` is out of
+/// range or the disks do not fit [`vm::MAX_CONTROLLERS`] controllers.
+pub fn generate(vm: &VmSpec, disks: &[GeneratedDisk]) -> Result<Vec<u8>, VmError> {
+    use std::fmt::Write as _;
+    vm.check(disks.len())?;
+    let name = esc(vm.display_name());
+    let mut s = String::with_capacity(4096 + 800 * disks.len());
     s.push_str(concat!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
         "<Envelope xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\"",
         " xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/1\"",
         " xmlns:rasd=\"http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData\"",
+        " xmlns:vmw=\"http://www.vmware.com/schema/ovf\"",
         " xmlns:vssd=\"http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData\">\n",
         "  <References>\n",
     ));
@@ -561,35 +630,164 @@ pub fn generate(name: &str, disks: &[GeneratedDisk]) -> Vec<u8> {
         let _ = writeln!(
             s,
             "    <Disk ovf:capacity=\"{}\" ovf:capacityAllocationUnits=\"byte\" ovf:diskId=\"disk{n}\" \
-             ovf:fileRef=\"file{n}\" ovf:format=\"{QCOW2_FORMAT_URI}\" ovf:populatedSize=\"{}\"/>",
+             ovf:fileRef=\"file{n}\" ovf:format=\"{}\" ovf:populatedSize=\"{}\"/>",
             d.capacity,
+            d.format,
             d.populated_size,
             n = i + 1
         );
     }
+    s.push_str("  </DiskSection>\n");
+    let mut networks: Vec<&str> = Vec::new();
+    for n in &vm.networks {
+        if !networks.contains(&n.as_str()) {
+            networks.push(n);
+        }
+    }
+    if !networks.is_empty() {
+        s.push_str(
+            "  <NetworkSection>\n    <Info>The logical networks the VM connects to</Info>\n",
+        );
+        for n in &networks {
+            let _ = write!(
+                s,
+                "    <Network ovf:name=\"{n}\">\n      <Description>The {n} network</Description>\n    </Network>\n",
+                n = esc(n)
+            );
+        }
+        s.push_str("  </NetworkSection>\n");
+    }
     let _ = write!(
         s,
-        "  </DiskSection>\n  <VirtualSystem ovf:id=\"{n}\">\n    <Info>A virtual machine</Info>\n    \
-         <Name>{n}</Name>\n    <VirtualHardwareSection>\n      <Info>Virtual hardware requirements</Info>\n",
-        n = esc(name)
+        "  <VirtualSystem ovf:id=\"{name}\">\n    <Info>A virtual machine</Info>\n    <Name>{name}</Name>\n"
     );
-    for i in 1..=disks.len() {
+    if let Some(a) = &vm.annotation {
         let _ = write!(
             s,
-            "      <Item>\n        <rasd:AddressOnParent>{a}</rasd:AddressOnParent>\n        \
-             <rasd:ElementName>Hard disk {i}</rasd:ElementName>\n        \
-             <rasd:HostResource>ovf:/disk/disk{i}</rasd:HostResource>\n        \
-             <rasd:InstanceID>{i}</rasd:InstanceID>\n        \
-             <rasd:ResourceType>17</rasd:ResourceType>\n      </Item>\n",
-            a = i - 1
+            "    <AnnotationSection>\n      <Info>A description of the VM</Info>\n      \
+             <Annotation>{}</Annotation>\n    </AnnotationSection>\n",
+            esc(a)
+        );
+    }
+    if !vm.product.is_empty() {
+        s.push_str("    <ProductSection>\n      <Info>The software the VM holds</Info>\n");
+        let p = &vm.product;
+        for (k, v) in [
+            ("Product", &p.product),
+            ("Vendor", &p.vendor),
+            ("Version", &p.version),
+        ] {
+            if let Some(v) = v {
+                let _ = writeln!(s, "      <{k}>{}</{k}>", esc(v));
+            }
+        }
+        s.push_str("    </ProductSection>\n");
+    }
+    let vmw = vm
+        .os
+        .vmware
+        .map(|id| format!(" vmw:osType=\"{id}\""))
+        .unwrap_or_default();
+    let _ = write!(
+        s,
+        "    <OperatingSystemSection ovf:id=\"{}\"{vmw}>\n      <Info>The kind of guest operating system</Info>\n      \
+         <Description>{}</Description>\n    </OperatingSystemSection>\n",
+        vm.os.cim_id,
+        esc(&vm.os.description)
+    );
+    let _ = write!(
+        s,
+        "    <VirtualHardwareSection>\n      <Info>Virtual hardware requirements</Info>\n      <System>\n        \
+         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>\n        \
+         <vssd:InstanceID>0</vssd:InstanceID>\n        \
+         <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>\n        \
+         <vssd:VirtualSystemType>{VIRTUAL_SYSTEM_TYPE}</vssd:VirtualSystemType>\n      </System>\n"
+    );
+    let mut id = 0u64;
+    let mut next = || {
+        id += 1;
+        id.to_string()
+    };
+    let cpus = vm.cpus.to_string();
+    item(
+        &mut s,
+        &[
+            ("AllocationUnits", "hertz * 10^6"),
+            ("Description", "Number of virtual CPUs"),
+            ("ElementName", &format!("{cpus} virtual CPU(s)")),
+            ("InstanceID", &next()),
+            ("ResourceType", "3"),
+            ("VirtualQuantity", &cpus),
+        ],
+    );
+    let mib = vm.memory_mib.to_string();
+    item(
+        &mut s,
+        &[
+            ("AllocationUnits", "byte * 2^20"),
+            ("Description", "Memory size"),
+            ("ElementName", &format!("{mib}MB of memory")),
+            ("InstanceID", &next()),
+            ("ResourceType", "4"),
+            ("VirtualQuantity", &mib),
+        ],
+    );
+    let c = vm.controller;
+    let controllers = disks.len().div_ceil(c.slots()).max(1);
+    let mut controller_ids = Vec::with_capacity(controllers);
+    for k in 0..controllers {
+        let iid = next();
+        item(
+            &mut s,
+            &[
+                ("Address", &k.to_string()),
+                ("Description", c.label()),
+                ("ElementName", &format!("{} {k}", c.label())),
+                ("InstanceID", &iid),
+                ("ResourceSubType", c.subtype()),
+                ("ResourceType", &c.resource_type().to_string()),
+            ],
+        );
+        controller_ids.push(iid);
+    }
+    for i in 0..disks.len() {
+        let parent = &controller_ids[i / c.slots()];
+        item(
+            &mut s,
+            &[
+                ("AddressOnParent", &c.unit(i % c.slots()).to_string()),
+                ("ElementName", &format!("Hard disk {}", i + 1)),
+                ("HostResource", &format!("ovf:/disk/disk{}", i + 1)),
+                ("InstanceID", &next()),
+                ("Parent", parent),
+                ("ResourceType", "17"),
+            ],
+        );
+    }
+    for (i, n) in vm.networks.iter().enumerate() {
+        item(
+            &mut s,
+            &[
+                ("AutomaticAllocation", "true"),
+                ("Connection", n),
+                (
+                    "Description",
+                    &format!("{NIC_MODEL} ethernet adapter on \"{n}\""),
+                ),
+                ("ElementName", &format!("Network adapter {}", i + 1)),
+                ("InstanceID", &next()),
+                ("ResourceSubType", NIC_MODEL),
+                ("ResourceType", "10"),
+            ],
         );
     }
     s.push_str("    </VirtualHardwareSection>\n  </VirtualSystem>\n</Envelope>\n");
-    s.into_bytes()
+    Ok(s.into_bytes())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::process::Command;
 
     use super::*;
@@ -869,17 +1067,20 @@ mod tests {
                 size: 393_216,
                 capacity: 1 << 30,
                 populated_size: 65_536,
+                format: QCOW2_FORMAT_URI,
             },
             GeneratedDisk {
                 href: "b'c&d.qcow2".into(),
                 size: 8_589_934_593,
                 capacity: 20 << 30,
                 populated_size: 0,
+                format: QCOW2_FORMAT_URI,
             },
         ];
-        let xml = generate("my <vm> & \"co\"", &disks);
+        let vm = VmSpec::new("my <vm> & \"co\"");
+        let xml = generate(&vm, &disks).unwrap();
         minidom_ok(&xml);
-        assert_eq!(generate("my <vm> & \"co\"", &disks), xml);
+        assert_eq!(generate(&vm, &disks).unwrap(), xml);
         let env = parse(&xml).unwrap();
         assert_eq!(env.name.as_deref(), Some("my <vm> & \"co\""));
         assert_eq!(env.files.len(), 2);
@@ -898,8 +1099,243 @@ mod tests {
         assert_eq!(env2.files[0].size, Some(1));
         assert_eq!(env2.disks[0].populated_size, Some(2));
         assert_eq!(env2.files[1], env.files[1]);
-        let empty = generate("", &[]);
+        let empty = generate(&VmSpec::new(""), &[]).unwrap();
         minidom_ok(&empty);
         assert_eq!(parse(&empty).unwrap().name.as_deref(), Some("vm"));
+    }
+
+    /// Validates `xml` against the DMTF OVF envelope schema (DSP8023
+    /// 1.1.1, kept in `tests/fixtures/ovf-schema`) with xmllint.
+    fn schema_ok(xml: &[u8]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.ovf");
+        std::fs::write(&path, xml).unwrap();
+        let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ovf-schema/dsp8023_1.1.1.xsd");
+        let out = Command::new("xmllint")
+            .args(["--noout", "--nonet", "--schema"])
+            .arg(&schema)
+            .arg(&path)
+            .output()
+            .expect("xmllint (Debian libxml2-utils) is needed to validate descriptors");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(xml)
+        );
+    }
+
+    /// What an importer reads about the VM, through Python's ElementTree:
+    /// the System, the Items (RASD element → text), the OS section, the
+    /// networks, product and annotation.
+    fn vm_view(xml: &[u8]) -> serde_json::Value {
+        const SCRIPT: &str = r#"
+import json, sys, xml.etree.ElementTree as ET
+O = "{http://schemas.dmtf.org/ovf/envelope/1}"
+R = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
+V = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData}"
+W = "{http://www.vmware.com/schema/ovf}"
+root = ET.parse(sys.argv[1]).getroot()
+vs = root.find(O + "VirtualSystem")
+hw = vs.find(O + "VirtualHardwareSection")
+os_ = vs.find(O + "OperatingSystemSection")
+prod = vs.find(O + "ProductSection")
+ann = vs.find(O + "AnnotationSection")
+print(json.dumps({
+    "system": {c.tag.replace(V, ""): c.text for c in hw.find(O + "System")},
+    "items": [{c.tag.replace(R, ""): c.text for c in i} for i in hw.findall(O + "Item")],
+    "os": [os_.get(O + "id"), os_.get(W + "osType"), os_.find(O + "Description").text],
+    "networks": [n.get(O + "name") for n in root.iter(O + "Network")],
+    "product": None if prod is None else {c.tag.replace(O, ""): c.text for c in prod},
+    "annotation": None if ann is None else ann.find(O + "Annotation").text,
+}))
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.ovf");
+        std::fs::write(&path, xml).unwrap();
+        let out = Command::new("python3")
+            .args(["-c", SCRIPT])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn disks(n: usize, format: &'static str) -> Vec<GeneratedDisk> {
+        (1..=n)
+            .map(|i| GeneratedDisk {
+                href: format!("d{i}.img"),
+                size: 1000 * i as u64,
+                capacity: 1 << 30,
+                populated_size: 0,
+                format,
+            })
+            .collect()
+    }
+
+    /// Items of one resource type.
+    fn of_type(v: &serde_json::Value, t: &str) -> Vec<serde_json::Value> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["ResourceType"] == t)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn generated_descriptor_describes_a_whole_vm() {
+        let xml = generate(&VmSpec::new("testvm"), &disks(3, QCOW2_FORMAT_URI)).unwrap();
+        schema_ok(&xml);
+        let v = vm_view(&xml);
+        assert_eq!(v["system"]["VirtualSystemType"], "vmx-13 virtualbox-2.2");
+        assert_eq!(v["system"]["VirtualSystemIdentifier"], "testvm");
+        assert_eq!(
+            v["os"],
+            serde_json::json!(["102", "otherGuest64", "Other 64-Bit"])
+        );
+        let cpu = of_type(&v, "3");
+        assert_eq!(cpu.len(), 1);
+        assert_eq!(cpu[0]["VirtualQuantity"], "1");
+        let mem = of_type(&v, "4");
+        assert_eq!(mem.len(), 1);
+        assert_eq!(mem[0]["VirtualQuantity"], "2048");
+        assert_eq!(mem[0]["AllocationUnits"], "byte * 2^20");
+        let ctl = of_type(&v, "20");
+        assert_eq!(ctl.len(), 1);
+        assert_eq!(ctl[0]["ResourceSubType"], "vmware.sata.ahci");
+        let hd = of_type(&v, "17");
+        assert_eq!(hd.len(), 3);
+        for (i, d) in hd.iter().enumerate() {
+            assert_eq!(d["Parent"], ctl[0]["InstanceID"]);
+            assert_eq!(d["AddressOnParent"], i.to_string());
+            assert_eq!(d["HostResource"], format!("ovf:/disk/disk{}", i + 1));
+        }
+        let ids: HashSet<&str> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["InstanceID"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 6, "InstanceIDs are unique");
+        assert!(of_type(&v, "10").is_empty());
+        assert_eq!(v["networks"], serde_json::json!([]));
+        assert_eq!(v["product"], serde_json::Value::Null);
+        assert_eq!(v["annotation"], serde_json::Value::Null);
+        // What the import side reads of it.
+        let env = parse(&xml).unwrap();
+        assert_eq!(env.disks.len(), 3);
+        assert_eq!(env.name.as_deref(), Some("testvm"));
+    }
+
+    #[test]
+    fn generated_descriptor_with_every_option() {
+        let mut vm = VmSpec::new("app & <co>");
+        vm.cpus = 4;
+        vm.memory_mib = 8192;
+        vm.os = crate::ova::ovf::vm::GuestOs::parse("ubuntu64").unwrap();
+        vm.controller = crate::ova::ovf::vm::Controller::Scsi;
+        vm.networks = vec![
+            "VM Network".into(),
+            "back & \"end\"".into(),
+            "VM Network".into(),
+        ];
+        vm.product.product = Some("Appliance <1>".into());
+        vm.product.vendor = Some("Example & Co".into());
+        vm.product.version = Some("1.2.3".into());
+        vm.annotation = Some("line one\nline <two>".into());
+        // 20 disks: two SCSI controllers, unit 7 left to the controller.
+        let xml = generate(&vm, &disks(20, VMDK_STREAM_FORMAT_URI)).unwrap();
+        schema_ok(&xml);
+        minidom_ok(&xml);
+        let v = vm_view(&xml);
+        assert_eq!(
+            v["os"],
+            serde_json::json!(["94", "ubuntu64Guest", "Ubuntu 64-Bit"])
+        );
+        assert_eq!(of_type(&v, "3")[0]["VirtualQuantity"], "4");
+        assert_eq!(of_type(&v, "4")[0]["VirtualQuantity"], "8192");
+        let ctl = of_type(&v, "6");
+        assert_eq!(ctl.len(), 2);
+        assert!(ctl.iter().all(|c| c["ResourceSubType"] == "lsilogic"));
+        let hd = of_type(&v, "17");
+        assert_eq!(hd.len(), 20);
+        let units: Vec<&str> = hd[..15]
+            .iter()
+            .map(|d| d["AddressOnParent"].as_str().unwrap())
+            .collect();
+        assert!(!units.contains(&"7") && units.contains(&"15"), "{units:?}");
+        assert!(hd[..15].iter().all(|d| d["Parent"] == ctl[0]["InstanceID"]));
+        assert!(hd[15..].iter().all(|d| d["Parent"] == ctl[1]["InstanceID"]));
+        assert_eq!(hd[15]["AddressOnParent"], "0");
+        assert_eq!(
+            v["networks"],
+            serde_json::json!(["VM Network", "back & \"end\""])
+        );
+        let nics = of_type(&v, "10");
+        let conn: Vec<&str> = nics
+            .iter()
+            .map(|n| n["Connection"].as_str().unwrap())
+            .collect();
+        assert_eq!(conn, ["VM Network", "back & \"end\"", "VM Network"]);
+        assert!(nics.iter().all(|n| n["ResourceSubType"] == "E1000"));
+        assert_eq!(v["product"]["Product"], "Appliance <1>");
+        assert_eq!(v["product"]["Vendor"], "Example & Co");
+        assert_eq!(v["product"]["Version"], "1.2.3");
+        assert_eq!(v["annotation"], "line one\nline <two>");
+        let env = parse(&xml).unwrap();
+        assert!(
+            env.disks
+                .iter()
+                .all(|d| d.format.as_deref() == Some(VMDK_STREAM_FORMAT_URI))
+        );
+    }
+
+    #[test]
+    fn generated_descriptor_refuses_what_it_cannot_describe() {
+        let mut vm = VmSpec::new("x");
+        vm.controller = crate::ova::ovf::vm::Controller::Scsi;
+        let e = generate(&vm, &disks(61, QCOW2_FORMAT_URI)).unwrap_err();
+        assert_eq!(e.field, "controller");
+        assert!(generate(&vm, &disks(60, QCOW2_FORMAT_URI)).is_ok());
+        vm.memory_mib = 0;
+        assert_eq!(generate(&vm, &[]).unwrap_err().field, "memory");
+    }
+
+    #[test]
+    fn formats_are_set_per_href() {
+        let out = fill_sizes_and_formats(
+            VMWARE.as_bytes(),
+            &s(&[("photon-disk1.vmdk", 1), ("photon-disk2.vmdk", 2)]),
+            &[],
+            &[("photon-disk1.vmdk".to_owned(), VMDK_STREAM_FORMAT_URI)],
+        )
+        .unwrap();
+        let env = parse(&out).unwrap();
+        let f = |h| env.disk_for_href(h).unwrap().format.clone();
+        assert_eq!(
+            f("photon-disk1.vmdk").as_deref(),
+            Some(VMDK_STREAM_FORMAT_URI)
+        );
+        assert_eq!(f("photon-disk2.vmdk").as_deref(), Some(QCOW2_FORMAT_URI));
+        let e = fill_sizes_and_formats(
+            VMWARE.as_bytes(),
+            &[],
+            &[],
+            &[("photon-file2.nvram".to_owned(), VMDK_STREAM_FORMAT_URI)],
+        )
+        .unwrap_err();
+        assert!(
+            e.one_line().contains("photon-file2.nvram"),
+            "{}",
+            e.one_line()
+        );
     }
 }

@@ -31,6 +31,7 @@ use super::{BusyGuard, Meter, checksum};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::printable;
 use crate::ova::ovf::split_chunk_name;
+use crate::ova::ovf::vm::VmSpec;
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::server::config::DataConfig;
@@ -168,7 +169,13 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
                 .unwrap_or_else(|| format!("{name}.ovf"));
             (OvfSource::Descriptor(bytes), n)
         }
-        None => (OvfSource::Generate(name.clone()), format!("{name}.ovf")),
+        None => {
+            let vm = match &ova.vm {
+                Some(v) => v.spec(&name, disks.len(), "ova.vm")?,
+                None => VmSpec::new(&name),
+            };
+            (OvfSource::Generate(vm), format!("{name}.ovf"))
+        }
     };
     Ok(ExportRequest {
         disks,
