@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::cli::progress::Bar;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
@@ -70,8 +71,13 @@ pub(crate) struct ExportArgs {
     /// OUT.ova.partial and renamed when complete.
     #[arg(short = 'o', long = "output", value_name = "OUT.ova|-")]
     output: String,
-    /// Do not write the SHA-256 manifest.
-    #[arg(long)]
+    /// Digest algorithm of the manifest: sha256 (current ovftool), sha1
+    /// (the OVF 1.x specification; COT reads an OVF 1.x manifest so), or
+    /// sha512 [default: sha256].
+    #[arg(long, value_name = "sha1|sha256|sha512", value_parser = crate::ticket::manifest_algorithm)]
+    manifest: Option<Algorithm>,
+    /// Do not write a manifest.
+    #[arg(long, conflicts_with = "manifest")]
     no_manifest: bool,
     /// Align each disk's data to 4 KiB with `pad` entries (as oVirt writes).
     #[arg(long)]
@@ -195,7 +201,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         disks,
         ovf,
         ovf_name,
-        manifest: !a.no_manifest,
+        manifest: (!a.no_manifest).then(|| a.manifest.unwrap_or(Algorithm::Sha256)),
         align: a.align,
         detect_zeros: a.detect_zeros,
         roots,

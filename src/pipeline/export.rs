@@ -5,7 +5,8 @@
 //! archive, so [`ExportPlan::total_size`] is known before the first byte
 //! (a tar header, `ovf:size` and a `Content-Length` all need it).
 //! [`ExportPlan::write_to`] then streams the archive in one pass: the OVF
-//! first, the disks in References order, the SHA-256 manifest last.
+//! first, the disks in References order, the manifest (SHA-256 unless
+//! asked otherwise) last.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -62,8 +63,8 @@ pub struct ExportRequest {
     pub ovf: OvfSource,
     /// Name of the OVF entry (`<name>.ovf`).
     pub ovf_name: String,
-    /// Write a SHA-256 manifest last.
-    pub manifest: bool,
+    /// Write a manifest last, with digests in this algorithm.
+    pub manifest: Option<Algorithm>,
     /// Align each disk's data to 4 KiB with `pad` entries.
     pub align: bool,
     /// Read allocated data and leave all-zero clusters out.
@@ -89,6 +90,10 @@ pub struct ExportPlan {
     ovf_bytes: Vec<u8>,
     disks: Vec<PlannedDisk>,
     manifest_name: Option<String>,
+    /// The manifest's algorithm (with `manifest_name`).
+    manifest_alg: Option<Algorithm>,
+    /// Also digest every disk with SHA-256 (for a ticket's checksums).
+    sha256: bool,
     archive: ArchiveLayout,
     align: bool,
     /// Modification time of every tar entry; `None`: now.
@@ -123,15 +128,23 @@ pub struct ExportedDisk {
     pub size: u64,
     /// Bytes of guest data in it.
     pub populated_size: u64,
-    /// SHA-256 of the entry, hex, when the export writes a manifest.
+    /// SHA-1 of the entry, hex, when the manifest is in SHA-1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    /// SHA-256 of the entry, hex, when the manifest is in SHA-256 (or the
+    /// plan was asked for it, [`ExportPlan::with_sha256`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// SHA-512 of the entry, hex, when the manifest is in SHA-512.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha512: Option<String>,
 }
 
-fn manifest_text_len(names: &[&str]) -> u64 {
+fn manifest_text_len(alg: Algorithm, names: &[&str]) -> u64 {
+    let zero = vec![0u8; alg.digest_len()];
     names
         .iter()
-        .map(|n| manifest::format_line(Algorithm::Sha256, n, &[0u8; 32]).len() as u64)
+        .map(|n| manifest::format_line(alg, n, &zero).len() as u64)
         .sum()
 }
 
@@ -213,7 +226,7 @@ impl ExportPlan {
                 ));
             }
         }
-        let manifest_name = req.manifest.then(|| {
+        let manifest_name = req.manifest.map(|_| {
             let stem = req
                 .ovf_name
                 .strip_suffix(".ovf")
@@ -236,7 +249,7 @@ impl ExportPlan {
             names.extend(disks.iter().map(|d| d.href.as_str()));
             plan.push(EntryPlan {
                 name: mf.clone(),
-                size: manifest_text_len(&names),
+                size: manifest_text_len(req.manifest.unwrap_or(Algorithm::Sha256), &names),
             });
         }
         let archive = archive_layout(&plan, req.align)?;
@@ -245,6 +258,8 @@ impl ExportPlan {
             ovf_bytes,
             disks,
             manifest_name,
+            manifest_alg: req.manifest,
+            sha256: false,
             archive,
             align: req.align,
             mtime: None,
@@ -256,6 +271,13 @@ impl ExportPlan {
     /// unchanged sources are byte-identical, so a download can resume.
     pub fn with_mtime(mut self, mtime: u64) -> Self {
         self.mtime = Some(mtime);
+        self
+    }
+
+    /// Digests every disk with SHA-256 too, whatever the manifest's
+    /// algorithm (or without a manifest), so that the summary carries it.
+    pub fn with_sha256(mut self) -> Self {
+        self.sha256 = true;
         self
     }
 
@@ -312,11 +334,13 @@ impl ExportPlan {
                 tar.begin_entry(&self.ovf_name, self.ovf_bytes.len() as u64)?;
                 tar.write_data(&self.ovf_bytes)?;
                 tar.end_entry()?;
-                lines.push_str(&manifest::format_line(
-                    Algorithm::Sha256,
-                    &self.ovf_name,
-                    &crate::ova::digest::digest(Algorithm::Sha256, &self.ovf_bytes),
-                ));
+                if let Some(alg) = self.manifest_alg {
+                    lines.push_str(&manifest::format_line(
+                        alg,
+                        &self.ovf_name,
+                        &crate::ova::digest::digest(alg, &self.ovf_bytes),
+                    ));
+                }
             } else if Some(&entry.name) == self.manifest_name.as_ref() {
                 if lines.len() as u64 != entry.size {
                     return Err(Error::new(
@@ -338,14 +362,22 @@ impl ExportPlan {
                             .in_entry(&entry.name),
                     );
                 };
-                let want = self.manifest_name.is_some();
-                let (digest, exported) = write_disk(&mut tar, d, want, &progress)?;
-                if let Some(h) = digest {
-                    lines.push_str(&manifest::format_line(
-                        Algorithm::Sha256,
-                        &exported.href,
-                        &h,
-                    ));
+                let mut algs: Vec<Algorithm> = self.manifest_alg.into_iter().collect();
+                if self.sha256 && !algs.contains(&Algorithm::Sha256) {
+                    algs.push(Algorithm::Sha256);
+                }
+                let exported = write_disk(&mut tar, d, &algs, &progress)?;
+                if let Some(alg) = self.manifest_alg {
+                    let hex = match alg {
+                        Algorithm::Sha1 => &exported.sha1,
+                        Algorithm::Sha256 => &exported.sha256,
+                        Algorithm::Sha512 => &exported.sha512,
+                    };
+                    let Some(hex) = hex else {
+                        return Err(Error::new(ErrorKind::Io, "a disk digest is missing")
+                            .in_entry(&exported.href));
+                    };
+                    lines.push_str(&format!("{}({})= {hex}\n", alg.name(), exported.href));
                 }
                 summary_disks.push(exported);
             }
@@ -369,23 +401,23 @@ impl ExportPlan {
     }
 }
 
-/// Streams one disk entry through the qcow2 encoder; returns its SHA-256.
-/// Hashes chunks on its own thread, so that the digest of a disk costs
-/// no time on the thread that encodes and writes it.
+/// Hashes a disk's chunks on its own thread, so that the digest of a
+/// disk costs no time on the thread that encodes and writes it.
 struct HashThread {
     tx: SyncSender<Bytes>,
-    thread: JoinHandle<Vec<u8>>,
+    thread: JoinHandle<Vec<(Algorithm, Vec<u8>)>>,
 }
 
 impl HashThread {
-    fn start() -> HashThread {
+    fn start(algs: &[Algorithm]) -> HashThread {
         let (tx, rx) = sync_channel::<Bytes>(4);
+        let algs = algs.to_vec();
         let thread = std::thread::spawn(move || {
-            let mut d = MultiDigest::new(&[Algorithm::Sha256]);
+            let mut d = MultiDigest::new(&algs);
             while let Ok(chunk) = rx.recv() {
                 d.update(&chunk);
             }
-            d.finish().pop().map(|(_, h)| h).unwrap_or_default()
+            d.finish()
         });
         HashThread { tx, thread }
     }
@@ -396,7 +428,7 @@ impl HashThread {
             .map_err(|_| Error::new(ErrorKind::Io, "the digest thread stopped"))
     }
 
-    fn finish(self) -> Result<Vec<u8>> {
+    fn finish(self) -> Result<Vec<(Algorithm, Vec<u8>)>> {
         drop(self.tx);
         self.thread
             .join()
@@ -404,20 +436,20 @@ impl HashThread {
     }
 }
 
-/// Streams one disk entry through the qcow2 encoder; returns its SHA-256
-/// when `digest` is asked for.
+/// Streams one disk entry through its encoder; returns what was written,
+/// with the entry's digests in `algs`.
 fn write_disk<W: Write>(
     tar: &mut TarWriter<W>,
     d: PlannedDisk,
-    digest: bool,
+    algs: &[Algorithm],
     progress: &Progress,
-) -> Result<(Option<Vec<u8>>, ExportedDisk)> {
+) -> Result<ExportedDisk> {
     let size = d.layout.total_size();
     let populated = d.layout.data_clusters() * d.layout.cluster_size();
     let source_format = d.volume.format().name();
     tar.begin_entry(&d.href, size)?;
     let mut enc = Qcow2Encoder::new(d.layout, d.volume);
-    let hasher = digest.then(HashThread::start);
+    let hasher = (!algs.is_empty()).then(|| HashThread::start(algs));
     let mut buf = BytesMut::new();
     let mut written = 0u64;
     loop {
@@ -454,20 +486,27 @@ fn write_disk<W: Write>(
         .in_entry(&d.href));
     }
     tar.end_entry()?;
-    let hash = hasher.map(HashThread::finish).transpose()?;
-    let sha256 = hash.as_deref().map(hex::encode);
-    Ok((
-        hash,
-        ExportedDisk {
-            href: d.href,
-            source: d.path,
-            source_format,
-            capacity: d.capacity,
-            size,
-            populated_size: populated,
-            sha256,
-        },
-    ))
+    let digests = hasher
+        .map(HashThread::finish)
+        .transpose()?
+        .unwrap_or_default();
+    let hex_of = |alg: Algorithm| {
+        digests
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, h)| hex::encode(h))
+    };
+    Ok(ExportedDisk {
+        href: d.href,
+        source: d.path,
+        source_format,
+        capacity: d.capacity,
+        size,
+        populated_size: populated,
+        sha1: hex_of(Algorithm::Sha1),
+        sha256: hex_of(Algorithm::Sha256),
+        sha512: hex_of(Algorithm::Sha512),
+    })
 }
 
 /// Counts bytes into the progress record as they are written.

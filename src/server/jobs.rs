@@ -73,6 +73,9 @@ pub enum JobRequest {
         /// The VM of the generated descriptor (as a ticket's `ova.vm`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vm: Option<Box<VmFields>>,
+        /// The manifest's algorithm: sha1, sha256 (default) or sha512.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manifest: Option<String>,
         /// Replace an existing target (default false).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         overwrite: Option<bool>,
@@ -533,6 +536,7 @@ impl Jobs {
                         ovf: None,
                         name: None,
                         vm: None,
+                        manifest: None,
                     },
                     verify: verify.unwrap_or(true),
                     existing: existing(*overwrite),
@@ -545,8 +549,14 @@ impl Jobs {
                 ovf,
                 name,
                 vm,
+                manifest,
                 overwrite,
             } => {
+                if let Some(m) = manifest {
+                    crate::ticket::manifest_algorithm(m).map_err(|r| {
+                        Error::new(ErrorKind::InvalidArgument, format!("manifest: {r}"))
+                    })?;
+                }
                 if let Some(vm) = vm {
                     if ovf.is_some() {
                         return Err(Error::new(
@@ -574,6 +584,7 @@ impl Jobs {
                         ovf,
                         name: name.clone(),
                         vm: vm.as_deref().cloned(),
+                        manifest: manifest.clone(),
                     },
                     existing: existing(*overwrite),
                     roots: self.store.roots().clone(),

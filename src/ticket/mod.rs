@@ -16,6 +16,7 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub(crate) use model::file_url_path;
+pub use model::manifest_algorithm;
 pub use model::{
     DiskStatus, NumberOrText, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus,
     TransferState, VmFields,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TicketError;
 use crate::limits::{MAX_CAPACITY, MAX_OVF_FILES, MAX_TICKET_ID_LEN, MAX_TICKET_TIMEOUT};
+use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 
 /// An operation a ticket allows.
@@ -98,6 +99,10 @@ pub struct OvaSpec {
     /// describes (the defaults of `ovaio export --name` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmFields>,
+    /// Export only: the manifest's digest algorithm, `sha1`, `sha256`
+    /// (the default) or `sha512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// A number or a string: memory as MiB or `"4G"`, a guest OS as a CIM
@@ -502,6 +507,9 @@ impl TicketRequest {
             if ova.vm.is_some() {
                 return Err(invalid("ova.vm", "only for ova-export tickets"));
             }
+            if ova.manifest.is_some() {
+                return Err(invalid("ova.manifest", "only for ova-export tickets"));
+            }
         } else {
             if let Some(ovf) = &ova.ovf {
                 file_url_path("ova.ovf", ovf)?;
@@ -510,6 +518,9 @@ impl TicketRequest {
                 && (name.is_empty() || name.contains(['/', '\0']))
             {
                 return Err(invalid("ova.name", "must be non-empty, without '/'"));
+            }
+            if let Some(m) = &ova.manifest {
+                manifest_algorithm(m).map_err(|r| invalid("ova.manifest", r))?;
             }
             if let Some(vm) = &ova.vm {
                 if ova.ovf.is_some() {
@@ -524,6 +535,13 @@ impl TicketRequest {
         }
         Ok(())
     }
+}
+
+/// The manifest algorithm an export ticket or job names: `sha1`,
+/// `sha256` or `sha512` (any case, `sha-256` too).
+pub fn manifest_algorithm(name: &str) -> Result<Algorithm, String> {
+    Algorithm::from_name(name)
+        .ok_or_else(|| format!("'{name}' is not a manifest algorithm: give sha1, sha256 or sha512"))
 }
 
 /// Ticket ids appear in URLs (`/images/{id}`): keep them to unreserved
@@ -626,6 +644,7 @@ mod tests {
                 ovf: None,
                 name: None,
                 vm: None,
+                manifest: None,
             }),
         }
     }

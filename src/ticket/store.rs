@@ -71,6 +71,8 @@ pub struct ResolvedOva {
     pub name: Option<String>,
     /// Export: the VM of a generated descriptor.
     pub vm: Option<super::VmFields>,
+    /// Export: the manifest's algorithm (`sha1`, `sha256`, `sha512`).
+    pub manifest: Option<String>,
 }
 
 /// What [`TicketStore::restore`] found in the journal.
@@ -638,6 +640,7 @@ impl TicketStore {
                         ovf,
                         name: spec.name.clone(),
                         vm: spec.vm.clone(),
+                        manifest: spec.manifest.clone(),
                     });
                 }
             }
@@ -1310,6 +1313,7 @@ mod tests {
                     ovf: None,
                     name: None,
                     vm: None,
+                    manifest: None,
                 }),
                 ..self.image(&[Op::Write])
             }
@@ -1342,6 +1346,7 @@ mod tests {
                     ovf: None,
                     name: Some("vm".into()),
                     vm: None,
+                    manifest: None,
                 }),
                 ..self.ova_import()
             }

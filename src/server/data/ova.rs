@@ -30,6 +30,7 @@ use super::image::{add_disposition, range_error};
 use super::{BusyGuard, Meter, checksum};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::printable;
+use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::split_chunk_name;
 use crate::ova::ovf::vm::VmSpec;
 use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
@@ -181,7 +182,15 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
         disks,
         ovf,
         ovf_name,
-        manifest: true,
+        manifest: Some(match ova.manifest.as_deref() {
+            None => Algorithm::Sha256,
+            Some(m) => Algorithm::from_name(m).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("manifest '{}': give sha1, sha256 or sha512", printable(m)),
+                )
+            })?,
+        }),
         align: false,
         detect_zeros: false,
         roots,
@@ -451,7 +460,10 @@ pub(super) async fn get(
     let prepared = blocking::run(move || {
         let mtime = sources_mtime(&ova, &roots)?;
         Ok((
-            ExportPlan::prepare(export_request(&ova, roots)?)?.with_mtime(mtime),
+            ExportPlan::prepare(export_request(&ova, roots)?)?
+                .with_mtime(mtime)
+                // The ticket's checksums are SHA-256, whatever the manifest's.
+                .with_sha256(),
             mtime,
         ))
     })
