@@ -8,12 +8,16 @@
 //!                                                     extents (offset, data | zero)
 //!                                                                ▼
 //!                                              volume sink: raw file (sparse) | qcow2 file
+//!
+//! export:  volume (raw | qcow2) ──► allocation map ──► qcow2 | VMDK streamOptimized encoder
+//!          OVF (exact sizes) ──► tar mux: OVF, disks, manifest ──► FILE.partial | HTTP GET | stdout
 //! ```
 //!
 //! * [`source`] yields the package bytes (file, stdin).
 //! * [`ova`] unpacks the package (plain, compressed or zip), demultiplexes
 //!   the tar stream and parses the OVF and manifest.
-//! * [`codec`] turns each disk entry into an extent stream.
+//! * [`codec`] turns each disk entry into an extent stream, and a volume
+//!   into a qcow2 or VMDK entry of known size.
 //! * [`sink`] writes extents into target volumes under `.partial` names.
 //! * [`roots`] confines every file a ticket, job or package names to the
 //!   storage roots.

@@ -1146,3 +1146,184 @@ fn round_trip_keeps_a_byte_exact_size() {
     assert_eq!(got.len(), 1_000_000);
     assert_eq!(got, fs::read(&src).expect("read source"));
 }
+
+/// Checks an extracted streamOptimized disk: `qemu-img check` clean, a
+/// streamOptimized VMDK of the source's virtual size (rounded up to a
+/// sector) with the source's content.
+fn assert_exported_vmdk(disk: &Path, src: &Src) {
+    tool(
+        "qemu-img",
+        &[
+            OsStr::new("check"),
+            OsStr::new("-q"),
+            OsStr::new("-f"),
+            OsStr::new("vmdk"),
+            disk.as_os_str(),
+        ],
+    );
+    let info = image::info(disk, "vmdk");
+    assert_eq!(info["format"], "vmdk", "{}", src.href);
+    assert_eq!(
+        info["format-specific"]["data"]["create-type"], "streamOptimized",
+        "{}: {info}",
+        src.href
+    );
+    assert_eq!(
+        info["virtual-size"].as_u64(),
+        Some(src.capacity.next_multiple_of(512)),
+        "{}: virtual size",
+        src.href
+    );
+    assert_equal_images(&src.path, src.format, disk, "vmdk");
+}
+
+/// Every kind of source exported as streamOptimized VMDK, with stored and
+/// with deflated grains: each disk is a clean VMDK equal to its source,
+/// the OVF names VMware's format URI with exact sizes, `inspect` and
+/// `import` (to raw and qcow2) read the package back.
+#[test]
+fn vmdk_disks_are_clean_stream_optimized_images_equal_to_their_sources() {
+    let w = Work::new();
+    let srcs: Vec<Src> = all_sources(&w)
+        .into_iter()
+        .map(|mut s| {
+            s.href = format!("{}.vmdk", s.stem());
+            s
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for compress in [false, true] {
+        let tag = if compress { "deflate" } else { "stored" };
+        let out = w.path(&format!("{tag}.ova"));
+        let mut cmd = export(&srcs)
+            .arg("--name")
+            .arg("vm")
+            .arg("--disk-format")
+            .arg("vmdk")
+            .arg("--json")
+            .arg("-o")
+            .arg(&out);
+        if compress {
+            cmd = cmd.arg("--compress");
+        }
+        let run = cmd.run();
+        run.assert_success();
+        let summary = run.json();
+        assert_eq!(summary["size"].as_u64(), Some(file_len(&out)));
+        let listing = gnu_listing(&out);
+        let x = extract(&w, &out, tag);
+        let (files, disks) = ovf_elements(&x.join("vm.ovf"));
+        for (i, src) in srcs.iter().enumerate() {
+            let disk = x.join(&src.href);
+            assert_exported_vmdk(&disk, src);
+            assert_eq!(
+                attr_u64(&files[i], "size"),
+                listing[i + 1].1,
+                "{}",
+                src.href
+            );
+            assert_eq!(attr_u64(&files[i], "size"), file_len(&disk), "{}", src.href);
+            let d = disk_of(&files, &disks, &src.href);
+            assert_eq!(d["format"], VMDK_URI, "{}", src.href);
+            assert_eq!(
+                attr_u64(d, "populatedSize"),
+                populated_by_map(src, 64 << 10),
+                "{}: populatedSize",
+                src.href
+            );
+            assert_eq!(summary["disks"][i]["format"], "vmdk");
+        }
+        sizes.push(summary["size"].as_u64().expect("size"));
+        let inspected = ovaio().arg("inspect").arg(&out).arg("--json").run();
+        inspected.assert_success();
+        let text = inspected.stdout.clone();
+        assert!(!text.contains("mismatch"), "{text}");
+        for target in ["raw", "qcow2"] {
+            let dir = w.mkdir(&format!("import-{tag}-{target}"));
+            ovaio()
+                .arg("import")
+                .arg(&out)
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--format")
+                .arg(target)
+                .arg("-q")
+                .run()
+                .assert_success();
+            for src in &srcs {
+                let t = dir.join(format!("{}.{target}", src.stem()));
+                assert_equal_images(&src.path, src.format, &t, target);
+            }
+        }
+    }
+    assert!(
+        sizes[1] < sizes[0],
+        "deflated {} vs stored {}",
+        sizes[1],
+        sizes[0]
+    );
+}
+
+/// A given descriptor completed for VMDK disks names VMware's format URI.
+#[test]
+fn given_ovf_gets_the_vmdk_format_uri() {
+    let w = Work::new();
+    let src = raw_src(&w, "d1.vmdk", "d1", &ODD, ":raw");
+    let before = vec![OvfDisk {
+        file_id: "file1".into(),
+        href: src.href.clone(),
+        size: 1,
+        gzip: false,
+        disk_id: "vmdisk1".into(),
+        capacity: src.capacity,
+        mib_units: false,
+        format_uri: Some(QCOW2_URI.to_owned()),
+        populated_size: None,
+    }];
+    let descriptor = w.path("given.ovf");
+    fs::write(&descriptor, ova::ovf_xml(&before)).expect("write ovf");
+    let out = w.path("given.ova");
+    export(std::slice::from_ref(&src))
+        .arg("--ovf")
+        .arg(&descriptor)
+        .arg("--disk-format")
+        .arg("vmdk")
+        .arg("-o")
+        .arg(&out)
+        .run()
+        .assert_success();
+    let x = extract(&w, &out, "x");
+    let (files, disks) = ovf_elements(&x.join("given.ovf"));
+    assert_eq!(disk_of(&files, &disks, "d1.vmdk")["format"], VMDK_URI);
+    assert_exported_vmdk(&x.join("d1.vmdk"), &src);
+}
+
+#[test]
+fn bad_disk_format_flags_are_refused() {
+    let w = Work::new();
+    let src = raw_src(&w, "d.vmdk", "d", &ODD, "");
+    let out = w.path("x.ova");
+    let o = export(std::slice::from_ref(&src))
+        .arg("--name")
+        .arg("vm")
+        .arg("--disk-format")
+        .arg("vhd")
+        .arg("-o")
+        .arg(&out)
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("--disk-format") && o.stderr.contains("qcow2 or vmdk"),
+        "{}",
+        o.stderr
+    );
+    export(std::slice::from_ref(&src))
+        .arg("--name")
+        .arg("vm")
+        .arg("--compress")
+        .arg("-o")
+        .arg(&out)
+        .run()
+        .assert_error(&["--compress", "--disk-format vmdk"]);
+    assert_absent(&out);
+}

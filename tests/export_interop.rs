@@ -177,43 +177,84 @@ fn source(w: &Work) -> PathBuf {
     SMALL.write_raw(&w.path("src.raw"))
 }
 
+/// The disk formats `export` writes: flags, entry extension.
+const FORMATS: [(&[&str], &str); 3] = [
+    (&[], "qcow2"),
+    (&["--disk-format", "vmdk"], "vmdk"),
+    (&["--disk-format", "vmdk", "--compress"], "vmdk"),
+];
+
+/// Every disk format with every manifest algorithm, each with 1, 2 and 3
+/// disks across the matrix: COT reads the VM with no warning and no error
+/// (for SHA-256 and SHA-512 manifests, none but its OVF 1.x SHA-1 rule,
+/// see [`assert_only_cot_sha1_rule`]), every disk on the SATA controller,
+/// and xmllint validates the descriptor.
 #[test]
-fn cot_reads_the_generated_vm_for_one_two_and_three_disks() {
+fn cot_reads_every_format_and_manifest_for_one_two_and_three_disks() {
     let w = Work::new();
     let src = source(&w);
-    for n in 1..=3 {
-        let out = w.path(&format!("vm{n}.ova"));
-        let mut cmd = ovaio()
-            .arg("export")
-            .arg("-q")
-            .arg("--name")
-            .arg("testvm")
-            .arg("--manifest")
-            .arg("sha1")
-            .arg("-o")
-            .arg(&out);
-        for i in 1..=n {
-            cmd = cmd
-                .arg("--disk")
-                .arg(format!("disk{i}.qcow2={}", src.display()));
-        }
-        cmd.run().assert_success();
-        let r = assert_cot_clean(&out);
-        // The defaults: 1 CPU, 2 GiB, no NIC, every disk on SATA 0.
-        let p = r.profile();
-        assert_eq!(&p[..4], ["1", "2", "GiB", "0"], "{}", r.stdout);
-        assert_eq!(p[5], n.to_string(), "{}", r.stdout);
-        for i in 0..n {
-            assert!(
-                r.stdout.contains(&format!("disk{}.qcow2", i + 1))
-                    && r.stdout.contains(&format!("harddisk @ SATA 0:{i}")),
-                "disk {i} is not on the SATA controller:\n{}",
-                r.stdout
+    for (f, (flags, ext)) in FORMATS.iter().enumerate() {
+        for (a, alg) in ALGORITHMS.iter().enumerate() {
+            let n = 1 + (f + a) % 3;
+            let tag = format!("{f}-{}-{n}", alg.0);
+            let out = w.path(&format!("{tag}.ova"));
+            let mut cmd = ovaio()
+                .arg("export")
+                .arg("-q")
+                .arg("--name")
+                .arg("testvm")
+                .arg("--manifest")
+                .arg(alg.0)
+                .arg("-o")
+                .arg(&out);
+            for flag in *flags {
+                cmd = cmd.arg(flag);
+            }
+            for i in 1..=n {
+                cmd = cmd
+                    .arg("--disk")
+                    .arg(format!("disk{i}.{ext}={}", src.display()));
+            }
+            cmd.run().assert_success();
+            let dir = w.mkdir(&tag);
+            tool(
+                "tar",
+                &[
+                    OsStr::new("-xf"),
+                    out.as_os_str(),
+                    OsStr::new("-C"),
+                    dir.as_os_str(),
+                ],
             );
+            let r = cot_info(&out);
+            if alg.0 == "sha1" {
+                let problems = r.problems();
+                assert!(problems.is_empty(), "{tag}: {problems:#?}\n{}", r.stdout);
+            } else {
+                assert_only_cot_sha1_rule(&r, &dir, "testvm.mf");
+            }
+            // The defaults: 1 CPU, 2 GiB, no NIC, every disk on SATA 0.
+            let p = r.profile();
+            assert_eq!(&p[..4], ["1", "2", "GiB", "0"], "{tag}: {}", r.stdout);
+            assert_eq!(p[5], n.to_string(), "{tag}: {}", r.stdout);
+            for i in 0..n {
+                assert!(
+                    r.stdout.contains(&format!("disk{}.{ext}", i + 1))
+                        && r.stdout.contains(&format!("harddisk @ SATA 0:{i}")),
+                    "{tag}: disk {i} is not on the SATA controller:\n{}",
+                    r.stdout
+                );
+            }
+            assert!(r.stdout.contains("vmx-13 virtualbox-2.2"), "{}", r.stdout);
+            assert_schema_valid(&dir.join("testvm.ovf"));
+            let text = std::fs::read_to_string(dir.join("testvm.ovf")).expect("read ovf");
+            let uri = if *ext == "vmdk" {
+                "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+            } else {
+                "http://www.gnome.org/~markmc/qcow-image-format.html"
+            };
+            assert_eq!(text.matches(uri).count(), n, "{tag}: {text}");
         }
-        assert!(r.stdout.contains("vmx-13 virtualbox-2.2"), "{}", r.stdout);
-        let dir = w.mkdir(&format!("x{n}"));
-        assert_schema_valid(&extract_member(&out, "testvm.ovf", &dir));
     }
 }
 
@@ -738,4 +779,108 @@ fn tickets_and_jobs_choose_the_manifest() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("manifest"), "{}", r.text());
+}
+
+/// `disk_format` and `compress` in an export ticket and an export job:
+/// the disks are streamOptimized VMDKs that qemu-img finds clean and
+/// equal to the source; bad values are a 400 naming the field.
+#[test]
+fn tickets_and_jobs_write_vmdk() {
+    use serde_json::json;
+    use support::server::Server;
+
+    let w = Work::new();
+    let s = Server::start(&w);
+    let raw = SMALL.write_raw(&s.root.join("vol.raw"));
+    let check = |disk: &Path| {
+        tool(
+            "qemu-img",
+            &[
+                OsStr::new("check"),
+                OsStr::new("-q"),
+                OsStr::new("-f"),
+                OsStr::new("vmdk"),
+                disk.as_os_str(),
+            ],
+        );
+        tool(
+            "qemu-img",
+            &[
+                OsStr::new("compare"),
+                OsStr::new("-q"),
+                OsStr::new("-f"),
+                OsStr::new("raw"),
+                OsStr::new("-F"),
+                OsStr::new("vmdk"),
+                raw.as_os_str(),
+                disk.as_os_str(),
+            ],
+        );
+    };
+    s.add_ticket(&json!({
+        "uuid": "t1", "kind": "ova-export", "ops": ["read"], "timeout": 120,
+        "ova": {"name": "tvm", "disk_format": "vmdk", "compress": true, "manifest": "sha1",
+                "disks": [{"href": "d1.vmdk", "url": s.file_url("vol.raw")}]},
+    }));
+    let r = s.data("GET", "/images/t1", &[]);
+    assert_eq!(r.status, 200, "download: {}\n{}", r.text(), s.log());
+    assert_eq!(
+        r.header("content-length")
+            .and_then(|v| v.parse::<usize>().ok()),
+        Some(r.body.len())
+    );
+    let dl = w.path("tvm.ova");
+    std::fs::write(&dl, &r.body).expect("save the download");
+    assert_cot_clean(&dl);
+    let x = w.mkdir("t");
+    check(&extract_member(&dl, "d1.vmdk", &x));
+    // Downloaded again, the same bytes (a download can resume).
+    let again = s.data("GET", "/images/t1", &[]);
+    assert!(again.body == r.body, "a second download differs");
+
+    let job = json!({"type": "export", "target": s.file_url("job.ova"), "name": "jvm",
+                     "disk_format": "vmdk",
+                     "disks": [{"href": "d1.vmdk", "url": s.file_url("vol.raw")}]});
+    let r = s.control("POST", "/jobs", Some(&job));
+    assert_eq!(r.status, 201, "POST /jobs: {}", r.text());
+    let id = r.json()["id"].as_str().expect("job id").to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let j = s.control("GET", &format!("/jobs/{id}"), None).json();
+        if !matches!(j["state"].as_str(), Some("pending" | "active")) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "job {id} hangs: {j}");
+    };
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", s.log());
+    assert_eq!(done["result"]["disks"][0]["format"], "vmdk", "{done}");
+    let x = w.mkdir("j");
+    check(&extract_member(&s.root.join("job.ova"), "d1.vmdk", &x));
+
+    for (extra, field) in [
+        (json!({"disk_format": "vhd"}), "ova.disk_format"),
+        (json!({"compress": true}), "ova.compress"),
+    ] {
+        let mut ova = json!({"name": "x",
+                             "disks": [{"href": "d1.vmdk", "url": s.file_url("vol.raw")}]});
+        for (k, v) in extra.as_object().expect("object") {
+            ova[k] = v.clone();
+        }
+        let r = s.control(
+            "PUT",
+            "/tickets/bad",
+            Some(
+                &json!({"uuid": "bad", "kind": "ova-export", "ops": ["read"],
+                         "timeout": 120, "ova": ova}),
+            ),
+        );
+        assert_eq!(r.status, 400, "{extra}: {}", r.text());
+        assert!(r.text().contains(field), "{extra}: {}", r.text());
+    }
+    let mut bad_job = job.clone();
+    bad_job["disk_format"] = json!("qcow2");
+    bad_job["compress"] = json!(true);
+    let r = s.control("POST", "/jobs", Some(&bad_job));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("compress"), "{}", r.text());
 }

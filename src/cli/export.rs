@@ -1,4 +1,5 @@
-//! `ovaio export (--ovf FILE.ovf | --name NAME [VM flags]) --disk HREF=PATH[:raw|qcow2]... -o OUT.ova|-`
+//! `ovaio export (--ovf FILE.ovf | --name NAME [VM flags]) --disk HREF=PATH[:raw|qcow2]...
+//! [--disk-format qcow2|vmdk [--compress]] -o OUT.ova|-`
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use crate::cli::progress::Bar;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
-use crate::pipeline::export::{ExportDisk, ExportPlan, ExportRequest, OvfSource};
+use crate::pipeline::export::{DiskFormat, ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::{Existing, PartialFile};
 use crate::source::volume::{AllowedRoots, VolumeFormat};
@@ -67,6 +68,16 @@ pub(crate) struct ExportArgs {
     /// omitted). Repeat in References order.
     #[arg(long = "disk", value_name = "HREF=PATH[:FORMAT]", required = true)]
     disks: Vec<String>,
+    /// Format of the disks written: qcow2 (oVirt, OpenStack, libvirt) or
+    /// vmdk (streamOptimized: VMware, VirtualBox) [default: qcow2].
+    #[arg(long, value_name = "qcow2|vmdk", value_parser = DiskFormat::parse)]
+    disk_format: Option<DiskFormat>,
+    /// With --disk-format vmdk: deflate the grains. The package is smaller,
+    /// but every source is read and compressed twice (once to size the
+    /// disk before the first byte is written); without it grains are
+    /// stored, sized from the allocation map, and each source is read once.
+    #[arg(long)]
+    compress: bool,
     /// Output OVA, or `-` for standard output. A file is written as
     /// OUT.ova.partial and renamed when complete.
     #[arg(short = 'o', long = "output", value_name = "OUT.ova|-")]
@@ -177,6 +188,13 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
             ));
         }
     };
+    let disk_format = a.disk_format.unwrap_or_default();
+    if a.compress && disk_format != DiskFormat::Vmdk {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "--compress deflates VMDK grains: give it with --disk-format vmdk (qcow2 disks are written uncompressed)",
+        ));
+    }
     let roots = if a.roots.is_empty() {
         AllowedRoots::any()
     } else {
@@ -197,17 +215,25 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
             },
         )?)
     };
-    let plan = ExportPlan::prepare(ExportRequest {
-        disks,
-        ovf,
-        ovf_name,
-        manifest: (!a.no_manifest).then(|| a.manifest.unwrap_or(Algorithm::Sha256)),
-        align: a.align,
-        detect_zeros: a.detect_zeros,
-        roots,
-    })?;
-    let progress = Arc::new(Progress::new(Some(plan.total_size())));
+    // Signals cancel the planning too: with --compress it reads every
+    // source once.
+    let progress = Arc::new(Progress::new(None));
     crate::cli::signals::cancel_on_signals(&progress)?;
+    let plan = ExportPlan::prepare_watched(
+        ExportRequest {
+            disks,
+            ovf,
+            ovf_name,
+            manifest: (!a.no_manifest).then(|| a.manifest.unwrap_or(Algorithm::Sha256)),
+            align: a.align,
+            detect_zeros: a.detect_zeros,
+            disk_format,
+            compress: a.compress,
+            roots,
+        },
+        &progress,
+    )?;
+    progress.set_total(plan.total_size());
     let bar = Bar::start(progress.clone(), !a.quiet);
     let summary = match partial {
         None => {
@@ -233,11 +259,12 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     } else if !to_stdout {
         for d in &summary.disks {
             outln!(
-                "{} ({}, {} bytes) -> {} (qcow2, {} bytes)",
+                "{} ({}, {} bytes) -> {} ({}, {} bytes)",
                 d.source.display(),
                 d.source_format,
                 d.capacity,
                 d.href,
+                d.format,
                 d.size
             )?;
         }

@@ -41,7 +41,7 @@ pub struct Cli {
 enum Command {
     /// Stream an OVA into target volumes, verifying its manifest.
     Import(import::ImportArgs),
-    /// Stream volumes into an OVA with qcow2 disks, OVF first, manifest last.
+    /// Stream volumes into an OVA with qcow2 or VMDK disks, OVF first, manifest last.
     Export(export::ExportArgs),
     /// Print the OVF summary of an OVA: disks, formats, capacities, files, manifest.
     Inspect(inspect::InspectArgs),

@@ -11,6 +11,8 @@ pub mod raw;
 pub mod select;
 pub mod vmdk;
 
+pub(crate) mod verify;
+
 #[cfg(test)]
 pub(crate) mod test_support;
 

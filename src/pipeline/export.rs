@@ -1,9 +1,12 @@
 //! The export pipeline: source volumes in, one OVA stream out.
 //!
 //! [`ExportPlan::prepare`] opens every source, computes its allocation map
-//! and the exact qcow2 layout, fills the OVF sizes and lays out the whole
-//! archive, so [`ExportPlan::total_size`] is known before the first byte
-//! (a tar header, `ovf:size` and a `Content-Length` all need it).
+//! and the exact layout of its disk (qcow2, or a streamOptimized VMDK),
+//! fills the OVF sizes and lays out the whole archive, so
+//! [`ExportPlan::total_size`] is known before the first byte (a tar
+//! header, `ovf:size` and a `Content-Length` all need it). A VMDK with
+//! deflated grains is the one layout that needs the data for that: its
+//! grains are compressed once to be counted, in `prepare`.
 //! [`ExportPlan::write_to`] then streams the archive in one pass: the OVF
 //! first, the disks in References order, the manifest (SHA-256 unless
 //! asked otherwise) last.
@@ -20,12 +23,15 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::codec::qcow2::encoder::{Qcow2Encoder, Qcow2Layout};
+use crate::codec::vmdk::encoder::{VmdkEncoder, VmdkLayout};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm};
 use crate::ova::ovf;
 use crate::ova::ovf::vm::VmSpec;
-use crate::ova::ovf::writer::{GeneratedDisk, QCOW2_FORMAT_URI, fill_sizes, generate};
+use crate::ova::ovf::writer::{
+    GeneratedDisk, QCOW2_FORMAT_URI, VMDK_STREAM_FORMAT_URI, fill_sizes_and_formats, generate,
+};
 use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::PartialFile;
@@ -43,6 +49,42 @@ pub struct ExportDisk {
     pub path: PathBuf,
     /// Source format; `None` probes the file.
     pub format: Option<VolumeFormat>,
+}
+
+/// The format of the disks an export writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// qcow2 (oVirt, OpenStack, libvirt).
+    #[default]
+    Qcow2,
+    /// VMDK streamOptimized (VMware, VirtualBox).
+    Vmdk,
+}
+
+impl DiskFormat {
+    /// The name on the command line, in tickets and in summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Vmdk => "vmdk",
+        }
+    }
+
+    /// `qcow2` or `vmdk`, any case.
+    pub fn parse(s: &str) -> std::result::Result<DiskFormat, String> {
+        [DiskFormat::Qcow2, DiskFormat::Vmdk]
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("'{s}' is not a disk format to write: give qcow2 or vmdk"))
+    }
+
+    /// `Disk/@ovf:format`.
+    pub fn format_uri(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => QCOW2_FORMAT_URI,
+            DiskFormat::Vmdk => VMDK_STREAM_FORMAT_URI,
+        }
+    }
 }
 
 /// Where the OVF descriptor comes from.
@@ -69,8 +111,60 @@ pub struct ExportRequest {
     pub align: bool,
     /// Read allocated data and leave all-zero clusters out.
     pub detect_zeros: bool,
+    /// The format of the disks written.
+    pub disk_format: DiskFormat,
+    /// VMDK only: deflate the grains (a counting pass reads and
+    /// compresses every source once in [`ExportPlan::prepare`]) rather
+    /// than store them.
+    pub compress: bool,
     /// Where sources (and their backing files) may live.
     pub roots: AllowedRoots,
+}
+
+/// The exact layout of one disk entry.
+#[derive(Debug)]
+enum DiskLayout {
+    Qcow2(Qcow2Layout),
+    Vmdk(VmdkLayout),
+}
+
+impl DiskLayout {
+    fn total_size(&self) -> u64 {
+        match self {
+            DiskLayout::Qcow2(l) => l.total_size(),
+            DiskLayout::Vmdk(l) => l.total_size(),
+        }
+    }
+
+    /// Guest bytes stored: whole clusters or grains.
+    fn populated(&self) -> u64 {
+        match self {
+            DiskLayout::Qcow2(l) => l.data_clusters() * l.cluster_size(),
+            DiskLayout::Vmdk(l) => l.data_grains() * l.grain_size(),
+        }
+    }
+
+    fn format(&self) -> DiskFormat {
+        match self {
+            DiskLayout::Qcow2(_) => DiskFormat::Qcow2,
+            DiskLayout::Vmdk(_) => DiskFormat::Vmdk,
+        }
+    }
+}
+
+/// A disk's encoder, reading its source volume.
+enum DiskEncoder {
+    Qcow2(Qcow2Encoder<SourceVolume>),
+    Vmdk(VmdkEncoder<SourceVolume>),
+}
+
+impl Read for DiskEncoder {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            DiskEncoder::Qcow2(e) => e.read(buf),
+            DiskEncoder::Vmdk(e) => e.read(buf),
+        }
+    }
 }
 
 /// One disk of a prepared export.
@@ -79,7 +173,7 @@ struct PlannedDisk {
     href: String,
     path: PathBuf,
     volume: SourceVolume,
-    layout: Qcow2Layout,
+    layout: DiskLayout,
     capacity: u64,
 }
 
@@ -122,9 +216,11 @@ pub struct ExportedDisk {
     pub source: PathBuf,
     /// Source format.
     pub source_format: &'static str,
+    /// The entry's format: `qcow2` or `vmdk` (streamOptimized).
+    pub format: &'static str,
     /// Virtual size.
     pub capacity: u64,
-    /// Size of the qcow2 entry.
+    /// Size of the entry.
     pub size: u64,
     /// Bytes of guest data in it.
     pub populated_size: u64,
@@ -151,6 +247,13 @@ fn manifest_text_len(alg: Algorithm, names: &[&str]) -> u64 {
 impl ExportPlan {
     /// Opens the sources and lays out the archive.
     pub fn prepare(req: ExportRequest) -> Result<ExportPlan> {
+        Self::prepare_watched(req, &Progress::new(None))
+    }
+
+    /// [`ExportPlan::prepare`], cancelled through `progress`, which also
+    /// counts the bytes a VMDK counting pass reads (the entry is
+    /// `counting HREF` meanwhile).
+    pub fn prepare_watched(req: ExportRequest, progress: &Progress) -> Result<ExportPlan> {
         if req.disks.is_empty() {
             return Err(Error::new(ErrorKind::InvalidArgument, "no disk to export"));
         }
@@ -173,7 +276,26 @@ impl ExportPlan {
             let map = volume
                 .allocation_map(req.detect_zeros)
                 .map_err(|e| e.at_path(&d.path))?;
-            let layout = Qcow2Layout::new(&map).map_err(|e| e.at_path(&d.path))?;
+            progress.check_cancelled()?;
+            let layout = match (req.disk_format, req.compress) {
+                (DiskFormat::Qcow2, false) => Qcow2Layout::new(&map).map(DiskLayout::Qcow2),
+                (DiskFormat::Qcow2, true) => Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "compression applies to VMDK disks; qcow2 disks are written uncompressed",
+                )),
+                (DiskFormat::Vmdk, false) => {
+                    VmdkLayout::stored(&map, &d.href).map(DiskLayout::Vmdk)
+                }
+                (DiskFormat::Vmdk, true) => {
+                    progress.set_entry(&format!("counting {}", d.href));
+                    let mut tick = |n: u64| {
+                        progress.add_entry_bytes(n);
+                        progress.check_cancelled()
+                    };
+                    VmdkLayout::deflate(&map, &d.href, &mut volume, &mut tick).map(DiskLayout::Vmdk)
+                }
+            }
+            .map_err(|e| e.at_path(&d.path))?;
             disks.push(PlannedDisk {
                 href: d.href.clone(),
                 path: d.path.clone(),
@@ -188,15 +310,16 @@ impl ExportPlan {
             .collect();
         let populated: Vec<(String, u64)> = disks
             .iter()
-            .map(|d| {
-                (
-                    d.href.clone(),
-                    d.layout.data_clusters() * d.layout.cluster_size(),
-                )
-            })
+            .map(|d| (d.href.clone(), d.layout.populated()))
+            .collect();
+        let formats: Vec<(String, &'static str)> = disks
+            .iter()
+            .map(|d| (d.href.clone(), d.layout.format().format_uri()))
             .collect();
         let ovf_bytes = match &req.ovf {
-            OvfSource::Descriptor(xml) => fill_sizes(xml, &sizes, &populated)?,
+            OvfSource::Descriptor(xml) => {
+                fill_sizes_and_formats(xml, &sizes, &populated, &formats)?
+            }
             OvfSource::Generate(vm) => {
                 let generated: Vec<GeneratedDisk> = disks
                     .iter()
@@ -206,7 +329,7 @@ impl ExportPlan {
                         size: d.layout.total_size(),
                         capacity: d.capacity,
                         populated_size: *pop,
-                        format: QCOW2_FORMAT_URI,
+                        format: d.layout.format().format_uri(),
                     })
                     .collect();
                 generate(vm, &generated)?
@@ -445,10 +568,14 @@ fn write_disk<W: Write>(
     progress: &Progress,
 ) -> Result<ExportedDisk> {
     let size = d.layout.total_size();
-    let populated = d.layout.data_clusters() * d.layout.cluster_size();
+    let populated = d.layout.populated();
+    let format = d.layout.format().name();
     let source_format = d.volume.format().name();
     tar.begin_entry(&d.href, size)?;
-    let mut enc = Qcow2Encoder::new(d.layout, d.volume);
+    let mut enc = match d.layout {
+        DiskLayout::Qcow2(l) => DiskEncoder::Qcow2(Qcow2Encoder::new(l, d.volume)),
+        DiskLayout::Vmdk(l) => DiskEncoder::Vmdk(VmdkEncoder::new(l, d.volume)),
+    };
     let hasher = (!algs.is_empty()).then(|| HashThread::start(algs));
     let mut buf = BytesMut::new();
     let mut written = 0u64;
@@ -500,6 +627,7 @@ fn write_disk<W: Write>(
         href: d.href,
         source: d.path,
         source_format,
+        format,
         capacity: d.capacity,
         size,
         populated_size: populated,

@@ -72,6 +72,11 @@ impl Progress {
         Ok(())
     }
 
+    /// Sets the total once it is known.
+    pub(crate) fn set_total(&self, n: u64) {
+        self.total.store(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_read(&self, n: u64) {
         self.bytes_read.fetch_add(n, Ordering::Relaxed);
     }

@@ -76,6 +76,12 @@ pub enum JobRequest {
         /// The manifest's algorithm: sha1, sha256 (default) or sha512.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         manifest: Option<String>,
+        /// The disks' format: qcow2 (default) or vmdk.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_format: Option<String>,
+        /// With vmdk: deflate the grains.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compress: Option<bool>,
         /// Replace an existing target (default false).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         overwrite: Option<bool>,
@@ -537,6 +543,8 @@ impl Jobs {
                         name: None,
                         vm: None,
                         manifest: None,
+                        disk_format: None,
+                        compress: None,
                     },
                     verify: verify.unwrap_or(true),
                     existing: existing(*overwrite),
@@ -550,8 +558,13 @@ impl Jobs {
                 name,
                 vm,
                 manifest,
+                disk_format,
+                compress,
                 overwrite,
             } => {
+                crate::ticket::export_format(disk_format.as_deref(), *compress).map_err(
+                    |(f, r)| Error::new(ErrorKind::InvalidArgument, format!("{f}: {r}")),
+                )?;
                 if let Some(m) = manifest {
                     crate::ticket::manifest_algorithm(m).map_err(|r| {
                         Error::new(ErrorKind::InvalidArgument, format!("manifest: {r}"))
@@ -585,6 +598,8 @@ impl Jobs {
                         name: name.clone(),
                         vm: vm.as_deref().cloned(),
                         manifest: manifest.clone(),
+                        disk_format: disk_format.clone(),
+                        compress: *compress,
                     },
                     existing: existing(*overwrite),
                     roots: self.store.roots().clone(),
@@ -670,7 +685,7 @@ impl Work {
                 // job was accepted).
                 let (partial, file) = PartialFile::create(&roots, &target, existing)?;
                 // Backing chains are checked against the same roots.
-                let plan = ExportPlan::prepare(export_request(&ova, roots)?)?;
+                let plan = ExportPlan::prepare_watched(export_request(&ova, roots)?, &progress)?;
                 let s = plan.write_partial(partial, file, progress)?;
                 to_json(&s)
             }

@@ -16,11 +16,11 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub(crate) use model::file_url_path;
-pub use model::manifest_algorithm;
 pub use model::{
     DiskStatus, NumberOrText, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus,
     TransferState, VmFields,
 };
+pub use model::{export_format, manifest_algorithm};
 pub use store::{
     CancelCause, IdleHold, JOURNAL_EXPIRY_SLACK, RESTARTED, ResolvedDisk, ResolvedOva, Restored,
     TicketHandle, TicketStore, TicketWatch,

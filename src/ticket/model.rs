@@ -11,6 +11,7 @@ use super::TicketError;
 use crate::limits::{MAX_CAPACITY, MAX_OVF_FILES, MAX_TICKET_ID_LEN, MAX_TICKET_TIMEOUT};
 use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
+use crate::pipeline::export::DiskFormat;
 
 /// An operation a ticket allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,6 +104,13 @@ pub struct OvaSpec {
     /// (the default) or `sha512`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// Export only: the format of the disks written, `qcow2` (the
+    /// default) or `vmdk` (streamOptimized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<String>,
+    /// Export only, with `disk_format` `vmdk`: deflate the grains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<bool>,
 }
 
 /// A number or a string: memory as MiB or `"4G"`, a guest OS as a CIM
@@ -510,6 +518,12 @@ impl TicketRequest {
             if ova.manifest.is_some() {
                 return Err(invalid("ova.manifest", "only for ova-export tickets"));
             }
+            if ova.disk_format.is_some() {
+                return Err(invalid("ova.disk_format", "only for ova-export tickets"));
+            }
+            if ova.compress.is_some() {
+                return Err(invalid("ova.compress", "only for ova-export tickets"));
+            }
         } else {
             if let Some(ovf) = &ova.ovf {
                 file_url_path("ova.ovf", ovf)?;
@@ -522,6 +536,8 @@ impl TicketRequest {
             if let Some(m) = &ova.manifest {
                 manifest_algorithm(m).map_err(|r| invalid("ova.manifest", r))?;
             }
+            export_format(ova.disk_format.as_deref(), ova.compress)
+                .map_err(|(f, r)| invalid(format!("ova.{f}"), r))?;
             if let Some(vm) = &ova.vm {
                 if ova.ovf.is_some() {
                     return Err(invalid(
@@ -542,6 +558,27 @@ impl TicketRequest {
 pub fn manifest_algorithm(name: &str) -> Result<Algorithm, String> {
     Algorithm::from_name(name)
         .ok_or_else(|| format!("'{name}' is not a manifest algorithm: give sha1, sha256 or sha512"))
+}
+
+/// The disk format and grain coding an export ticket or job names:
+/// `disk_format` `qcow2` (default) or `vmdk`, and `compress` only with
+/// `vmdk`. An error names the field.
+pub fn export_format(
+    disk_format: Option<&str>,
+    compress: Option<bool>,
+) -> Result<(DiskFormat, bool), (&'static str, String)> {
+    let f = match disk_format {
+        None => DiskFormat::Qcow2,
+        Some(f) => DiskFormat::parse(f).map_err(|r| ("disk_format", r))?,
+    };
+    let compress = compress.unwrap_or(false);
+    if compress && f != DiskFormat::Vmdk {
+        return Err((
+            "compress",
+            "deflates VMDK grains: give it with \"disk_format\": \"vmdk\"".into(),
+        ));
+    }
+    Ok((f, compress))
 }
 
 /// Ticket ids appear in URLs (`/images/{id}`): keep them to unreserved
@@ -645,6 +682,8 @@ mod tests {
                 name: None,
                 vm: None,
                 manifest: None,
+                disk_format: None,
+                compress: None,
             }),
         }
     }

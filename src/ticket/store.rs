@@ -73,6 +73,10 @@ pub struct ResolvedOva {
     pub vm: Option<super::VmFields>,
     /// Export: the manifest's algorithm (`sha1`, `sha256`, `sha512`).
     pub manifest: Option<String>,
+    /// Export: `qcow2` or `vmdk`.
+    pub disk_format: Option<String>,
+    /// Export: deflate VMDK grains.
+    pub compress: Option<bool>,
 }
 
 /// What [`TicketStore::restore`] found in the journal.
@@ -641,6 +645,8 @@ impl TicketStore {
                         name: spec.name.clone(),
                         vm: spec.vm.clone(),
                         manifest: spec.manifest.clone(),
+                        disk_format: spec.disk_format.clone(),
+                        compress: spec.compress,
                     });
                 }
             }
@@ -1314,6 +1320,8 @@ mod tests {
                     name: None,
                     vm: None,
                     manifest: None,
+                    disk_format: None,
+                    compress: None,
                 }),
                 ..self.image(&[Op::Write])
             }
@@ -1347,6 +1355,8 @@ mod tests {
                     name: Some("vm".into()),
                     vm: None,
                     manifest: None,
+                    disk_format: None,
+                    compress: None,
                 }),
                 ..self.ova_import()
             }

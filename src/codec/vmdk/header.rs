@@ -35,6 +35,20 @@ pub const COMPRESS_DEFLATE: u16 = 1;
 /// The newline-detection characters as written by a binary-safe transfer.
 pub const NEWLINE_CHARS: [u8; 4] = *b"\n \r\n";
 
+/// Bytes of a grain marker before its compressed data: `u64 lba, u32 size`.
+pub(super) const GRAIN_MARKER_LEN: usize = 12;
+/// Bytes of a metadata marker that carry information:
+/// `u64 numSectors, u32 size (0), u32 type`; the rest of its sector is padding.
+pub(super) const META_MARKER_LEN: usize = 16;
+/// Metadata marker type: end of stream.
+pub(super) const MARKER_EOS: u32 = 0;
+/// Metadata marker type: a grain table follows.
+pub(super) const MARKER_GT: u32 = 1;
+/// Metadata marker type: the grain directory follows.
+pub(super) const MARKER_GD: u32 = 2;
+/// Metadata marker type: the footer follows.
+pub(super) const MARKER_FOOTER: u32 = 3;
+
 const OFF_VERSION: usize = 4;
 const OFF_FLAGS: usize = 8;
 pub(super) const OFF_CAPACITY: usize = 12;
@@ -215,6 +229,28 @@ impl SparseHeader {
             });
         }
         Ok(h)
+    }
+
+    /// The 512 bytes of this header (or footer), little-endian, as
+    /// [`SparseHeader::parse`] reads them; the padding is zero.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(0, &MAGIC);
+        put(OFF_VERSION, &self.version.to_le_bytes());
+        put(OFF_FLAGS, &self.flags.to_le_bytes());
+        put(OFF_CAPACITY, &self.capacity_sectors.to_le_bytes());
+        put(OFF_GRAIN, &self.grain_sectors.to_le_bytes());
+        put(OFF_DESC_OFFSET, &self.descriptor_offset.to_le_bytes());
+        put(OFF_DESC_SIZE, &self.descriptor_size.to_le_bytes());
+        put(OFF_NUM_GTES, &self.num_gtes_per_gt.to_le_bytes());
+        put(OFF_RGD, &self.rgd_offset.to_le_bytes());
+        put(OFF_GD, &self.gd_offset.to_le_bytes());
+        put(OFF_OVERHEAD, &self.overhead_sectors.to_le_bytes());
+        put(OFF_UNCLEAN, &[u8::from(self.unclean_shutdown)]);
+        put(OFF_NEWLINE, &NEWLINE_CHARS);
+        put(OFF_COMPRESS, &self.compress_algorithm.to_le_bytes());
+        b
     }
 
     /// Virtual size in bytes.

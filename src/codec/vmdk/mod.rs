@@ -1,5 +1,6 @@
 //! VMware VMDK sparse extents: the one-pass decoders behind OVA disk
-//! entries whose content starts with `KDMV`. The header's flags tell the
+//! entries whose content starts with `KDMV`, and the streamOptimized
+//! encoder export writes them with ([`encoder`]). The header's flags tell the
 //! two subformats apart: streamOptimized (compressed grains and markers,
 //! [`VmdkStreamDecoder`]) and monolithicSparse (a hosted sparse extent,
 //! [`VmdkSparseDecoder`], see [`sparse`]).
@@ -25,6 +26,7 @@
 //! grain multiple may be short or zero-filled to a whole grain; non-zero
 //! bytes past the capacity are an error.
 
+pub mod encoder;
 mod error;
 pub mod header;
 pub mod sparse;

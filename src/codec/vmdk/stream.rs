@@ -13,22 +13,14 @@ use std::fmt;
 use flate2::{Decompress, FlushDecompress, Status};
 
 use super::error::VmdkError;
-use super::header::{ENTRY_SIZE, HEADER_SIZE, SECTOR, SparseHeader};
+use super::header::{
+    ENTRY_SIZE, GRAIN_MARKER_LEN, HEADER_SIZE, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT,
+    META_MARKER_LEN, SECTOR, SparseHeader,
+};
 use super::tables::{Read, Table, Tables};
 use crate::codec::{DiskDecoder, ExtentSink};
 use crate::error::Result;
 use crate::limits;
-
-/// Bytes of a grain marker before its compressed data: `u64 lba, u32 size`.
-const GRAIN_MARKER_LEN: usize = 12;
-/// Bytes of a metadata marker that carry information:
-/// `u64 numSectors, u32 size (0), u32 type`; the rest of its sector is padding.
-const META_MARKER_LEN: usize = 16;
-
-const MARKER_EOS: u32 = 0;
-const MARKER_GT: u32 = 1;
-const MARKER_GD: u32 = 2;
-const MARKER_FOOTER: u32 = 3;
 
 /// What follows a skipped region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -178,6 +178,9 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
             (OvfSource::Generate(vm), format!("{name}.ovf"))
         }
     };
+    let (disk_format, compress) =
+        crate::ticket::export_format(ova.disk_format.as_deref(), ova.compress)
+            .map_err(|(f, r)| Error::new(ErrorKind::InvalidArgument, format!("{f}: {r}")))?;
     Ok(ExportRequest {
         disks,
         ovf,
@@ -193,6 +196,8 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
         }),
         align: false,
         detect_zeros: false,
+        disk_format,
+        compress,
         roots,
     })
 }
@@ -457,10 +462,12 @@ pub(super) async fn get(
         .clone()
         .unwrap_or_else(|| format!("{}.ova", ova.name.as_deref().unwrap_or("vm")));
     let t = Arc::new(t);
+    // A deleted ticket also stops a VMDK counting pass.
+    let watch = t.progress();
     let prepared = blocking::run(move || {
         let mtime = sources_mtime(&ova, &roots)?;
         Ok((
-            ExportPlan::prepare(export_request(&ova, roots)?)?
+            ExportPlan::prepare_watched(export_request(&ova, roots)?, &watch)?
                 .with_mtime(mtime)
                 // The ticket's checksums are SHA-256, whatever the manifest's.
                 .with_sha256(),
