@@ -481,9 +481,21 @@ fn fuzz_roundtrip_inputs() {
     fuzz_roundtrip(&[0, 0x3f, 0xff, 0xff, 5, 1, 200, 0, 19, 3, 3, 0]);
     fuzz_roundtrip(&[1, 0xff, 0xff, 0xff, 22, 1, 8, 0, 25, 2, 1, 0, 12, 0, 255, 0]);
     let mut rng = Rng(77);
-    for _ in 0..40 {
+    for _ in 0..20 {
         let n = rng.below(64) as usize;
         let v: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
         fuzz_roundtrip(&v);
     }
+}
+
+/// The seeds of the `vmdk_encode` fuzz target round-trip.
+#[test]
+fn fuzz_seeds_round_trip() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/vmdk_encode");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        fuzz_roundtrip(&std::fs::read(e.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 4, "{n} seeds in {}", dir.display());
 }
