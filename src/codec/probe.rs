@@ -121,6 +121,8 @@ impl Format {
             Format::Raw => Some(SourceFormat::Raw),
             Format::Qcow2 => Some(SourceFormat::Qcow2),
             Format::VmdkStream => Some(SourceFormat::Vmdk),
+            Format::Vhd => Some(SourceFormat::Vhd),
+            Format::Vdi => Some(SourceFormat::Vdi),
             _ => None,
         }
     }
@@ -138,7 +140,7 @@ pub enum ProbeError {
     /// A recognised format that ovaio does not decode.
     #[error(
         "the content is {0}, which ovaio does not import \
-         (it reads raw, qcow2 and VMDK streamOptimized disks, gzip-compressed or not)"
+         (it reads raw, qcow2, VMDK streamOptimized, VHD and VDI disks, gzip-compressed or not)"
     )]
     Unsupported(Format),
     /// gzip inside gzip: a second inflation would escape the size cap the
@@ -288,6 +290,12 @@ pub struct Declared {
 /// qcow2 volumes), so it declares raw, not VMDK.
 const OVIRT_RAW_URI: &str = "http://www.vmware.com/specifications/vmdk.html#sparse";
 
+/// Words of the URIs of Microsoft's VHD specification, which XenServer
+/// (`http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx`) and
+/// VirtualBox (`http://go.microsoft.com/fwlink/?LinkId=137171`) write for
+/// VHD disks.
+const VHD_URI_WORDS: [&str; 2] = ["bb676673", "137171"];
+
 /// Reads an `ovf:format` URI. Words of the URI are matched (`vmdk`,
 /// `qcow`/`qcow2`, `vhd`, `vhdx`, `vdi`, `qed`, `raw`); a VMDK URI's
 /// fragment is its subformat.
@@ -311,7 +319,7 @@ pub fn declared(uri: &str) -> Declared {
         Some("qcow2")
     } else if has("vhdx") {
         Some("vhdx")
-    } else if has("vhd") {
+    } else if has("vhd") || VHD_URI_WORDS.iter().any(|w| has(w)) {
         Some("vhd")
     } else if has("vdi") {
         Some("vdi")
@@ -546,10 +554,18 @@ mod tests {
         assert_eq!(Format::Raw.source(), Some(SourceFormat::Raw));
         assert_eq!(Format::Qcow2.source(), Some(SourceFormat::Qcow2));
         assert_eq!(Format::VmdkStream.source(), Some(SourceFormat::Vmdk));
-        for f in [Format::Raw, Format::Qcow2, Format::VmdkStream] {
+        assert_eq!(Format::Vhd.source(), Some(SourceFormat::Vhd));
+        assert_eq!(Format::Vdi.source(), Some(SourceFormat::Vdi));
+        for f in [
+            Format::Raw,
+            Format::Qcow2,
+            Format::VmdkStream,
+            Format::Vhd,
+            Format::Vdi,
+        ] {
             assert_eq!(f.source().map(SourceFormat::name), Some(f.name()));
         }
-        for f in [Format::Gzip, Format::Vhd, Format::VmdkSparse, Format::Vdi] {
+        for f in [Format::Gzip, Format::Vhdx, Format::VmdkSparse, Format::Qed] {
             assert_eq!(f.source(), None);
         }
         assert_eq!(Format::VmdkSparse.family(), "vmdk");
@@ -557,7 +573,7 @@ mod tests {
         let msg = ProbeError::Unsupported(Format::VmdkSparse).to_string();
         assert!(msg.contains("VMDK monolithicSparse"), "{msg}");
         assert_eq!(
-            crate::Error::from(ProbeError::Unsupported(Format::Vhd)).kind(),
+            crate::Error::from(ProbeError::Unsupported(Format::Vhdx)).kind(),
             ErrorKind::Unsupported
         );
     }
@@ -589,6 +605,26 @@ mod tests {
             ("https://example.org/formats/raw", Some("raw"), "raw"),
             ("urn:example:vhdx", Some("vhdx"), "vhdx"),
             ("urn:example:vhd", Some("vhd"), "vhd"),
+            (
+                "http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx",
+                Some("vhd"),
+                "vhd",
+            ),
+            (
+                "http://technet.microsoft.com/en-us/library/bb676673.aspx",
+                Some("vhd"),
+                "vhd",
+            ),
+            (
+                "http://go.microsoft.com/fwlink/?LinkId=137171",
+                Some("vhd"),
+                "vhd",
+            ),
+            (
+                "http://www.virtualbox.org/manual/ch12.html#vdi",
+                Some("vdi"),
+                "vdi",
+            ),
             ("https://example.org/disk", None, "https://example.org/disk"),
             (
                 "https://example.org/drawing",
