@@ -31,6 +31,10 @@ const SECTOR: u64 = 512;
 pub const SIGNATURE: u32 = 0xbeda_107f;
 /// Version 1.1, the only one qemu reads.
 const VERSION: u32 = 0x0001_0001;
+/// Image type of a dynamic image (VirtualBox's "normal").
+const TYPE_DYNAMIC: u32 = 1;
+/// Image type of a static image (VirtualBox's "fixed").
+const TYPE_STATIC: u32 = 2;
 /// The only block size qemu reads (1 MiB).
 const BLOCK_SIZE: u32 = 1 << 20;
 /// Map entries at or above this are not allocated: `0xfffffffe`
@@ -73,7 +77,7 @@ pub enum VdiError {
     },
     /// The image is linked to another one (a differencing image).
     #[error(
-        "VDI image has a {field} UUID: part of its data lies in another image, and images named inside a package are never opened"
+        "VDI image with a {field} UUID not supported: part of its data lies in another image, and images named inside a package are never opened"
     )]
     Linked {
         /// Offset of the UUID.
@@ -190,7 +194,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 /// The header fields the decoder needs, checked as qemu checks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// 1 dynamic, 2 static (qemu reads both alike, and does not check).
+    /// 1 dynamic or 2 static, read alike; other types are refused.
     pub image_type: u32,
     /// Entry offset of the block map.
     pub offset_bmap: u64,
@@ -232,6 +236,22 @@ impl Header {
             return Err(unsupported(
                 0x44,
                 format!("version {}.{}", version >> 16, version & 0xffff),
+            ));
+        }
+        // qemu does not check the type, and reads an undo or differencing
+        // image without its parent as if it were whole: refused here.
+        let image_type = le32(b, 0x4c);
+        if image_type != TYPE_DYNAMIC && image_type != TYPE_STATIC {
+            let name = match image_type {
+                3 => " (undo)",
+                4 => " (differencing)",
+                _ => "",
+            };
+            return Err(unsupported(
+                0x4c,
+                format!(
+                    "image type {image_type}{name}; ovaio reads dynamic (1) and static (2) images"
+                ),
             ));
         }
         let offset_bmap = u64::from(le32(b, 0x154));
@@ -299,7 +319,7 @@ impl Header {
             });
         }
         Ok(Header {
-            image_type: le32(b, 0x4c),
+            image_type,
             offset_bmap,
             offset_data,
             disk_size,

@@ -275,12 +275,23 @@ fn header_fields_as_qemu_checks_them() {
         (with(0x158, 1000), 0x158, "data offset 1000"),
         (with(0x168, 4096), 0x168, "sector size 4096"),
         (with(0x178, 2 << 20), 0x178, "block size 2097152"),
+        (with(0x4c, 3), 0x4c, "image type 3 (undo)"),
+        (with(0x4c, 4), 0x4c, "image type 4 (differencing)"),
+        (with(0x4c, 0), 0x4c, "image type 0;"),
+        (with(0x4c, 7), 0x4c, "image type 7;"),
     ];
     for (img, offset, what) in cases {
         let e = refusal(&img);
         assert_eq!(e.offset(), Some(offset));
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(e.to_string().contains(what), "{e}");
+    }
+    // Both types qemu-img writes are read.
+    let whole = |i: &[u8]| decode_cut(&mut decoder(Some(i.len() as u64))(), i, &[]);
+    for t in [1, 2] {
+        let o = whole(&with(0x4c, t));
+        assert!(o.result.is_ok(), "type {t}: {:?}", o.result);
+        assert_eq!(o, whole(&img));
     }
     let e = refusal(&with(0x40, 0x1234));
     assert!(matches!(e, VdiError::BadSignature { found: 0x1234, .. }));

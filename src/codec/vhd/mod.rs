@@ -70,7 +70,7 @@ pub enum VhdError {
     },
     /// A differencing VHD: part of its data lies in a parent image.
     #[error(
-        "differencing VHD: part of its data lies in a parent image, and images named inside a package are never opened"
+        "differencing VHD not supported: part of its data lies in a parent image, and images named inside a package are never opened"
     )]
     Differencing {
         /// Offset of the disk type field.
