@@ -320,7 +320,8 @@ mod tests {
         let e = d.finish(&mut sink).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
         assert!(
-            e.to_string().contains("CHS geometry of 139264 bytes"),
+            e.to_string()
+                .contains("qemu reads 139264 bytes (its CHS geometry)"),
             "{e}"
         );
         assert_eq!(
@@ -328,10 +329,23 @@ mod tests {
             crate::Error::from(vhd::VhdError::FixedSize {
                 offset: 1024,
                 current: 1024,
-                chs: 139_264,
+                reads: 139_264,
+                rule: "its CHS geometry",
                 creator: "qemu".into()
             })
             .one_line()
+        );
+        // A current size of no whole number of sectors.
+        let mut entry = vec![1u8; 1000];
+        entry.extend_from_slice(&footer(1000));
+        let mut d = RawDecoder::with_size_hint(entry.len() as u64);
+        let mut sink = MemSink::default();
+        d.feed(&entry, &mut sink).unwrap();
+        let e = d.finish(&mut sink).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("qemu reads 512 bytes (whole sectors of the current size)"),
+            "{e}"
         );
     }
 }

@@ -98,15 +98,17 @@ pub enum VhdError {
     },
     /// A fixed VHD whose data is not the size qemu reads.
     #[error(
-        "fixed VHD footer has a current size of {current} bytes but a CHS geometry of {chs} bytes, the size qemu reads for creator '{creator}'"
+        "fixed VHD footer has a current size of {current} bytes, but qemu reads {reads} bytes ({rule}) for creator '{creator}'"
     )]
     FixedSize {
         /// Offset of the footer.
         offset: u64,
         /// The current size.
         current: u64,
-        /// The size of its CHS geometry.
-        chs: u64,
+        /// The size qemu reads.
+        reads: u64,
+        /// Which rule gives that size.
+        rule: &'static str,
         /// The creator application.
         creator: String,
     },
@@ -286,6 +288,12 @@ impl Footer {
         })
     }
 
+    /// Whether qemu sizes the disk by its CHS geometry rather than by its
+    /// current size.
+    fn sized_by_chs(&self) -> bool {
+        matches!(&self.creator_app, b"vpc " | b"qemu") && self.chs_sectors() != MAX_GEOMETRY
+    }
+
     /// Sectors of the CHS geometry.
     fn chs_sectors(&self) -> u64 {
         u64::from(self.cylinders) * u64::from(self.heads) * u64::from(self.sectors)
@@ -297,9 +305,8 @@ impl Footer {
     /// current-size creators instead, and used the geometry for unknown
     /// ones). The footer lies at entry offset `at`.
     pub fn capacity(&self, at: u64) -> Result<u64, VhdError> {
-        let by_chs = matches!(&self.creator_app, b"vpc " | b"qemu");
         let chs = self.chs_sectors();
-        let (sectors, field) = if by_chs && chs != MAX_GEOMETRY {
+        let (sectors, field) = if self.sized_by_chs() {
             (chs, 56)
         } else {
             (self.current_size / SECTOR, 48)
@@ -352,10 +359,16 @@ pub fn fixed_footer(tail: &[u8; FOOTER_LEN], data_len: u64) -> Result<Option<u64
     }
     let capacity = f.capacity(data_len)?;
     if capacity != data_len {
+        let rule = if f.sized_by_chs() {
+            "its CHS geometry"
+        } else {
+            "whole sectors of the current size"
+        };
         return Err(VhdError::FixedSize {
             offset: data_len,
             current: f.current_size,
-            chs: f.chs_sectors() * SECTOR,
+            reads: capacity,
+            rule,
             creator: String::from_utf8_lossy(&f.creator_app).into_owned(),
         });
     }
