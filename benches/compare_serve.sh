@@ -18,6 +18,9 @@
 #   CONCURRENCY  uploads at once in the 8-way part (default 8)
 #   OVA_FORMAT   disk format inside the OVA: qcow2 (default) or vmdk
 #                (streamOptimized)
+#   OVA_MANIFEST none (default), after-ovf or last: where the OVA's SHA-256
+#                manifest goes (before it, ovaio hashes the disk in SHA-1,
+#                SHA-256 and SHA-512; after it, in SHA-256 only)
 #   OVAIO        ovaio binary (default target/release/ovaio, always rebuilt
 #                with cargo build --release)
 #   BENCH_DIR    parent of the work directory (default /tmp/ovaio-bench)
@@ -34,6 +37,7 @@ SIZE_MIB=${SIZE_MIB:-1024}
 REPS=${REPS:-3}
 CONCURRENCY=${CONCURRENCY:-8}
 OVA_FORMAT=${OVA_FORMAT:-qcow2}
+OVA_MANIFEST=${OVA_MANIFEST:-none}
 OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 KEEP=${KEEP:-0}
@@ -51,6 +55,7 @@ die() { echo "compare_serve: $*" >&2; exit 1; }
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || die "REPS must be an integer >= 1"
 [[ $CONCURRENCY =~ ^[0-9]+$ && $CONCURRENCY -ge 1 ]] || die "CONCURRENCY must be an integer >= 1"
 [[ $OVA_FORMAT = qcow2 || $OVA_FORMAT = vmdk ]] || die "OVA_FORMAT must be qcow2 or vmdk"
+[[ $OVA_MANIFEST =~ ^(none|after-ovf|last)$ ]] || die "OVA_MANIFEST must be none, after-ovf or last"
 for t in qemu-img qemu-nbd curl tar dd truncate awk sed stat python3; do
   command -v "$t" >/dev/null 2>&1 || die "$t is required"
 done
@@ -316,11 +321,13 @@ single() {
 . "$ROOT/benches/lib/bench_ova.sh"
 
 # make_ova: bench.ova holding the source as disk1.$OVA_FORMAT after a
-# minimal OVF 1.0 descriptor; no manifest.
+# minimal OVF 1.0 descriptor; a manifest where OVA_MANIFEST says.
 HREF=$(href_of "$OVA_FORMAT")
 OVA=$WORK/bench.ova
 make_ova() {
-  make_bench_ova "$SRC" "$OVA_FORMAT" "$SIZE" "$OVA" "$WORK/ova"
+  local mf=$OVA_MANIFEST
+  [ "$mf" = none ] && mf=
+  make_bench_ova "$SRC" "$OVA_FORMAT" "$SIZE" "$OVA" "$WORK/ova" $mf
 }
 
 # ova_serve REP [SERVER]: curl -T bench.ova into an ova-import ticket of an
@@ -447,10 +454,14 @@ if [ -n "$BASELINE" ]; then
     for s in $order; do
       echo "round $r/$REPS: $s upload, OVA upload..." >&2
       sync
+      c0=$(cpu_s "${PID[$s]}")
       single "$s" "$r" || true
+      echo "$(awk -v a="$c0" -v b="$(cpu_s "${PID[$s]}")" 'BEGIN { print b - a }')" >>"$WORK/single-cpu-$s.t"
       rm -f "${DATA[$s]}/single.raw"
       sync
+      c0=$(cpu_s "${PID[$s]}")
       ova_serve "$r" "$s" || true
+      echo "$(awk -v a="$c0" -v b="$(cpu_s "${PID[$s]}")" 'BEGIN { print b - a }')" >>"$WORK/ova-cpu-$s.t"
     done
   done
   stop_servers
@@ -462,11 +473,19 @@ if [ -n "$BASELINE" ]; then
       "$(mbps "$2" "$m_b") ($(mbps "$2" "$b_b"))" "$(ratio "$m_o" "$m_b") ($(ratio "$b_o" "$b_b"))"
   }
   echo
-  echo "ovaio serve against a baseline build ($BASELINE), ${SIZE_MIB} MiB, $REPS rounds taking turns"
+  echo "ovaio serve against a baseline build ($BASELINE), ${SIZE_MIB} MiB, $REPS rounds taking turns,"
+  echo "OVA of a $OVA_FORMAT disk, manifest: $OVA_MANIFEST"
   echo "(time ratio ovaio/baseline: 1.02 means this build takes 2 % longer)"
   row "figure" "ovaio" "baseline" "time ovaio/base"
+  cpu_row() { # LABEL FILE_OVAIO FILE_BASELINE
+    local o b
+    o=$(median_of "$2"); b=$(median_of "$3")
+    row "$1 server CPU s (median)" "$o" "$b" "$(ratio "$o" "$b")"
+  }
   cmp_row "image upload (imageio client)" "$SIZE" "$WORK/single-ovaio.t" "$WORK/single-baseline.t"
+  cpu_row "image upload" "$WORK/single-cpu-ovaio.t" "$WORK/single-cpu-baseline.t"
   cmp_row "OVA upload (curl -T)" "$OVA_BYTES" "$WORK/ova-serve.t" "$WORK/ova-serve-baseline.t"
+  cpu_row "OVA upload" "$WORK/ova-cpu-ovaio.t" "$WORK/ova-cpu-baseline.t"
   [ "$BAD" -eq 0 ] || { echo "FAIL: some target differs from the source"; exit 2; }
   exit 0
 fi
