@@ -1,5 +1,4 @@
 //! Volume sinks: target files written under `.partial` names.
-pub mod direct;
 pub mod format;
 pub mod partial;
 pub mod qcow2;

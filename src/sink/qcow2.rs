@@ -21,8 +21,8 @@ use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
 use crate::sink::Volume;
-use crate::sink::raw::ZEROS;
 use crate::sink::target::{VolumeError, check_capacity, check_range};
+use crate::volume::ZEROS;
 
 /// log2 of the cluster size.
 pub const CLUSTER_BITS: u32 = 16;

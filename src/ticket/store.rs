@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -45,6 +46,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{MAX_TICKET_TIMEOUT, MAX_TICKETS};
 use crate::pipeline::progress::Progress;
 use crate::source::volume::AllowedRoots;
+use crate::volume::Format;
 
 /// One disk of an OVA ticket with its path resolved under the storage roots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +93,10 @@ pub struct Restored {
 struct Spec {
     req: TicketRequest,
     path: Option<PathBuf>,
+    /// `image`: the volume's format, stated or probed when the ticket was
+    /// added (`None` only in a record from before formats were kept:
+    /// probed at each open).
+    format: Option<Format>,
     ova: Option<ResolvedOva>,
 }
 
@@ -491,6 +497,7 @@ impl TicketStore {
             let spec = Spec {
                 req: r.ticket,
                 path: r.path,
+                format: r.format,
                 ova: r.ova,
             };
             let remaining = remaining.min(Duration::from_secs(MAX_TICKET_TIMEOUT));
@@ -592,12 +599,16 @@ impl TicketStore {
     /// Resolves every path of a validated request under the roots.
     fn resolve(&self, req: TicketRequest) -> Result<Spec> {
         let mut path = None;
+        let mut format = None;
         let mut ova = None;
         match req.kind {
             TicketKind::Image => {
                 if let Some(url) = &req.url {
                     let p = file_url_path("url", url)?;
-                    path = Some(self.resolve_path("url", &p, req.ops.contains(&Op::Write))?);
+                    let canon = self.resolve_path("url", &p, req.ops.contains(&Op::Write))?;
+                    let stated = req.format.as_deref().and_then(Format::parse);
+                    format = Some(self.resolve_format(&canon, stated)?);
+                    path = Some(canon);
                 }
             }
             TicketKind::OvaImport | TicketKind::OvaExport => {
@@ -639,7 +650,50 @@ impl TicketStore {
                 }
             }
         }
-        Ok(Spec { req, path, ova })
+        Ok(Spec {
+            req,
+            path,
+            format,
+            ova,
+        })
+    }
+
+    /// The format of the volume at the canonical `path`: the `stated` one,
+    /// which for qcow2 must find a qcow2 header, or the one its header
+    /// shows. A volume that does not exist yet is raw (it is created at
+    /// the first write); a qcow2 one must exist. Decided once, here: the
+    /// bytes an upload writes into a raw volume never turn it into
+    /// another format.
+    fn resolve_format(&self, path: &Path, stated: Option<Format>) -> Result<Format> {
+        let field_error = |reason: String| -> Error {
+            TicketError::InvalidField {
+                field: "format".to_owned(),
+                reason: format!("{}: {reason}", path.display()),
+            }
+            .into()
+        };
+        // Non-blocking, so that a FIFO named by a ticket cannot hold the
+        // control API; nothing is read from anything but a file's start.
+        let file = match self.roots.open(path, OFlags::RDONLY | OFlags::NONBLOCK, 0) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return match stated {
+                    Some(Format::Qcow2) => Err(field_error(
+                        "a qcow2 volume must exist before its ticket is added".to_owned(),
+                    )),
+                    _ => Ok(Format::Raw),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let found = crate::volume::probe(&file, path)?;
+        match (stated, found) {
+            (Some(Format::Qcow2), Format::Raw) => {
+                Err(field_error("has no qcow2 header".to_owned()))
+            }
+            (Some(f), _) => Ok(f),
+            (None, f) => Ok(f),
+        }
     }
 
     /// The canonical form of `p` under the roots. A write target that does
@@ -808,6 +862,12 @@ impl TicketHandle {
     /// Canonical path of the volume of an `image` ticket.
     pub fn path(&self) -> Option<&Path> {
         self.spec.path.as_deref()
+    }
+
+    /// The format of the volume of an `image` ticket, decided when the
+    /// ticket was added; `None` when it is to be probed at each open.
+    pub fn format(&self) -> Option<Format> {
+        self.spec.format
     }
 
     /// Resolved disks and descriptor of an OVA ticket.
@@ -1088,6 +1148,8 @@ struct TicketRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<Format>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ova: Option<ResolvedOva>,
 }
 
@@ -1203,6 +1265,7 @@ impl Entry {
             transferred,
             disks: s.disks.clone(),
             path: self.spec.path.clone(),
+            format: self.spec.format,
             ova: self.spec.ova.clone(),
         };
         drop(s);
@@ -1276,6 +1339,7 @@ mod tests {
                 timeout: 300,
                 inactivity_timeout: Some(60),
                 sparse: None,
+                format: None,
                 dirty: None,
                 transfer_id: Some("tr-1".into()),
                 filename: None,
