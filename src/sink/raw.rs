@@ -12,8 +12,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
-use crate::sink::Volume;
-use crate::sink::target::{VolumeError, check_capacity, check_range};
+use crate::sink::Target;
+use crate::sink::target::{TargetError, check_capacity, check_range};
 use crate::volume::raw::zero_range;
 
 /// A sparse raw file; see the module documentation.
@@ -48,7 +48,7 @@ impl RawVolume {
 
     /// Takes a fresh file for a volume whose size is not known yet: it
     /// grows as written, up to [`crate::limits::MAX_CAPACITY`], until
-    /// [`Volume::set_capacity`] settles it.
+    /// [`Target::set_capacity`] settles it.
     pub fn growable(file: File) -> Result<Self> {
         file.set_len(0)
             .map_err(|e| Error::from(e).with_message("cannot truncate the raw volume"))?;
@@ -62,14 +62,14 @@ impl RawVolume {
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
         if self.finished {
-            return Err(VolumeError::Finished(offset).into());
+            return Err(TargetError::Finished(offset).into());
         }
         check_range(offset, len, self.capacity)?;
         Ok(())
     }
 }
 
-impl Volume for RawVolume {
+impl Target for RawVolume {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len() as u64)?;
         self.file.write_all_at(data, offset).map_err(|e| {
@@ -107,7 +107,7 @@ impl Volume for RawVolume {
     fn set_capacity(&mut self, capacity: u64) -> Result<()> {
         check_range(0, capacity, self.capacity)?;
         if self.high_water > capacity {
-            return Err(VolumeError::BeyondCapacity {
+            return Err(TargetError::BeyondCapacity {
                 offset: capacity,
                 len: self.high_water - capacity,
                 capacity,

@@ -817,7 +817,7 @@ fn a_crash_leaves_at_worst_leaked_clusters() {
 fn measure_qcow2_writes() {
     use std::time::Instant;
 
-    use crate::sink::Volume as _;
+    use crate::sink::Target as _;
     use crate::sink::qcow2::Qcow2Volume;
 
     let size = 256 * MIB;
