@@ -808,14 +808,16 @@ fn a_crash_leaves_at_worst_leaked_clusters() {
 }
 
 /// Writing a qcow2 image through imago against ovaio's own qcow2 writer
-/// (the import sink, which only writes fresh files): 256 MiB in guest
-/// order in 1 MiB pieces, as an upload arrives, and the same clusters in
-/// a shuffled order. Run with
+/// (the import sink, which only writes fresh files): 256 MiB in 1 MiB
+/// pieces, in guest order as an upload arrives and in a shuffled order,
+/// each synced at the end; through imago also in 16 000-byte pieces
+/// through the stream writer, as HTTP frames arrive. The best of three
+/// rounds, the writers taking turns. Run with
 /// `cargo test --release --lib volume::tests::measure -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, not a test"]
 fn measure_qcow2_writes() {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use crate::sink::Target as _;
     use crate::sink::qcow2::Qcow2Volume;
@@ -826,63 +828,61 @@ fn measure_qcow2_writes() {
     for (i, b) in data.iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(151) | 1;
     }
-    let mut order: Vec<u64> = (0..size / piece as u64).collect();
+    let in_order: Vec<u64> = (0..size / piece as u64).map(|i| i * piece as u64).collect();
+    let mut shuffled = in_order.clone();
     let mut rng = Rng(99);
-    for i in (1..order.len()).rev() {
-        order.swap(i, rng.below(i as u64 + 1) as usize);
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let dir = tempfile::tempdir().unwrap();
-    for (name, shuffled) in [("in order", false), ("shuffled", true)] {
-        let offsets: Vec<u64> = if shuffled {
-            order.iter().map(|i| i * piece as u64).collect()
-        } else {
-            (0..size / piece as u64).map(|i| i * piece as u64).collect()
-        };
-        let own = dir.path().join("own.qcow2");
+    let own = |offsets: &[u64]| {
+        let path = dir.path().join("own.qcow2");
         let t = Instant::now();
-        let mut w = Qcow2Volume::new(File::create(&own).unwrap(), size).unwrap();
-        for &o in &offsets {
+        let mut w = Qcow2Volume::new(File::create(&path).unwrap(), size).unwrap();
+        for &o in offsets {
             w.write_at(o, &data).unwrap();
         }
         w.finish().unwrap();
-        let t_own = t.elapsed();
-        assert_check_clean(&own);
-
-        let img = dir.path().join("imago.qcow2");
-        create_qcow2(&img, size, "cluster_size=65536");
+        let t = t.elapsed();
+        assert_check_clean(&path);
+        t
+    };
+    let imago = |offsets: &[u64], frames: bool| {
+        let path = dir.path().join("imago.qcow2");
+        let _ = std::fs::remove_file(&path);
+        create_qcow2(&path, size, "cluster_size=65536");
         let t = Instant::now();
-        let v = open_rw(&img, Format::Qcow2);
-        for &o in &offsets {
-            v.write_at(o, &data).unwrap();
-        }
-        v.flush().unwrap();
-        drop(v);
-        let t_imago = t.elapsed();
-        assert_check_clean(&img);
-
-        // Small unaligned pieces through the stream writer, as HTTP
-        // frames arrive.
-        let img2 = dir.path().join("stream.qcow2");
-        create_qcow2(&img2, size, "cluster_size=65536");
-        let t = Instant::now();
-        let v = open_rw(&img2, Format::Qcow2);
-        for &o in &offsets {
-            let mut w = v.stream_writer(o, 4 * piece).unwrap();
-            for c in data.chunks(16_000) {
-                w.write(c).unwrap();
+        let v = open_rw(&path, Format::Qcow2);
+        for &o in offsets {
+            if frames {
+                let mut w = v.stream_writer(o, 4 * piece).unwrap();
+                for c in data.chunks(16_000) {
+                    w.write(c).unwrap();
+                }
+                w.finish().unwrap();
+            } else {
+                v.write_at(o, &data).unwrap();
             }
-            w.finish().unwrap();
         }
         v.flush().unwrap();
         drop(v);
-        let t_stream = t.elapsed();
-        assert_check_clean(&img2);
-        let mib = size as f64 / MIB as f64;
+        let t = t.elapsed();
+        assert_check_clean(&path);
+        t
+    };
+    let rate = |d: Duration| size as f64 / MIB as f64 / d.as_secs_f64();
+    for (name, offsets) in [("in order", &in_order), ("shuffled", &shuffled)] {
+        let mut best = [Duration::MAX; 3];
+        for _ in 0..3 {
+            best[0] = best[0].min(own(offsets));
+            best[1] = best[1].min(imago(offsets, false));
+            best[2] = best[2].min(imago(offsets, true));
+        }
         eprintln!(
-            "{name}: own writer {:.0} MiB/s, imago {:.0} MiB/s, imago through the stream writer {:.0} MiB/s",
-            mib / t_own.as_secs_f64(),
-            mib / t_imago.as_secs_f64(),
-            mib / t_stream.as_secs_f64(),
+            "{name}: own writer {:.0} MiB/s, imago {:.0} MiB/s, imago in 16 000-byte pieces through the stream writer {:.0} MiB/s",
+            rate(best[0]),
+            rate(best[1]),
+            rate(best[2]),
         );
     }
 }
