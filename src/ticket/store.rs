@@ -94,8 +94,8 @@ struct Spec {
     req: TicketRequest,
     path: Option<PathBuf>,
     /// `image`: the volume's format, stated or probed when the ticket was
-    /// added (`None` only in a record from before formats were kept:
-    /// probed at each open).
+    /// added (`None` only where it could not be decided for a record from
+    /// before formats were kept: probed at each open).
     format: Option<Format>,
     ova: Option<ResolvedOva>,
 }
@@ -494,10 +494,18 @@ impl TicketStore {
                 out.interrupted += 1;
                 changed.push(id.clone());
             }
+            // A record from before formats were kept: decided now, once.
+            let format = match (r.format, &r.path) {
+                (None, Some(p)) if r.ticket.kind == TicketKind::Image => {
+                    let stated = r.ticket.format.as_deref().and_then(Format::parse);
+                    self.resolve_format(p, stated).ok()
+                }
+                (f, _) => f,
+            };
             let spec = Spec {
                 req: r.ticket,
                 path: r.path,
-                format: r.format,
+                format,
                 ova: r.ova,
             };
             let remaining = remaining.min(Duration::from_secs(MAX_TICKET_TIMEOUT));
