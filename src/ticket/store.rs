@@ -495,7 +495,7 @@ impl TicketStore {
                 changed.push(id.clone());
             }
             // A record from before formats were kept: decided now, once.
-            let format = match (r.format, &r.path) {
+            let format = match (r.ticket.volume_format, &r.path) {
                 (None, Some(p)) if r.ticket.kind == TicketKind::Image => {
                     let stated = r.ticket.format.as_deref().and_then(Format::parse);
                     self.resolve_format(p, stated).ok()
@@ -503,7 +503,7 @@ impl TicketStore {
                 (f, _) => f,
             };
             let spec = Spec {
-                req: r.ticket,
+                req: r.ticket.req,
                 path: r.path,
                 format,
                 ova: r.ova,
@@ -1144,7 +1144,7 @@ impl Drop for Purged<'_> {
 struct TicketRecord {
     /// [`RECORD_VERSION`].
     version: u32,
-    ticket: TicketRequest,
+    ticket: RecordedTicket,
     /// Unix time (s) of expiry: absolute, so a restart keeps it.
     expires: u64,
     state: TransferState,
@@ -1156,9 +1156,27 @@ struct TicketRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    format: Option<Format>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     ova: Option<ResolvedOva>,
+}
+
+/// A ticket as the journal keeps it: the request as installed, and what
+/// was decided about it then.
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordedTicket {
+    #[serde(flatten)]
+    req: TicketRequest,
+    /// `image`: the volume's format, stated or probed when the ticket was
+    /// added; the file's bytes since then do not change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    volume_format: Option<Format>,
+}
+
+impl std::ops::Deref for RecordedTicket {
+    type Target = TicketRequest;
+
+    fn deref(&self) -> &TicketRequest {
+        &self.req
+    }
 }
 
 /// The layout of [`TicketRecord`]; a record of another version is
@@ -1266,14 +1284,16 @@ impl Entry {
         s.journaled = (s.deadline, transferred);
         let record = TicketRecord {
             version: RECORD_VERSION,
-            ticket: self.spec.req.clone(),
+            ticket: RecordedTicket {
+                req: self.spec.req.clone(),
+                volume_format: self.spec.format,
+            },
             expires: unix_secs(wall, s.deadline.saturating_duration_since(now)),
             state,
             error,
             transferred,
             disks: s.disks.clone(),
             path: self.spec.path.clone(),
-            format: self.spec.format,
             ova: self.spec.ova.clone(),
         };
         drop(s);
@@ -1971,6 +1991,72 @@ mod tests {
             s.idle_time = 0;
         }
         v
+    }
+
+    #[test]
+    fn an_image_tickets_format_is_decided_once_and_survives_a_restart() {
+        let f = fixture();
+        let dir = f._dir.path().join("journal");
+        let a = journaled(&f, &dir);
+        // Not there yet: raw. An existing qcow2 file: qcow2 by its header.
+        a.add(ID, f.image(&[Op::Write])).unwrap();
+        assert_eq!(
+            a.authorize(ID, Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
+        let mut q = f.image(&[Op::Read]);
+        q.uuid = "q".into();
+        q.url = Some(f.url("q.qcow2"));
+        let mut header = b"QFI\xfb".to_vec();
+        header.resize(512, 0);
+        std::fs::write(f.root.join("q.qcow2"), &header).unwrap();
+        a.add("q", q.clone()).unwrap();
+        assert_eq!(
+            a.authorize("q", Op::Read).unwrap().format(),
+            Some(Format::Qcow2)
+        );
+        assert_eq!(
+            a.get_status("q").unwrap().ticket.format,
+            None,
+            "shown as given"
+        );
+        // Stated: qcow2 must find its header; raw is taken as stated.
+        let mut bad = f.image(&[Op::Read]);
+        bad.uuid = "bad".into();
+        bad.format = Some("qcow2".into());
+        std::fs::write(f.root.join("vol.raw"), b"plain").unwrap();
+        let e = a.add("bad", bad.clone()).unwrap_err();
+        assert!(e.to_string().contains("no qcow2 header"), "{e}");
+        bad.url = Some(f.url("missing.qcow2"));
+        bad.ops = vec![Op::Write];
+        let e = a.add("bad", bad).unwrap_err();
+        assert!(e.to_string().contains("must exist"), "{e}");
+        q.uuid = "r".into();
+        q.format = Some("raw".into());
+        a.add("r", q).unwrap();
+        assert_eq!(
+            a.authorize("r", Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
+        drop(a);
+
+        // The upload into the raw volume writes a qcow2 header; after a
+        // restart the ticket is still raw.
+        std::fs::write(f.root.join("vol.raw"), &header).unwrap();
+        let b = journaled(&f, &dir);
+        assert_eq!(b.restore().tickets, 3);
+        assert_eq!(
+            b.authorize(ID, Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
+        assert_eq!(
+            b.authorize("q", Op::Read).unwrap().format(),
+            Some(Format::Qcow2)
+        );
+        assert_eq!(
+            b.authorize("r", Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
     }
 
     #[test]
