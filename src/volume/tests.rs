@@ -112,6 +112,17 @@ fn data_only(list: &[Extent]) -> Vec<(u64, u64, bool)> {
     out
 }
 
+/// Our extents are qemu's; the first difference is shown.
+fn assert_same_extents(ours: &[Extent], theirs: &[Extent], seed: u64) {
+    if let Some(i) = (0..ours.len().max(theirs.len())).find(|&i| ours.get(i) != theirs.get(i)) {
+        panic!(
+            "seed {seed}: extent {i} differs from qemu-img map: ours {:?}, qemu's {:?}",
+            &ours[i.saturating_sub(1)..(i + 2).min(ours.len())],
+            &theirs[i.saturating_sub(1)..(i + 2).min(theirs.len())],
+        );
+    }
+}
+
 /// `list` cut at `size`.
 fn clip(list: &[Extent], size: u64) -> Vec<Extent> {
     let mut out = Vec::new();
@@ -341,10 +352,7 @@ fn oracle(image: &Path, format: Format, mut model: Vec<u8>, seed: u64, count: u6
     assert_same_as(&model, image, format, dir);
     let theirs = qemu_extents(image, format);
     match format {
-        Format::Qcow2 => assert_eq!(
-            ours, theirs,
-            "seed {seed}: extents differ from qemu-img map"
-        ),
+        Format::Qcow2 => assert_same_extents(&ours, &theirs, seed),
         // qemu counts a raw file in whole sectors: its map may run past
         // the end.
         Format::Raw => assert_eq!(
@@ -548,7 +556,7 @@ fn zeroed_clusters_are_zero_clusters_and_punched_ones_are_given_back() {
     drop(v);
     assert_check_clean(&img);
     let theirs = qemu_extents(&img, Format::Qcow2);
-    assert_eq!(list, theirs);
+    assert_same_extents(&list, &theirs, 0);
     // The punched megabyte is free again: a new write reuses it rather
     // than growing the file.
     let v = open_rw(&img, Format::Qcow2);
