@@ -4,7 +4,7 @@
 #   thin      lto = "thin"
 #   fat-cgu1  lto = "fat", codegen-units = 1
 #   cgu1      codegen-units = 1
-# Each variant is built into target/profiles/NAME (overrides through
+# Each variant is built into target/profiles/NAME (base: target/; overrides through
 # CARGO_PROFILE_RELEASE_* variables, so Cargo.toml is not edited), then the
 # variants take turns on each workload, REPS rounds, with `sync` between
 # runs; the median wall time of each (min and max beside it), the
@@ -47,7 +47,9 @@ variant_env() {
 
 declare -A BIN BUILD_S SIZE_B
 for v in $VARIANTS; do
+  # base is Cargo.toml's own release profile: the usual target directory.
   dir=$ROOT/target/profiles/$v
+  [ "$v" = base ] && dir=$ROOT/target
   echo "building $v ($(variant_env "$v"))..." >&2
   t0=$(date +%s.%N)
   # shellcheck disable=SC2046

@@ -15,6 +15,8 @@
 //!   the tar stream and parses the OVF and manifest.
 //! * [`codec`] turns each disk entry into an extent stream.
 //! * [`sink`] writes extents into target volumes under `.partial` names.
+//! * [`volume`] is what every path reads and writes disks through: raw
+//!   files and qcow2 images behind one set of capabilities.
 //! * [`roots`] confines every file a ticket, job or package names to the
 //!   storage roots.
 //! * [`pipeline`] glues them together; [`cli`] is the command line.
@@ -35,6 +37,7 @@ pub mod source;
 #[cfg(test)]
 mod test_support;
 pub mod ticket;
+pub mod volume;
 
 #[doc(hidden)]
 pub mod fuzzing;

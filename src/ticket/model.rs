@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TicketError;
 use crate::limits::{MAX_CAPACITY, MAX_OVF_FILES, MAX_TICKET_ID_LEN, MAX_TICKET_TIMEOUT};
+use crate::volume::Format;
 
 /// An operation a ticket allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -120,6 +121,11 @@ pub struct TicketRequest {
     /// Whether writing zeros may deallocate (punch holes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<bool>,
+    /// `image` only: how to read the volume, `raw` (its bytes as they
+    /// are) or `qcow2` (the guest view of the image). When absent, the
+    /// format is probed from the file's header when the ticket is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     /// Incremental-backup dirty extents; only `false` is supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty: Option<bool>,
@@ -310,6 +316,11 @@ impl TicketRequest {
             return Err(invalid("size", "required for an image ticket"));
         };
         max("size", size, MAX_CAPACITY)?;
+        if let Some(f) = &self.format
+            && Format::parse(f).is_none()
+        {
+            return Err(invalid("format", format!("'{f}' is not raw or qcow2")));
+        }
         if self.ova.is_some() {
             return Err(invalid("ova", "only for ova-import and ova-export tickets"));
         }
@@ -329,6 +340,15 @@ impl TicketRequest {
                 "url",
                 format!(
                     "not used by an {} ticket; name the volumes in ova.disks",
+                    kind.name()
+                ),
+            ));
+        }
+        if self.format.is_some() {
+            return Err(invalid(
+                "format",
+                format!(
+                    "not used by an {} ticket; give each of ova.disks its format",
                     kind.name()
                 ),
             ));
@@ -509,6 +529,7 @@ mod tests {
             timeout: 300,
             inactivity_timeout: None,
             sparse: None,
+            format: None,
             dirty: None,
             transfer_id: None,
             filename: None,

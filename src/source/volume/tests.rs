@@ -7,6 +7,7 @@ use std::process::Command;
 
 use super::*;
 use crate::codec::map::MapRange;
+use crate::error::ErrorKind;
 
 const MIB: u64 = 1 << 20;
 
