@@ -325,13 +325,12 @@ fn an_overlay_serves_its_backing_chain_beneath_the_root() {
         "qcow2",
         p(&s.root.join("top.qcow2")),
     ]);
-    s.add_ticket(&ticket(
-        &s,
-        "top",
-        "top.qcow2",
-        image::MAIN.size,
-        &["read", "write"],
-    ));
+    // Probed as qcow2, an image with a backing file is refused: a raw
+    // volume's guest could have written that header. Stated, it is served.
+    let mut t = ticket(&s, "top", "top.qcow2", image::MAIN.size, &["read", "write"]);
+    assert_ticket_refused(&s, "top", &t, 400, "backing file");
+    t["format"] = json!("qcow2");
+    s.add_ticket(&t);
     let r = s.data("GET", "/images/top", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body == image::MAIN.bytes(), "the chain's guest view");
@@ -690,7 +689,9 @@ fn qcow2_volumes_and_backing_files_outside_the_root_are_refused() {
         "qcow2",
         p(&s.root.join("overlay.qcow2")),
     ]);
-    s.add_ticket(&ticket(&s, "ov", "overlay.qcow2", size, &["read", "write"]));
+    let mut t = ticket(&s, "ov", "overlay.qcow2", size, &["read", "write"]);
+    t["format"] = json!("qcow2");
+    s.add_ticket(&t);
     let r = s.data("GET", "/images/ov", &[]);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("outside"), "{}", r.text());
@@ -734,4 +735,37 @@ fn qcow2_volumes_and_backing_files_outside_the_root_are_refused() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("victim.qcow2")]);
+}
+
+#[test]
+fn a_raw_volume_holding_a_qcow2_header_with_a_backing_file_is_not_followed() {
+    // A guest of a raw volume writes a qcow2 header naming another volume
+    // of the same root as its backing file; a ticket that does not state
+    // the format must not serve that volume's data through it.
+    let work = Work::new();
+    let s = Server::start(&work);
+    let size = 1 << 20;
+    let other = pattern(size as usize, 9);
+    fs::write(s.root.join("other.raw"), &other).expect("other volume");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        p(&s.root.join("other.raw")),
+        "-F",
+        "raw",
+        p(&s.root.join("guest.raw")),
+    ]);
+    let mut t = ticket(&s, "g", "guest.raw", size, &["read", "write"]);
+    assert_ticket_refused(&s, "g", &t, 400, "backing file");
+    // Stated raw, it is served as the bytes it holds: the header, not the
+    // other volume.
+    t["format"] = json!("raw");
+    s.add_ticket(&t);
+    let r = s.data("GET", "/images/g", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(&r.body[..4], b"QFI\xfb");
+    assert!(r.body != other);
 }

@@ -699,6 +699,13 @@ impl TicketStore {
             (Some(Format::Qcow2), Format::Raw) => {
                 Err(field_error("has no qcow2 header".to_owned()))
             }
+            // A raw volume's guest can write a qcow2 header naming any
+            // file as its backing file; only the engine, by stating the
+            // format, may have a backing chain followed.
+            (None, Format::Qcow2) if crate::volume::qcow2::names_backing_file(&file, path)? => Err(field_error(
+                "is a qcow2 image with a backing file: state \"format\": \"qcow2\" to serve it with its chain (the header of a raw volume can look like this too)"
+                    .to_owned(),
+            )),
             (Some(f), _) => Ok(f),
             (None, f) => Ok(f),
         }

@@ -264,6 +264,18 @@ pub enum VolumeError {
         /// The file.
         path: PathBuf,
     },
+    /// Probed, not stated, as qcow2 with a backing file, under storage
+    /// roots: a raw volume's guest can write such a header naming any
+    /// other volume, so the chain is followed only when the format is
+    /// stated.
+    #[error(
+        "{} is a qcow2 image with a backing file, and its format was probed, not stated: name the format qcow2 to have its backing chain followed (a raw volume's guest can write such a header)",
+        path.display()
+    )]
+    ProbedBacking {
+        /// The file.
+        path: PathBuf,
+    },
     /// A qcow2 volume was to be created; only raw ones are.
     #[error("{} does not exist; a qcow2 volume must be created before it is served", path.display())]
     Qcow2Missing {
@@ -288,7 +300,9 @@ impl Classify for VolumeError {
                 ErrorKind::CorruptImage
             }
             VolumeError::ChainTooLong { .. } => ErrorKind::LimitExceeded,
-            VolumeError::NotQcow2 { .. } => ErrorKind::InvalidFormat,
+            VolumeError::NotQcow2 { .. } | VolumeError::ProbedBacking { .. } => {
+                ErrorKind::InvalidFormat
+            }
             VolumeError::Qcow2Missing { .. } => ErrorKind::NotFound,
             VolumeError::ExternalDataFile { .. }
             | VolumeError::Encrypted { .. }
@@ -392,7 +406,19 @@ impl Volume {
                 Format::Qcow2
             }
             Some(Format::Raw) => Format::Raw,
-            None => probe(&file, path)?,
+            None => {
+                let found = probe(&file, path)?;
+                if found == Format::Qcow2
+                    && roots.paths().next().is_some()
+                    && qcow2::names_backing_file(&file, path)?
+                {
+                    return Err(VolumeError::ProbedBacking {
+                        path: path.to_path_buf(),
+                    }
+                    .into());
+                }
+                found
+            }
         };
         Ok(match format {
             Format::Raw => Volume::Raw(raw::RawFile::new(file, path, opts.write)?),

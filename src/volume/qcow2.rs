@@ -503,3 +503,13 @@ pub(crate) fn has_qcow2_magic(file: &File, path: &Path) -> Result<bool> {
     let n = read_prefix(file, &mut magic, path)?;
     Ok(n == magic.len() && magic == MAGIC)
 }
+
+/// Whether the qcow2 header at the start of `file` names a backing file
+/// (a non-zero `backing_file_offset`, bytes 8 to 15).
+pub(crate) fn names_backing_file(file: &File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut field = [0u8; 8];
+    file.read_exact_at(&mut field, 8)
+        .map_err(|e| io_at(e, path, "cannot read the qcow2 header"))?;
+    Ok(u64::from_be_bytes(field) != 0)
+}
