@@ -18,10 +18,18 @@
 #   CONCURRENCY  uploads at once in the 8-way part (default 8)
 #   OVA_FORMAT   disk format inside the OVA: qcow2 (default) or vmdk
 #                (streamOptimized)
+#   OVA_MANIFEST none (default), after-ovf or last: where the OVA's SHA-256
+#                manifest goes (before it, ovaio hashes the disk in SHA-1,
+#                SHA-256 and SHA-512; after it, in SHA-256 only)
 #   OVAIO        ovaio binary (default target/release/ovaio, always rebuilt
 #                with cargo build --release)
 #   BENCH_DIR    parent of the work directory (default /tmp/ovaio-bench)
 #   KEEP=1       keep the work directory (server logs; images are deleted)
+#   BASELINE     another ovaio binary (an older build): then only the
+#                single upload and the OVA upload run, into this build's
+#                server and the baseline's, taking turns, and the table
+#                gives the cost of what changed between them (median and
+#                best of REPS, baseline/ovaio throughput)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,9 +37,11 @@ SIZE_MIB=${SIZE_MIB:-1024}
 REPS=${REPS:-3}
 CONCURRENCY=${CONCURRENCY:-8}
 OVA_FORMAT=${OVA_FORMAT:-qcow2}
+OVA_MANIFEST=${OVA_MANIFEST:-none}
 OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 KEEP=${KEEP:-0}
+BASELINE=${BASELINE:-}
 TIME=/usr/bin/time
 VENV=$ROOT/target/test-venv
 PY=$VENV/bin/python
@@ -45,6 +55,7 @@ die() { echo "compare_serve: $*" >&2; exit 1; }
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || die "REPS must be an integer >= 1"
 [[ $CONCURRENCY =~ ^[0-9]+$ && $CONCURRENCY -ge 1 ]] || die "CONCURRENCY must be an integer >= 1"
 [[ $OVA_FORMAT = qcow2 || $OVA_FORMAT = vmdk ]] || die "OVA_FORMAT must be qcow2 or vmdk"
+[[ $OVA_MANIFEST =~ ^(none|after-ovf|last)$ ]] || die "OVA_MANIFEST must be none, after-ovf or last"
 for t in qemu-img qemu-nbd curl tar dd truncate awk sed stat python3; do
   command -v "$t" >/dev/null 2>&1 || die "$t is required"
 done
@@ -118,6 +129,8 @@ CERT=$OV_DIR/state/tls/server.crt
 KEY=$OV_DIR/state/tls/server.key
 # Where each server's targets live (the same file system).
 declare -A DATA=([ovaio]=$OV_ROOT [imageio]=$IM_DIR/data)
+# The certificate each server presents (imageio is given ovaio's).
+declare -A CA=([imageio]=$CERT)
 
 # ------------------------------------------------------------- source image
 # shellcheck source=benches/lib/source_image.sh
@@ -139,18 +152,24 @@ wait_for() {
   die "$name did not start within ${START_TIMEOUT}s"
 }
 
-# ovaio serve on an ephemeral loopback port; its generated certificate and
-# key are kept in the state directory across restarts and serve imageio too.
+# start_ovaio [NAME BINARY DIR]: ovaio serve on an ephemeral loopback port,
+# state in DIR/state, storage root DIR/root (default: this build, as
+# "ovaio"). Its generated certificate and key are kept in the state
+# directory across restarts; ovaio's serve imageio too.
 start_ovaio() {
-  : >"$OV_DIR/stdout"
-  "$OVAIO" serve --listen 127.0.0.1:0 --state-dir "$OV_DIR/state" --root "$OV_ROOT" \
-    </dev/null >"$OV_DIR/stdout" 2>>"$OV_DIR/stderr" &
-  PID[ovaio]=$!
-  wait_for "$OV_DIR/stdout" 'ready' "${PID[ovaio]}" "ovaio serve" "$OV_DIR/stderr"
-  PORT[ovaio]=$(sed -n 's|^ovaio serve: data API https://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$OV_DIR/stdout")
-  SOCK[ovaio]=$(sed -n 's|^ovaio serve: control API unix:||p' "$OV_DIR/stdout")
-  [ -n "${PORT[ovaio]}" ] && [ -S "${SOCK[ovaio]}" ] || die "cannot parse ovaio serve's start-up lines"
-  [ -f "$CERT" ] && [ -f "$KEY" ] || die "ovaio serve made no certificate in $OV_DIR/state/tls"
+  local name=${1:-ovaio} bin=${2:-$OVAIO} dir=${3:-$OV_DIR}
+  mkdir -p "$dir/state" "$dir/root"
+  : >"$dir/stdout"
+  "$bin" serve --listen 127.0.0.1:0 --state-dir "$dir/state" --root "$dir/root" \
+    </dev/null >"$dir/stdout" 2>>"$dir/stderr" &
+  PID[$name]=$!
+  wait_for "$dir/stdout" 'ready' "${PID[$name]}" "$name serve" "$dir/stderr"
+  PORT[$name]=$(sed -n 's|^ovaio serve: data API https://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$dir/stdout")
+  SOCK[$name]=$(sed -n 's|^ovaio serve: control API unix:||p' "$dir/stdout")
+  [ -n "${PORT[$name]}" ] && [ -S "${SOCK[$name]}" ] || die "cannot parse $name serve's start-up lines"
+  CA[$name]=$dir/state/tls/server.crt
+  DATA[$name]=$dir/root
+  [ -f "${CA[$name]}" ] || die "$name serve made no certificate in $dir/state/tls"
 }
 
 # The ovirt-imageio daemon: only conf.d/99-local.conf in its conf dir (the
@@ -285,7 +304,7 @@ single() {
   local srv=$1 r=$2 id="single-$1-$2" target="${DATA[$1]}/single.raw"
   fresh_target "$target"
   control "$srv" PUT "/tickets/$id" "$(image_ticket "$id" "$target")" || return 1
-  if "$PY" "$WORK/upload.py" "$SRC" "https://127.0.0.1:${PORT[$srv]}/images/$id" "$CERT" \
+  if "$PY" "$WORK/upload.py" "$SRC" "https://127.0.0.1:${PORT[$srv]}/images/$id" "${CA[$srv]}" \
     >"$WORK/up.out" 2>"$WORK/up.err"; then
     if verify "$target" "$srv upload $r"; then
       tail -1 "$WORK/up.out" >>"$WORK/single-$srv.t"
@@ -302,32 +321,38 @@ single() {
 . "$ROOT/benches/lib/bench_ova.sh"
 
 # make_ova: bench.ova holding the source as disk1.$OVA_FORMAT after a
-# minimal OVF 1.0 descriptor; no manifest.
+# minimal OVF 1.0 descriptor; a manifest where OVA_MANIFEST says.
 HREF=$(href_of "$OVA_FORMAT")
 OVA=$WORK/bench.ova
 make_ova() {
-  make_bench_ova "$SRC" "$OVA_FORMAT" "$SIZE" "$OVA" "$WORK/ova"
+  local mf=$OVA_MANIFEST
+  [ "$mf" = none ] && mf=
+  make_bench_ova "$SRC" "$OVA_FORMAT" "$SIZE" "$OVA" "$WORK/ova" $mf
 }
 
-# ova_serve REP: curl -T bench.ova into an ova-import ticket (raw target).
+# ova_serve REP [SERVER]: curl -T bench.ova into an ova-import ticket of an
+# ovaio server (raw target); times go to ova-serve.t (SERVER ovaio) or
+# ova-serve-SERVER.t.
 ova_serve() {
-  local r=$1 id="ova-$1" target=$OV_ROOT/ova-serve.raw t0 t1 code
+  local r=$1 srv=${2:-ovaio} id="ova-$1" t0 t1 code
+  local target=${DATA[$srv]}/ova-serve.raw times=$WORK/ova-serve.t
+  [ "$srv" = ovaio ] || times=$WORK/ova-serve-$srv.t
   rm -f "$target"
-  control ovaio PUT "/tickets/$id" "$(printf '{"uuid":"%s","kind":"ova-import","ops":["write"],"timeout":3600,"size":%d,"ova":{"disks":[{"href":"%s","url":"file://%s","format":"raw"}]}}' \
+  control "$srv" PUT "/tickets/$id" "$(printf '{"uuid":"%s","kind":"ova-import","ops":["write"],"timeout":3600,"size":%d,"ova":{"disks":[{"href":"%s","url":"file://%s","format":"raw"}]}}' \
     "$id" "$(stat -c %s "$OVA")" "$HREF" "$target")" || return 1
   t0=$(now)
-  code=$(curl -sS --cacert "$CERT" -T "$OVA" -o "$WORK/ova.resp" -w '%{http_code}' \
-    "https://127.0.0.1:${PORT[ovaio]}/images/$id" 2>"$WORK/ova.err") || code=000
+  code=$(curl -sS --cacert "${CA[$srv]}" -T "$OVA" -o "$WORK/ova.resp" -w '%{http_code}' \
+    "https://127.0.0.1:${PORT[$srv]}/images/$id" 2>"$WORK/ova.err") || code=000
   t1=$(now)
   if [ "$code" = 200 ]; then
-    if verify "$target" "serve OVA import $r"; then
-      elapsed "$t0" "$t1" >>"$WORK/ova-serve.t"
+    if verify "$target" "$srv serve OVA import $r"; then
+      elapsed "$t0" "$t1" >>"$times"
     fi
   else
     echo "  curl -T into the ova-import ticket: HTTP $code" >&2
     { cat "$WORK/ova.err"; head -c 300 "$WORK/ova.resp"; echo; } | sed 's/^/    /' >&2
   fi
-  control ovaio DELETE "/tickets/$id" || true
+  control "$srv" DELETE "/tickets/$id" || true
   rm -f "$target"
 }
 
@@ -409,6 +434,61 @@ echo "generating a ${SIZE_MIB} MiB sparse source image..." >&2
 make_source "$SRC" "$SIZE"
 alloc_mib=$(($(stat -c %b "$SRC") * $(stat -c %B "$SRC") / 1048576))
 echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
+
+# 0. With BASELINE: this build against another, nothing else.
+median_of() { sort -n "$1" | awk '{ a[NR] = $1 } END { if (!NR) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || die "BASELINE $BASELINE is not an executable"
+  start_ovaio
+  start_ovaio baseline "$BASELINE" "$WORK/baseline"
+  echo "ovaio pid ${PID[ovaio]}, baseline ($BASELINE) pid ${PID[baseline]}" >&2
+  make_ova
+  OVA_BYTES=$(stat -c %s "$OVA")
+  cat "$SRC" "$OVA" >/dev/null
+  : >"$WORK/single-ovaio.t"
+  : >"$WORK/single-baseline.t"
+  : >"$WORK/ova-serve.t"
+  : >"$WORK/ova-serve-baseline.t"
+  for ((r = 1; r <= REPS; r++)); do
+    if ((r % 2)); then order="ovaio baseline"; else order="baseline ovaio"; fi
+    for s in $order; do
+      echo "round $r/$REPS: $s upload, OVA upload..." >&2
+      sync
+      c0=$(cpu_s "${PID[$s]}")
+      single "$s" "$r" || true
+      echo "$(awk -v a="$c0" -v b="$(cpu_s "${PID[$s]}")" 'BEGIN { print b - a }')" >>"$WORK/single-cpu-$s.t"
+      rm -f "${DATA[$s]}/single.raw"
+      sync
+      c0=$(cpu_s "${PID[$s]}")
+      ova_serve "$r" "$s" || true
+      echo "$(awk -v a="$c0" -v b="$(cpu_s "${PID[$s]}")" 'BEGIN { print b - a }')" >>"$WORK/ova-cpu-$s.t"
+    done
+  done
+  stop_servers
+  row() { printf '%-34s %16s %16s %16s\n' "$@"; }
+  cmp_row() { # LABEL BYTES FILE_OVAIO FILE_BASELINE
+    local m_o m_b b_o b_b
+    m_o=$(median_of "$3"); m_b=$(median_of "$4"); b_o=$(min_of "$3"); b_b=$(min_of "$4")
+    row "$1 MB/s median (best)" "$(mbps "$2" "$m_o") ($(mbps "$2" "$b_o"))" \
+      "$(mbps "$2" "$m_b") ($(mbps "$2" "$b_b"))" "$(ratio "$m_o" "$m_b") ($(ratio "$b_o" "$b_b"))"
+  }
+  echo
+  echo "ovaio serve against a baseline build ($BASELINE), ${SIZE_MIB} MiB, $REPS rounds taking turns,"
+  echo "OVA of a $OVA_FORMAT disk, manifest: $OVA_MANIFEST"
+  echo "(time ratio ovaio/baseline: 1.02 means this build takes 2 % longer)"
+  row "figure" "ovaio" "baseline" "time ovaio/base"
+  cpu_row() { # LABEL FILE_OVAIO FILE_BASELINE
+    local o b
+    o=$(median_of "$2"); b=$(median_of "$3")
+    row "$1 server CPU s (median)" "$o" "$b" "$(ratio "$o" "$b")"
+  }
+  cmp_row "image upload (imageio client)" "$SIZE" "$WORK/single-ovaio.t" "$WORK/single-baseline.t"
+  cpu_row "image upload" "$WORK/single-cpu-ovaio.t" "$WORK/single-cpu-baseline.t"
+  cmp_row "OVA upload (curl -T)" "$OVA_BYTES" "$WORK/ova-serve.t" "$WORK/ova-serve-baseline.t"
+  cpu_row "OVA upload" "$WORK/ova-cpu-ovaio.t" "$WORK/ova-cpu-baseline.t"
+  [ "$BAD" -eq 0 ] || { echo "FAIL: some target differs from the source"; exit 2; }
+  exit 0
+fi
 
 # 1. one upload at a time, best of REPS, the servers' order alternating.
 start_ovaio

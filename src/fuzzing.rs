@@ -3,6 +3,8 @@
 
 pub use crate::codec::qcow2::encoder::fuzz_roundtrip as qcow2_encode;
 pub use crate::codec::qcow2::fuzz_entry as qcow2;
+pub use crate::codec::vdi::fuzz_entry as vdi;
+pub use crate::codec::vhd::fuzz_entry as vhd;
 pub use crate::codec::vmdk::encoder::fuzz_roundtrip as vmdk_encode;
 pub use crate::codec::vmdk::fuzz_entry as vmdk;
 pub use crate::ova::demux::fuzz_entry as tar_demux;

@@ -19,6 +19,8 @@
 //! * [`codec`] turns each disk entry into an extent stream, and a volume
 //!   into a qcow2 or VMDK entry of known size.
 //! * [`sink`] writes extents into target volumes under `.partial` names.
+//! * [`volume`] is what every path reads and writes disks through: raw
+//!   files and qcow2 images behind one set of capabilities.
 //! * [`roots`] confines every file a ticket, job or package names to the
 //!   storage roots.
 //! * [`pipeline`] glues them together; [`cli`] is the command line.
@@ -39,6 +41,7 @@ pub mod source;
 #[cfg(test)]
 mod test_support;
 pub mod ticket;
+pub mod volume;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -23,6 +23,15 @@ pub const MAX_OVF_FILES: usize = 1024;
 pub const MAX_XML_DEPTH: usize = 64;
 /// Largest virtual disk accepted (bytes): 64 TiB.
 pub const MAX_CAPACITY: u64 = 64 << 40;
+/// Most inflated bytes a gzip-compressed disk entry may hold for a disk of
+/// `capacity` bytes: the disk, and the image format around it (qcow2
+/// tables, VHD bitmaps and footers, VDI block maps), which takes less than
+/// 1/32 of the disk plus 16 MiB; a decompression bomb is cut off there.
+pub const fn gzip_inflated_cap(capacity: u64) -> u64 {
+    capacity
+        .saturating_add(capacity / 32)
+        .saturating_add(16 << 20)
+}
 /// Largest VMDK grain accepted (bytes): 1 MiB (the spec's default is 64 KiB).
 pub const MAX_GRAIN_SIZE: u64 = 1 << 20;
 /// Largest compressed VMDK grain marker payload accepted (bytes).
@@ -46,6 +55,11 @@ pub const MAX_VMDK_DESCRIPTOR: u64 = 64 << 10;
 /// tables mapped ahead of the stream, about 64 bytes each. A disk written
 /// by qemu-img needs one per run of data.
 pub const MAX_VMDK_SPARSE_PENDING: usize = 1 << 20;
+/// Most allocated blocks a VHD BAT or a VDI block map may name. Their file
+/// positions are held (8 bytes each, 32 MiB at most) from the table until
+/// the blocks have streamed by: 8 TiB of data in VHD's usual 2 MiB blocks
+/// (beyond VHD's own 2040 GiB), 4 TiB in VDI's 1 MiB blocks.
+pub const MAX_MAPPED_BLOCKS: usize = 4 << 20;
 /// Largest qcow2 cluster accepted (bytes): 2 MiB, qcow2's own maximum.
 pub const MAX_QCOW2_CLUSTER: u64 = 2 << 20;
 /// Largest qcow2 L1 table accepted (entries): 32 MiB of table.

@@ -118,7 +118,7 @@ fn assert_same_as_source(src: &Path, src_format: &str, target_path: &Path, targe
 // Container formats ovaio cannot decode: refused by name.
 
 #[test]
-fn d13_vhd_declared_vmdk_is_refused_naming_vhd() {
+fn d13_vhd_declared_vmdk_imported_as_vhd_and_said() {
     let w = Work::new();
     let (_, vhd) = convert(&w, "a", &MAIN, &["-O", "vpc"]);
     let ova = one_disk_ova(
@@ -130,11 +130,23 @@ fn d13_vhd_declared_vmdk_is_refused_naming_vhd() {
         false,
         Placement::OvfFirst,
     );
-    assert_refused(&w, &ova, "disk1.vmdk", "VHD");
+    let said =
+        "disk1.vmdk: OVF declares vmdk (streamOptimized) but the content is vhd; imported as vhd";
+    for target in [Target::Raw, Target::Qcow2] {
+        let (run, out) = import(&w, &ova, target, true);
+        run.assert_success();
+        let json = run.json();
+        let d = only_disk(&json);
+        assert_eq!(d["source_format"], "vhd", "{d}");
+        assert_eq!(d["warnings"], serde_json::json!([said]), "{d}");
+        let path = out.join(format!("disk1.{}", target.name()));
+        assert_same_as_source(&vhd, "vpc", &path, target);
+        fs::remove_dir_all(&out).expect("clear out");
+    }
 }
 
 #[test]
-fn d13_vhd_declaring_nothing_is_refused_naming_vhd() {
+fn d13_vhd_declaring_nothing_is_imported_as_vhd() {
     let w = Work::new();
     let (_, vhd) = convert(&w, "a", &SMALL, &["-O", "vpc"]);
     let ova = one_disk_ova(
@@ -146,11 +158,17 @@ fn d13_vhd_declaring_nothing_is_refused_naming_vhd() {
         false,
         Placement::OvfFirst,
     );
-    assert_refused(&w, &ova, "disk1.img", "VHD");
+    let (run, out) = import(&w, &ova, Target::Raw, true);
+    run.assert_success();
+    let json = run.json();
+    let d = only_disk(&json);
+    assert_eq!(d["source_format"], "vhd", "{d}");
+    assert_eq!(d["warnings"], serde_json::json!([]), "{d}");
+    assert_same_as_source(&vhd, "vpc", &out.join("disk1.raw"), Target::Raw);
 }
 
 #[test]
-fn d13_vhd_before_the_ovf_is_refused() {
+fn d13_vhd_before_the_ovf_is_imported() {
     let w = Work::new();
     let (_, vhd) = convert(&w, "a", &SMALL, &["-O", "vpc"]);
     let ova = one_disk_ova(
@@ -162,7 +180,10 @@ fn d13_vhd_before_the_ovf_is_refused() {
         false,
         Placement::OvfLast,
     );
-    assert_refused(&w, &ova, "disk1.vmdk", "VHD");
+    let (run, out) = import(&w, &ova, Target::Qcow2, true);
+    run.assert_success();
+    assert_eq!(only_disk(&run.json())["source_format"], "vhd");
+    assert_same_as_source(&vhd, "vpc", &out.join("disk1.qcow2"), Target::Qcow2);
 }
 
 #[test]
@@ -182,7 +203,7 @@ fn d13_vhdx_refused() {
 }
 
 #[test]
-fn d13_vdi_refused() {
+fn d13_vdi_declared_vmdk_imported_as_vdi_and_said() {
     let w = Work::new();
     let (_, vdi) = convert(&w, "a", &MAIN, &["-O", "vdi"]);
     let ova = one_disk_ova(
@@ -194,25 +215,45 @@ fn d13_vdi_refused() {
         false,
         Placement::OvfFirst,
     );
-    assert_refused(&w, &ova, "disk1.vmdk", "VDI");
+    let (run, out) = import(&w, &ova, Target::Qcow2, true);
+    run.assert_success();
+    let json = run.json();
+    let d = only_disk(&json);
+    assert_eq!(d["source_format"], "vdi", "{d}");
+    assert_eq!(
+        d["warnings"],
+        serde_json::json!([
+            "disk1.vmdk: OVF declares vmdk (streamOptimized) but the content is vdi; imported as vdi"
+        ]),
+        "{d}"
+    );
+    assert_same_as_source(&vdi, "vdi", &out.join("disk1.qcow2"), Target::Qcow2);
 }
 
 #[test]
-fn d13_gzipped_vdi_refused() {
+fn d13_gzipped_vdi_is_inflated_and_imported() {
     let w = Work::new();
     let (_, vdi) = convert(&w, "a", &SMALL, &["-O", "vdi"]);
     let gz = w.path("a.vdi.gz");
     fs::write(&gz, image::gzip(&fs::read(&vdi).expect("read vdi"))).expect("write gz");
-    let ova = one_disk_ova(
-        &w,
-        "disk1.img",
-        &gz,
-        SMALL.size,
-        None,
-        true,
-        Placement::OvfFirst,
-    );
-    assert_refused(&w, &ova, "disk1.img", "VDI");
+    // A VDI holds whole 1 MiB blocks: inflated, this one is four times
+    // its disk's capacity.
+    assert!(support::file_len(&vdi) > 4 * SMALL.size);
+    for placement in [Placement::OvfFirst, Placement::OvfLast] {
+        let ova = one_disk_ova(&w, "disk1.img", &gz, SMALL.size, None, true, placement);
+        let (run, out) = import(&w, &ova, Target::Raw, true);
+        run.assert_success();
+        let json = run.json();
+        let d = only_disk(&json);
+        assert_eq!(
+            (&d["source_format"], &d["compression"]),
+            (&"vdi".into(), &"gzip".into())
+        );
+        assert_same_as_source(&vdi, "vdi", &out.join("disk1.raw"), Target::Raw);
+        fs::remove_dir_all(&out).expect("clear out");
+        fs::remove_file(&ova).expect("remove ova");
+        fs::remove_dir_all(w.path("in.ova.d")).expect("remove scratch");
+    }
 }
 
 #[test]
@@ -485,11 +526,11 @@ fn d13_agreeing_declaration_says_nothing() {
 #[test]
 fn d13_inspect_names_the_container_import_refuses() {
     let w = Work::new();
-    let (_, vdi) = convert(&w, "a", &SMALL, &["-O", "vdi"]);
+    let (_, vhdx) = convert(&w, "a", &SMALL, &["-O", "vhdx"]);
     let ova = one_disk_ova(
         &w,
         "disk1.vmdk",
-        &vdi,
+        &vhdx,
         SMALL.size,
         Some(VMDK_URI),
         false,
@@ -500,7 +541,7 @@ fn d13_inspect_names_the_container_import_refuses() {
     let json = run.json();
     let disks = json["disks"].as_array().expect("disks");
     assert_eq!(disks.len(), 1, "{json}");
-    assert_eq!(disks[0]["detected_format"], "vdi", "{json}");
+    assert_eq!(disks[0]["detected_format"], "vhdx", "{json}");
     assert_eq!(
         disks[0]["declared_format"], "vmdk (streamOptimized)",
         "{json}"

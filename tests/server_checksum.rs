@@ -223,11 +223,12 @@ fn checksums_equal_the_imageio_clients() {
     assert_ne!(server_checksum(&s, "sum", ""), before);
 }
 
-/// ovaio's image tickets are raw volumes; imageio's checksum of a qcow2
-/// image is over the guest data its `qemu-nbd` shows. Uploading the
-/// qcow2 file with the client converts it into the raw volume, whose
-/// checksum must then be the client's checksum of the qcow2 file (and of
-/// the raw image it was made from), and not one of the file's bytes.
+/// imageio's checksum of a qcow2 image is over the guest data its
+/// `qemu-nbd` shows. Uploading the qcow2 file with the client converts it
+/// into a raw volume, whose checksum must then be the client's checksum
+/// of the qcow2 file (and of the raw image it was made from), and not one
+/// of the file's bytes; a ticket on the qcow2 file itself sums its guest
+/// data too, unless it states `raw`.
 #[test]
 fn a_qcow2_image_checksums_as_its_guest_data() {
     let w = Work::new();
@@ -279,14 +280,24 @@ fn a_qcow2_image_checksums_as_its_guest_data() {
     }
 
     // The qcow2 file's own bytes behind a ticket are another checksum:
-    // an image ticket serves and sums its file as it is.
+    // an image ticket that states `raw` serves and sums its file as it is.
     fs::copy(&qcow2, s.root.join("file.qcow2")).expect("copy the qcow2 file");
     s.add_ticket(&json!({
         "uuid": "f", "size": qcow2_len, "url": s.file_url("file.qcow2"),
-        "ops": ["read"], "timeout": 60,
+        "ops": ["read"], "timeout": 60, "format": "raw",
     }));
     assert_ne!(
         server_checksum(&s, "f", "")["checksum"],
+        of_qcow2[0]["checksum"]
+    );
+    // Behind a ticket that leaves the format to the header, the qcow2
+    // file is its guest data, as imageio's nbd backend serves it.
+    s.add_ticket(&json!({
+        "uuid": "g", "size": SPARSE.size, "url": s.file_url("file.qcow2"),
+        "ops": ["read"], "timeout": 60,
+    }));
+    assert_eq!(
+        server_checksum(&s, "g", "")["checksum"],
         of_qcow2[0]["checksum"]
     );
 }

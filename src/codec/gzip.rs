@@ -20,7 +20,9 @@ const INPUT_SLICE: usize = 8 << 10;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GzipError {
     /// The inflated stream grew past the disk's capacity.
-    #[error("gzip stream inflates past the disk capacity of {cap} bytes")]
+    #[error(
+        "gzip stream inflates past {cap} bytes, more than the disk's capacity and its image format's metadata take"
+    )]
     TooLarge {
         /// The cap in bytes.
         cap: u64,

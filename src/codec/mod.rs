@@ -3,12 +3,15 @@
 //! it never opens files (storage it needs, such as a spool, comes in
 //! through a small trait).
 
+pub mod blocks;
 pub mod gzip;
 pub mod map;
 pub mod probe;
 pub mod qcow2;
 pub mod raw;
 pub mod select;
+pub mod vdi;
+pub mod vhd;
 pub mod vmdk;
 
 pub(crate) mod verify;
@@ -30,8 +33,17 @@ pub trait ExtentSink {
     }
     /// The disk is at least this large (a raw entry's size): a fallback for
     /// sinks that know no better capacity. Called at most once, before any
-    /// extent.
+    /// extent; after [`ExtentSink::size_pending`], once at the end instead.
     fn size_hint(&mut self, _bytes: u64) -> Result<()> {
+        Ok(())
+    }
+    /// A raw entry of `entry` bytes whose last `trailer` bytes are held
+    /// back, because they may be a fixed VHD's footer rather than disk
+    /// data: the disk is at least `entry - trailer` bytes. Called at most
+    /// once, before any extent; [`ExtentSink::size_hint`] follows at the
+    /// end with the size the data turned out to have, before the held-back
+    /// bytes if they are data.
+    fn size_pending(&mut self, _entry: u64, _trailer: u64) -> Result<()> {
         Ok(())
     }
     /// `data` belongs at guest offset `offset`.
@@ -62,6 +74,10 @@ pub enum SourceFormat {
     Vmdk,
     /// VMware monolithicSparse VMDK (a hosted sparse extent).
     VmdkSparse,
+    /// Microsoft VHD: dynamic, or fixed (a raw entry ending with its footer).
+    Vhd,
+    /// VirtualBox VDI, dynamic or static.
+    Vdi,
 }
 
 impl SourceFormat {
@@ -72,6 +88,8 @@ impl SourceFormat {
             SourceFormat::Raw => "raw",
             SourceFormat::Qcow2 => "qcow2",
             SourceFormat::Vmdk | SourceFormat::VmdkSparse => "vmdk",
+            SourceFormat::Vhd => "vhd",
+            SourceFormat::Vdi => "vdi",
         }
     }
 }

@@ -123,6 +123,8 @@ impl Format {
             Format::Qcow2 => Some(SourceFormat::Qcow2),
             Format::VmdkStream => Some(SourceFormat::Vmdk),
             Format::VmdkSparse => Some(SourceFormat::VmdkSparse),
+            Format::Vhd => Some(SourceFormat::Vhd),
+            Format::Vdi => Some(SourceFormat::Vdi),
             _ => None,
         }
     }
@@ -140,7 +142,7 @@ pub enum ProbeError {
     /// A recognised format that ovaio does not decode.
     #[error(
         "the content is {0}, which ovaio does not import \
-         (it reads raw, qcow2 and VMDK streamOptimized or monolithicSparse disks, \
+         (it reads raw, qcow2, VMDK streamOptimized or monolithicSparse, VHD and VDI disks, \
          gzip-compressed or not)"
     )]
     Unsupported(Format),
@@ -291,6 +293,12 @@ pub struct Declared {
 /// qcow2 volumes), so it declares raw, not VMDK.
 const OVIRT_RAW_URI: &str = "http://www.vmware.com/specifications/vmdk.html#sparse";
 
+/// Words of the URIs of Microsoft's VHD specification, which XenServer
+/// (`http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx`) and
+/// VirtualBox (`http://go.microsoft.com/fwlink/?LinkId=137171`) write for
+/// VHD disks.
+const VHD_URI_WORDS: [&str; 2] = ["bb676673", "137171"];
+
 /// Reads an `ovf:format` URI. Words of the URI are matched (`vmdk`,
 /// `qcow`/`qcow2`, `vhd`, `vhdx`, `vdi`, `qed`, `raw`); a VMDK URI's
 /// fragment is its subformat.
@@ -314,7 +322,7 @@ pub fn declared(uri: &str) -> Declared {
         Some("qcow2")
     } else if has("vhdx") {
         Some("vhdx")
-    } else if has("vhd") {
+    } else if has("vhd") || VHD_URI_WORDS.iter().any(|w| has(w)) {
         Some("vhd")
     } else if has("vdi") {
         Some("vdi")
@@ -552,7 +560,15 @@ mod tests {
         assert_eq!(Format::Raw.source(), Some(SourceFormat::Raw));
         assert_eq!(Format::Qcow2.source(), Some(SourceFormat::Qcow2));
         assert_eq!(Format::VmdkStream.source(), Some(SourceFormat::Vmdk));
-        for f in [Format::Raw, Format::Qcow2, Format::VmdkStream] {
+        assert_eq!(Format::Vhd.source(), Some(SourceFormat::Vhd));
+        assert_eq!(Format::Vdi.source(), Some(SourceFormat::Vdi));
+        for f in [
+            Format::Raw,
+            Format::Qcow2,
+            Format::VmdkStream,
+            Format::Vhd,
+            Format::Vdi,
+        ] {
             assert_eq!(f.source().map(SourceFormat::name), Some(f.name()));
         }
         // Both VMDK subformats are `vmdk` to summaries and declarations;
@@ -560,7 +576,7 @@ mod tests {
         assert_eq!(Format::VmdkSparse.source(), Some(SourceFormat::VmdkSparse));
         assert_eq!(SourceFormat::VmdkSparse.name(), "vmdk");
         assert_eq!(Format::VmdkSparse.name(), "vmdk-sparse");
-        for f in [Format::Gzip, Format::Vhd, Format::VmdkCowd, Format::Vdi] {
+        for f in [Format::Gzip, Format::Vhdx, Format::VmdkCowd, Format::Qed] {
             assert_eq!(f.source(), None);
         }
         assert_eq!(Format::VmdkSparse.family(), "vmdk");
@@ -568,7 +584,7 @@ mod tests {
         let msg = ProbeError::Unsupported(Format::VmdkCowd).to_string();
         assert!(msg.contains("VMDK vmfsSparse"), "{msg}");
         assert_eq!(
-            crate::Error::from(ProbeError::Unsupported(Format::Vhd)).kind(),
+            crate::Error::from(ProbeError::Unsupported(Format::Vhdx)).kind(),
             ErrorKind::Unsupported
         );
     }
@@ -600,6 +616,26 @@ mod tests {
             ("https://example.org/formats/raw", Some("raw"), "raw"),
             ("urn:example:vhdx", Some("vhdx"), "vhdx"),
             ("urn:example:vhd", Some("vhd"), "vhd"),
+            (
+                "http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx",
+                Some("vhd"),
+                "vhd",
+            ),
+            (
+                "http://technet.microsoft.com/en-us/library/bb676673.aspx",
+                Some("vhd"),
+                "vhd",
+            ),
+            (
+                "http://go.microsoft.com/fwlink/?LinkId=137171",
+                Some("vhd"),
+                "vhd",
+            ),
+            (
+                "http://www.virtualbox.org/manual/ch12.html#vdi",
+                Some("vdi"),
+                "vdi",
+            ),
             ("https://example.org/disk", None, "https://example.org/disk"),
             (
                 "https://example.org/drawing",

@@ -7,6 +7,8 @@ use crate::codec::gzip::GzipDecoder;
 use crate::codec::probe::{Format, PROBE_LEN, ProbeError, probe};
 use crate::codec::qcow2::{Qcow2StreamDecoder, Spool};
 use crate::codec::raw::RawDecoder;
+use crate::codec::vdi::VdiDecoder;
+use crate::codec::vhd::VhdDynamicDecoder;
 use crate::codec::vmdk::{VmdkSparseDecoder, VmdkStreamDecoder};
 use crate::codec::{DiskDecoder, ExtentSink, SourceFormat};
 use crate::error::{Error, ErrorKind, Result};
@@ -16,14 +18,18 @@ use crate::error::{Error, ErrorKind, Result};
 pub enum Decoder {
     /// Waiting for the first bytes to pick a format.
     Sniffing(Box<Sniffer>),
-    /// Raw bytes.
-    Raw(RawDecoder),
+    /// Raw bytes (or a fixed VHD, told by its footer at the end).
+    Raw(Box<RawDecoder>),
     /// qcow2, one pass (spooling what arrives before its tables).
     Qcow2(Box<Qcow2StreamDecoder>),
     /// VMDK streamOptimized.
     Vmdk(Box<VmdkStreamDecoder>),
     /// VMDK monolithicSparse.
     VmdkSparse(Box<VmdkSparseDecoder>),
+    /// Dynamic VHD.
+    Vhd(Box<VhdDynamicDecoder>),
+    /// VDI, dynamic or static.
+    Vdi(Box<VdiDecoder>),
     /// gzip around another decoder.
     Gzip(Box<GzipDecoder>),
 }
@@ -103,10 +109,13 @@ impl Decoder {
     pub fn format(&self) -> Option<SourceFormat> {
         match self {
             Decoder::Sniffing(_) => None,
+            Decoder::Raw(d) if d.is_fixed_vhd() => Some(SourceFormat::Vhd),
             Decoder::Raw(_) => Some(SourceFormat::Raw),
             Decoder::Qcow2(_) => Some(SourceFormat::Qcow2),
             Decoder::Vmdk(_) => Some(SourceFormat::Vmdk),
             Decoder::VmdkSparse(_) => Some(SourceFormat::VmdkSparse),
+            Decoder::Vhd(_) => Some(SourceFormat::Vhd),
+            Decoder::Vdi(_) => Some(SourceFormat::Vdi),
             Decoder::Gzip(g) => g.inner().format(),
         }
     }
@@ -129,10 +138,10 @@ impl Decoder {
             return Err(refuse(ProbeError::Unsupported(format)));
         };
         Ok(match source {
-            SourceFormat::Raw => Decoder::Raw(match s.known_size {
+            SourceFormat::Raw => Decoder::Raw(Box::new(match s.known_size {
                 Some(n) => RawDecoder::with_size_hint(n),
                 None => RawDecoder::new(),
-            }),
+            })),
             SourceFormat::Vmdk => Decoder::Vmdk(Box::default()),
             SourceFormat::VmdkSparse => {
                 let mut d = VmdkSparseDecoder::new();
@@ -141,6 +150,14 @@ impl Decoder {
                 }
                 Decoder::VmdkSparse(Box::new(d))
             }
+            SourceFormat::Vhd => Decoder::Vhd(Box::new(match s.known_size {
+                Some(n) => VhdDynamicDecoder::new().with_entry_size(n),
+                None => VhdDynamicDecoder::new(),
+            })),
+            SourceFormat::Vdi => Decoder::Vdi(Box::new(match s.known_size {
+                Some(n) => VdiDecoder::new().with_entry_size(n),
+                None => VdiDecoder::new(),
+            })),
             SourceFormat::Qcow2 => {
                 let mut d = Qcow2StreamDecoder::new(s.spool.take());
                 if let Some(n) = s.known_size {
@@ -172,10 +189,12 @@ impl Decoder {
     fn as_decoder(&mut self) -> Option<&mut dyn DiskDecoder> {
         match self {
             Decoder::Sniffing(_) => None,
-            Decoder::Raw(d) => Some(d),
+            Decoder::Raw(d) => Some(d.as_mut()),
             Decoder::Qcow2(d) => Some(d.as_mut()),
             Decoder::Vmdk(d) => Some(d.as_mut()),
             Decoder::VmdkSparse(d) => Some(d.as_mut()),
+            Decoder::Vhd(d) => Some(d.as_mut()),
+            Decoder::Vdi(d) => Some(d.as_mut()),
             Decoder::Gzip(d) => Some(d.as_mut()),
         }
     }
@@ -237,6 +256,8 @@ impl DiskDecoder for Decoder {
             Decoder::Qcow2(d) => d.capacity(),
             Decoder::Vmdk(d) => d.capacity(),
             Decoder::VmdkSparse(d) => d.capacity(),
+            Decoder::Vhd(d) => d.capacity(),
+            Decoder::Vdi(d) => d.capacity(),
             Decoder::Gzip(d) => d.capacity(),
         }
     }
@@ -495,9 +516,7 @@ mod tests {
         let mut vdi = guest(2000);
         vdi[0x40..0x44].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
         for (input, format) in [
-            (with(b"conectix"), Format::Vhd),
             (with(b"vhdxfile"), Format::Vhdx),
-            (vdi, Format::Vdi),
             (with(b"QED\0"), Format::Qed),
             (with(b"LUKS\xba\xbe\0\x01"), Format::Luks),
             (with(b"QFI\xfb\0\0\0\x01"), Format::Qcow1),
@@ -511,6 +530,16 @@ mod tests {
             refused(&gz(&input), ProbeError::Unsupported(format));
         }
         refused(&gz(&gz(&guest(2000))), ProbeError::NestedGzip);
+        // VHD and VDI heads go to their decoders, which judge the rest.
+        for (input, format) in [
+            (with(b"conectix"), SourceFormat::Vhd),
+            (vdi, SourceFormat::Vdi),
+        ] {
+            let o = same_for_every_split(&input);
+            assert_eq!(o.format, Some(format));
+            let (_, line) = o.result.expect_err("not a sound image");
+            assert!(!line.contains("does not import"), "{line}");
+        }
     }
 
     #[test]
@@ -522,12 +551,12 @@ mod tests {
             assert_eq!(o.format, Some(SourceFormat::Raw));
             assert_eq!(o.bytes, tiny);
         }
-        refused(b"conectix", ProbeError::Unsupported(Format::Vhd));
+        refused(b"vhdxfile", ProbeError::Unsupported(Format::Vhdx));
         refused(b"QED\0\0\0\0\0", ProbeError::Unsupported(Format::Qed));
         // Exactly the probe length: decided in `feed`, not in `finish`.
-        let mut vhd = b"conectix".to_vec();
-        vhd.resize(PROBE_LEN, 0);
-        refused(&vhd, ProbeError::Unsupported(Format::Vhd));
+        let mut vhdx = b"vhdxfile".to_vec();
+        vhdx.resize(PROBE_LEN, 0);
+        refused(&vhdx, ProbeError::Unsupported(Format::Vhdx));
         // A truncated qcow2 goes to the qcow2 decoder, which says so.
         let o = same_for_every_split(b"QFI\xfb\0\0\0\x03");
         assert_eq!(o.format, Some(SourceFormat::Qcow2));
@@ -538,9 +567,9 @@ mod tests {
     fn a_refusal_repeats() {
         let mut d = Decoder::sniffing_any(None, 1 << 20);
         let mut sink = MemSink::default();
-        let mut vhd = b"conectix".to_vec();
-        vhd.resize(PROBE_LEN + 10, 0);
-        let first = d.feed(&vhd, &mut sink).unwrap_err().one_line();
+        let mut vhdx = b"vhdxfile".to_vec();
+        vhdx.resize(PROBE_LEN + 10, 0);
+        let first = d.feed(&vhdx, &mut sink).unwrap_err().one_line();
         assert_eq!(d.feed(b"more", &mut sink).unwrap_err().one_line(), first);
         assert_eq!(d.finish(&mut sink).unwrap_err().one_line(), first);
     }

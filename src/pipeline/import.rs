@@ -675,8 +675,10 @@ impl Importer {
         // The content decides format and compression, whatever the OVF
         // declares; before the OVF, a raw disk is as large as its entry
         // until the OVF says otherwise.
-        let decoder =
-            Decoder::sniffing_any(entry_size, capacity_hint.unwrap_or(limits::MAX_CAPACITY));
+        let decoder = Decoder::sniffing_any(
+            entry_size,
+            capacity_hint.map_or(limits::MAX_CAPACITY, limits::gzip_inflated_cap),
+        );
         let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
         if self.existing == Existing::Keep {
             partial::refuse_existing(&dir, &file_name)?;

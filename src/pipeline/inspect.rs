@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::codec::gzip::InflatedHead;
 use crate::codec::probe::{self, Format, PROBE_LEN, ProbeError};
+use crate::codec::vhd::{self, FOOTER_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
 use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
@@ -276,7 +277,8 @@ enum Collect {
 }
 
 /// The first bytes of one entry, for the probe; inside gzip too when
-/// verifying.
+/// verifying. When verifying, also its last bytes: a fixed VHD is known
+/// only by its footer at the end, as import's raw decoder knows it.
 #[derive(Debug)]
 struct EntryHead {
     /// At most [`PROBE_LEN`] bytes.
@@ -284,6 +286,13 @@ struct EntryHead {
     /// The inflated head, once `head` shows gzip.
     inner: Option<InflatedHead>,
     look_inside: bool,
+    /// The last bytes seen, at most a VHD footer's worth.
+    tail: Vec<u8>,
+    /// Bytes seen.
+    len: u64,
+    /// Once the entry ended: `Some(Ok)` if it ends with a fixed VHD's
+    /// footer, `Some(Err(why))` if that footer makes import refuse it.
+    fixed_vhd: Option<std::result::Result<(), String>>,
 }
 
 impl EntryHead {
@@ -292,10 +301,24 @@ impl EntryHead {
             head: Vec::new(),
             inner: None,
             look_inside,
+            tail: Vec::new(),
+            len: 0,
+            fixed_vhd: None,
         }
     }
 
-    fn feed(&mut self, mut d: &[u8]) {
+    fn feed(&mut self, d: &[u8]) {
+        if self.look_inside {
+            self.len += d.len() as u64;
+            let keep = FOOTER_LEN.saturating_sub(d.len()).min(self.tail.len());
+            self.tail.drain(..self.tail.len() - keep);
+            self.tail
+                .extend_from_slice(&d[d.len().saturating_sub(FOOTER_LEN)..]);
+        }
+        self.feed_head(d);
+    }
+
+    fn feed_head(&mut self, mut d: &[u8]) {
         if self.head.len() < PROBE_LEN {
             let take = (PROBE_LEN - self.head.len()).min(d.len());
             self.head.extend_from_slice(&d[..take]);
@@ -315,6 +338,23 @@ impl EntryHead {
         self.start_inner();
         if let Some(i) = &mut self.inner {
             i.finish();
+        }
+        if let Ok(tail) = <&[u8; FOOTER_LEN]>::try_from(self.tail.as_slice()) {
+            let data = self.len - FOOTER_LEN as u64;
+            self.fixed_vhd = match vhd::fixed_footer(tail, data) {
+                Ok(Some(_)) => Some(Ok(())),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.to_string())),
+            };
+        }
+        self.tail = Vec::new();
+    }
+
+    /// What the probe and the footer say the entry is, outside any gzip.
+    fn format(&self) -> Format {
+        match (probe::probe(&self.head), &self.fixed_vhd) {
+            (Format::Raw, Some(_)) => Format::Vhd,
+            (f, _) => f,
         }
     }
 
@@ -711,7 +751,7 @@ impl Pass {
                 format_uri: d.format.clone(),
                 declared_format: d.format.as_deref().map(|u| probe::declared(u).label),
                 populated_size: d.populated_size,
-                detected_format: head.map(|h| probe::probe(&h.head).name()),
+                detected_format: head.map(|h| h.format().name()),
             });
         }
         Ok(InspectReport {
@@ -836,7 +876,17 @@ fn check_disk(
     if mode == Mode::Quick {
         return verdict("not checked", None, None, Vec::new());
     }
-    let outer = probe::probe(&head.head);
+    if head.format() == Format::Vhd
+        && let Some(Err(why)) = &head.fixed_vhd
+    {
+        return verdict(
+            "unsupported",
+            Some(Format::Vhd),
+            Some(false),
+            vec![why.clone()],
+        );
+    }
+    let outer = head.format();
     let (content, gzip) = match (outer, &head.inner) {
         (Format::Gzip, Some(inner)) => match inner.head() {
             Ok(h) => (probe::probe(h), true),
@@ -1088,7 +1138,16 @@ mod tests {
                 "declared no compression but the content is gzip-compressed"
             ]
         );
-        // A VHD is named as what import refuses.
+        // A VHDX is named as what import refuses; a VHD is imported.
+        let mut vhdx = b"vhdxfile".to_vec();
+        vhdx.resize(4096, 0);
+        let pkg = tar(&[("vm.ovf", o.as_bytes()), ("disk1.vmdk", &vhdx)]);
+        let r = inspect(&mut &pkg[..], Mode::Verify).unwrap();
+        let disk = &r.verification.disks[0];
+        assert_eq!(
+            (disk.status, disk.content_format),
+            ("unsupported", Some("vhdx"))
+        );
         let mut vhd = b"conectix".to_vec();
         vhd.resize(4096, 0);
         let pkg = tar(&[("vm.ovf", o.as_bytes()), ("disk1.vmdk", &vhd)]);
@@ -1096,7 +1155,7 @@ mod tests {
         let disk = &r.verification.disks[0];
         assert_eq!(
             (disk.status, disk.content_format),
-            ("unsupported", Some("vhd"))
+            ("mismatch", Some("vhd"))
         );
         // gzip data that does not inflate.
         let mut bad = gz[..20].to_vec();
@@ -1229,5 +1288,46 @@ mod tests {
         assert_eq!(r["verification"]["manifest"]["status"], "verified");
         assert_eq!(r["verification"]["disks"][0]["compression"], "gzip");
         assert_eq!(r["verification"]["disks"][0]["status"], "ok");
+    }
+
+    #[test]
+    fn a_fixed_vhd_is_named_by_its_footer() {
+        let mut d = disk();
+        let data = d.len() as u64;
+        let mut footer = [0u8; 512];
+        footer[..8].copy_from_slice(b"conectix");
+        footer[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+        footer[28..32].copy_from_slice(b"tap\0");
+        footer[48..56].copy_from_slice(&data.to_be_bytes());
+        footer[60..64].copy_from_slice(&2u32.to_be_bytes());
+        let sum = footer
+            .iter()
+            .fold(0u32, |s, &b| s.wrapping_add(u32::from(b)));
+        footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
+        d.extend_from_slice(&footer);
+        let xen = "http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx";
+        for (uri, status) in [
+            (Some(xen), "ok"),
+            (None, "ok"),
+            (Some(VMDK_URI), "mismatch"),
+        ] {
+            let o = ovf("disk1.vhd", false, uri);
+            let pkg = tar(&[("vm.ovf", o.as_bytes()), ("disk1.vhd", &d)]);
+            let r = inspect(&mut &pkg[..], Mode::Verify).unwrap();
+            assert_eq!(r.disks[0].detected_format, Some("vhd"));
+            let check = &r.verification.disks[0];
+            assert_eq!((check.status, check.content_format), (status, Some("vhd")));
+            // Reading headers only, the footer is not seen.
+            let q = inspect(&mut Counting::new(pkg.clone(), 1 << 20, true), Mode::Quick).unwrap();
+            assert_eq!(q.disks[0].detected_format, Some("raw"));
+        }
+        // The same bytes without a sound footer are a raw disk.
+        let n = d.len();
+        d[n - 100] ^= 1;
+        let o = ovf("disk1.vhd", false, Some(xen));
+        let pkg = tar(&[("vm.ovf", o.as_bytes()), ("disk1.vhd", &d)]);
+        let r = inspect(&mut &pkg[..], Mode::Verify).unwrap();
+        assert_eq!(r.disks[0].detected_format, Some("raw"));
+        assert_eq!(r.verification.disks[0].status, "mismatch");
     }
 }

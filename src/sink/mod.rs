@@ -1,5 +1,10 @@
-//! Volume sinks: target files written under `.partial` names.
-pub mod direct;
+//! Import targets: the volumes a package's disks are written into, under
+//! `.partial` names, each fed by an extent stream through
+//! [`writer::VolumeWriter`]. A fresh raw target is a sparse file that
+//! punches holes through the volume layer's raw backend
+//! ([`crate::volume::raw`]); a fresh qcow2 target is written by
+//! [`qcow2::Qcow2Volume`], which lays out every L2 table before the data
+//! it maps.
 pub mod format;
 pub mod partial;
 pub mod qcow2;
@@ -8,8 +13,9 @@ pub mod spool;
 pub mod target;
 pub mod writer;
 
-/// "bytes at offsets" storage of one target volume. All offsets are guest offsets < capacity.
-pub trait Volume {
+/// "bytes at offsets" storage of one import target, written once from
+/// an extent stream. All offsets are guest offsets < capacity.
+pub trait Target {
     /// Writes `data` at guest offset `offset`.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> crate::Result<()>;
     /// Make [offset, offset+len) read as zero. On a fresh volume this is a no-op for never-written ranges.

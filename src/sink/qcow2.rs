@@ -20,9 +20,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
-use crate::sink::Volume;
-use crate::sink::raw::ZEROS;
-use crate::sink::target::{VolumeError, check_capacity, check_range};
+use crate::sink::Target;
+use crate::sink::target::{TargetError, check_capacity, check_range};
+use crate::volume::ZEROS;
 
 /// log2 of the cluster size.
 pub const CLUSTER_BITS: u32 = 16;
@@ -119,7 +119,7 @@ impl Qcow2Volume {
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
         if self.finished {
-            return Err(VolumeError::Finished(offset).into());
+            return Err(TargetError::Finished(offset).into());
         }
         check_range(offset, len, self.capacity)?;
         Ok(())
@@ -358,7 +358,7 @@ impl Qcow2Volume {
     }
 }
 
-impl Volume for Qcow2Volume {
+impl Target for Qcow2Volume {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len() as u64)?;
         let mut run: Option<Run> = None;
@@ -561,7 +561,7 @@ mod tests {
         (0..n).map(|_| (r.next() % 255 + 1) as u8).collect()
     }
 
-    fn apply(v: &mut dyn Volume, ops: &[Op]) {
+    fn apply(v: &mut dyn Target, ops: &[Op]) {
         for op in ops {
             match op {
                 Op::Data(o, d) => v.write_at(*o, d).unwrap(),

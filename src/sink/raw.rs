@@ -1,21 +1,20 @@
 //! Raw target volume: guest offset = file offset, in a sparse file sized to
 //! the capacity up front, so never-written ranges stay holes.
 //!
-//! Zeroing cannot punch holes without `unsafe` system calls, so
-//! [`RawVolume`] writes zeros, but only where something may have been
-//! written: it keeps a high-water mark of written bytes and ignores zero
-//! ranges (or their parts) above it. A volume fed in guest order, as the
-//! decoders mostly do, therefore never writes a zero byte.
+//! Zeroing punches holes (through the volume layer's
+//! [`zero_range`], which writes zeros only where the file system cannot
+//! deallocate), and only where something may have been written: the
+//! volume keeps a high-water mark of written bytes and ignores zero ranges
+//! (or their parts) above it. A volume fed in guest order, as the decoders
+//! mostly do, therefore never touches a zero range at all.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
-use crate::sink::Volume;
-use crate::sink::target::{VolumeError, check_capacity, check_range};
-
-/// One cluster of zeros, the bounded source for zeroing writes.
-pub(crate) static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+use crate::sink::Target;
+use crate::sink::target::{TargetError, check_capacity, check_range};
+use crate::volume::raw::zero_range;
 
 /// A sparse raw file; see the module documentation.
 #[derive(Debug)]
@@ -49,7 +48,7 @@ impl RawVolume {
 
     /// Takes a fresh file for a volume whose size is not known yet: it
     /// grows as written, up to [`crate::limits::MAX_CAPACITY`], until
-    /// [`Volume::set_capacity`] settles it.
+    /// [`Target::set_capacity`] settles it.
     pub fn growable(file: File) -> Result<Self> {
         file.set_len(0)
             .map_err(|e| Error::from(e).with_message("cannot truncate the raw volume"))?;
@@ -63,14 +62,14 @@ impl RawVolume {
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
         if self.finished {
-            return Err(VolumeError::Finished(offset).into());
+            return Err(TargetError::Finished(offset).into());
         }
         check_range(offset, len, self.capacity)?;
         Ok(())
     }
 }
 
-impl Volume for RawVolume {
+impl Target for RawVolume {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len() as u64)?;
         self.file.write_all_at(data, offset).map_err(|e| {
@@ -86,16 +85,13 @@ impl Volume for RawVolume {
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check(offset, len)?;
         let end = (offset + len).min(self.high_water);
-        let mut pos = offset;
-        while pos < end {
-            let n = (end - pos).min(ZEROS.len() as u64);
-            self.file
-                .write_all_at(&ZEROS[..n as usize], pos)
-                .map_err(|e| {
-                    Error::from(e)
-                        .with_message(format!("cannot write {n} zero bytes at guest offset {pos}"))
-                })?;
-            pos += n;
+        if end > offset {
+            zero_range(&self.file, offset, end - offset, true).map_err(|e| {
+                Error::from(e).with_message(format!(
+                    "cannot zero {} bytes at guest offset {offset}",
+                    end - offset
+                ))
+            })?;
         }
         Ok(())
     }
@@ -111,7 +107,7 @@ impl Volume for RawVolume {
     fn set_capacity(&mut self, capacity: u64) -> Result<()> {
         check_range(0, capacity, self.capacity)?;
         if self.high_water > capacity {
-            return Err(VolumeError::BeyondCapacity {
+            return Err(TargetError::BeyondCapacity {
                 offset: capacity,
                 len: self.high_water - capacity,
                 capacity,

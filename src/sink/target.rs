@@ -3,13 +3,13 @@
 
 use crate::error::{Classify, ErrorKind, Result};
 use crate::limits::MAX_CAPACITY;
-use crate::sink::Volume;
+use crate::sink::Target;
 use crate::sink::qcow2::Qcow2Volume;
 use crate::sink::raw::RawVolume;
 
 /// Errors common to all target volumes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VolumeError {
+pub enum TargetError {
     /// A write reaches at or past the end of the volume.
     #[error(
         "write of {len} bytes at guest offset {offset} reaches past the volume capacity of {capacity} bytes"
@@ -30,22 +30,22 @@ pub enum VolumeError {
     Finished(u64),
 }
 
-impl Classify for VolumeError {
+impl Classify for TargetError {
     fn kind(&self) -> ErrorKind {
         match self {
-            VolumeError::BeyondCapacity { .. } | VolumeError::Finished(_) => {
+            TargetError::BeyondCapacity { .. } | TargetError::Finished(_) => {
                 ErrorKind::InvalidArgument
             }
-            VolumeError::TooLarge(_) => ErrorKind::LimitExceeded,
+            TargetError::TooLarge(_) => ErrorKind::LimitExceeded,
         }
     }
 }
 
 /// Fails unless `[offset, offset + len)` lies inside `[0, capacity)`.
-pub(crate) fn check_range(offset: u64, len: u64, capacity: u64) -> Result<(), VolumeError> {
+pub(crate) fn check_range(offset: u64, len: u64, capacity: u64) -> Result<(), TargetError> {
     match offset.checked_add(len) {
         Some(end) if end <= capacity => Ok(()),
-        _ => Err(VolumeError::BeyondCapacity {
+        _ => Err(TargetError::BeyondCapacity {
             offset,
             len,
             capacity,
@@ -54,9 +54,9 @@ pub(crate) fn check_range(offset: u64, len: u64, capacity: u64) -> Result<(), Vo
 }
 
 /// Fails if `capacity` is above the crate's limit.
-pub(crate) fn check_capacity(capacity: u64) -> Result<(), VolumeError> {
+pub(crate) fn check_capacity(capacity: u64) -> Result<(), TargetError> {
     if capacity > MAX_CAPACITY {
-        Err(VolumeError::TooLarge(capacity))
+        Err(TargetError::TooLarge(capacity))
     } else {
         Ok(())
     }
@@ -71,7 +71,7 @@ pub enum TargetVolume {
     Qcow2(Qcow2Volume),
 }
 
-impl Volume for TargetVolume {
+impl Target for TargetVolume {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         match self {
             TargetVolume::Raw(v) => v.write_at(offset, data),
@@ -118,7 +118,7 @@ mod tests {
         assert!(check_range(10, 0, 10).is_ok());
         assert_eq!(
             check_range(5, 6, 10),
-            Err(VolumeError::BeyondCapacity {
+            Err(TargetError::BeyondCapacity {
                 offset: 5,
                 len: 6,
                 capacity: 10
@@ -128,7 +128,7 @@ mod tests {
         assert!(check_capacity(MAX_CAPACITY).is_ok());
         assert_eq!(
             check_capacity(MAX_CAPACITY + 1),
-            Err(VolumeError::TooLarge(MAX_CAPACITY + 1))
+            Err(TargetError::TooLarge(MAX_CAPACITY + 1))
         );
     }
 

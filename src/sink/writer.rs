@@ -4,7 +4,7 @@
 
 use crate::codec::ExtentSink;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::Volume;
+use crate::sink::Target;
 
 /// Granularity of zero detection, aligned in guest offsets.
 pub const ZERO_BLOCK: usize = 4096;
@@ -38,7 +38,7 @@ pub struct VolumeWriter<V> {
     high_water: u64,
 }
 
-impl<V: Volume> VolumeWriter<V> {
+impl<V: Target> VolumeWriter<V> {
     /// Wraps a freshly created volume.
     pub fn new(volume: V) -> Self {
         let capacity = volume.capacity();
@@ -110,7 +110,7 @@ impl<V: Volume> VolumeWriter<V> {
     }
 }
 
-impl<V: Volume> ExtentSink for VolumeWriter<V> {
+impl<V: Target> ExtentSink for VolumeWriter<V> {
     fn data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len() as u64)?;
         // Unaligned head: written as data, zero detection starts aligned.
@@ -151,7 +151,7 @@ mod tests {
         cap: u64,
     }
 
-    impl Volume for Log {
+    impl Target for Log {
         fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
             self.ops.push(('d', offset, data.len() as u64));
             Ok(())

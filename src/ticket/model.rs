@@ -12,6 +12,7 @@ use crate::limits::{MAX_CAPACITY, MAX_OVF_FILES, MAX_TICKET_ID_LEN, MAX_TICKET_T
 use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::DiskFormat;
+use crate::volume::Format;
 
 /// An operation a ticket allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -223,6 +224,11 @@ pub struct TicketRequest {
     /// Whether writing zeros may deallocate (punch holes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<bool>,
+    /// `image` only: how to read the volume, `raw` (its bytes as they
+    /// are) or `qcow2` (the guest view of the image). When absent, the
+    /// format is probed from the file's header when the ticket is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     /// Incremental-backup dirty extents; only `false` is supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty: Option<bool>,
@@ -413,6 +419,11 @@ impl TicketRequest {
             return Err(invalid("size", "required for an image ticket"));
         };
         max("size", size, MAX_CAPACITY)?;
+        if let Some(f) = &self.format
+            && Format::parse(f).is_none()
+        {
+            return Err(invalid("format", format!("'{f}' is not raw or qcow2")));
+        }
         if self.ova.is_some() {
             return Err(invalid("ova", "only for ova-import and ova-export tickets"));
         }
@@ -432,6 +443,15 @@ impl TicketRequest {
                 "url",
                 format!(
                     "not used by an {} ticket; name the volumes in ova.disks",
+                    kind.name()
+                ),
+            ));
+        }
+        if self.format.is_some() {
+            return Err(invalid(
+                "format",
+                format!(
+                    "not used by an {} ticket; give each of ova.disks its format",
                     kind.name()
                 ),
             ));
@@ -667,6 +687,7 @@ mod tests {
             timeout: 300,
             inactivity_timeout: None,
             sparse: None,
+            format: None,
             dirty: None,
             transfer_id: None,
             filename: None,

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -45,6 +46,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{MAX_TICKET_TIMEOUT, MAX_TICKETS};
 use crate::pipeline::progress::Progress;
 use crate::source::volume::AllowedRoots;
+use crate::volume::Format;
 
 /// One disk of an OVA ticket with its path resolved under the storage roots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +101,10 @@ pub struct Restored {
 struct Spec {
     req: TicketRequest,
     path: Option<PathBuf>,
+    /// `image`: the volume's format, stated or probed when the ticket was
+    /// added (`None` only where it could not be decided for a record from
+    /// before formats were kept: probed at each open).
+    format: Option<Format>,
     ova: Option<ResolvedOva>,
 }
 
@@ -496,9 +502,18 @@ impl TicketStore {
                 out.interrupted += 1;
                 changed.push(id.clone());
             }
+            // A record from before formats were kept: decided now, once.
+            let format = match (r.ticket.volume_format, &r.path) {
+                (None, Some(p)) if r.ticket.kind == TicketKind::Image => {
+                    let stated = r.ticket.format.as_deref().and_then(Format::parse);
+                    self.resolve_format(p, stated).ok()
+                }
+                (f, _) => f,
+            };
             let spec = Spec {
-                req: r.ticket,
+                req: r.ticket.req,
                 path: r.path,
+                format,
                 ova: r.ova,
             };
             let remaining = remaining.min(Duration::from_secs(MAX_TICKET_TIMEOUT));
@@ -600,12 +615,16 @@ impl TicketStore {
     /// Resolves every path of a validated request under the roots.
     fn resolve(&self, req: TicketRequest) -> Result<Spec> {
         let mut path = None;
+        let mut format = None;
         let mut ova = None;
         match req.kind {
             TicketKind::Image => {
                 if let Some(url) = &req.url {
                     let p = file_url_path("url", url)?;
-                    path = Some(self.resolve_path("url", &p, req.ops.contains(&Op::Write))?);
+                    let canon = self.resolve_path("url", &p, req.ops.contains(&Op::Write))?;
+                    let stated = req.format.as_deref().and_then(Format::parse);
+                    format = Some(self.resolve_format(&canon, stated)?);
+                    path = Some(canon);
                 }
             }
             TicketKind::OvaImport | TicketKind::OvaExport => {
@@ -651,7 +670,57 @@ impl TicketStore {
                 }
             }
         }
-        Ok(Spec { req, path, ova })
+        Ok(Spec {
+            req,
+            path,
+            format,
+            ova,
+        })
+    }
+
+    /// The format of the volume at the canonical `path`: the `stated` one,
+    /// which for qcow2 must find a qcow2 header, or the one its header
+    /// shows. A volume that does not exist yet is raw (it is created at
+    /// the first write); a qcow2 one must exist. Decided once, here: the
+    /// bytes an upload writes into a raw volume never turn it into
+    /// another format.
+    fn resolve_format(&self, path: &Path, stated: Option<Format>) -> Result<Format> {
+        let field_error = |reason: String| -> Error {
+            TicketError::InvalidField {
+                field: "format".to_owned(),
+                reason: format!("{}: {reason}", path.display()),
+            }
+            .into()
+        };
+        // Non-blocking, so that a FIFO named by a ticket cannot hold the
+        // control API; nothing is read from anything but a file's start.
+        let file = match self.roots.open(path, OFlags::RDONLY | OFlags::NONBLOCK, 0) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return match stated {
+                    Some(Format::Qcow2) => Err(field_error(
+                        "a qcow2 volume must exist before its ticket is added".to_owned(),
+                    )),
+                    _ => Ok(Format::Raw),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let found = crate::volume::probe(&file, path)?;
+        match (stated, found) {
+            (Some(Format::Qcow2), Format::Raw) => {
+                Err(field_error("has no qcow2 header".to_owned()))
+            }
+            // A raw volume's guest can write a qcow2 header naming any
+            // file as its backing file; only the engine, by stating the
+            // format, may have a backing chain followed.
+            (None, Format::Qcow2) if crate::volume::qcow2::names_backing_file(&file, path)? => Err(field_error(
+                "is a qcow2 image with a backing file: state \"format\": \"qcow2\" to serve it with its chain (the header of a raw volume can look like this too)"
+                    .to_owned(),
+            )),
+            (Some(f), _) => Ok(f),
+            (None, f) => Ok(f),
+        }
     }
 
     /// The canonical form of `p` under the roots. A write target that does
@@ -820,6 +889,12 @@ impl TicketHandle {
     /// Canonical path of the volume of an `image` ticket.
     pub fn path(&self) -> Option<&Path> {
         self.spec.path.as_deref()
+    }
+
+    /// The format of the volume of an `image` ticket, decided when the
+    /// ticket was added; `None` when it is to be probed at each open.
+    pub fn format(&self) -> Option<Format> {
+        self.spec.format
     }
 
     /// Resolved disks and descriptor of an OVA ticket.
@@ -1088,7 +1163,7 @@ impl Drop for Purged<'_> {
 struct TicketRecord {
     /// [`RECORD_VERSION`].
     version: u32,
-    ticket: TicketRequest,
+    ticket: RecordedTicket,
     /// Unix time (s) of expiry: absolute, so a restart keeps it.
     expires: u64,
     state: TransferState,
@@ -1101,6 +1176,26 @@ struct TicketRecord {
     path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ova: Option<ResolvedOva>,
+}
+
+/// A ticket as the journal keeps it: the request as installed, and what
+/// was decided about it then.
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordedTicket {
+    #[serde(flatten)]
+    req: TicketRequest,
+    /// `image`: the volume's format, stated or probed when the ticket was
+    /// added; the file's bytes since then do not change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    volume_format: Option<Format>,
+}
+
+impl std::ops::Deref for RecordedTicket {
+    type Target = TicketRequest;
+
+    fn deref(&self) -> &TicketRequest {
+        &self.req
+    }
 }
 
 /// The layout of [`TicketRecord`]; a record of another version is
@@ -1208,7 +1303,10 @@ impl Entry {
         s.journaled = (s.deadline, transferred);
         let record = TicketRecord {
             version: RECORD_VERSION,
-            ticket: self.spec.req.clone(),
+            ticket: RecordedTicket {
+                req: self.spec.req.clone(),
+                volume_format: self.spec.format,
+            },
             expires: unix_secs(wall, s.deadline.saturating_duration_since(now)),
             state,
             error,
@@ -1288,6 +1386,7 @@ mod tests {
                 timeout: 300,
                 inactivity_timeout: Some(60),
                 sparse: None,
+                format: None,
                 dirty: None,
                 transfer_id: Some("tr-1".into()),
                 filename: None,
@@ -1919,6 +2018,72 @@ mod tests {
             s.idle_time = 0;
         }
         v
+    }
+
+    #[test]
+    fn an_image_tickets_format_is_decided_once_and_survives_a_restart() {
+        let f = fixture();
+        let dir = f._dir.path().join("journal");
+        let a = journaled(&f, &dir);
+        // Not there yet: raw. An existing qcow2 file: qcow2 by its header.
+        a.add(ID, f.image(&[Op::Write])).unwrap();
+        assert_eq!(
+            a.authorize(ID, Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
+        let mut q = f.image(&[Op::Read]);
+        q.uuid = "q".into();
+        q.url = Some(f.url("q.qcow2"));
+        let mut header = b"QFI\xfb".to_vec();
+        header.resize(512, 0);
+        std::fs::write(f.root.join("q.qcow2"), &header).unwrap();
+        a.add("q", q.clone()).unwrap();
+        assert_eq!(
+            a.authorize("q", Op::Read).unwrap().format(),
+            Some(Format::Qcow2)
+        );
+        assert_eq!(
+            a.get_status("q").unwrap().ticket.format,
+            None,
+            "shown as given"
+        );
+        // Stated: qcow2 must find its header; raw is taken as stated.
+        let mut bad = f.image(&[Op::Read]);
+        bad.uuid = "bad".into();
+        bad.format = Some("qcow2".into());
+        std::fs::write(f.root.join("vol.raw"), b"plain").unwrap();
+        let e = a.add("bad", bad.clone()).unwrap_err();
+        assert!(e.to_string().contains("no qcow2 header"), "{e}");
+        bad.url = Some(f.url("missing.qcow2"));
+        bad.ops = vec![Op::Write];
+        let e = a.add("bad", bad).unwrap_err();
+        assert!(e.to_string().contains("must exist"), "{e}");
+        q.uuid = "r".into();
+        q.format = Some("raw".into());
+        a.add("r", q).unwrap();
+        assert_eq!(
+            a.authorize("r", Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
+        drop(a);
+
+        // The upload into the raw volume writes a qcow2 header; after a
+        // restart the ticket is still raw.
+        std::fs::write(f.root.join("vol.raw"), &header).unwrap();
+        let b = journaled(&f, &dir);
+        assert_eq!(b.restore().tickets, 3);
+        assert_eq!(
+            b.authorize(ID, Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
+        assert_eq!(
+            b.authorize("q", Op::Read).unwrap().format(),
+            Some(Format::Qcow2)
+        );
+        assert_eq!(
+            b.authorize("r", Op::Read).unwrap().format(),
+            Some(Format::Raw)
+        );
     }
 
     #[test]

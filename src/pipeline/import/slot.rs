@@ -33,8 +33,12 @@ pub(super) struct TargetSlot {
     existing: Existing,
     /// Capacity from the OVF DiskSection.
     capacity_hint: Option<u64>,
-    /// Size of a raw entry.
+    /// Size of a raw entry's disk data.
     entry_hint: Option<u64>,
+    /// Size of a raw entry whose last sector may be a fixed VHD's footer
+    /// rather than data: what a refusal names, whether the OVF comes
+    /// before the entry's end or after it.
+    entry_size: Option<u64>,
     /// Opened before any capacity was known (raw or gzip before the OVF).
     provisional: bool,
     /// The image counts whole sectors past the OVF's exact capacity: bytes
@@ -90,6 +94,7 @@ impl TargetSlot {
             existing,
             capacity_hint,
             entry_hint: None,
+            entry_size: None,
             provisional: false,
             zero_tail_from: None,
             tail: None,
@@ -170,10 +175,10 @@ impl TargetSlot {
     pub(super) fn settle(&mut self, capacity: u64) -> Result<()> {
         self.capacity_hint = Some(capacity);
         if self.provisional {
-            if let Some(entry) = self.entry_hint
-                && entry > capacity
+            if let Some(data) = self.entry_hint
+                && data > capacity
             {
-                return Err(raw_too_large(entry, capacity));
+                return Err(raw_too_large(self.entry_size.unwrap_or(data), capacity));
             }
             if let Some((_, w)) = &mut self.opened {
                 w.set_capacity(capacity)?;
@@ -271,9 +276,21 @@ impl ExtentSink for TargetSlot {
         if let Some(cap) = self.capacity_hint
             && bytes > cap
         {
-            return Err(raw_too_large(bytes, cap));
+            return Err(raw_too_large(self.entry_size.unwrap_or(bytes), cap));
         }
         self.entry_hint = Some(bytes);
+        Ok(())
+    }
+
+    fn size_pending(&mut self, entry: u64, trailer: u64) -> Result<()> {
+        // Too large even if its last sector is a footer: refused at once,
+        // as a raw entry is; otherwise the size at its end decides.
+        if let Some(cap) = self.capacity_hint
+            && entry.saturating_sub(trailer) > cap
+        {
+            return Err(raw_too_large(entry, cap));
+        }
+        self.entry_size = Some(entry);
         Ok(())
     }
 

@@ -8,28 +8,26 @@
 //! of the blocks, in order, are hashed into the checksum. Every hash is
 //! the same `algorithm`; the blake2 ones with a 32-byte digest (a
 //! parameter of blake2, not a truncation). A block of zeros has the
-//! digest of its zeros, so it is never read when it lies in a hole
-//! (`SEEK_DATA`), nor hashed when it reads as zeros: its digest is
-//! computed once per request.
+//! digest of its zeros, so it is never read when the volume's allocation
+//! map shows it reading as zeros (a hole, a qcow2 zero cluster), nor
+//! hashed when it reads as zeros: its digest is computed once per
+//! request. A qcow2 volume sums its guest data, as imageio's does.
 //!
 //! Only `image` tickets have a block checksum. An `ova-export` ticket
 //! answers with the SHA-256 of the package (and of each disk entry) its
 //! last complete download sent, which a client compares with the file it
 //! saved.
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use blake2::digest::DynDigest;
 use http::StatusCode;
-use rustix::io::Errno;
 use serde_json::json;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::http::{self as h, Response};
 use crate::ticket::TicketHandle;
+use crate::volume::{Extent, Extents, ReadAt, ZEROS};
 
 /// imageio's default block size.
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
@@ -41,8 +39,6 @@ pub const MAX_BLOCK_SIZE: u64 = DEFAULT_BLOCK_SIZE * 4;
 const BLOCK_ALIGN: u64 = 4096;
 /// The digest size imageio asks of the blake2 algorithms.
 const BLAKE2_DIGEST_SIZE: usize = 32;
-/// Bytes of zeros hashed at a time where a block of zeros is hashed.
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The algorithms imageio's checksum computes: those Python's `hashlib`
 /// always provides as attributes (imageio looks them up with `getattr`),
@@ -282,24 +278,13 @@ fn is_zero(b: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
-/// The offset of the first data byte at or after `off`, by `SEEK_DATA`:
-/// `None` when only holes follow. A file system without it reports data
-/// everywhere.
-fn next_data(file: &File, off: u64) -> io::Result<Option<u64>> {
-    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(off)) {
-        Ok(d) => Ok(Some(d)),
-        Err(Errno::NXIO) => Ok(None),
-        Err(Errno::INVAL | Errno::OPNOTSUPP) => Ok(Some(off)),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The block checksum of the first `size` bytes of the raw `file`,
-/// reading through a buffer of `buffer` bytes. Blocks in holes are not
-/// read; `progress` is called after each block (the ticket's activity);
-/// a set `cancel` stops it.
-pub fn checksum_file(
-    file: &File,
+/// The block checksum of the first `size` bytes of `volume`, reading
+/// through a buffer of `buffer` bytes. Blocks that the allocation map
+/// shows reading as zeros (holes, zero clusters) are not read;
+/// `progress` is called after each block (the ticket's activity); a set
+/// `cancel` stops it.
+pub fn checksum_volume<V: ReadAt + Extents>(
+    volume: &V,
     size: u64,
     opts: Options,
     buffer: usize,
@@ -308,26 +293,26 @@ pub fn checksum_file(
 ) -> Result<String> {
     let mut h = BlockHash::new(opts);
     let mut buf = vec![0u8; buffer.clamp(BLOCK_ALIGN as usize, opts.block_size as usize)];
-    let seek = |from: u64| {
-        next_data(file, from)
-            .map_err(|e| Error::from(e).with_message(format!("SEEK_DATA from {from} failed")))
-    };
-    // The first data at or after the block being hashed (`None`: only
-    // holes are left); sought again once the blocks have passed it.
-    let mut data_at = if size > 0 { seek(0)? } else { None };
+    let data: Vec<Extent> = volume
+        .extents(0, size)?
+        .into_iter()
+        .filter(|e| !e.kind.reads_zero())
+        .collect();
+    // The first data extent that ends after the block being hashed.
+    let mut next = 0usize;
     let mut start = 0u64;
     while start < size {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::new(ErrorKind::Cancelled, "checksum cancelled"));
         }
         let end = size.min(start + opts.block_size);
-        if data_at.is_some_and(|d| d < start) {
-            data_at = seek(start)?;
+        while data.get(next).is_some_and(|e| e.end() <= start) {
+            next += 1;
         }
-        if data_at.is_none_or(|d| d >= end) {
+        if data.get(next).is_none_or(|e| e.start >= end) {
             h.zero(end - start);
         } else {
-            hash_block(&mut h, file, start, end, &mut buf)?;
+            hash_block(&mut h, volume, start, end, &mut buf)?;
         }
         start = end;
         progress();
@@ -337,15 +322,20 @@ pub fn checksum_file(
 
 /// Reads `[start, end)` and adds it to `h` as one block. Leading zeros
 /// are held back, so that a block that reads as zeros costs no hashing.
-fn hash_block(h: &mut BlockHash, file: &File, start: u64, end: u64, buf: &mut [u8]) -> Result<()> {
+fn hash_block<V: ReadAt>(
+    h: &mut BlockHash,
+    volume: &V,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> Result<()> {
     let mut off = start;
     let mut zeros = 0u64;
     let mut data = false;
     while off < end {
         let n = (end - off).min(buf.len() as u64) as usize;
         let piece = &mut buf[..n];
-        file.read_exact_at(piece, off)
-            .map_err(|e| Error::from(e).with_message(format!("read at offset {off} failed")))?;
+        volume.read_at(off, piece)?;
         if !data && is_zero(piece) {
             zeros += n as u64;
         } else {
@@ -412,6 +402,8 @@ pub(super) fn ova_export(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
     use super::*;
     use blake2::digest::Digest;
 
@@ -424,6 +416,16 @@ mod tests {
             outer.update(&b.finalize());
         }
         hex::encode(outer.finalize())
+    }
+
+    /// The file as a raw volume (read-only: nothing here writes).
+    fn raw(f: &std::fs::File) -> crate::volume::raw::RawFile {
+        crate::volume::raw::RawFile::new(
+            f.try_clone().unwrap(),
+            std::path::Path::new("v.raw"),
+            false,
+        )
+        .unwrap()
     }
 
     fn opts(algorithm: Algorithm, block_size: u64) -> Options {
@@ -526,7 +528,7 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         let o = opts(Algorithm::Blake2b, DEFAULT_BLOCK_SIZE);
         let stop = AtomicBool::new(false);
-        let got = checksum_file(&f, size, o, 1 << 20, &stop, || {}).unwrap();
+        let got = checksum_volume(&raw(&f), size, o, 1 << 20, &stop, || {}).unwrap();
         let mut want = BlockHash::new(o);
         for _ in 0..size / DEFAULT_BLOCK_SIZE {
             want.zero(DEFAULT_BLOCK_SIZE);
@@ -534,7 +536,7 @@ mod tests {
         assert_eq!(got, want.hexdigest());
         // Data in one block: that block is read, and here cannot be.
         f.write_all_at(b"x", 5 << 30).unwrap();
-        let e = checksum_file(&f, size, o, 1 << 20, &stop, || {}).unwrap_err();
+        let e = checksum_volume(&raw(&f), size, o, 1 << 20, &stop, || {}).unwrap_err();
         assert!(
             e.to_string().contains(&format!("offset {}", 5u64 << 30)),
             "{e}"
@@ -569,13 +571,13 @@ mod tests {
         ] {
             let o = opts(alg, bs);
             let mut blocks = 0;
-            let got = checksum_file(&f, size, o, buffer, &stop, || blocks += 1).unwrap();
+            let got = checksum_volume(&raw(&f), size, o, buffer, &stop, || blocks += 1).unwrap();
             assert_eq!(got, reference(&content, o), "{alg:?} {bs}");
             assert_eq!(blocks, size.div_ceil(bs), "{alg:?} {bs}");
         }
         assert_eq!(
-            checksum_file(
-                &f,
+            checksum_volume(
+                &raw(&f),
                 0,
                 opts(Algorithm::Sha1, MIN_BLOCK_SIZE),
                 4096,
@@ -586,8 +588,8 @@ mod tests {
             reference(&[], opts(Algorithm::Sha1, MIN_BLOCK_SIZE))
         );
         stop.store(true, Ordering::Relaxed);
-        let e = checksum_file(
-            &f,
+        let e = checksum_volume(
+            &raw(&f),
             size,
             opts(Algorithm::Sha1, MIN_BLOCK_SIZE),
             4096,

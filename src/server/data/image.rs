@@ -1,21 +1,23 @@
-//! `image` tickets: ovirt-imageio's ranged reads and writes on a raw file.
+//! `image` tickets: ovirt-imageio's ranged reads and writes on a volume —
+//! a raw file's bytes, or the guest view of a qcow2 image, as imageio's
+//! nbd backend serves one. Everything below HTTP is the volume layer's
+//! ([`crate::volume`]); this module parses requests and shapes answers.
 //!
-//! * `GET` — the whole file (200) or one `Range` (206, `Content-Range`),
+//! * `GET` — the whole volume (200) or one `Range` (206, `Content-Range`),
 //!   416 with `Content-Range: bytes */size` when the range is outside.
 //! * `PUT` — the body at the `Content-Range` start (or 0); Content-Length
-//!   or chunked; `?flush=n` skips the fdatasync; 200.
+//!   or chunked; `?flush=n` skips the flush; 200.
 //! * `PATCH` — `{"op": "zero", "offset", "size", "flush"}` or
 //!   `{"op": "flush"}`; 200.
-//! * `GET …/extents?context=zero` — data and hole extents from
-//!   `SEEK_DATA`/`SEEK_HOLE`.
+//! * `GET …/extents?context=zero` — the allocation map as imageio's
+//!   `{start, length, zero, hole}` list.
 //!
-//! File I/O runs on the blocking pool; request bodies and responses move
+//! Volume I/O runs on the blocking pool; request bodies and responses move
 //! through channels of `queue_depth` buffers, so memory per request is
-//! bounded whatever its length.
+//! bounded whatever its length. Requests on one file share one open
+//! volume ([`Registry`]).
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,18 +30,27 @@ use tokio::sync::mpsc;
 
 use super::checksum::{self, Options};
 use super::{Meter, blocking};
-use crate::codec::map::RangeKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::roots::AllowedRoots;
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
 use crate::server::metrics::Op;
 use crate::server::range::{self, ByteRange, RangeError};
-use crate::sink::direct::DirectWriter;
-use crate::ticket::TicketHandle;
+use crate::ticket::{Op as TicketOp, TicketHandle};
+use crate::volume::{
+    Extent as VolumeExtent, Extents, Flush, OpenOptions, ReadAt, Registry, Size, Volume, Zero,
+};
 
 /// Largest `PATCH` message.
 const MAX_PATCH_BODY: usize = 4096;
+
+/// What an `image` request needs besides the ticket: where volumes may be
+/// opened and the volumes already open.
+#[derive(Debug, Clone)]
+pub(super) struct Volumes {
+    pub(super) roots: AllowedRoots,
+    pub(super) registry: Arc<Registry>,
+}
 
 fn volume_path(t: &TicketHandle) -> Result<PathBuf> {
     t.path().map(Path::to_path_buf).ok_or_else(|| {
@@ -54,31 +65,26 @@ fn idle(t: &TicketHandle) -> Duration {
     Duration::from_secs(t.inactivity_timeout())
 }
 
-/// Opens the ticket's volume beneath its storage root (the path is the
-/// canonical one the ticket was accepted with; a symbolic link anywhere on
-/// it now is refused, never followed). A write ticket whose file does not
-/// exist yet creates it, sized to the ticket's `size`.
-fn open_volume(roots: &AllowedRoots, path: &Path, write: bool, size: Option<u64>) -> Result<File> {
-    use rustix::fs::OFlags;
-    if !write {
-        return roots.open(path, OFlags::RDONLY, 0);
+impl Volumes {
+    /// Opens the ticket's volume beneath its storage root (the path is the
+    /// canonical one the ticket was accepted with; a symbolic link anywhere
+    /// on it now is refused, never followed), in the format the ticket was
+    /// accepted with, sharing the volume other requests have open. A
+    /// write ticket opens it for writing even to read it, so that its
+    /// readers and writers share one qcow2 image's caches; with `create`,
+    /// a raw volume that does not exist yet is created, sized to the
+    /// ticket's `size`.
+    async fn open(&self, t: &TicketHandle, create: bool) -> Result<Arc<Volume>> {
+        let path = volume_path(t)?;
+        let write = t.ops().contains(&TicketOp::Write);
+        let opts = OpenOptions {
+            format: t.format(),
+            write,
+            create: if write && create { t.size() } else { None },
+        };
+        let this = self.clone();
+        blocking::run(move || this.registry.open(&this.roots, &path, &opts)).await
     }
-    match roots.open(path, OFlags::RDWR, 0) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let f = roots.open(path, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, 0o660)?;
-            if let Some(s) = size {
-                f.set_len(s).map_err(|e| Error::from(e).at_path(path))?;
-            }
-            Ok(f)
-        }
-        r => r,
-    }
-}
-
-fn file_size(f: &File, path: &Path) -> Result<u64> {
-    Ok(f.metadata()
-        .map_err(|e| Error::from(e).at_path(path))?
-        .len())
 }
 
 /// The response for a bad `Range`/`Content-Range`/query: 416 with
@@ -104,16 +110,14 @@ fn unsatisfiable(size: u64, msg: &str) -> Response {
 pub(super) async fn get(
     t: TicketHandle,
     req: Request,
-    roots: AllowedRoots,
+    volumes: &Volumes,
     cfg: &DataConfig,
     meter: &mut Meter,
 ) -> Result<Response> {
     let transfer = meter.start(Op::Read);
-    let path = volume_path(&t)?;
     let (parts, _) = req.into_parts();
-    let p = path.clone();
-    let file = blocking::run(move || open_volume(&roots, &p, false, None)).await?;
-    let size = file_size(&file, &path)?;
+    let volume = volumes.open(&t, false).await?;
+    let size = volume.size();
     let (code, range) = match h::header(&parts, RANGE) {
         Some(v) => match range::parse_range(v, size) {
             Ok(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
@@ -141,10 +145,10 @@ pub(super) async fn get(
             }
             let n = (end - off).min(chunk as u64) as usize;
             let mut buf = BytesMut::zeroed(n);
-            if let Err(e) = file.read_exact_at(&mut buf, off) {
-                tracing::warn!(offset = off, error = %e, "read failed");
-                producer.fail_kind(ErrorKind::Io);
-                let _ = tx.blocking_send(Err(e));
+            if let Err(e) = volume.read_at(off, &mut buf) {
+                tracing::warn!(offset = off, error = %e.one_line(), "read failed");
+                producer.fail_kind(e.kind());
+                let _ = tx.blocking_send(Err(io::Error::other(e.one_line())));
                 return;
             }
             if tx.blocking_send(Ok(buf.freeze())).is_err() {
@@ -176,12 +180,11 @@ pub(super) async fn get(
 pub(super) async fn put(
     t: TicketHandle,
     req: Request,
-    roots: AllowedRoots,
+    volumes: &Volumes,
     cfg: &DataConfig,
     meter: &mut Meter,
 ) -> Result<Response> {
     let received = meter.start(Op::Write).counter();
-    let path = volume_path(&t)?;
     let (parts, body) = req.into_parts();
     let query = match range::parse_query(parts.uri.query()) {
         Ok(q) => q,
@@ -218,10 +221,8 @@ pub(super) async fn put(
         }
         None => 0,
     };
-    let p = path.clone();
-    let size_hint = t.size();
-    let file = Arc::new(blocking::run(move || open_volume(&roots, &p, true, size_hint)).await?);
-    let size = file_size(&file, &path)?;
+    let volume = volumes.open(&t, true).await?;
+    let size = volume.size();
     if let Some(len) = length
         && offset.checked_add(len).is_none_or(|end| end > size)
     {
@@ -233,19 +234,13 @@ pub(super) async fn put(
             ),
         ));
     }
-    // The writer thread: whole blocks with O_DIRECT where the file system
-    // allows it, the rest through the page cache; fdatasync at the end.
+    // The writer thread: whole blocks (O_DIRECT on a raw file where the
+    // file system allows it) or whole clusters; the flush comes after.
     let (tx, mut rx) = mpsc::channel::<Batch>(cfg.queue_depth);
-    let f = file.clone();
-    let wpath = path.clone();
+    let v = volume.clone();
     let chunk = cfg.buffer_size;
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let mut w = DirectWriter::new(&f, offset, chunk);
-        let fail = |e: io::Error| {
-            Error::from(e)
-                .at_path(&wpath)
-                .with_message(format!("write at offset {offset} failed"))
-        };
+        let mut w = v.stream_writer(offset, chunk)?;
         // Bytes count once the file has them, not while the writer
         // holds them for an aligned block.
         let mut counted = offset;
@@ -257,11 +252,11 @@ pub(super) async fn put(
         };
         while let Some(batch) = rx.blocking_recv() {
             for b in batch.into_pieces() {
-                w.write(&b).map_err(fail)?;
+                w.write(&b)?;
                 count(w.written_through());
             }
         }
-        let end = w.finish().map_err(fail)?;
+        let end = w.finish()?;
         count(end);
         Ok(end - offset)
     });
@@ -306,11 +301,15 @@ pub(super) async fn put(
         }
         None => {}
     }
-    if flush {
-        let f = file.clone();
-        let p = path.clone();
-        blocking::run(move || f.sync_data().map_err(|e| Error::from(e).at_path(&p))).await?;
-    }
+    blocking::run(move || {
+        if flush {
+            volume.flush()?;
+        }
+        // The last request on a volume closes it here, off the runtime.
+        drop(volume);
+        Ok(())
+    })
+    .await?;
     tracing::debug!(offset, written, flush, "write done");
     Ok(h::status(StatusCode::OK))
 }
@@ -331,11 +330,9 @@ enum PatchOp {
 pub(super) async fn patch(
     t: TicketHandle,
     req: Request,
-    roots: AllowedRoots,
-    cfg: &DataConfig,
+    volumes: &Volumes,
     meter: &mut Meter,
 ) -> Result<Response> {
-    let path = volume_path(&t)?;
     let (_, body) = req.into_parts();
     let idle = idle(&t);
     let body = h::read_small_body(
@@ -358,16 +355,12 @@ pub(super) async fn patch(
         PatchOp::Zero { .. } => Op::Zero,
         PatchOp::Flush => Op::Flush,
     });
-    let p = path.clone();
-    let size_hint = t.size();
-    let file = blocking::run(move || open_volume(&roots, &p, true, size_hint)).await?;
-    let size = file_size(&file, &path)?;
+    let volume = volumes.open(&t, true).await?;
+    let size = volume.size();
     let sparse = t.sparse();
-    let chunk = cfg.buffer_size;
     match op {
         PatchOp::Flush => {
-            blocking::run(move || file.sync_data().map_err(|e| Error::from(e).at_path(&path)))
-                .await?;
+            blocking::run(move || volume.flush()).await?;
         }
         PatchOp::Zero {
             offset,
@@ -383,14 +376,9 @@ pub(super) async fn patch(
                 ));
             }
             blocking::run(move || {
-                zero_range(&file, offset, len, sparse, chunk).map_err(|e| {
-                    Error::from(e)
-                        .at_path(&path)
-                        .with_message(format!("zeroing at offset {offset} failed"))
-                })?;
+                volume.zero(offset, len, sparse)?;
                 if flush {
-                    file.sync_data()
-                        .map_err(|e| Error::from(e).at_path(&path))?;
+                    volume.flush()?;
                 }
                 Ok(())
             })
@@ -407,10 +395,9 @@ pub(super) async fn patch(
 pub(super) async fn checksum(
     t: TicketHandle,
     req: Request,
-    roots: AllowedRoots,
+    volumes: &Volumes,
     cfg: &DataConfig,
 ) -> Result<Response> {
-    let path = volume_path(&t)?;
     let q = match range::parse_query(req.uri().query()) {
         Ok(q) => q,
         Err(e) => return Ok(range_error(e)),
@@ -418,11 +405,9 @@ pub(super) async fn checksum(
     let opts = Options::parse(q.algorithm.as_deref(), q.block_size.as_deref())?;
     let buffer = cfg.buffer_size;
     let cancel = t.progress().cancel_flag();
+    let volume = volumes.open(&t, false).await?;
     let sum = blocking::run(move || {
-        let file = open_volume(&roots, &path, false, None)?;
-        let size = file_size(&file, &path)?;
-        checksum::checksum_file(&file, size, opts, buffer, &cancel, || t.touch())
-            .map_err(|e| e.at_path(&path))
+        checksum::checksum_volume(&*volume, volume.size(), opts, buffer, &cancel, || t.touch())
     })
     .await?;
     tracing::debug!(
@@ -440,35 +425,6 @@ pub(super) async fn checksum(
     ))
 }
 
-/// Zeroes `[offset, offset+len)`: punches a hole on a sparse ticket,
-/// else asks for allocated zeroes; writes zeroes where the file system
-/// supports neither.
-fn zero_range(f: &File, offset: u64, len: u64, sparse: bool, chunk: usize) -> io::Result<()> {
-    use rustix::fs::FallocateFlags as F;
-    if len == 0 {
-        return Ok(());
-    }
-    let mode = if sparse {
-        F::PUNCH_HOLE | F::KEEP_SIZE
-    } else {
-        F::ZERO_RANGE | F::KEEP_SIZE
-    };
-    match rustix::fs::fallocate(f, mode, offset, len) {
-        Ok(()) => return Ok(()),
-        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let zeros = vec![0u8; chunk.min(len as usize).max(1)];
-    let mut off = offset;
-    let end = offset + len;
-    while off < end {
-        let n = (end - off).min(zeros.len() as u64) as usize;
-        f.write_all_at(&zeros[..n], off)?;
-        off += n as u64;
-    }
-    Ok(())
-}
-
 /// One extent as ovirt-imageio reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Extent {
@@ -479,12 +435,7 @@ pub(crate) struct Extent {
 }
 
 /// `GET /images/{ticket}/extents?context=zero`.
-pub(super) async fn extents(
-    t: TicketHandle,
-    req: Request,
-    roots: AllowedRoots,
-) -> Result<Response> {
-    let path = volume_path(&t)?;
+pub(super) async fn extents(t: TicketHandle, req: Request, volumes: &Volumes) -> Result<Response> {
     let q = match range::parse_query(req.uri().query()) {
         Ok(q) => q,
         Err(e) => return Ok(range_error(e)),
@@ -498,49 +449,34 @@ pub(super) async fn extents(
             ));
         }
     }
-    let list = blocking::run(move || {
-        let file = open_volume(&roots, &path, false, None)?;
-        let size = file_size(&file, &path)?;
-        zero_extents(&file, size, &path)
-    })
-    .await?;
+    let volume = volumes.open(&t, false).await?;
+    let list = blocking::run(move || Ok(zero_extents(&volume.extents(0, volume.size())?))).await?;
     t.touch();
     Ok(h::json(StatusCode::OK, &list))
 }
 
-/// Data and hole extents of `file`, adjacent ones of a kind merged.
-pub(crate) fn zero_extents(file: &File, size: u64, path: &Path) -> Result<Vec<Extent>> {
-    let map = crate::source::volume::data_ranges(file, size, path)?;
+/// The allocation map as imageio's nbd backend reports it: whatever does
+/// not hold data reads as zeros and is a hole (qemu-nbd's `NBD_STATE_HOLE`
+/// is "not data"), adjacent extents of a kind merged.
+pub(crate) fn zero_extents(map: &[VolumeExtent]) -> Vec<Extent> {
     let mut out: Vec<Extent> = Vec::new();
-    let mut pos = 0u64;
-    let mut push = |start: u64, length: u64, zero: bool| {
-        if length == 0 {
-            return;
-        }
+    for e in map {
+        let zero = e.kind.reads_zero();
         if let Some(last) = out.last_mut()
             && last.zero == zero
-            && last.start + last.length == start
+            && last.start + last.length == e.start
         {
-            last.length += length;
-            return;
+            last.length += e.len;
+            continue;
         }
         out.push(Extent {
-            start,
-            length,
+            start: e.start,
+            length: e.len,
             zero,
             hole: zero,
         });
-    };
-    for r in map.ranges() {
-        if r.kind != RangeKind::Data {
-            continue;
-        }
-        push(pos, r.offset - pos, true);
-        push(r.offset, r.len, false);
-        pos = r.offset + r.len;
     }
-    push(pos, size - pos, true);
-    Ok(out)
+    out
 }
 
 /// `Content-Disposition` for a download named `filename`.
@@ -570,58 +506,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn extents_of_a_sparse_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("v.raw");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
-        let mib = 1u64 << 20;
-        f.set_len(8 * mib).unwrap();
-        f.write_all_at(&vec![1u8; mib as usize], 2 * mib).unwrap();
-        let list = zero_extents(&f, 8 * mib, &p).unwrap();
-        // Either the file system reports holes (three extents) or it does
-        // not (one data extent); both cover the file without gaps.
-        let mut pos = 0;
-        for e in &list {
-            assert_eq!(e.start, pos);
-            assert_eq!(e.zero, e.hole);
-            pos += e.length;
-        }
-        assert_eq!(pos, 8 * mib);
-        if list.len() > 1 {
-            assert!(
-                list.iter()
-                    .any(|e| !e.zero && e.start <= 2 * mib && e.start + e.length >= 3 * mib)
-            );
-            assert!(list[0].zero);
-        }
-        assert!(zero_extents(&f, 0, &p).unwrap().is_empty());
-    }
-
-    #[test]
-    fn zero_range_zeroes_and_keeps_the_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("v.raw");
-        std::fs::write(&p, vec![7u8; 10_000]).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
-        zero_range(&f, 100, 5000, true, 4096).unwrap();
-        zero_range(&f, 6000, 100, false, 4096).unwrap();
-        let got = std::fs::read(&p).unwrap();
-        assert_eq!(got.len(), 10_000);
-        assert!(got[100..5100].iter().all(|&b| b == 0));
-        assert!(got[6000..6100].iter().all(|&b| b == 0));
-        assert_eq!(got[99], 7);
-        assert_eq!(got[5100], 7);
-        assert_eq!(got[6100], 7);
+    fn extents_in_imageio_form() {
+        use crate::volume::ExtentKind::{Data, Hole, Zero};
+        let e = |start, len, kind| VolumeExtent { start, len, kind };
+        let list = zero_extents(&[
+            e(0, 10, Hole),
+            e(10, 5, Zero),
+            e(15, 7, Data),
+            e(22, 1, Hole),
+        ]);
+        let x = |start, length, zero| Extent {
+            start,
+            length,
+            zero,
+            hole: zero,
+        };
+        assert_eq!(list, vec![x(0, 15, true), x(15, 7, false), x(22, 1, true)]);
+        assert!(zero_extents(&[]).is_empty());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The data API (`/images/{ticket}`), compatible with ovirt-imageio's:
 //! every request names a ticket, which decides what it may do and on
 //! which volume. `image` tickets get imageio's ranged reads and writes on
-//! a raw file ([`image`]); OVA tickets stream a whole package in or out
-//! ([`ova`]).
+//! a raw file or a qcow2 image's guest view ([`image`]); OVA tickets
+//! stream a whole package in or out ([`ova`]).
 
 mod blocking;
 pub mod checksum;
@@ -24,6 +24,7 @@ use super::http::{self as h, Request, Response};
 use super::metrics::{self, Metrics, Transfer};
 use crate::error::{ErrorKind, Result};
 use crate::ticket::{Op, TicketHandle, TicketKind, TicketStore, TicketWatch};
+use crate::volume::Registry;
 
 /// What `OPTIONS` advertises for writers and readers at once per ticket.
 pub const MAX_READERS: u32 = 8;
@@ -38,6 +39,8 @@ pub struct DataApi {
     /// OVA tickets with an upload or download in progress: one at a time.
     busy: Arc<Mutex<HashSet<String>>>,
     metrics: Arc<Metrics>,
+    /// The volumes `image` requests have open, one per file.
+    volumes: Arc<Registry>,
 }
 
 /// Which resource under `/images/{ticket}`.
@@ -99,6 +102,7 @@ impl DataApi {
             cfg,
             busy: Arc::new(Mutex::new(HashSet::new())),
             metrics,
+            volumes: Arc::new(Registry::new()),
         }
     }
 
@@ -228,27 +232,32 @@ impl DataApi {
             transfer: None,
         };
         let roots = self.store.roots().clone();
+        let volumes = image::Volumes {
+            roots: roots.clone(),
+            registry: self.volumes.clone(),
+        };
+        let vols = &volumes;
         let cfg = &self.cfg;
         let m = &mut meter;
         let r: Result<Response> = match (kind, method, res) {
             (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
             (TicketKind::Image, Method::GET, Resource::Image) => {
-                image::get(ticket, req, roots, cfg, m).await
+                image::get(ticket, req, vols, cfg, m).await
             }
             (TicketKind::Image, Method::GET, Resource::Extents) => {
-                image::extents(ticket, req, roots).await
+                image::extents(ticket, req, vols).await
             }
             (TicketKind::Image, Method::GET, Resource::Checksum) => {
-                image::checksum(ticket, req, roots, cfg).await
+                image::checksum(ticket, req, vols, cfg).await
             }
             (TicketKind::OvaExport, Method::GET, Resource::Checksum) => {
                 ova::checksum(&ticket, &req)
             }
             (TicketKind::Image, Method::PUT, Resource::Image) => {
-                image::put(ticket, req, roots, cfg, m).await
+                image::put(ticket, req, vols, cfg, m).await
             }
             (TicketKind::Image, Method::PATCH, Resource::Image) => {
-                image::patch(ticket, req, roots, cfg, m).await
+                image::patch(ticket, req, vols, m).await
             }
             (TicketKind::OvaImport, Method::PUT, Resource::Image) => {
                 match self.claim(ticket.id()) {

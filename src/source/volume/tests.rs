@@ -7,6 +7,7 @@ use std::process::Command;
 
 use super::*;
 use crate::codec::map::MapRange;
+use crate::error::ErrorKind;
 
 const MIB: u64 = 1 << 20;
 
@@ -214,7 +215,7 @@ fn make_qcow2(dir: &Path) -> PathBuf {
 fn qcow2_map_and_reads_match_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let q = make_qcow2(dir.path());
-    let mut v = SourceVolume::open(&q, None, &roots(dir.path())).unwrap();
+    let mut v = SourceVolume::open(&q, Some(VolumeFormat::Qcow2), &roots(dir.path())).unwrap();
     assert_eq!(v.format(), VolumeFormat::Qcow2);
     assert_eq!(v.capacity(), 16 * MIB);
     let map = v.allocation_map(false).unwrap();
@@ -283,7 +284,18 @@ fn qcow2_backing_chain_reads_the_merged_view() {
     run("qemu-io", &["-c", "write -P 0x22 1088k 64k", p(&top)]);
     run("qemu-io", &["-c", "write -P 0x33 18M 4k", p(&top)]);
 
-    let mut v = SourceVolume::open(&top, None, &roots(dir.path())).unwrap();
+    // Probed under roots, a backing chain is not followed: the header
+    // could be a raw volume's guest data. Without roots (the command
+    // line naming its own files) or stated, it is.
+    let e = SourceVolume::open(&top, None, &roots(dir.path())).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidFormat, "{}", e.one_line());
+    assert!(
+        e.one_line().contains("probed, not stated"),
+        "{}",
+        e.one_line()
+    );
+    SourceVolume::open(&top, None, &AllowedRoots::any()).unwrap();
+    let mut v = SourceVolume::open(&top, Some(VolumeFormat::Qcow2), &roots(dir.path())).unwrap();
     assert_eq!(v.capacity(), 20 * MIB);
     let map = v.allocation_map(false).unwrap();
     assert_eq!(data_of(&map), qemu_data_ranges(&top));
@@ -314,7 +326,7 @@ fn qcow2_over_sparse_raw_base_leaves_its_holes_out() {
         ],
     );
     run("qemu-io", &["-c", "write -P 0x44 0 64k", p(&top)]);
-    let mut v = SourceVolume::open(&top, None, &roots(dir.path())).unwrap();
+    let mut v = SourceVolume::open(&top, Some(VolumeFormat::Qcow2), &roots(dir.path())).unwrap();
     let map = v.allocation_map(false).unwrap();
     assert_eq!(data_of(&map), vec![(0, ZERO_CLUSTER), (2 * MIB, 8192)]);
     assert_eq!(read_all(&mut v), qemu_raw(&top, dir.path()));
@@ -343,11 +355,11 @@ fn backing_file_outside_roots_is_refused_by_name() {
             p(&top),
         ],
     );
-    let e = SourceVolume::open(&top, None, &roots(&inside)).unwrap_err();
+    let e = SourceVolume::open(&top, Some(VolumeFormat::Qcow2), &roots(&inside)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.one_line().contains("secret.qcow2"), "{}", e.one_line());
     // With the whole tree allowed it opens.
-    SourceVolume::open(&top, None, &roots(dir.path())).unwrap();
+    SourceVolume::open(&top, Some(VolumeFormat::Qcow2), &roots(dir.path())).unwrap();
     // The top image itself outside the roots.
     let e = SourceVolume::open(&base, None, &roots(&inside)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
@@ -368,7 +380,7 @@ fn backing_loop_is_an_error() {
         "qemu-img",
         &["rebase", "-u", "-b", p(&a), "-F", "qcow2", p(&b)],
     );
-    let e = SourceVolume::open(&a, None, &roots(dir.path())).unwrap_err();
+    let e = SourceVolume::open(&a, Some(VolumeFormat::Qcow2), &roots(dir.path())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CorruptImage, "{e:?}");
     assert!(e.one_line().contains("b.qcow2"), "{}", e.one_line());
     assert!(e.one_line().contains("loop"), "{}", e.one_line());
@@ -396,7 +408,7 @@ fn backing_chain_too_long_is_refused() {
         );
         prev = next;
     }
-    let e = SourceVolume::open(&prev, None, &roots(dir.path())).unwrap_err();
+    let e = SourceVolume::open(&prev, Some(VolumeFormat::Qcow2), &roots(dir.path())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::LimitExceeded);
 }
 
@@ -420,7 +432,7 @@ fn missing_backing_file_is_not_found_by_name() {
         ],
     );
     std::fs::remove_file(&base).unwrap();
-    let e = SourceVolume::open(&top, None, &roots(dir.path())).unwrap_err();
+    let e = SourceVolume::open(&top, Some(VolumeFormat::Qcow2), &roots(dir.path())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.one_line().contains("gone.qcow2"), "{}", e.one_line());
 }

@@ -64,6 +64,11 @@ impl<'a> DirectWriter<'a> {
         self.pos - self.fill as u64
     }
 
+    /// The file offset of the next byte.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
     /// Whether whole blocks bypass the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()

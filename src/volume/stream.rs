@@ -1,0 +1,142 @@
+//! Consecutive writes into a volume, as an upload's body arrives: the
+//! pieces are gathered so that the volume sees whole blocks — aligned
+//! `O_DIRECT` blocks on a raw file ([`DirectWriter`]), whole clusters on a
+//! qcow2 image (a partial cluster not yet allocated costs a copy of the
+//! rest of it from below).
+
+use super::direct::DirectWriter;
+use super::{Volume, VolumeError, WriteAt, check_bounds, io_at};
+use crate::error::Result;
+
+/// Writes consecutive bytes from an offset on; see the module docs.
+#[derive(Debug)]
+#[must_use = "call finish() to write what is buffered"]
+pub struct StreamWriter<'a> {
+    volume: &'a Volume,
+    inner: Inner<'a>,
+}
+
+#[derive(Debug)]
+enum Inner<'a> {
+    Direct(DirectWriter<'a>),
+    Clusters {
+        /// Guest offset of `buf[0]`.
+        start: u64,
+        buf: Vec<u8>,
+        /// Clusters are written once this many bytes are gathered.
+        capacity: usize,
+        /// The cluster size.
+        align: u64,
+    },
+}
+
+impl<'a> StreamWriter<'a> {
+    /// A writer at `offset` of `volume` with a buffer of about `buffer`
+    /// bytes.
+    pub(super) fn new(volume: &'a Volume, offset: u64, buffer: usize) -> Result<Self> {
+        check_bounds("write", offset, 0, volume_size(volume))?;
+        let inner = match volume {
+            Volume::Raw(r) => {
+                if !r.is_writable() {
+                    return Err(VolumeError::ReadOnly {
+                        path: r.path().to_path_buf(),
+                    }
+                    .into());
+                }
+                Inner::Direct(DirectWriter::new(r.file(), offset, buffer))
+            }
+            Volume::Qcow2(q) => {
+                q.check_writable()?;
+                let align = q.cluster_size().max(1);
+                let capacity = (buffer as u64).max(align).div_ceil(align) * align;
+                Inner::Clusters {
+                    start: offset,
+                    buf: Vec::new(),
+                    capacity: capacity as usize,
+                    align,
+                }
+            }
+        };
+        Ok(StreamWriter { volume, inner })
+    }
+
+    /// The guest offset up to which every byte given has reached the
+    /// volume (the rest waits in the buffer).
+    pub fn written_through(&self) -> u64 {
+        match &self.inner {
+            Inner::Direct(w) => w.written_through(),
+            Inner::Clusters { start, .. } => *start,
+        }
+    }
+
+    /// The guest offset of the next byte.
+    fn position(&self) -> u64 {
+        match &self.inner {
+            Inner::Direct(w) => w.position(),
+            Inner::Clusters { start, buf, .. } => start + buf.len() as u64,
+        }
+    }
+
+    /// Appends `data`; it must fit inside the volume.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let pos = self.position();
+        check_bounds("write", pos, data.len() as u64, volume_size(self.volume))?;
+        let volume = self.volume;
+        match &mut self.inner {
+            Inner::Direct(w) => w.write(data).map_err(|e| {
+                io_at(
+                    e,
+                    volume.path(),
+                    &format!("write of {} bytes at offset {pos} failed", data.len()),
+                )
+            }),
+            Inner::Clusters {
+                start,
+                buf,
+                capacity,
+                align,
+            } => {
+                let mut data = data;
+                while !data.is_empty() {
+                    let n = (*capacity - buf.len()).min(data.len());
+                    buf.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if buf.len() == *capacity {
+                        // Up to the last cluster boundary; the rest waits.
+                        let end = *start + buf.len() as u64;
+                        let cut = end / *align * *align;
+                        let n = if cut > *start {
+                            (cut - *start) as usize
+                        } else {
+                            buf.len()
+                        };
+                        volume.write_at(*start, &buf[..n])?;
+                        buf.drain(..n);
+                        *start += n as u64;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes what is buffered. Returns the offset after the last byte.
+    pub fn finish(self) -> Result<u64> {
+        let volume = self.volume;
+        match self.inner {
+            Inner::Direct(w) => w
+                .finish()
+                .map_err(|e| io_at(e, volume.path(), "write failed")),
+            Inner::Clusters { start, buf, .. } => {
+                if !buf.is_empty() {
+                    volume.write_at(start, &buf)?;
+                }
+                Ok(start + buf.len() as u64)
+            }
+        }
+    }
+}
+
+fn volume_size(v: &Volume) -> u64 {
+    super::Size::size(v)
+}
