@@ -39,6 +39,10 @@ pub enum ErrorKind {
     /// The request does not fit the state of what it addresses: a ticket
     /// whose transfer has ended takes no further upload (HTTP 409).
     Conflict,
+    /// A bug in ovaio: a worker thread that panicked, a state the code
+    /// rules out. Not the input's fault nor the system's (HTTP 500,
+    /// exit 70).
+    Internal,
 }
 
 impl ErrorKind {
@@ -51,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Integrity => 5,
             ErrorKind::Unsupported => 6,
             ErrorKind::Cancelled => 130,
+            ErrorKind::Internal => 70,
             _ => 1,
         }
     }
@@ -320,6 +325,16 @@ impl std::error::Error for Error {
     }
 }
 
+impl Error {
+    /// A bug: a state the code rules out, or a worker that panicked.
+    pub fn internal(msg: impl Into<String>) -> Error {
+        Error::new(
+            ErrorKind::Internal,
+            format!("internal error: {}", msg.into()),
+        )
+    }
+}
+
 impl<E> From<E> for Error
 where
     E: Classify + std::error::Error + Send + Sync + 'static,
@@ -345,6 +360,21 @@ impl Classify for std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bug_is_internal_not_io() {
+        let e = Error::internal("the digest thread panicked");
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert_eq!(e.kind().exit_code(), 70);
+        assert!(
+            e.one_line()
+                .contains("internal error: the digest thread panicked")
+        );
+        assert_eq!(
+            crate::server::http::status_for(ErrorKind::Internal),
+            hyper::StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 
     #[test]
     fn offsets_in_a_chunked_file_are_placed_in_its_chunk() {

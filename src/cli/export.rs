@@ -9,15 +9,13 @@ use clap::Args;
 
 use crate::cli::progress::Bar;
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::{DiskFormat, ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::{Existing, PartialFile};
 use crate::source::volume::{AllowedRoots, VolumeFormat};
-
-/// Output buffer: large sequential writes.
-const OUT_BUFFER: usize = 1 << 20;
 
 /// Arguments of `ovaio export`.
 #[derive(Debug, Args)]
@@ -238,7 +236,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     let summary = match partial {
         None => {
             let stdout = std::io::stdout();
-            let mut w = BufWriter::with_capacity(OUT_BUFFER, stdout.lock());
+            let mut w = BufWriter::with_capacity(limits::EXPORT_OUT_BUFFER, stdout.lock());
             let s = plan.write_to(&mut w, progress.clone())?;
             w.flush()
                 .map_err(|e| Error::from(e).with_message("writing to stdout"))?;
@@ -247,8 +245,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         Some((partial, file)) => plan.write_partial(partial, file, progress.clone())?,
     };
     drop(bar);
-    let json =
-        serde_json::to_string(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+    let json = serde_json::to_string(&summary).map_err(|e| Error::internal(e.to_string()))?;
     if a.json {
         if to_stdout {
             // Standard output carries the package.

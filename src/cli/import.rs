@@ -118,8 +118,7 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
     })?;
     drop(bar);
     if a.json {
-        let mut v =
-            serde_json::to_value(&summary).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        let mut v = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;
         v["source"] = serde_json::Value::String(a.source.clone());
         outln!("{v}")?;
     } else {

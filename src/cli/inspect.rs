@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::names::printable as p;
 use crate::pipeline::inspect::{InspectReport, Mode, inspect};
 use crate::source;
@@ -37,8 +37,8 @@ pub(crate) fn run(a: InspectArgs) -> Result<()> {
     };
     let report = inspect(src.reader.as_mut(), mode).map_err(at_path)?;
     if a.json {
-        let s = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        let s =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::internal(e.to_string()))?;
         outln!("{s}")?;
     } else {
         print_table(&report)?;

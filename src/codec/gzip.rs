@@ -11,10 +11,7 @@ use crate::codec::probe::PROBE_LEN;
 use crate::codec::select::Decoder;
 use crate::codec::{DiskDecoder, ExtentSink};
 use crate::error::{Classify, ErrorKind, Result};
-
-/// Compressed input is fed to the inflater in slices this large, which
-/// bounds the inflated bytes held at once (deflate expands at most ~1032×).
-const INPUT_SLICE: usize = 8 << 10;
+use crate::limits;
 
 /// Errors of the gzip layer.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -81,7 +78,7 @@ impl GzipDecoder {
     /// Inflates into `inner`, failing once more than `cap` bytes come out.
     pub fn new(inner: Decoder, cap: u64) -> Self {
         GzipDecoder {
-            inflater: MultiGzDecoder::new(Vec::with_capacity(64 << 10)),
+            inflater: MultiGzDecoder::new(Vec::with_capacity(limits::GZIP_OUTPUT_BUFFER)),
             inner,
             cap,
             consumed: 0,
@@ -126,7 +123,7 @@ impl GzipDecoder {
 
 impl DiskDecoder for GzipDecoder {
     fn feed(&mut self, input: &[u8], out: &mut dyn ExtentSink) -> Result<()> {
-        for slice in input.chunks(INPUT_SLICE) {
+        for slice in input.chunks(limits::GZIP_INPUT_SLICE) {
             let mut rest = slice;
             while !rest.is_empty() {
                 let n = match self.inflater.write(rest) {

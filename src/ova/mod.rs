@@ -7,6 +7,7 @@ pub mod digest;
 pub mod layout;
 pub mod manifest;
 pub mod ovf;
+pub mod role;
 pub mod unpack;
 pub mod writer;
 pub mod zip;

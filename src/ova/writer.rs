@@ -161,7 +161,7 @@ impl Classify for TarWriteError {
             TarWriteError::NameTooLong { .. }
             | TarWriteError::SizeTooLarge { .. }
             | TarWriteError::ArchiveTooLarge => ErrorKind::LimitExceeded,
-            TarWriteError::Poisoned { .. } => ErrorKind::Io,
+            TarWriteError::Poisoned { .. } => ErrorKind::Internal,
             _ => ErrorKind::InvalidArgument,
         }
     }

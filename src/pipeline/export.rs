@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::codec::qcow2::encoder::{Qcow2Encoder, Qcow2Layout};
 use crate::codec::vmdk::encoder::{VmdkEncoder, VmdkLayout};
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 use crate::ova::digest::MultiDigest;
 use crate::ova::manifest::{self, Algorithm};
 use crate::ova::ovf;
@@ -36,9 +37,6 @@ use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::PartialFile;
 use crate::source::volume::{AllowedRoots, SourceVolume, VolumeFormat};
-
-/// Bytes copied per read from an encoder.
-const COPY_CHUNK: usize = 1 << 20;
 
 /// One disk to export.
 #[derive(Debug, Clone)]
@@ -419,7 +417,7 @@ impl ExportPlan {
         progress: Arc<Progress>,
     ) -> Result<ExportSummary> {
         let at = |e: Error| e.at_path(partial.partial_path());
-        let mut w = BufWriter::with_capacity(COPY_CHUNK, file);
+        let mut w = BufWriter::with_capacity(limits::EXPORT_COPY_CHUNK, file);
         let s = self.write_to(&mut w, progress.clone()).map_err(at)?;
         let file = w
             .into_inner()
@@ -480,10 +478,8 @@ impl ExportPlan {
                 tar.end_entry()?;
             } else {
                 let Some(d) = disks.next() else {
-                    return Err(
-                        Error::new(ErrorKind::Io, "archive layout lists an unknown entry")
-                            .in_entry(&entry.name),
-                    );
+                    return Err(Error::internal("the archive layout lists an unknown entry")
+                        .in_entry(&entry.name));
                 };
                 let mut algs: Vec<Algorithm> = self.manifest_alg.into_iter().collect();
                 if self.sha256 && !algs.contains(&Algorithm::Sha256) {
@@ -497,8 +493,9 @@ impl ExportPlan {
                         Algorithm::Sha512 => &exported.sha512,
                     };
                     let Some(hex) = hex else {
-                        return Err(Error::new(ErrorKind::Io, "a disk digest is missing")
-                            .in_entry(&exported.href));
+                        return Err(
+                            Error::internal("a disk digest is missing").in_entry(&exported.href)
+                        );
                     };
                     lines.push_str(&format!("{}({})= {hex}\n", alg.name(), exported.href));
                 }
@@ -548,14 +545,14 @@ impl HashThread {
     fn feed(&self, chunk: Bytes) -> Result<()> {
         self.tx
             .send(chunk)
-            .map_err(|_| Error::new(ErrorKind::Io, "the digest thread stopped"))
+            .map_err(|_| Error::internal("the digest thread stopped"))
     }
 
     fn finish(self) -> Result<Vec<(Algorithm, Vec<u8>)>> {
         drop(self.tx);
         self.thread
             .join()
-            .map_err(|_| Error::new(ErrorKind::Io, "the digest thread failed"))
+            .map_err(|_| Error::internal("the digest thread panicked"))
     }
 }
 
@@ -581,7 +578,7 @@ fn write_disk<W: Write>(
     let mut written = 0u64;
     loop {
         progress.check_cancelled()?;
-        buf.resize(COPY_CHUNK, 0);
+        buf.resize(limits::EXPORT_COPY_CHUNK, 0);
         let n = match enc.read(&mut buf[..]) {
             Ok(0) => break,
             Ok(n) => n,

@@ -40,6 +40,7 @@ use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
 use crate::ova::layout::Layout;
 use crate::ova::manifest::{self, Algorithm, Manifest};
 use crate::ova::ovf::{self, Compression, Envelope, chunk_name, split_chunk_name};
+use crate::ova::role::{self, Role as PackageRole, Roles};
 use crate::ova::unpack::{Container, Piece, Unpacker};
 use crate::pipeline::digests::{self, DigestTap};
 use crate::pipeline::package_head::PackageHead;
@@ -47,9 +48,6 @@ use crate::pipeline::progress::Progress;
 use crate::roots::AllowedRoots;
 use crate::sink::partial::{self, Existing};
 use crate::sink::spool::FileSpool;
-
-/// Entries oVirt and others add beside the disks; skipped (but digested).
-const KNOWN_EXTRAS: [&str; 3] = ["tpm.dat", "nvram.dat", "pad"];
 
 /// What offsets inside a deflated zip member count.
 const INFLATED_MEMBER: &str = "inflated zip member";
@@ -173,8 +171,8 @@ pub struct Importer {
     current: Option<Current>,
     ovf: Option<(String, Envelope)>,
     manifests: Vec<(String, Manifest)>,
-    /// Bytes of every manifest entry so far.
-    manifest_bytes: u64,
+    /// What each entry is: descriptor, manifest or other.
+    roles: Roles,
     disks: Vec<DiskState>,
     blanks: Vec<BlankDisk>,
     /// Chunks of each chunked file seen so far, by href.
@@ -210,7 +208,7 @@ impl Importer {
             current: None,
             ovf: None,
             manifests: Vec::new(),
-            manifest_bytes: 0,
+            roles: Roles::new(),
             disks: Vec::new(),
             blanks: Vec::new(),
             runs: BTreeMap::new(),
@@ -438,46 +436,20 @@ impl Importer {
             )));
         }
         self.progress.set_entry(&name);
-        let lower = name.to_ascii_lowercase();
         let mut chunk_start = 0;
+        let named = if extra {
+            PackageRole::Other
+        } else {
+            self.roles
+                .classify(&name, size_known.then_some(h.size))
+                .map_err(|e| at(e.into()))?
+        };
         let role = if extra {
             self.skipped.push(name.clone());
             Role::Skip
-        } else if lower.ends_with(".ovf") {
-            if self.ovf.is_some() {
-                return Err(at(Error::new(
-                    ErrorKind::CorruptImage,
-                    "a second OVF descriptor in the package",
-                )));
-            }
-            if h.size > limits::MAX_OVF_SIZE {
-                return Err(at(Error::new(
-                    ErrorKind::LimitExceeded,
-                    format!(
-                        "OVF descriptor is {} bytes, over the {} byte limit",
-                        h.size,
-                        limits::MAX_OVF_SIZE
-                    ),
-                )));
-            }
+        } else if named == PackageRole::Descriptor {
             Role::Ovf(Vec::with_capacity(h.size as usize))
-        } else if lower.ends_with(".mf") {
-            if h.size > limits::MAX_MANIFEST_SIZE {
-                return Err(at(Error::new(
-                    ErrorKind::LimitExceeded,
-                    "manifest over the size limit",
-                )));
-            }
-            self.manifest_bytes += h.size;
-            if self.manifest_bytes > limits::MAX_MANIFESTS_SIZE {
-                return Err(at(Error::new(
-                    ErrorKind::LimitExceeded,
-                    format!(
-                        "the package's manifests together are over the {} byte limit",
-                        limits::MAX_MANIFESTS_SIZE
-                    ),
-                )));
-            }
+        } else if named == PackageRole::Manifest {
             Role::Manifest(Vec::with_capacity(h.size as usize))
         } else if let Some((href, index)) = chunk {
             chunk_start = self.runs.get(&href).map_or(0, ChunkRun::total);
@@ -586,8 +558,7 @@ impl Importer {
     /// OVF only the mapping can say so; a disk skipped that way is caught
     /// when the import finishes.
     fn is_extra(&self, name: &str) -> bool {
-        let lower = name.to_ascii_lowercase();
-        if !KNOWN_EXTRAS.contains(&name) && !lower.ends_with(".cert") {
+        if !role::is_extra_name(name) {
             return false;
         }
         let ovf_disk = self
@@ -992,9 +963,7 @@ impl Importer {
                 .zip(&keep)
                 .any(|(d, &k)| k && d.href == file.href);
             if !written {
-                let why = if KNOWN_EXTRAS.contains(&file.href.as_str())
-                    || file.href.to_ascii_lowercase().ends_with(".cert")
-                {
+                let why = if role::is_extra_name(&file.href) {
                     "is a disk in the OVF but came before it under a name that is otherwise skipped (padding, TPM or NVRAM state, a certificate); put the OVF first or name the disk with --disk"
                 } else {
                     "is a disk in the OVF but was not written"
@@ -1061,10 +1030,10 @@ impl Importer {
         for b in self.blanks {
             let target_format = b.out.target().format.name();
             let Some((partial, writer)) = b.out.into_opened() else {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!("blank disk '{}' has no target", printable(&b.disk_id)),
-                ));
+                return Err(Error::internal(format!(
+                    "blank disk '{}' has no target",
+                    printable(&b.disk_id)
+                )));
             };
             let capacity = writer.capacity();
             writer

@@ -34,6 +34,7 @@ use crate::ova::demux::{Demux, EntryHeader, EntryType, Event};
 use crate::ova::layout::Layout;
 use crate::ova::manifest::{self, ManifestEntry};
 use crate::ova::ovf::{self, Compression, chunk_name};
+use crate::ova::role::{Role, RoleError, Roles};
 use crate::ova::unpack::{Container, Piece, Unpacker};
 use crate::pipeline::digests::{self, DigestTap, EntryDigests, LineCheck};
 use crate::pipeline::package_head::PackageHead;
@@ -389,8 +390,8 @@ struct Pass {
     ovf_buf: Option<(String, Vec<u8>)>,
     /// Every manifest, in package order.
     mf_bufs: Vec<(String, Vec<u8>)>,
-    /// Bytes of every manifest together.
-    mf_bytes: u64,
+    /// What each entry is: descriptor, manifest or other.
+    roles: Roles,
     collecting: Option<Collect>,
     /// Inside a regular entry: the content of any other belongs to no file.
     in_file: bool,
@@ -415,7 +416,7 @@ impl Pass {
             layout: Layout::new(),
             ovf_buf: None,
             mf_bufs: Vec::new(),
-            mf_bytes: 0,
+            roles: Roles::new(),
             collecting: None,
             in_file: false,
             counting: false,
@@ -590,25 +591,17 @@ impl Pass {
         };
         self.in_file = true;
         self.collecting = None;
-        let lower = name.to_ascii_lowercase();
-        if lower.ends_with(".ovf") && self.ovf_buf.is_none() {
-            if h.size > limits::MAX_OVF_SIZE {
-                return Err(Error::new(
-                    ErrorKind::LimitExceeded,
-                    "OVF descriptor over the size limit",
-                )
-                .in_entry(&name));
-            }
+        // A second descriptor is reported as an entry, not refused: the
+        // report is the point of inspecting.
+        let role = match self.roles.classify(&name, Some(h.size)) {
+            Ok(r) => r,
+            Err(RoleError::SecondDescriptor) => Role::Other,
+            Err(e) => return Err(Error::from(e).in_entry(&name)),
+        };
+        if role == Role::Descriptor {
             self.ovf_buf = Some((name.clone(), Vec::new()));
             self.collecting = Some(Collect::Ovf);
-        } else if lower.ends_with(".mf") {
-            self.mf_bytes += h.size;
-            if h.size > limits::MAX_MANIFEST_SIZE || self.mf_bytes > limits::MAX_MANIFESTS_SIZE {
-                return Err(
-                    Error::new(ErrorKind::LimitExceeded, "manifest over the size limit")
-                        .in_entry(&name),
-                );
-            }
+        } else if role == Role::Manifest {
             self.mf_bufs.push((name.clone(), Vec::new()));
             self.collecting = Some(Collect::Manifest);
         }

@@ -21,7 +21,6 @@
 //! [`ticket::log_id`] and never repeats an id from an error.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde::Deserialize;
@@ -31,12 +30,8 @@ use super::http::{self as h, Request, Response};
 use super::jobs::{JobRequest, Jobs};
 use super::metrics::Metrics;
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 use crate::ticket::{self, TicketKind, TicketRequest, TicketStatus, TicketStore, TransferState};
-
-/// Largest control request body.
-const MAX_BODY: usize = 1 << 20;
-/// How long a control client may pause while sending a body.
-const BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// The control API's shared state.
 #[derive(Debug)]
@@ -191,7 +186,12 @@ fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
 }
 
 async fn body(req: Request) -> Result<bytes::Bytes> {
-    h::read_small_body(req.into_body(), MAX_BODY, BODY_IDLE).await
+    h::read_small_body(
+        req.into_body(),
+        limits::MAX_CONTROL_BODY,
+        limits::CONTROL_BODY_IDLE,
+    )
+    .await
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::Transfer;
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 
 /// Every response body.
 pub type Body = BoxBody<Bytes, io::Error>;
@@ -84,6 +85,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorKind::Cancelled | ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -110,25 +112,18 @@ pub async fn read_small_body(body: Incoming, limit: usize, idle: Duration) -> Re
     Ok(Bytes::from(out))
 }
 
-/// Most of a refused request body read and thrown away, so that the
-/// client (a browser still sending) reads the error response instead of a
-/// connection reset.
-const DRAIN_LIMIT: u64 = 64 << 20;
-/// How long a refused body is read at most.
-const DRAIN_TIME: Duration = Duration::from_secs(30);
-
 /// Reads and discards a request body in the background (up to
-/// [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`]) while the error response goes
+/// [`limits::DRAIN_LIMIT`] bytes and [`limits::DRAIN_TIME`]) while the error response goes
 /// out. A client that keeps sending past that has its connection closed.
 pub fn drain_in_background(body: Incoming) {
     tokio::spawn(async move {
         let mut body = body;
         let mut n = 0u64;
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let _ = tokio::time::timeout(limits::DRAIN_TIME, async {
             while let Some(Ok(f)) = body.frame().await {
                 if let Ok(d) = f.into_data() {
                     n += d.len() as u64;
-                    if n > DRAIN_LIMIT {
+                    if n > limits::DRAIN_LIMIT {
                         break;
                     }
                 }
@@ -202,9 +197,6 @@ pub struct BodyReader {
     failed: Option<Error>,
 }
 
-/// How often a waiting read looks at its cancellation flag.
-const CANCEL_POLL: Duration = Duration::from_millis(250);
-
 impl BodyReader {
     /// Reads `body`; `idle` zero means no limit.
     pub fn new(body: Incoming, idle: Duration) -> Self {
@@ -235,7 +227,7 @@ impl BodyReader {
         if self.cancel.is_none() {
             return Ok(self.body.frame().await);
         }
-        let mut tick = tokio::time::interval(CANCEL_POLL);
+        let mut tick = tokio::time::interval(limits::CANCEL_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.is_cancelled() {

@@ -628,7 +628,7 @@ enum Work {
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(v).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))
+    serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))
 }
 
 impl Work {

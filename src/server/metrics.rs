@@ -90,6 +90,8 @@ pub enum Reason {
     Conflict,
     /// The operating system refused an operation.
     Io,
+    /// A bug in ovaio (a worker that panicked).
+    Internal,
     /// The ticket was removed or replaced (the job was deleted).
     Removed,
     /// The ticket expired.
@@ -99,7 +101,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    const FAILED: [Reason; 7] = [
+    const FAILED: [Reason; 8] = [
         Reason::ClientGone,
         Reason::Integrity,
         Reason::InvalidInput,
@@ -107,6 +109,7 @@ impl Reason {
         Reason::TooLarge,
         Reason::Conflict,
         Reason::Io,
+        Reason::Internal,
     ];
     const CANCELLED: [Reason; 3] = [Reason::Removed, Reason::Expired, Reason::Shutdown];
 
@@ -120,6 +123,7 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::Conflict => "conflict",
             Reason::Io => "io",
+            Reason::Internal => "internal",
             Reason::Removed => "removed",
             Reason::Expired => "expired",
             Reason::Shutdown => "shutdown",
@@ -151,6 +155,7 @@ impl Reason {
             ErrorKind::Unsupported => Reason::Unsupported,
             ErrorKind::LimitExceeded => Reason::TooLarge,
             ErrorKind::Conflict => Reason::Conflict,
+            ErrorKind::Internal => Reason::Internal,
             _ => Reason::Io,
         }
     }
@@ -794,6 +799,7 @@ mod tests {
         );
         assert_eq!(Reason::of(ErrorKind::LimitExceeded, None), Reason::TooLarge);
         assert_eq!(Reason::of(ErrorKind::NotFound, None), Reason::Io);
+        assert_eq!(Reason::of(ErrorKind::Internal, None), Reason::Internal);
         assert_eq!(
             Reason::of_status(StatusCode::RANGE_NOT_SATISFIABLE),
             Reason::InvalidInput

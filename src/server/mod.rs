@@ -45,16 +45,10 @@ use self::control::ControlApi;
 use self::data::DataApi;
 use self::metrics::{ApiKind, HandshakeFailure, Metrics};
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 use crate::source::volume::AllowedRoots;
 use crate::ticket::TicketStore;
 
-/// How long open connections may take to finish after a shutdown request.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// hyper's per-connection read buffer. Body frames are at most this
-/// large; 16 KiB frames cost three times the CPU of 256 KiB ones per byte
-/// uploaded (measured: 2.9 against 1.0 CPU-s per GiB over TLS). Request
-/// heads are held to `data.max_header_bytes` separately.
-const READ_BUFFER: usize = 256 << 10;
 /// Control API connections at once.
 const MAX_CONTROL_CONNECTIONS: usize = 64;
 /// Data connections accepted but not yet holding a connection slot: in
@@ -155,7 +149,7 @@ pub async fn serve(
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.data.header_timeout))
-            .max_buf_size(READ_BUFFER.max(cfg.data.max_header_bytes))
+            .max_buf_size(limits::READ_BUFFER.max(cfg.data.max_header_bytes))
             .keep_alive(true);
         b
     };
@@ -265,7 +259,7 @@ pub async fn serve(
     // The accept loops are gone, and with them every other reference.
     match Arc::try_unwrap(graceful) {
         Ok(g) => {
-            if tokio::time::timeout(SHUTDOWN_GRACE, g.shutdown())
+            if tokio::time::timeout(limits::SHUTDOWN_GRACE, g.shutdown())
                 .await
                 .is_err()
             {
@@ -275,7 +269,7 @@ pub async fn serve(
         Err(_) => tracing::warn!("connections not tracked; closing them"),
     }
     // Cancelled jobs remove their partial files; give them the same grace.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let deadline = tokio::time::Instant::now() + limits::SHUTDOWN_GRACE;
     while jobs.running() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

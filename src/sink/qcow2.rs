@@ -235,7 +235,7 @@ impl Qcow2Volume {
         let l1_index = (cluster / L2_ENTRIES) as usize;
         let i = match self.l2_slot(l1_index, true)? {
             Some(i) => i,
-            None => unreachable!("l2_slot with create always yields a table"),
+            None => return Err(Error::internal("no L2 table after creating one")),
         };
         let host = self.alloc_cluster();
         let t = &mut self.cache[i];

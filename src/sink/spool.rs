@@ -35,7 +35,7 @@ impl FileSpool {
         }
         match &self.file {
             Some(f) => Ok(f),
-            None => unreachable!("spool file was just created"),
+            None => Err(Error::internal("spool file missing after its creation")),
         }
     }
 }

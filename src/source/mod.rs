@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// An opened source.
 #[allow(missing_debug_implementations)]
@@ -200,15 +201,12 @@ impl SourceReader for RegularFile {
     }
 }
 
-/// Pipe buffer asked for when reading from a pipe: fewer, larger reads.
-const PIPE_SIZE: usize = 1 << 20;
-
 /// Grows the kernel buffer of a pipe so each read returns up to 1 MiB
 /// instead of 64 KiB. Not a pipe, or not allowed: nothing happens.
 fn widen_pipe(fd: &impl std::os::fd::AsFd) {
     if let Ok(cur) = rustix::pipe::fcntl_getpipe_size(fd)
-        && cur < PIPE_SIZE
+        && cur < limits::PIPE_SIZE
     {
-        let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, limits::PIPE_SIZE);
     }
 }

@@ -23,8 +23,6 @@ use crate::limits;
 
 /// zstd window accepted for one compressed cluster (4 MiB ≥ 2 MiB cluster).
 const ZSTD_WINDOW_LOG_MAX: u32 = 22;
-/// Chunk size for reading spooled tables and clusters back.
-const READBACK_CHUNK: u64 = 1 << 20;
 
 #[derive(Debug)]
 enum Kind {
@@ -422,7 +420,7 @@ impl Qcow2StreamDecoder {
         let mut off = start;
         let mut result = Ok(());
         while off < passed {
-            let n = (passed - off).min(READBACK_CHUNK);
+            let n = (passed - off).min(limits::SPOOL_READBACK_CHUNK);
             buf.resize(n as usize, 0);
             let r = match self.spool.as_mut() {
                 Some(spool) => spool.read_at(off, &mut buf),

@@ -146,7 +146,7 @@ impl TargetSlot {
         }
         match &mut self.opened {
             Some((_, w)) => Ok(w),
-            None => Err(Error::new(ErrorKind::Io, "target not open")),
+            None => Err(Error::internal("target not open")),
         }
     }
 

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// Runs `f` on tokio's blocking pool.
 pub(crate) async fn run<T, F>(f: F) -> Result<T>
@@ -17,7 +17,7 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("worker thread failed: {e}")))?
+        .map_err(|e| Error::internal(format!("worker thread failed: {e}")))?
 }
 
 /// A `Write` that sends full buffers of `chunk` bytes down a bounded

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use super::checksum::{self, Options};
 use super::{Meter, blocking};
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 use crate::roots::AllowedRoots;
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
@@ -40,9 +41,6 @@ use crate::ticket::{Op as TicketOp, TicketHandle};
 use crate::volume::{
     Extent as VolumeExtent, Extents, Flush, OpenOptions, ReadAt, Registry, Size, Volume, Zero,
 };
-
-/// Largest `PATCH` message.
-const MAX_PATCH_BODY: usize = 4096;
 
 /// What an `image` request needs besides the ticket: where volumes may be
 /// opened and the volumes already open.
@@ -292,7 +290,7 @@ pub(super) async fn put(
     drop(tx);
     let written = writer
         .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("writer thread failed: {e}")))??;
+        .map_err(|e| Error::internal(format!("writer thread failed: {e}")))??;
     match failure {
         Some(Err(resp)) => return Ok(resp),
         Some(Ok(e)) => {
@@ -337,9 +335,9 @@ pub(super) async fn patch(
     let idle = idle(&t);
     let body = h::read_small_body(
         body,
-        MAX_PATCH_BODY,
+        limits::MAX_PATCH_BODY,
         if idle.is_zero() {
-            Duration::from_secs(60)
+            limits::PATCH_BODY_IDLE
         } else {
             idle
         },

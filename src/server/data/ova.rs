@@ -413,7 +413,7 @@ pub(super) async fn put(
     }
     let (outcome, seen) = worker
         .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("import thread failed: {e}")))?;
+        .map_err(|e| Error::internal(format!("import thread failed: {e}")))?;
     let outcome = match (outcome, body_error) {
         (Ok(s), _) => Ok(s),
         // The client's failure is the real reason when the pipeline only
