@@ -49,7 +49,7 @@ fn truncated_package(w: &Work) -> PathBuf {
     let path = Ova::new()
         .disk(a.disk(1, "disk1.img"))
         .disk(b.disk(2, "disk2.qcow2"))
-        .format(support::tar::TarFormat::Ustar)
+        .format(tar::TarFormat::Ustar)
         .build(w.root(), "in.ova");
     let listing = tar::list(&path);
     let entry = listing

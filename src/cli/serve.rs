@@ -208,7 +208,7 @@ fn print_endpoints(ep: &crate::server::Endpoints) {
 /// call, not when the future is first polled, so that neither signal can
 /// end the process by its default action once the server says it is
 /// ready.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let handlers = (
         signal(SignalKind::terminate()),

@@ -355,6 +355,7 @@ impl BlockWalk {
 /// and without the entry size, into a sink that checks the extent
 /// contract; the decodings must agree.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn fuzz_decode<D: crate::codec::DiskDecoder>(
     data: &[u8],
     make: impl Fn(Option<u64>) -> D,

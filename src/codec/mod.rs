@@ -14,6 +14,7 @@ pub mod vdi;
 pub mod vhd;
 pub mod vmdk;
 
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod verify;
 
 #[cfg(test)]

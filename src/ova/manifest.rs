@@ -335,6 +335,7 @@ impl ManifestParser {
 
 /// Fuzzing entry point: parses `data` whole and split, and must never panic.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     let whole = parse(data);
     let mut p = ManifestParser::new();

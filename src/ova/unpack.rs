@@ -363,6 +363,7 @@ impl Unpacker {
 /// Everything the unpacker hands on for `data` fed in pieces of the sizes
 /// `cuts` yields (cycled), tar bytes and member data merged, and how it
 /// ended; checks the step contract on the way.
+#[cfg(any(test, feature = "fuzzing"))]
 fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Piece>, std::result::Result<(), String>) {
     let mut u = Unpacker::new();
     let mut out: Vec<Piece> = Vec::new();
@@ -426,6 +427,7 @@ fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Piece>, std::result::Result<()
 /// same pieces and end the same way, and keep its step contract. Not a
 /// stable API.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     let whole = run_split(data, &[usize::MAX]);
     let seed = data

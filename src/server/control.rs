@@ -95,7 +95,7 @@ impl ControlApi {
                 let body = body(req).await?;
                 let t: TicketRequest = parse(&body, "ticket")?;
                 self.store.add(id, t)?;
-                tracing::info!(ticket = %crate::ticket::log_id(id), "ticket added");
+                tracing::info!(ticket = %ticket::log_id(id), "ticket added");
                 Ok(h::status(StatusCode::OK))
             }
             (["tickets"], &Method::GET) => {
@@ -119,7 +119,7 @@ impl ControlApi {
             }
             (["tickets", id], &Method::DELETE) => {
                 self.store.remove(id)?;
-                tracing::info!(ticket = %crate::ticket::log_id(id), "ticket removed");
+                tracing::info!(ticket = %ticket::log_id(id), "ticket removed");
                 Ok(h::status(StatusCode::NO_CONTENT))
             }
             (["jobs"], &Method::POST) => {

@@ -135,7 +135,7 @@ pub fn drain_in_background(body: Incoming) {
 
 /// Polls `f` once: its output if ready now, else `None` (and `f` is
 /// dropped, which the body reads used here tolerate).
-async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+async fn ready_now<F: Future>(f: F) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
     std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
         Poll::Ready(v) => Poll::Ready(Some(v)),

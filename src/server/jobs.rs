@@ -613,14 +613,14 @@ impl Jobs {
 #[derive(Debug)]
 enum Work {
     Import {
-        source: std::path::PathBuf,
+        source: PathBuf,
         ova: ResolvedOva,
         verify: bool,
         existing: Existing,
         roots: AllowedRoots,
     },
     Export {
-        target: std::path::PathBuf,
+        target: PathBuf,
         ova: ResolvedOva,
         existing: Existing,
         roots: AllowedRoots,
@@ -703,7 +703,7 @@ fn existing(overwrite: Option<bool>) -> Existing {
 }
 
 impl Job {
-    fn outcome(&self) -> std::sync::MutexGuard<'_, Outcome> {
+    fn outcome(&self) -> MutexGuard<'_, Outcome> {
         self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

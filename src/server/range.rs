@@ -440,6 +440,7 @@ pub fn parse_query(query: Option<&str>) -> Result<ImageQuery, RangeError> {
 /// header text, fed to all three parsers. Checks the invariants the parsers
 /// promise and that accepted values format back to the same value.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     let Some((&k, rest)) = data.split_first() else {
         return;

@@ -203,7 +203,7 @@ impl SourceReader for RegularFile {
 
 /// Grows the kernel buffer of a pipe so each read returns up to 1 MiB
 /// instead of 64 KiB. Not a pipe, or not allowed: nothing happens.
-fn widen_pipe(fd: &impl std::os::fd::AsFd) {
+fn widen_pipe(fd: &impl AsFd) {
     if let Ok(cur) = rustix::pipe::fcntl_getpipe_size(fd)
         && cur < limits::PIPE_SIZE
     {

@@ -29,6 +29,7 @@ use super::header::{
     OFLAG_COPIED, V3_HEADER_LEN,
 };
 use crate::codec::map::{AllocationMap, GuestReader, RangeKind};
+#[cfg(any(test, feature = "fuzzing"))]
 use crate::codec::verify::{PatternReader, VerifySink};
 use crate::error::{Classify, ErrorKind};
 use crate::limits;
@@ -287,6 +288,7 @@ impl Qcow2Layout {
     }
 
     /// Guest bytes of allocated clusters, clipped to the virtual size.
+    #[cfg(any(test, feature = "fuzzing"))]
     fn allocated_bytes(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let cb = self.cluster_bits;
         self.runs
@@ -615,6 +617,7 @@ impl<R: GuestReader> Read for Qcow2Encoder<R> {
 /// stream decoder in pieces of `piece` bytes, and checks the result: the
 /// byte count equals the layout's, the decoded data equals the reader's
 /// bytes on exactly the allocated clusters. Returns the byte count.
+#[cfg(any(test, feature = "fuzzing"))]
 fn encode_decode_check(map: &AllocationMap, cluster_bits: u32, seed: u64, piece: usize) -> u64 {
     use crate::codec::DiskDecoder;
     let layout = Qcow2Layout::with_cluster_bits(map, cluster_bits).expect("layout");
@@ -649,6 +652,7 @@ fn encode_decode_check(map: &AllocationMap, cluster_bits: u32, seed: u64, piece:
 /// capacity), encodes it, decodes the image without a spool and asserts
 /// the size and the content match.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_roundtrip(data: &[u8]) {
     let byte = |i: usize| data.get(i).copied().unwrap_or(0);
     let cluster_bits = MIN_CLUSTER_BITS + u32::from(byte(0)) % 8; // 512 B..64 KiB

@@ -193,6 +193,7 @@ impl Classify for Qcow2Error {
 /// a small in-memory spool, into a sink that checks the extent contract.
 /// Must never panic.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     use crate::codec::{DiskDecoder, ExtentSink};
 

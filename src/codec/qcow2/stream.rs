@@ -223,7 +223,7 @@ impl Qcow2StreamDecoder {
     fn feed_header(&mut self, input: &[u8], out: &mut dyn ExtentSink) -> Result<usize> {
         let mut used = 0;
         loop {
-            let want = match header::Header::required_len(&self.head)? {
+            let want = match Header::required_len(&self.head)? {
                 Some(n) => n as usize,
                 None if self.head.len() < 8 => 8,
                 None => header::V3_MIN_HEADER_LEN as usize,

@@ -626,6 +626,7 @@ impl DiskDecoder for VdiDecoder {
 /// Fuzzing entry point: `data` as a VDI entry, whole and in pieces, with
 /// and without its size; must never panic, and the decodings must agree.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     crate::codec::blocks::fuzz_decode(data, |size| {
         let d = VdiDecoder::new();

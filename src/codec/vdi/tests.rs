@@ -344,7 +344,7 @@ fn capacity_over_the_limit() {
         VdiError::CapacityLimit {
             offset: 0x170,
             bytes: 65 * tib,
-            limit: crate::limits::MAX_CAPACITY
+            limit: limits::MAX_CAPACITY
         }
     );
     assert_eq!(e.kind(), ErrorKind::LimitExceeded);

@@ -379,6 +379,7 @@ pub fn fixed_footer(tail: &[u8; FOOTER_LEN], data_len: u64) -> Result<Option<u64
 /// that may be a fixed VHD, each whole and in pieces; must never panic,
 /// and the decodings must agree.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     use crate::codec::blocks::fuzz_decode;
     use crate::codec::raw::RawDecoder;
@@ -400,14 +401,14 @@ pub fn fuzz_entry(data: &[u8]) {
         ) -> crate::Result<()> {
             if !self.1 {
                 self.1 = true;
-                out.capacity(crate::limits::MAX_CAPACITY)?;
+                out.capacity(limits::MAX_CAPACITY)?;
             }
             self.0.feed(input, out)
         }
         fn finish(&mut self, out: &mut dyn crate::codec::ExtentSink) -> crate::Result<()> {
             if !self.1 {
                 self.1 = true;
-                out.capacity(crate::limits::MAX_CAPACITY)?;
+                out.capacity(limits::MAX_CAPACITY)?;
             }
             self.0.finish(out)
         }

@@ -763,6 +763,7 @@ impl<R: GuestReader> Read for VmdkEncoder<R> {
 /// and checks the result: the byte count equals the layout's, the decoded
 /// data equals the reader's bytes on exactly the allocated grains.
 /// Returns the extent.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn encode_decode_check(
     map: &AllocationMap,
     coding: GrainCoding,
@@ -814,6 +815,7 @@ pub(crate) fn encode_decode_check(
 }
 
 /// Most guest data in one [`fuzz_roundtrip`] map.
+#[cfg(any(test, feature = "fuzzing"))]
 const MAX_FUZZ_DATA: u64 = 4 << 20;
 
 /// Fuzzing entry point: builds an allocation map from `data` (bounded
@@ -821,6 +823,7 @@ const MAX_FUZZ_DATA: u64 = 4 << 20;
 /// decodes the extent with ovaio's stream decoder and asserts the size and
 /// the content match.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_roundtrip(data: &[u8]) {
     let byte = |i: usize| data.get(i).copied().unwrap_or(0);
     let coding = if byte(0) & 1 == 0 {

@@ -106,7 +106,7 @@ fn referee(map: &AllocationMap, coding: GrainCoding, seed: u64) {
     {
         let mut w = BufWriter::new(std::fs::File::create(&vmdk).unwrap());
         let mut enc = VmdkEncoder::new(l, PatternReader::new(map, seed));
-        let n = std::io::copy(&mut enc, &mut w).unwrap();
+        let n = io::copy(&mut enc, &mut w).unwrap();
         assert_eq!(n, total);
         w.flush().unwrap();
     }
@@ -333,7 +333,7 @@ fn deflate_refuses_a_source_that_changed_since_it_was_counted() {
     // far past the count.
     let mut enc = VmdkEncoder::new(l, Changing { reads: 0, after: 0 });
     let mut sink = Vec::new();
-    let e = std::io::copy(&mut enc, &mut sink).unwrap_err();
+    let e = io::copy(&mut enc, &mut sink).unwrap_err();
     assert!(e.to_string().contains("did the source change"), "{e}");
     let total = enc.layout().total_size();
     assert!(sink.len() as u64 <= total, "nothing past the promise left");

@@ -776,6 +776,7 @@ impl Demux {
 
 /// An owned copy of an [`Event`], for comparisons.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg(any(test, feature = "fuzzing"))]
 enum Owned {
     Begin(EntryHeader),
     Data(Vec<u8>),
@@ -786,6 +787,7 @@ enum Owned {
 /// Runs the demux over `data` fed in pieces of the sizes `cuts` yields
 /// (cycled), merging adjacent data, and checks the step contract and
 /// the size invariant on the way. Panics only on an invariant breach.
+#[cfg(any(test, feature = "fuzzing"))]
 fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Owned>, Result<(), TarError>) {
     let mut demux = Demux::new();
     let mut events: Vec<Owned> = Vec::new();
@@ -867,6 +869,7 @@ fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Owned>, Result<(), TarError>) 
 /// different ways and panics if the event sequences or results differ, or
 /// if the step contract is broken. Not a stable API.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     let whole = run_split(data, &[usize::MAX]);
     let seed = data

@@ -965,6 +965,7 @@ impl Parser {
 /// Fuzzing entry point: parses `data` whole and through [`OvfParser`] in
 /// two pieces; must never panic.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     let whole = parse(data);
     let mut p = OvfParser::new();

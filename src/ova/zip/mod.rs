@@ -1091,6 +1091,7 @@ fn unicode_path(data: &[u8], name: &str) -> Result<(), String> {
 
 /// An owned copy of an [`Event`] stream, for comparisons.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg(any(test, feature = "fuzzing"))]
 enum Owned {
     Begin(MemberHeader),
     Data(Vec<u8>),
@@ -1101,6 +1102,7 @@ enum Owned {
 /// Runs the reader over `data` fed in pieces of the sizes `cuts` yields
 /// (cycled), merging adjacent data, and checks the step contract on the
 /// way. Panics only on a contract breach.
+#[cfg(any(test, feature = "fuzzing"))]
 fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Owned>, Result<(), ZipError>) {
     let mut z = ZipDemux::new();
     let mut events: Vec<Owned> = Vec::new();
@@ -1183,6 +1185,7 @@ fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Owned>, Result<(), ZipError>) 
 /// member it failed in: how much of it passed before the inflater noticed
 /// the damage depends on how the input was cut, and nothing of it counts
 /// (the member never ends).
+#[cfg(any(test, feature = "fuzzing"))]
 fn settled(run: (Vec<Owned>, Result<(), ZipError>)) -> (Vec<Owned>, Result<(), ZipError>) {
     let (mut events, r) = run;
     if r.is_err() {
@@ -1197,6 +1200,7 @@ fn settled(run: (Vec<Owned>, Result<(), ZipError>)) -> (Vec<Owned>, Result<(), Z
 /// two different ways and panics if the events or results differ, or if
 /// the step contract is broken. Not a stable API.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_entry(data: &[u8]) {
     let whole = settled(run_split(data, &[usize::MAX]));
     let seed = data

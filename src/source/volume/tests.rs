@@ -536,7 +536,7 @@ fn measure_read_throughput() {
     let q = dir.path().join("half.qcow2");
     run("qemu-img", &["convert", "-O", "qcow2", p(&raw), p(&q)]);
 
-    let mut buf = vec![0u8; crate::limits::READ_CHUNK];
+    let mut buf = vec![0u8; READ_CHUNK];
     for (name, path) in [("raw", &raw), ("qcow2 (imago)", &q)] {
         let mut v = SourceVolume::open(path, None, &AllowedRoots::any()).unwrap();
         let t = Instant::now();
