@@ -24,3 +24,25 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// Whether the oracle `program` runs (`program --version` exits 0). A test
+/// that needs it fails when it is missing, so that a machine without it
+/// cannot pass the suite by skipping; `OVAIO_SKIP_MISSING_TOOLS=1` turns
+/// that into a skip (the test returns early after saying so).
+pub(crate) fn require_tool(program: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return true;
+    }
+    if std::env::var_os("OVAIO_SKIP_MISSING_TOOLS").is_some_and(|v| v == "1") {
+        eprintln!("{program} not installed: skipping (OVAIO_SKIP_MISSING_TOOLS=1)");
+        return false;
+    }
+    panic!(
+        "{program} is needed by this test and is not installed (scripts/test.sh installs it; \
+         OVAIO_SKIP_MISSING_TOOLS=1 skips such tests)"
+    );
+}

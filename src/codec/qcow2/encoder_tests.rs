@@ -27,14 +27,7 @@ fn map_of(capacity: u64, ranges: &[(u64, u64, RangeKind)]) -> AllocationMap {
 use RangeKind::{Data, Zero};
 
 fn qemu_available() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("qemu-img not installed: skipping");
-    }
-    ok
+    crate::test_support::require_tool("qemu-img")
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -157,14 +157,7 @@ fn pattern(size: usize) -> Vec<u8> {
 }
 
 fn qemu_available() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("qemu-img not installed: skipping");
-    }
-    ok
+    crate::test_support::require_tool("qemu-img")
 }
 
 fn run(cmd: &mut Command) {
@@ -293,7 +286,7 @@ fn qemu_small_clusters_many_l2_tables() {
 
 #[test]
 fn qemu_zero_clusters() {
-    if !qemu_available() || Command::new("qemu-io").arg("--version").output().is_err() {
+    if !qemu_available() || !crate::test_support::require_tool("qemu-io") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
