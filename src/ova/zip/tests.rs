@@ -1,5 +1,6 @@
 use std::io::Write;
 
+use super::fuzz::{Owned, run_split};
 use super::*;
 
 /// How a test member is written.
