@@ -1,4 +1,7 @@
+use super::parser::parse_units;
 use super::*;
+use crate::error::{Classify, ErrorKind};
+use crate::limits;
 use crate::test_support::Rng;
 
 const VMWARE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>

@@ -21,8 +21,9 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{Namespace, QName, ResolveResult};
 use quick_xml::reader::NsReader;
 
+use super::parser::{is_ovf, is_ovf_namespace};
 use super::vm::{NIC_MODEL, VIRTUAL_SYSTEM_TYPE, VmError, VmSpec};
-use super::{Envelope, OvfError, is_ovf, is_ovf_namespace};
+use super::{Envelope, OvfError};
 use crate::error::{Classify, ErrorKind};
 
 /// oVirt's `ovf:format` URI for qcow2 disks.
