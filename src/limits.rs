@@ -138,6 +138,10 @@ pub const MAX_NBD_ZERO_REQUEST: u64 = 1 << 30;
 pub const MAX_NBD_CONNECTIONS: usize = 4;
 /// How long connecting to an NBD server and its handshake may take.
 pub const NBD_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a further connection to an NBD export, made when every one
+/// is busy, may take to be answered; one that is not ends the pool's
+/// growth (the server's limit of clients is reached).
+pub const NBD_EXTRA_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long an NBD server may stay silent on a request before the
 /// connection is given up (a flush of a large cache can take minutes).
 pub const NBD_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);

@@ -34,9 +34,13 @@
 //! When the export advertises `NBD_FLAG_CAN_MULTI_CONN`, up to
 //! [`MAX_NBD_CONNECTIONS`] connections serve concurrent requests, and a
 //! flush on any one of them covers the writes completed on all; without
-//! it, one connection behind a mutex. A connection whose stream broke
-//! (a protocol violation, a timeout, a reset) is dropped and made again
-//! by the next request.
+//! it, one connection behind a mutex. The pool grows only when every
+//! connection is busy, and stops growing at the first connection the
+//! server does not take within [`NBD_EXTRA_CONNECTION_TIMEOUT`]
+//! (qemu-nbd's `--shared` limit, counting other clients' connections,
+//! leaves a further one waiting unanswered). A connection whose stream
+//! broke (a protocol violation, a timeout, a reset) is dropped and made
+//! again by the next request.
 
 mod conn;
 pub(crate) mod proto;
@@ -48,8 +52,9 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 pub(crate) use conn::Connection;
 use conn::{ExportInfo, Status};
@@ -58,8 +63,8 @@ pub use url::{DEFAULT_PORT, NbdAddress, NbdUrl};
 use super::{Extent, ExtentKind, Extents, Flush, ReadAt, Size, WriteAt, ZEROS, Zero, push_extent};
 use crate::error::{Classify, Error, ErrorKind, Result};
 use crate::limits::{
-    MAX_NBD_CONNECTIONS, MAX_NBD_STATUS_REQUEST, MAX_NBD_ZERO_REQUEST, NBD_HANDSHAKE_TIMEOUT,
-    NBD_IO_TIMEOUT,
+    MAX_NBD_CONNECTIONS, MAX_NBD_STATUS_REQUEST, MAX_NBD_ZERO_REQUEST,
+    NBD_EXTRA_CONNECTION_TIMEOUT, NBD_HANDSHAKE_TIMEOUT, NBD_IO_TIMEOUT,
 };
 
 /// What went wrong talking to an NBD server.
@@ -191,8 +196,8 @@ fn io_err(e: &std::io::Error, what: String) -> NbdError {
     }
 }
 
-/// Connects to `url` and negotiates its export.
-fn connect(url: &NbdUrl) -> Result<Connection<Stream>, NbdError> {
+/// Connects to `url` and negotiates its export within `timeout`.
+fn connect(url: &NbdUrl, timeout: Duration) -> Result<Connection<Stream>, NbdError> {
     let stream = match &url.address {
         NbdAddress::Unix(p) => UnixStream::connect(p)
             .map(Stream::Unix)
@@ -204,7 +209,7 @@ fn connect(url: &NbdUrl) -> Result<Connection<Stream>, NbdError> {
             let mut last = None;
             let mut found = None;
             for a in addrs {
-                match TcpStream::connect_timeout(&a, NBD_HANDSHAKE_TIMEOUT) {
+                match TcpStream::connect_timeout(&a, timeout) {
                     Ok(s) => {
                         found = Some(s);
                         break;
@@ -224,7 +229,7 @@ fn connect(url: &NbdUrl) -> Result<Connection<Stream>, NbdError> {
         }
     };
     stream
-        .set_timeouts(NBD_HANDSHAKE_TIMEOUT)
+        .set_timeouts(timeout)
         .map_err(|e| io_err(&e, "cannot set a timeout".into()))?;
     let c = Connection::handshake(stream, &url.export)?;
     c.stream()
@@ -241,7 +246,11 @@ pub struct NbdVolume {
     name: PathBuf,
     info: ExportInfo,
     writable: bool,
+    /// One connection per slot; the first `opened` have been made.
     slots: Vec<Mutex<Option<Connection<Stream>>>>,
+    opened: AtomicUsize,
+    /// The server did not take a further connection: stop trying.
+    full: AtomicBool,
     next: AtomicUsize,
 }
 
@@ -251,10 +260,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl NbdVolume {
     /// Connects to `url`, for writing when `writable` (a read-only
-    /// export is then refused). With multi-conn, further connections
-    /// are made at once; one that fails only makes the pool smaller.
+    /// export is then refused). Further connections, where the server
+    /// allows them, are made when requests need them.
     pub fn connect(url: &NbdUrl, writable: bool) -> Result<Self> {
-        let first = connect(url).map_err(|e| wrap(url, e, "cannot open the export"))?;
+        let first = connect(url, NBD_HANDSHAKE_TIMEOUT)
+            .map_err(|e| wrap(url, e, "cannot open the export"))?;
         let info = *first.info();
         if writable && info.has(proto::TF_READ_ONLY) {
             return Err(wrap(
@@ -263,27 +273,21 @@ impl NbdVolume {
                 "cannot open the export for writing",
             ));
         }
+        let n = if info.has(proto::TF_CAN_MULTI_CONN) {
+            MAX_NBD_CONNECTIONS
+        } else {
+            1
+        };
         let mut slots = vec![Mutex::new(Some(first))];
-        if info.has(proto::TF_CAN_MULTI_CONN) {
-            while slots.len() < MAX_NBD_CONNECTIONS {
-                match connect(url) {
-                    Ok(c) if c.info().size == info.size && c.info().flags == info.flags => {
-                        slots.push(Mutex::new(Some(c)));
-                    }
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::debug!(url = %url, error = %e, "one NBD connection fewer");
-                        break;
-                    }
-                }
-            }
-        }
+        slots.extend((1..n).map(|_| Mutex::new(None)));
         Ok(NbdVolume {
             name: PathBuf::from(url.to_string()),
             url: url.clone(),
             info,
             writable,
             slots,
+            opened: AtomicUsize::new(1),
+            full: AtomicBool::new(n == 1),
             next: AtomicUsize::new(0),
         })
     }
@@ -300,7 +304,7 @@ impl NbdVolume {
 
     /// How many connections serve the volume.
     pub fn connections(&self) -> usize {
-        self.slots.len()
+        self.opened.load(Ordering::Acquire)
     }
 
     /// Whether the server allows several connections.
@@ -324,20 +328,52 @@ impl NbdVolume {
         u64::from(self.info.min_block)
     }
 
-    /// Runs `f` on a free connection (or waits for one), making it again
-    /// if an earlier request broke it.
+    /// A further connection when every one is busy and the server may
+    /// take one more; `None` otherwise.
+    fn grow(&self) -> Option<MutexGuard<'_, Option<Connection<Stream>>>> {
+        if self.full.load(Ordering::Acquire) {
+            return None;
+        }
+        let i = self.opened.load(Ordering::Acquire);
+        let mut guard = self.slots.get(i)?.try_lock().ok()?;
+        if guard.is_some() || self.opened.load(Ordering::Acquire) != i {
+            return None;
+        }
+        match connect(&self.url, NBD_EXTRA_CONNECTION_TIMEOUT) {
+            Ok(c) if c.info().size == self.info.size && c.info().flags == self.info.flags => {
+                *guard = Some(c);
+                self.opened.store(i + 1, Ordering::Release);
+                if i + 1 == self.slots.len() {
+                    self.full.store(true, Ordering::Release);
+                }
+                Some(guard)
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::debug!(url = %self.url, connections = i, error = %e, "the NBD server takes no further connection");
+                }
+                self.full.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on a free connection (a new one if all are busy and the
+    /// server allows more, else waiting for one), making it again if an
+    /// earlier request broke it.
     fn with_conn<T>(
         &self,
         mut f: impl FnMut(&mut Connection<Stream>) -> Result<T, NbdError>,
     ) -> Result<T, NbdError> {
-        let n = self.slots.len();
+        let n = self.opened.load(Ordering::Acquire).max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut guard = (0..n)
             .find_map(|i| self.slots[(start + i) % n].try_lock().ok())
+            .or_else(|| self.grow())
             .unwrap_or_else(|| lock(&self.slots[start]));
         if guard.as_ref().is_none_or(Connection::is_broken) {
             *guard = None;
-            let c = connect(&self.url)?;
+            let c = connect(&self.url, NBD_HANDSHAKE_TIMEOUT)?;
             if c.info().size != self.info.size {
                 return Err(NbdError::Protocol {
                     reason: "the export changed size".into(),
