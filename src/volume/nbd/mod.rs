@@ -439,7 +439,7 @@ impl NbdVolume {
         let mut pos = offset;
         while pos < end {
             let block = pos / a * a;
-            let n = if pos % a != 0 || end - pos < a {
+            let n = if !pos.is_multiple_of(a) || end - pos < a {
                 // One block, read whole and copied in part.
                 let bend = (block + a).min(self.info.size);
                 let mut tmp = vec![0u8; (bend - block) as usize];
@@ -468,7 +468,7 @@ impl NbdVolume {
         let mut pos = offset;
         while pos < end {
             let at = (pos - offset) as usize;
-            let n = if pos % a != 0 || (end - pos < a && end != self.info.size) {
+            let n = if !pos.is_multiple_of(a) || (end - pos < a && end != self.info.size) {
                 let block = pos / a * a;
                 let bend = (block + a).min(self.info.size);
                 let mut tmp = vec![0u8; (bend - block) as usize];

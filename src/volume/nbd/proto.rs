@@ -16,7 +16,7 @@ pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 /// `IHAVEOPT`: a newstyle server, and the magic of every option request.
 pub(crate) const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 /// The old-style handshake's second magic (refused).
-pub(crate) const OLDSTYLE_MAGIC: u64 = 0x0042_0281_8612_53;
+pub(crate) const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
 /// Magic of an option reply.
 pub(crate) const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 /// Magic of a transmission request.
@@ -232,7 +232,7 @@ pub(crate) fn parse_info(p: &[u8]) -> Result<Info, NbdError> {
                 || !preferred.is_power_of_two()
                 || preferred < min
                 || max < min
-                || max % min != 0
+                || !max.is_multiple_of(min)
             {
                 return Err(protocol(format!(
                     "block size constraints min {min}, preferred {preferred}, max {max} are inconsistent"
@@ -407,7 +407,7 @@ pub(crate) fn parse_block_status(
     p: &[u8],
     max_len: u64,
 ) -> Result<(u32, Vec<(u32, u32)>), NbdError> {
-    if p.len() < 12 || (p.len() - 4) % 8 != 0 {
+    if p.len() < 12 || !(p.len() - 4).is_multiple_of(8) {
         return Err(protocol("BLOCK_STATUS chunk of a bad length"));
     }
     let id = be32(p, 0);

@@ -536,6 +536,47 @@ fn status_of_both_contexts_is_merged() {
     );
 }
 
+/// The fuzz seed: a whole session with structured replies (data and
+/// hole chunks, block status of both contexts, an error chunk).
+const SEED: &[u8] = include_bytes!("../../../fuzz/seeds/nbd_client/session");
+
+#[test]
+fn the_fuzz_seed_is_a_session_the_client_follows_to_its_end() {
+    // The seed's replies, one by one, as the fuzz entry asks for them.
+    struct Fake<'a>(&'a [u8]);
+    impl Read for Fake<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for Fake<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Connection::handshake(Fake(SEED), "").unwrap();
+    assert_eq!(c.info().size, 65536);
+    assert_eq!((c.info().base_ctx, c.info().depth_ctx), (Some(1), Some(2)));
+    let mut buf = vec![1u8; 65536];
+    c.read(0, &mut buf).unwrap();
+    assert!(buf[..32768].iter().all(|&b| b == 0x5a) && buf[32768..].iter().all(|&b| b == 0));
+    let st = c.block_status(0, 65536).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(merge_status(&mut out, 0, 65536, &st), 65536);
+    assert_eq!(out[1].kind, ExtentKind::Zero);
+    c.write(0, b"abc").unwrap();
+    c.write_zeroes(0, 4096, false).unwrap();
+    let e = c.trim(0, 4096).unwrap_err();
+    assert!(e.to_string().contains("EIO") && !c.is_broken(), "{e}");
+    c.flush().unwrap();
+    for cut in (0..SEED.len()).step_by(61) {
+        fuzz_entry(&SEED[..cut]);
+    }
+}
+
 #[test]
 fn fuzz_entry_survives_truncations_of_a_real_session() {
     // A well-formed handshake and replies, then every prefix of it.
