@@ -13,6 +13,8 @@ want() { # COMMAND PACKAGE REASON: PACKAGE unless COMMAND is on the PATH
   command -v "$1" >/dev/null 2>&1 || { need+=("$2"); why+=("$3"); }
 }
 want qemu-img qemu-utils "builds and compares test disk images"
+want qemu-nbd qemu-utils "serves the NBD exports of the NBD volume and ticket tests"
+want qemu-io qemu-utils "fills an NBD import target with old data"
 want tar tar "packs and lists test OVAs"
 want gzip gzip "gzip-compressed test disks"
 want xz xz-utils "xz-compressed test packages"

@@ -12,6 +12,10 @@ pub use crate::ova::manifest::fuzz_entry as manifest;
 pub use crate::ova::ovf::fuzz_entry as ovf;
 pub use crate::ova::unpack::fuzz_entry as package;
 pub use crate::ova::zip::fuzz_entry as zip;
+/// The NBD client over arbitrary server bytes: a handshake, then a
+/// read, a block status, a write, a zeroing and a flush answered from the
+/// rest of the input.
+pub use crate::volume::nbd::fuzz_entry as nbd_client;
 
 /// `Range`, `Content-Range` and query-string parsing of the data API: the
 /// first byte (mod 9) counts the little-endian resource-size bytes that

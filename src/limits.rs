@@ -193,3 +193,34 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a `PATCH` body may pause when its ticket has no inactivity
 /// timeout of its own.
 pub const PATCH_BODY_IDLE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------
+// NBD volumes
+// ---------------------------------------------------------------------
+
+/// Largest payload of one NBD option reply accepted during the handshake
+/// (bytes).
+pub const MAX_NBD_OPTION_REPLY: u32 = 64 << 10;
+/// Most replies to one NBD option (meta contexts, infos) accepted.
+pub const MAX_NBD_OPTION_REPLIES: usize = 256;
+/// Largest NBD READ or WRITE payload sent or asked for (bytes): the
+/// protocol's safe default, lowered further by the server's own maximum.
+pub const MAX_NBD_PAYLOAD: u32 = 32 << 20;
+/// Largest NBD BLOCK_STATUS reply chunk accepted (bytes): qemu sends at
+/// most 128 Ki extents (1 MiB) per context.
+pub const MAX_NBD_STATUS_PAYLOAD: u64 = 2 << 20;
+/// Longest range one NBD BLOCK_STATUS asks about (bytes).
+pub const MAX_NBD_STATUS_REQUEST: u64 = 1 << 31;
+/// Longest range one NBD WRITE_ZEROES covers (bytes).
+pub const MAX_NBD_ZERO_REQUEST: u64 = 1 << 30;
+/// Most connections to one NBD export that allows several.
+pub const MAX_NBD_CONNECTIONS: usize = 4;
+/// How long connecting to an NBD server and its handshake may take.
+pub const NBD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a further connection to an NBD export, made when every one
+/// is busy, may take to be answered; one that is not ends the pool's
+/// growth (the server's limit of clients is reached).
+pub const NBD_EXTRA_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an NBD server may stay silent on a request before the
+/// connection is given up (a flush of a large cache can take minutes).
+pub const NBD_IO_TIMEOUT: Duration = Duration::from_secs(600);

@@ -63,6 +63,7 @@ fn parse_disk(spec: &str, default: TargetFormat) -> Result<(String, DiskTarget)>
         DiskTarget {
             path: PathBuf::from(path),
             format: format.and_then(TargetFormat::parse).unwrap_or(default),
+            nbd: None,
         },
     ))
 }

@@ -20,6 +20,7 @@ mod summary;
 mod targets;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use crate::ova::unpack::{Container, Piece, Unpacker};
 use crate::pipeline::digests::{self, DigestTap};
 use crate::pipeline::package_head::PackageHead;
 use crate::pipeline::progress::Progress;
-use crate::roots::AllowedRoots;
+use crate::roots::{AllowedRoots, Dir};
 use crate::sink::partial::{self, Existing};
 use crate::sink::spool::FileSpool;
 
@@ -113,6 +114,14 @@ struct OpenRun {
     data_offset: u64,
     size: u64,
     chunk_start: u64,
+}
+
+/// `e` with `notes` after its message, its kind kept.
+fn with_notes(e: Error, notes: &[String]) -> Error {
+    if notes.is_empty() {
+        return e;
+    }
+    Error::new(e.kind(), format!("{} ({})", e.one_line(), notes.join("; ")))
 }
 
 fn referenced_non_file(what: &str) -> Error {
@@ -248,6 +257,10 @@ impl Importer {
 
     /// Pushes the next bytes of the package.
     pub fn feed(&mut self, chunk: Bytes) -> Result<()> {
+        self.feed_chunk(chunk).map_err(|e| self.note_targets(e))
+    }
+
+    fn feed_chunk(&mut self, chunk: Bytes) -> Result<()> {
         self.progress.check_cancelled()?;
         self.progress.add_read(chunk.len() as u64);
         self.fed += chunk.len() as u64;
@@ -338,9 +351,11 @@ impl Importer {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(Error::from(e)
-                        .with_message("reading the package")
-                        .at_offset(self.fed));
+                    return Err(self.note_targets(
+                        Error::from(e)
+                            .with_message("reading the package")
+                            .at_offset(self.fed),
+                    ));
                 }
             };
             self.feed(buf.split_to(n).freeze())?;
@@ -615,6 +630,39 @@ impl Importer {
         Ok(())
     }
 
+    /// The directory and file name of a file target, opened beneath the
+    /// roots (an existing file refused unless it may be replaced); `None`
+    /// for an NBD target, which is no file.
+    fn place_of(&self, target: &DiskTarget) -> Result<Option<(Arc<Dir>, OsString)>> {
+        if target.nbd.is_some() {
+            return Ok(None);
+        }
+        let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
+        if self.existing == Existing::Keep {
+            partial::refuse_existing(&dir, &file_name)?;
+        }
+        Ok(Some((dir, file_name)))
+    }
+
+    /// What a failed import must say of its NBD targets, which keep what
+    /// was written (file targets are removed): `e` with a note naming
+    /// each export opened. Call it with an error of the caller's own
+    /// before dropping the importer; [`Importer::feed`],
+    /// [`Importer::finish`] and [`Importer::run`] add it themselves.
+    pub fn note_targets(&self, e: Error) -> Error {
+        with_notes(e, &self.nbd_notes())
+    }
+
+    fn nbd_notes(&self) -> Vec<String> {
+        self.disks
+            .iter()
+            .map(|d| &d.out)
+            .chain(self.blanks.iter().map(|b| &b.out))
+            .filter_map(|s| s.opened_nbd())
+            .map(crate::sink::nbd::Landing::failure_note)
+            .collect()
+    }
+
     /// Decides whether the file `href` is a disk and where it goes.
     /// `entry_size` is the size of its content when known (a chunked
     /// file's before the OVF is not).
@@ -650,15 +698,17 @@ impl Importer {
             entry_size,
             capacity_hint.map_or(limits::MAX_CAPACITY, limits::gzip_inflated_cap),
         );
-        let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
-        if self.existing == Existing::Keep {
-            partial::refuse_existing(&dir, &file_name)?;
-        }
-        let decoder = decoder.with_spool(Box::new(FileSpool::new(dir.clone())));
+        let place = self.place_of(&target)?;
+        // An NBD target has no directory to spool in: a qcow2 entry whose
+        // data come before its tables is refused there.
+        let decoder = match &place {
+            Some((dir, _)) => decoder.with_spool(Box::new(FileSpool::new(dir.clone()))),
+            None => decoder,
+        };
         self.disks.push(DiskState {
             href: href.to_owned(),
             decoder,
-            out: TargetSlot::new(target, dir, file_name, self.existing, capacity_hint),
+            out: TargetSlot::new(target, place, self.existing, capacity_hint),
             chunked,
         });
         Ok(Some(self.disks.len() - 1))
@@ -822,12 +872,8 @@ impl Importer {
                 )
             })?;
             self.claim(&target.path)?;
-            let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
-            if self.existing == Existing::Keep {
-                partial::refuse_existing(&dir, &file_name)?;
-            }
-            let mut out =
-                TargetSlot::new(target, dir, file_name, self.existing, Some(disk.capacity));
+            let place = self.place_of(&target)?;
+            let mut out = TargetSlot::new(target, place, self.existing, Some(disk.capacity));
             out.create()?;
             self.blanks.push(BlankDisk {
                 disk_id: id.clone(),
@@ -839,7 +885,21 @@ impl Importer {
     }
 
     /// The stream ended: verify everything, then commit the targets.
-    pub fn finish(mut self) -> Result<ImportSummary> {
+    pub fn finish(self) -> Result<ImportSummary> {
+        // Targets may be opened while finishing (a held-back tail).
+        let mut notes: Vec<String> = self
+            .disks
+            .iter()
+            .map(|d| &d.out)
+            .chain(self.blanks.iter().map(|b| &b.out))
+            .filter_map(|s| s.target().nbd.as_ref())
+            .map(crate::sink::nbd::Landing::failure_note)
+            .collect();
+        notes.dedup();
+        self.finish_all().map_err(|e| with_notes(e, &notes))
+    }
+
+    fn finish_all(mut self) -> Result<ImportSummary> {
         self.progress.check_cancelled()?;
         // A compressed stream or a zip archive must be complete.
         while let Some(p) = self.unpack.finish()? {

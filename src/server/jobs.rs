@@ -512,6 +512,7 @@ impl Jobs {
                         href: d.href.clone(),
                         disk_id: d.disk_id.clone(),
                         path: self.store.resolve_path(&field, &p, create)?,
+                        nbd: None,
                         format: d.format.clone(),
                     })
                 })

@@ -4,6 +4,7 @@
 use crate::error::{Classify, ErrorKind, Result};
 use crate::limits::MAX_CAPACITY;
 use crate::sink::Target;
+use crate::sink::nbd::NbdTarget;
 use crate::sink::qcow2::Qcow2Volume;
 use crate::sink::raw::RawVolume;
 
@@ -69,6 +70,8 @@ pub enum TargetVolume {
     Raw(RawVolume),
     /// A qcow2 v3 file.
     Qcow2(Qcow2Volume),
+    /// An NBD export, written in place.
+    Nbd(NbdTarget),
 }
 
 impl Target for TargetVolume {
@@ -76,6 +79,7 @@ impl Target for TargetVolume {
         match self {
             TargetVolume::Raw(v) => v.write_at(offset, data),
             TargetVolume::Qcow2(v) => v.write_at(offset, data),
+            TargetVolume::Nbd(v) => v.write_at(offset, data),
         }
     }
 
@@ -83,6 +87,7 @@ impl Target for TargetVolume {
         match self {
             TargetVolume::Raw(v) => v.write_zeroes(offset, len),
             TargetVolume::Qcow2(v) => v.write_zeroes(offset, len),
+            TargetVolume::Nbd(v) => v.write_zeroes(offset, len),
         }
     }
 
@@ -90,6 +95,7 @@ impl Target for TargetVolume {
         match self {
             TargetVolume::Raw(v) => v.finish(),
             TargetVolume::Qcow2(v) => v.finish(),
+            TargetVolume::Nbd(v) => v.finish(),
         }
     }
 
@@ -97,6 +103,7 @@ impl Target for TargetVolume {
         match self {
             TargetVolume::Raw(v) => v.set_capacity(capacity),
             TargetVolume::Qcow2(v) => v.set_capacity(capacity),
+            TargetVolume::Nbd(v) => v.set_capacity(capacity),
         }
     }
 
@@ -104,6 +111,7 @@ impl Target for TargetVolume {
         match self {
             TargetVolume::Raw(v) => v.capacity(),
             TargetVolume::Qcow2(v) => v.capacity(),
+            TargetVolume::Nbd(v) => v.capacity(),
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::DiskFormat;
 use crate::volume::Format;
+use crate::volume::nbd::NbdUrl;
 
 /// An operation a ticket allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,7 +78,9 @@ pub struct OvaDisk {
     /// one the OVF gives no file, which the import creates empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_id: Option<String>,
-    /// Target (import) or source (export) volume, `file:///path`.
+    /// Target (import) or source (export) volume, `file:///path`; an
+    /// import target may be an NBD export (`nbd:unix:/path.sock`,
+    /// `nbd://host:port/export`).
     pub url: String,
     /// `raw` or `qcow2`; on import the target format (default raw), on
     /// export the source format (default: probed).
@@ -209,7 +212,8 @@ pub struct TicketRequest {
     /// package size when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// The volume, `file:///path` (`image` kind only).
+    /// The volume, `file:///path` or an NBD export (`nbd:unix:/path.sock`,
+    /// `nbd://host:port/export`), `image` kind only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Allowed operations; for `image`, `write` also allows reading.
@@ -414,7 +418,7 @@ impl TicketRequest {
         let Some(url) = &self.url else {
             return Err(invalid("url", "required for an image ticket"));
         };
-        file_url_path("url", url)?;
+        volume_url("url", url)?;
         let Some(size) = self.size else {
             return Err(invalid("size", "required for an image ticket"));
         };
@@ -514,7 +518,15 @@ impl TicketRequest {
             if !names.insert(name) {
                 return Err(invalid(field, format!("'{name}' is named twice")));
             }
-            file_url_path(&format!("ova.disks[{i}].url"), &d.url)?;
+            let field = format!("ova.disks[{i}].url");
+            if let VolumeUrl::Nbd(_) = volume_url(&field, &d.url)?
+                && kind != TicketKind::OvaImport
+            {
+                return Err(invalid(
+                    field,
+                    "an export reads its disks from files: NBD sources are not supported",
+                ));
+            }
             if let Some(f) = &d.format
                 && f != "raw"
                 && f != "qcow2"
@@ -619,6 +631,28 @@ fn validate_id(id: &str) -> Result<(), TicketError> {
         return Ok(());
     };
     Err(TicketError::InvalidId { reason })
+}
+
+/// Where a ticket's volume is: a file beneath the storage roots, or an
+/// NBD export (which is no file, and so lies under no root: only the
+/// control API can name one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VolumeUrl {
+    /// `file:///path`.
+    File(PathBuf),
+    /// `nbd:unix:/path.sock[:exportname=X]`, `nbd://host:port/export`,
+    /// `nbd+unix:///export?socket=/path.sock`.
+    Nbd(NbdUrl),
+}
+
+/// The volume a `file://` or NBD URL names.
+pub(crate) fn volume_url(field: &str, url: &str) -> Result<VolumeUrl, TicketError> {
+    if NbdUrl::is_nbd(url) {
+        return NbdUrl::parse(url)
+            .map(VolumeUrl::Nbd)
+            .map_err(|reason| invalid(field, format!("'{url}': {reason}")));
+    }
+    file_url_path(field, url).map(VolumeUrl::File)
 }
 
 /// The absolute path named by a `file:///path` (or

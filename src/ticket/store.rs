@@ -39,7 +39,8 @@ use sha2::{Digest, Sha256};
 use super::clock::{Clock, SystemClock};
 use super::journal::Journal;
 use super::model::{
-    DiskStatus, Op, TicketKind, TicketRequest, TicketStatus, TransferState, file_url_path,
+    DiskStatus, Op, TicketKind, TicketRequest, TicketStatus, TransferState, VolumeUrl,
+    file_url_path, volume_url,
 };
 use super::{DEFAULT_INACTIVITY_TIMEOUT, TicketError, ct_eq};
 use crate::error::{Error, ErrorKind, Result};
@@ -47,6 +48,7 @@ use crate::limits::{MAX_TICKET_TIMEOUT, MAX_TICKETS};
 use crate::pipeline::progress::Progress;
 use crate::source::volume::AllowedRoots;
 use crate::volume::Format;
+use crate::volume::nbd::NbdUrl;
 
 /// One disk of an OVA ticket with its path resolved under the storage roots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +58,12 @@ pub struct ResolvedDisk {
     /// A blank disk's `ovf:diskId`, instead of an href.
     pub disk_id: Option<String>,
     /// Canonical path of the volume (for an import target that does not
-    /// exist yet: its canonical directory joined with its file name).
+    /// exist yet: its canonical directory joined with its file name); for
+    /// an NBD target, its URL (no file).
     pub path: PathBuf,
+    /// Import only: the target is this NBD export, written in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<NbdUrl>,
     /// `raw` or `qcow2`, as given.
     pub format: Option<String>,
 }
@@ -101,6 +107,8 @@ pub struct Restored {
 struct Spec {
     req: TicketRequest,
     path: Option<PathBuf>,
+    /// `image`: the volume is this NBD export, not a file.
+    nbd: Option<NbdUrl>,
     /// `image`: the volume's format, stated or probed when the ticket was
     /// added (`None` only where it could not be decided for a record from
     /// before formats were kept: probed at each open).
@@ -469,11 +477,14 @@ impl TicketStore {
                 out.dropped += 1;
                 continue;
             }
-            let paths = r.path.iter().chain(
-                r.ova
+            // An NBD target is no file, and lies under no root.
+            let paths = r.path.iter().chain(r.ova.iter().flat_map(|o| {
+                o.disks
                     .iter()
-                    .flat_map(|o| o.disks.iter().map(|d| &d.path).chain(o.ovf.as_ref())),
-            );
+                    .filter(|d| d.nbd.is_none())
+                    .map(|d| &d.path)
+                    .chain(o.ovf.as_ref())
+            }));
             if !paths.into_iter().all(|p| self.roots.holds(p)) {
                 drop_record("a path it names is no longer under a storage root");
                 out.dropped += 1;
@@ -492,11 +503,20 @@ impl TicketStore {
                     d.state = TransferState::Failed;
                 }
                 if r.ticket.kind == TicketKind::OvaImport {
-                    out.interrupted_targets.extend(
-                        r.ova
+                    out.interrupted_targets.extend(r.ova.iter().flat_map(|o| {
+                        o.disks
                             .iter()
-                            .flat_map(|o| o.disks.iter().map(|d| d.path.clone())),
-                    );
+                            .filter(|d| d.nbd.is_none())
+                            .map(|d| d.path.clone())
+                    }));
+                    for url in r
+                        .ova
+                        .iter()
+                        .flat_map(|o| o.disks.iter())
+                        .filter_map(|d| d.nbd.as_ref())
+                    {
+                        tracing::warn!(ticket = %log_id, target = %url, "the NBD target of the interrupted import may hold partial data");
+                    }
                 }
                 tracing::warn!(ticket = %log_id, "transfer cut short by a restart: marked failed");
                 out.interrupted += 1;
@@ -513,6 +533,7 @@ impl TicketStore {
             let spec = Spec {
                 req: r.ticket.req,
                 path: r.path,
+                nbd: r.nbd,
                 format,
                 ova: r.ova,
             };
@@ -615,18 +636,23 @@ impl TicketStore {
     /// Resolves every path of a validated request under the roots.
     fn resolve(&self, req: TicketRequest) -> Result<Spec> {
         let mut path = None;
+        let mut nbd = None;
         let mut format = None;
         let mut ova = None;
         match req.kind {
-            TicketKind::Image => {
-                if let Some(url) = &req.url {
-                    let p = file_url_path("url", url)?;
+            TicketKind::Image => match req.url.as_deref().map(|u| volume_url("url", u)) {
+                Some(Ok(VolumeUrl::File(p))) => {
                     let canon = self.resolve_path("url", &p, req.ops.contains(&Op::Write))?;
                     let stated = req.format.as_deref().and_then(Format::parse);
                     format = Some(self.resolve_format(&canon, stated)?);
                     path = Some(canon);
                 }
-            }
+                // The export presents guest bytes whatever the format
+                // behind it; it is connected to at the first request.
+                Some(Ok(VolumeUrl::Nbd(u))) => nbd = Some(u),
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            },
             TicketKind::OvaImport | TicketKind::OvaExport => {
                 let create = req.kind == TicketKind::OvaImport;
                 if let Some(spec) = &req.ova {
@@ -634,8 +660,17 @@ impl TicketStore {
                     let mut seen = HashSet::new();
                     for (i, d) in spec.disks.iter().enumerate() {
                         let field = format!("ova.disks[{i}].url");
-                        let p =
-                            self.resolve_path(&field, &file_url_path(&field, &d.url)?, create)?;
+                        let (p, nbd) = match volume_url(&field, &d.url)? {
+                            VolumeUrl::Nbd(u) if create => (PathBuf::from(u.to_string()), Some(u)),
+                            VolumeUrl::Nbd(_) => {
+                                return Err(TicketError::InvalidField {
+                                    field,
+                                    reason: "NBD sources are not supported".into(),
+                                }
+                                .into());
+                            }
+                            VolumeUrl::File(p) => (self.resolve_path(&field, &p, create)?, None),
+                        };
                         if !seen.insert(p.clone()) {
                             return Err(TicketError::InvalidField {
                                 field,
@@ -647,6 +682,7 @@ impl TicketStore {
                             href: d.href.clone(),
                             disk_id: d.disk_id.clone(),
                             path: p,
+                            nbd,
                             format: d.format.clone(),
                         });
                     }
@@ -673,6 +709,7 @@ impl TicketStore {
         Ok(Spec {
             req,
             path,
+            nbd,
             format,
             ova,
         })
@@ -889,6 +926,11 @@ impl TicketHandle {
     /// Canonical path of the volume of an `image` ticket.
     pub fn path(&self) -> Option<&Path> {
         self.spec.path.as_deref()
+    }
+
+    /// The NBD export of an `image` ticket whose volume is one.
+    pub fn nbd(&self) -> Option<&NbdUrl> {
+        self.spec.nbd.as_ref()
     }
 
     /// The format of the volume of an `image` ticket, decided when the
@@ -1175,6 +1217,8 @@ struct TicketRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbd: Option<NbdUrl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ova: Option<ResolvedOva>,
 }
 
@@ -1313,6 +1357,7 @@ impl Entry {
             transferred,
             disks: s.disks.clone(),
             path: self.spec.path.clone(),
+            nbd: self.spec.nbd.clone(),
             ova: self.spec.ova.clone(),
         };
         drop(s);

@@ -7,7 +7,8 @@
 //! ```text
 //! image tickets (ranged GET/PUT/PATCH) ─┐
 //! export sources (allocation map)      ─┼─► Volume ─┬─ raw::RawFile    (pread/pwrite, O_DIRECT, punch, SEEK_DATA)
-//! import sinks (extent streams)        ─┘           └─ qcow2::Qcow2File (guest view, allocating writes, zero clusters)
+//! import sinks (extent streams)        ─┘           ├─ qcow2::Qcow2File (guest view, allocating writes, zero clusters)
+//!                                                   └─ nbd::NbdVolume   (an NBD export: qemu-nbd on an oVirt host)
 //! ```
 //!
 //! A volume's abilities are small traits — [`Size`], [`ReadAt`],
@@ -19,9 +20,12 @@
 //!
 //! Volumes are opened beneath the storage roots ([`open`]): the path is
 //! resolved at the moment of the open with no symbolic link followed, and
-//! every backing file a qcow2 image names must lie under a root too.
+//! every backing file a qcow2 image names must lie under a root too. An
+//! NBD volume is no file: it is opened by URL ([`open_nbd`]), which only
+//! the control API (a ticket) can name.
 
 pub mod direct;
+pub mod nbd;
 pub mod qcow2;
 pub mod raw;
 mod registry;
@@ -351,6 +355,13 @@ pub enum Volume {
     Raw(raw::RawFile),
     /// A qcow2 image, seen as its guest sees it.
     Qcow2(qcow2::Qcow2File),
+    /// An NBD export: guest bytes, whatever image the server reads.
+    Nbd(nbd::NbdVolume),
+}
+
+/// Connects to the NBD export at `url`, for writing when `write`.
+pub fn open_nbd(url: &nbd::NbdUrl, write: bool) -> Result<Volume> {
+    Ok(Volume::Nbd(nbd::NbdVolume::connect(url, write)?))
 }
 
 /// Opens the volume at `path` beneath its storage root. Under roots,
@@ -432,19 +443,21 @@ impl Volume {
         })
     }
 
-    /// The volume's format.
+    /// The volume's format: an NBD export presents raw guest bytes.
     pub fn format(&self) -> Format {
         match self {
-            Volume::Raw(_) => Format::Raw,
+            Volume::Raw(_) | Volume::Nbd(_) => Format::Raw,
             Volume::Qcow2(_) => Format::Qcow2,
         }
     }
 
-    /// The path the volume was opened by, for messages.
+    /// The path the volume was opened by (an NBD volume's URL), for
+    /// messages.
     pub fn path(&self) -> &Path {
         match self {
             Volume::Raw(v) => v.path(),
             Volume::Qcow2(v) => v.path(),
+            Volume::Nbd(v) => v.path(),
         }
     }
 
@@ -461,6 +474,7 @@ impl Size for Volume {
         match self {
             Volume::Raw(v) => v.size(),
             Volume::Qcow2(v) => v.size(),
+            Volume::Nbd(v) => v.size(),
         }
     }
 }
@@ -470,6 +484,7 @@ impl ReadAt for Volume {
         match self {
             Volume::Raw(v) => v.read_at(offset, buf),
             Volume::Qcow2(v) => v.read_at(offset, buf),
+            Volume::Nbd(v) => v.read_at(offset, buf),
         }
     }
 }
@@ -479,6 +494,7 @@ impl WriteAt for Volume {
         match self {
             Volume::Raw(v) => v.write_at(offset, data),
             Volume::Qcow2(v) => v.write_at(offset, data),
+            Volume::Nbd(v) => v.write_at(offset, data),
         }
     }
 }
@@ -488,6 +504,7 @@ impl Zero for Volume {
         match self {
             Volume::Raw(v) => v.zero(offset, len, punch),
             Volume::Qcow2(v) => v.zero(offset, len, punch),
+            Volume::Nbd(v) => v.zero(offset, len, punch),
         }
     }
 }
@@ -497,6 +514,7 @@ impl Flush for Volume {
         match self {
             Volume::Raw(v) => v.flush(),
             Volume::Qcow2(v) => v.flush(),
+            Volume::Nbd(v) => v.flush(),
         }
     }
 }
@@ -506,6 +524,7 @@ impl Extents for Volume {
         match self {
             Volume::Raw(v) => v.extents(offset, len),
             Volume::Qcow2(v) => v.extents(offset, len),
+            Volume::Nbd(v) => v.extents(offset, len),
         }
     }
 }

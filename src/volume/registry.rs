@@ -9,13 +9,17 @@
 //! inode), which it shares. The registry holds no volume alive: the last
 //! request to finish closes it, and with it flushes a qcow2 image's
 //! caches.
+//!
+//! An NBD export is shared by its URL: one pool of connections serves
+//! every request of its tickets.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use super::{OpenOptions, Volume, open_file};
+use super::nbd::NbdUrl;
+use super::{OpenOptions, Volume, open_file, open_nbd};
 use crate::error::{Error, ErrorKind, Result};
 use crate::roots::AllowedRoots;
 
@@ -26,6 +30,7 @@ type Key = (u64, u64, bool);
 #[derive(Debug, Default)]
 pub struct Registry {
     open: Mutex<HashMap<Key, Weak<Volume>>>,
+    nbd: Mutex<HashMap<(NbdUrl, bool), Weak<Volume>>>,
 }
 
 impl Registry {
@@ -69,10 +74,38 @@ impl Registry {
         Ok(v)
     }
 
+    /// Connects to the NBD export at `url` (for writing when `write`),
+    /// sharing the volume already open on it with the same access. The
+    /// connection is made outside the registry's lock, so that a slow
+    /// server holds up no other open; when two first requests race, the
+    /// first volume registered wins and the other is closed.
+    pub fn open_nbd(&self, url: &NbdUrl, write: bool) -> Result<Arc<Volume>> {
+        let key = (url.clone(), write);
+        let lookup = || {
+            let open = self.nbd.lock().unwrap_or_else(PoisonError::into_inner);
+            open.get(&key).and_then(Weak::upgrade)
+        };
+        if let Some(v) = lookup() {
+            return Ok(v);
+        }
+        let v = Arc::new(open_nbd(url, write)?);
+        let mut open = self.nbd.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(other) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(other);
+        }
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&v));
+        Ok(v)
+    }
+
     /// How many volumes are open.
     pub fn len(&self) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.values().filter(|w| w.strong_count() > 0).count()
+        let nbd = self.nbd.lock().unwrap_or_else(PoisonError::into_inner);
+        open.values()
+            .chain(nbd.values())
+            .filter(|w| w.strong_count() > 0)
+            .count()
     }
 
     /// Whether no volume is open.

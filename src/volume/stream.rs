@@ -45,9 +45,15 @@ impl<'a> StreamWriter<'a> {
                 }
                 Inner::Direct(DirectWriter::new(r.file(), offset, buffer))
             }
-            Volume::Qcow2(q) => {
-                q.check_writable()?;
-                let align = q.cluster_size().max(1);
+            Volume::Qcow2(_) | Volume::Nbd(_) => {
+                let align = match volume {
+                    Volume::Qcow2(q) => {
+                        q.check_writable()?;
+                        q.cluster_size().max(1)
+                    }
+                    Volume::Nbd(n) => n.preferred_block().max(1),
+                    Volume::Raw(_) => 1,
+                };
                 let capacity = (buffer as u64).max(align).div_ceil(align) * align;
                 Inner::Clusters {
                     start: offset,

@@ -16,11 +16,11 @@ use std::process::{Command, Output};
 use super::*;
 use crate::test_support::Rng;
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
+pub(super) const KIB: u64 = 1 << 10;
+pub(super) const MIB: u64 = 1 << 20;
 
 /// Runs `qemu-img ARGS`; panics when it cannot be started.
-fn qemu_img(args: &[&str]) -> Output {
+pub(super) fn qemu_img(args: &[&str]) -> Output {
     Command::new("qemu-img")
         .args(args)
         .output()
@@ -28,7 +28,7 @@ fn qemu_img(args: &[&str]) -> Output {
 }
 
 /// Runs `qemu-img ARGS` and asserts success.
-fn qemu_img_ok(args: &[&str]) -> Output {
+pub(super) fn qemu_img_ok(args: &[&str]) -> Output {
     let out = qemu_img(args);
     assert!(
         out.status.success(),
@@ -39,12 +39,12 @@ fn qemu_img_ok(args: &[&str]) -> Output {
     out
 }
 
-fn p(path: &Path) -> &str {
+pub(super) fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
 /// `qemu-img check` finds no error and no leak.
-fn assert_check_clean(image: &Path) {
+pub(super) fn assert_check_clean(image: &Path) {
     let out = qemu_img(&["check", p(image)]);
     assert_eq!(
         out.status.code(),
@@ -57,7 +57,7 @@ fn assert_check_clean(image: &Path) {
 }
 
 /// `qemu-img compare` finds `model`'s bytes in `image`.
-fn assert_same_as(model: &[u8], image: &Path, format: Format, dir: &Path) {
+pub(super) fn assert_same_as(model: &[u8], image: &Path, format: Format, dir: &Path) {
     let raw = dir.join("model.raw");
     std::fs::write(&raw, model).expect("write model");
     let out = qemu_img(&[
@@ -80,7 +80,7 @@ fn assert_same_as(model: &[u8], image: &Path, format: Format, dir: &Path) {
 
 /// What `qemu-img map` says of one range, in our terms: data; present
 /// without data (a zero cluster); or not present at all.
-fn qemu_extents(image: &Path, format: Format) -> Vec<Extent> {
+pub(super) fn qemu_extents(image: &Path, format: Format) -> Vec<Extent> {
     let out = qemu_img_ok(&["map", "--output=json", "-f", format.name(), p(image)]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("map json");
     let mut list = Vec::new();
@@ -100,7 +100,7 @@ fn qemu_extents(image: &Path, format: Format) -> Vec<Extent> {
 }
 
 /// Data or not: what a raw file's map can tell.
-fn data_only(list: &[Extent]) -> Vec<(u64, u64, bool)> {
+pub(super) fn data_only(list: &[Extent]) -> Vec<(u64, u64, bool)> {
     let mut out: Vec<(u64, u64, bool)> = Vec::new();
     for e in list {
         let data = e.kind == ExtentKind::Data;
@@ -113,7 +113,7 @@ fn data_only(list: &[Extent]) -> Vec<(u64, u64, bool)> {
 }
 
 /// Our extents are qemu's; the first difference is shown.
-fn assert_same_extents(ours: &[Extent], theirs: &[Extent], seed: u64) {
+pub(super) fn assert_same_extents(ours: &[Extent], theirs: &[Extent], seed: u64) {
     if let Some(i) = (0..ours.len().max(theirs.len())).find(|&i| ours.get(i) != theirs.get(i)) {
         panic!(
             "seed {seed}: extent {i} differs from qemu-img map: ours {:?}, qemu's {:?}",
@@ -124,7 +124,7 @@ fn assert_same_extents(ours: &[Extent], theirs: &[Extent], seed: u64) {
 }
 
 /// `list` cut at `size`.
-fn clip(list: &[Extent], size: u64) -> Vec<Extent> {
+pub(super) fn clip(list: &[Extent], size: u64) -> Vec<Extent> {
     let mut out = Vec::new();
     for e in list {
         if e.start < size {
@@ -135,7 +135,7 @@ fn clip(list: &[Extent], size: u64) -> Vec<Extent> {
 }
 
 /// The volume's extents cover it in order, without gaps, merged.
-fn assert_well_formed(list: &[Extent], size: u64) {
+pub(super) fn assert_well_formed(list: &[Extent], size: u64) {
     let mut pos = 0;
     for (i, e) in list.iter().enumerate() {
         assert_eq!(e.start, pos, "gap or overlap at {i}: {list:?}");
@@ -149,7 +149,7 @@ fn assert_well_formed(list: &[Extent], size: u64) {
 }
 
 /// Every guest byte read through `v` in uneven pieces.
-fn read_all(v: &Volume) -> Vec<u8> {
+pub(super) fn read_all(v: &Volume) -> Vec<u8> {
     let size = v.size();
     let mut out = vec![0u8; size as usize];
     let mut off = 0u64;
@@ -179,7 +179,7 @@ fn open_rw(path: &Path, format: Format) -> Volume {
 
 /// One step of a random sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     Write { offset: u64, len: u64 },
     Zero { offset: u64, len: u64, punch: bool },
     Read { offset: u64, len: u64 },
@@ -191,11 +191,11 @@ enum Step {
 /// `cluster` bytes and whose L2 tables map `l2_span` bytes: offsets
 /// anywhere, near cluster boundaries and near L2 boundaries; lengths
 /// from a byte to several clusters.
-struct Steps {
-    rng: Rng,
-    size: u64,
-    cluster: u64,
-    l2_span: u64,
+pub(super) struct Steps {
+    pub(super) rng: Rng,
+    pub(super) size: u64,
+    pub(super) cluster: u64,
+    pub(super) l2_span: u64,
 }
 
 impl Steps {
@@ -228,7 +228,7 @@ impl Steps {
         len.min(self.size - offset)
     }
 
-    fn next(&mut self) -> Step {
+    pub(super) fn next(&mut self) -> Step {
         let offset = self.offset();
         let len = self.len(offset);
         match self.rng.below(100) {
@@ -252,14 +252,14 @@ impl Steps {
 
 /// The bytes a write at `offset` puts there: they name the step, so a
 /// misplaced write shows.
-fn data_for(step: u64, offset: u64, len: u64) -> Vec<u8> {
+pub(super) fn data_for(step: u64, offset: u64, len: u64) -> Vec<u8> {
     (0..len)
         .map(|i| ((offset + i).wrapping_mul(31) ^ step.wrapping_mul(7)) as u8 | 1)
         .collect()
 }
 
 /// Applies `step` to the model.
-fn apply(model: &mut [u8], i: u64, step: Step) {
+pub(super) fn apply(model: &mut [u8], i: u64, step: Step) {
     match step {
         Step::Write { offset, len } => {
             model[offset as usize..(offset + len) as usize]
@@ -364,7 +364,7 @@ fn oracle(image: &Path, format: Format, mut model: Vec<u8>, seed: u64, count: u6
 }
 
 /// `qemu-img create -f qcow2 -o OPTS` of `size` bytes.
-fn create_qcow2(path: &Path, size: u64, opts: &str) {
+pub(super) fn create_qcow2(path: &Path, size: u64, opts: &str) {
     qemu_img_ok(&[
         "create",
         "-q",
@@ -378,7 +378,7 @@ fn create_qcow2(path: &Path, size: u64, opts: &str) {
 }
 
 /// A raw file of `size` bytes of seeded data with holes.
-fn random_raw(path: &Path, size: u64, seed: u64) -> Vec<u8> {
+pub(super) fn random_raw(path: &Path, size: u64, seed: u64) -> Vec<u8> {
     let mut rng = Rng(seed);
     let mut bytes = vec![0u8; size as usize];
     let f = File::create(path).expect("create raw");

@@ -1,5 +1,7 @@
 //! Where one disk's extents go: its target volume, opened lazily once its
-//! capacity is known, and settled when the OVF arrives after the disk.
+//! capacity is known, and settled when the OVF arrives after the disk. A
+//! file target is written under its `.partial` name; an NBD target in
+//! place ([`crate::sink::nbd`]).
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use crate::codec::ExtentSink;
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
 use crate::roots::Dir;
+use crate::sink::nbd::{Landing, NbdTarget};
 use crate::sink::partial::{Existing, PartialFile};
 use crate::sink::target::TargetVolume;
 use crate::sink::writer::VolumeWriter;
@@ -25,10 +28,9 @@ use super::DiskTarget;
 #[derive(Debug)]
 pub(super) struct TargetSlot {
     target: DiskTarget,
-    /// The target's directory, opened when the disk's entry began.
-    dir: Arc<Dir>,
-    /// The target's file name in `dir`.
-    name: OsString,
+    /// The target's directory, opened when the disk's entry began, and
+    /// its file name there; `None` for an NBD target.
+    place: Option<(Arc<Dir>, OsString)>,
     /// What happens to a file already at the target's name.
     existing: Existing,
     /// Capacity from the OVF DiskSection.
@@ -47,7 +49,7 @@ pub(super) struct TargetSlot {
     /// An image before the OVF: its last sector, held back until the OVF
     /// says whether the capacity ends inside it.
     tail: Option<Tail>,
-    opened: Option<(PartialFile, VolumeWriter<TargetVolume>)>,
+    opened: Option<(Landing, VolumeWriter<TargetVolume>)>,
 }
 
 /// The last sector of an image that arrived before the OVF.
@@ -78,19 +80,18 @@ fn past_ovf_capacity(capacity: u64) -> Error {
 }
 
 impl TargetSlot {
-    /// A slot for `target`, whose file is `name` in `dir`; `capacity_hint`
-    /// is the OVF's capacity when the OVF came first.
+    /// A slot for `target`, whose file is `name` in `dir` (`None` for an
+    /// NBD target); `capacity_hint` is the OVF's capacity when the OVF
+    /// came first.
     pub(super) fn new(
         target: DiskTarget,
-        dir: Arc<Dir>,
-        name: OsString,
+        place: Option<(Arc<Dir>, OsString)>,
         existing: Existing,
         capacity_hint: Option<u64>,
     ) -> Self {
         TargetSlot {
             target,
-            dir,
-            name,
+            place,
             existing,
             capacity_hint,
             entry_hint: None,
@@ -122,9 +123,35 @@ impl TargetSlot {
         Ok(())
     }
 
-    /// The partial file and its writer, once opened.
-    pub(super) fn into_opened(self) -> Option<(PartialFile, VolumeWriter<TargetVolume>)> {
+    /// Where the target lands and its writer, once opened.
+    pub(super) fn into_opened(self) -> Option<(Landing, VolumeWriter<TargetVolume>)> {
         self.opened
+    }
+
+    /// The NBD export this slot has opened, if any: a failed import must
+    /// say that it may hold partial data.
+    pub(super) fn opened_nbd(&self) -> Option<&crate::volume::nbd::NbdUrl> {
+        self.opened.as_ref().and(self.target.nbd.as_ref())
+    }
+
+    /// Creates the landing and the volume: a fresh file of `capacity`
+    /// bytes (`None`: provisional), or the NBD export, cleared.
+    fn create_volume(&self, capacity: Option<u64>) -> Result<(Landing, TargetVolume)> {
+        if let Some(url) = &self.target.nbd {
+            let t = NbdTarget::open(url, capacity)?;
+            return Ok((Landing::nbd(url), TargetVolume::Nbd(t)));
+        }
+        let Some((dir, name)) = &self.place else {
+            return Err(Error::new(ErrorKind::Io, "target has no directory"));
+        };
+        let (partial, file) = PartialFile::create_in(dir.clone(), name, self.existing)?;
+        let format = self.target.format;
+        let volume = match capacity {
+            Some(c) => format.create(file, c),
+            None => format.create_provisional(file),
+        }
+        .map_err(|e| e.at_path(partial.partial_path()))?;
+        Ok((Landing::Partial(partial), volume))
     }
 
     fn open(&mut self, capacity: u64) -> Result<&mut VolumeWriter<TargetVolume>> {
@@ -135,14 +162,8 @@ impl TargetSlot {
                     format!("disk capacity {capacity} exceeds the limit"),
                 ));
             }
-            let (partial, file) =
-                PartialFile::create_in(self.dir.clone(), &self.name, self.existing)?;
-            let volume = self
-                .target
-                .format
-                .create(file, capacity)
-                .map_err(|e| e.at_path(partial.partial_path()))?;
-            self.opened = Some((partial, VolumeWriter::new(volume)));
+            let (landing, volume) = self.create_volume(Some(capacity))?;
+            self.opened = Some((landing, VolumeWriter::new(volume)));
         }
         match &mut self.opened {
             Some((_, w)) => Ok(w),
@@ -157,14 +178,8 @@ impl TargetSlot {
             }
             // A raw disk before the OVF: its size is settled when the OVF
             // arrives.
-            let (partial, file) =
-                PartialFile::create_in(self.dir.clone(), &self.name, self.existing)?;
-            let volume = self
-                .target
-                .format
-                .create_provisional(file)
-                .map_err(|e| e.at_path(partial.partial_path()))?;
-            self.opened = Some((partial, VolumeWriter::new(volume)));
+            let (landing, volume) = self.create_volume(None)?;
+            self.opened = Some((landing, VolumeWriter::new(volume)));
             self.provisional = true;
         }
         self.open(0)

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{printable, unfit_for_file_name};
 use crate::sink::format::TargetFormat;
+use crate::volume::nbd::NbdUrl;
 
 /// Where one disk goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,9 @@ pub struct DiskTarget {
     pub path: PathBuf,
     /// Format of the target volume.
     pub format: TargetFormat,
+    /// The target is this NBD export, written in place as guest bytes
+    /// (`path` is then its URL, for messages, and `format` is not used).
+    pub nbd: Option<NbdUrl>,
 }
 
 /// How disks are mapped to targets.
@@ -55,6 +59,7 @@ impl Targets {
                 Ok(Some(DiskTarget {
                     path: dir.join(format!("{stem}.{}", format.extension())),
                     format: *format,
+                    nbd: None,
                 }))
             }
         }
@@ -89,6 +94,7 @@ impl Targets {
                 Ok(Some(DiskTarget {
                     path: dir.join(format!("{disk_id}.{}", format.extension())),
                     format: *format,
+                    nbd: None,
                 }))
             }
         }
@@ -140,6 +146,7 @@ mod tests {
         let target = DiskTarget {
             path: PathBuf::from("/t/flash.raw"),
             format: TargetFormat::Raw,
+            nbd: None,
         };
         m.insert("flash".to_owned(), target.clone());
         let t = Targets::Map(m);

@@ -73,8 +73,13 @@ impl Volumes {
     /// a raw volume that does not exist yet is created, sized to the
     /// ticket's `size`.
     async fn open(&self, t: &TicketHandle, create: bool) -> Result<Arc<Volume>> {
-        let path = volume_path(t)?;
         let write = t.ops().contains(&TicketOp::Write);
+        if let Some(url) = t.nbd() {
+            // An NBD export: connected to (or shared) by URL, not a path.
+            let (this, url) = (self.clone(), url.clone());
+            return blocking::run(move || this.registry.open_nbd(&url, write)).await;
+        }
+        let path = volume_path(t)?;
         let opts = OpenOptions {
             format: t.format(),
             write,

@@ -94,6 +94,7 @@ pub(crate) fn import_targets(ova: &ResolvedOva) -> Result<Targets> {
         let target = DiskTarget {
             path: d.path.clone(),
             format,
+            nbd: d.nbd.clone(),
         };
         if map.insert(name.clone(), target).is_some() {
             return Err(Error::new(
@@ -364,10 +365,8 @@ pub(super) async fn put(
         }
         if !ended {
             // Dropping the importer removes every partial target.
-            return (
-                Err(Error::new(ErrorKind::Cancelled, "upload ended early")),
-                seen,
-            );
+            let e = Error::new(ErrorKind::Cancelled, "upload ended early");
+            return (Err(importer.note_targets(e)), seen);
         }
         (importer.finish(), seen)
     });

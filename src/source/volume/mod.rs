@@ -4,6 +4,20 @@
 //! encoder knows the exact output size before the first byte — and serves
 //! guest reads through [`GuestReader`].
 
+/// An NBD export's allocation map from its extents (holes are left out).
+fn nbd_allocation_map(n: &crate::volume::nbd::NbdVolume) -> Result<AllocationMap> {
+    use crate::volume::{ExtentKind, Extents, Size};
+    let mut map = AllocationMap::new(n.size());
+    for e in n.extents(0, n.size())? {
+        match e.kind {
+            ExtentKind::Data => map.push(e.start, e.len, RangeKind::Data)?,
+            ExtentKind::Zero => map.push(e.start, e.len, RangeKind::Zero)?,
+            ExtentKind::Hole => {}
+        }
+    }
+    Ok(map)
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +73,7 @@ impl SourceVolume {
         let map = match &self.inner {
             Volume::Raw(r) => r.allocation_map()?,
             Volume::Qcow2(q) => q.allocation_map()?,
+            Volume::Nbd(n) => nbd_allocation_map(n)?,
         };
         if detect_zeros {
             self.detect_zeros(&map)
