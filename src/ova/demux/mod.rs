@@ -32,9 +32,17 @@
 //! # }
 //! ```
 
+mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+mod fuzz;
 mod header;
 #[cfg(test)]
 mod tests;
+
+pub use error::TarError;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub use fuzz::fuzz_entry;
 
 use header::{BLOCK, PaxRecords};
 
@@ -134,167 +142,6 @@ pub enum Event<'a> {
     /// The end-of-archive marker (two zero blocks) was read. Any bytes
     /// after it are consumed and ignored.
     Eof,
-}
-
-/// Why the tar stream was rejected. Every variant carries the stream
-/// offset (bytes from the start of the tar stream) where the problem is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TarError {
-    /// The header checksum does not match.
-    #[error(
-        "tar header at byte {offset}: checksum mismatch (stored {stored}, computed {computed})"
-    )]
-    BadChecksum {
-        /// Offset of the header block.
-        offset: u64,
-        /// The checksum stored in the header.
-        stored: u64,
-        /// The unsigned sum of the header bytes.
-        computed: u64,
-    },
-    /// A numeric header field cannot be decoded.
-    #[error("tar header at byte {offset}: bad {field} field: {reason}")]
-    BadField {
-        /// Offset of the header block.
-        offset: u64,
-        /// Which field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A PAX extended header record is malformed.
-    #[error("PAX record at byte {offset}: {reason}")]
-    BadPax {
-        /// Offset of the record.
-        offset: u64,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// An extension header is too large.
-    #[error("{what} at byte {offset}: size {size} exceeds the limit of {limit} bytes")]
-    TooLarge {
-        /// Offset of the extension header block.
-        offset: u64,
-        /// Which kind of extension header.
-        what: &'static str,
-        /// The size it declares.
-        size: u64,
-        /// The limit from `limits.rs`.
-        limit: u64,
-    },
-    /// The archive holds more entries than `limits::MAX_ENTRIES`.
-    #[error("tar header at byte {offset}: more than {limit} entries")]
-    TooManyEntries {
-        /// Offset of the header block of the entry over the limit.
-        offset: u64,
-        /// The limit.
-        limit: usize,
-    },
-    /// An extension header (PAX `x`, GNU `L`/`K`) is not directly followed
-    /// by the entry it describes.
-    #[error("{what} at byte {offset} is followed by {found} instead of an entry")]
-    DanglingExtension {
-        /// Offset of the offending block (the end marker or the second
-        /// extension header).
-        offset: u64,
-        /// The pending extension header.
-        what: &'static str,
-        /// What came instead.
-        found: &'static str,
-    },
-    /// A zero block followed by a non-zero block.
-    #[error("tar stream at byte {offset}: a lone zero block is followed by a header")]
-    LoneZeroBlock {
-        /// Offset of the zero block.
-        offset: u64,
-    },
-    /// An entry has an empty name.
-    #[error("tar header at byte {offset}: entry has an empty name")]
-    EmptyName {
-        /// Offset of the header block.
-        offset: u64,
-    },
-    /// A link, device, FIFO or directory entry declares content; readers
-    /// disagree on whether such content is present, so it is refused.
-    #[error("entry '{entry}' at byte {offset}: typeflag '{typeflag}' with non-zero size {size}")]
-    UnexpectedSize {
-        /// Offset of the header block.
-        offset: u64,
-        /// The entry name.
-        entry: String,
-        /// The typeflag, as a character.
-        typeflag: char,
-        /// The declared size.
-        size: u64,
-    },
-    /// A tar feature ovaio does not read.
-    #[error("tar stream at byte {offset}: unsupported {what}")]
-    Unsupported {
-        /// Offset of the header block or record.
-        offset: u64,
-        /// The feature.
-        what: &'static str,
-    },
-    /// The source ended before the archive was complete.
-    #[error("tar stream truncated at byte {offset} in {what}{}", entry_suffix(.entry))]
-    Truncated {
-        /// Stream offset where the source ended.
-        offset: u64,
-        /// The entry being read, if any.
-        entry: Option<String>,
-        /// The part of the archive that was cut.
-        what: &'static str,
-    },
-    /// `finish` was called while an `End` event was still pending.
-    #[error(
-        "entry '{entry}' ended at byte {offset} but its End event was not taken (call step with \
-         empty input before finish)"
-    )]
-    EndNotTaken {
-        /// Stream offset of the end of the entry's content.
-        offset: u64,
-        /// The entry name.
-        entry: String,
-    },
-}
-
-fn entry_suffix(entry: &Option<String>) -> String {
-    match entry {
-        Some(e) => format!(" of entry '{e}'"),
-        None => String::new(),
-    }
-}
-
-impl TarError {
-    /// The stream offset the error refers to.
-    pub fn offset(&self) -> u64 {
-        match self {
-            TarError::BadChecksum { offset, .. }
-            | TarError::BadField { offset, .. }
-            | TarError::BadPax { offset, .. }
-            | TarError::TooLarge { offset, .. }
-            | TarError::TooManyEntries { offset, .. }
-            | TarError::DanglingExtension { offset, .. }
-            | TarError::LoneZeroBlock { offset }
-            | TarError::EmptyName { offset }
-            | TarError::UnexpectedSize { offset, .. }
-            | TarError::Unsupported { offset, .. }
-            | TarError::Truncated { offset, .. }
-            | TarError::EndNotTaken { offset, .. } => *offset,
-        }
-    }
-}
-
-impl Classify for TarError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            TarError::TooLarge { .. } | TarError::TooManyEntries { .. } => ErrorKind::LimitExceeded,
-            TarError::Unsupported { .. } => ErrorKind::Unsupported,
-            TarError::Truncated { .. } => ErrorKind::CorruptImage,
-            TarError::EndNotTaken { .. } => ErrorKind::InvalidArgument,
-            _ => ErrorKind::InvalidFormat,
-        }
-    }
 }
 
 /// Which extension header is being read.
@@ -772,112 +619,4 @@ impl Demux {
             data_offset,
         }))
     }
-}
-
-/// An owned copy of an [`Event`], for comparisons.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg(any(test, feature = "fuzzing"))]
-enum Owned {
-    Begin(EntryHeader),
-    Data(Vec<u8>),
-    End,
-    Eof,
-}
-
-/// Runs the demux over `data` fed in pieces of the sizes `cuts` yields
-/// (cycled), merging adjacent data, and checks the step contract and
-/// the size invariant on the way. Panics only on an invariant breach.
-#[cfg(any(test, feature = "fuzzing"))]
-fn run_split(data: &[u8], cuts: &[usize]) -> (Vec<Owned>, Result<(), TarError>) {
-    let mut demux = Demux::new();
-    let mut events: Vec<Owned> = Vec::new();
-    let mut open: Option<(u64, u64)> = None; // (size, delivered)
-    let mut rest = data;
-    let mut i = 0usize;
-    let push = |events: &mut Vec<Owned>, ev: Event<'_>, open: &mut Option<(u64, u64)>| match ev {
-        Event::Begin(h) => {
-            assert!(open.is_none(), "Begin inside an entry");
-            assert!(
-                h.data_offset >= h.header_offset + BLOCK as u64,
-                "offsets out of order"
-            );
-            *open = Some((h.size, 0));
-            events.push(Owned::Begin(h));
-        }
-        Event::Data(d) => {
-            let (size, got) = open.as_mut().expect("Data outside an entry");
-            assert!(!d.is_empty(), "empty Data event");
-            *got += d.len() as u64;
-            assert!(*got <= *size, "more Data than the Begin size");
-            match events.last_mut() {
-                Some(Owned::Data(v)) => v.extend_from_slice(d),
-                _ => events.push(Owned::Data(d.to_vec())),
-            }
-        }
-        Event::End => {
-            let (size, got) = open.take().expect("End outside an entry");
-            assert_eq!(size, got, "End before the Begin size was delivered");
-            events.push(Owned::End);
-        }
-        Event::Eof => {
-            assert!(open.is_none(), "Eof inside an entry");
-            events.push(Owned::Eof);
-        }
-    };
-    while !rest.is_empty() {
-        let cut = cuts
-            .get(i % cuts.len().max(1))
-            .copied()
-            .unwrap_or(usize::MAX);
-        i += 1;
-        let mut piece = &rest[..cut.clamp(1, rest.len())];
-        rest = &rest[piece.len()..];
-        while !piece.is_empty() {
-            let before = demux.position();
-            match demux.step(piece) {
-                Ok((n, ev)) => {
-                    assert!(n <= piece.len(), "consumed more than given");
-                    assert!(n > 0 || ev.is_some(), "(0, None) on non-empty input");
-                    assert_eq!(demux.position(), before + n as u64, "position drift");
-                    piece = &piece[n..];
-                    if let Some(ev) = ev {
-                        push(&mut events, ev, &mut open);
-                    }
-                }
-                Err(e) => return (events, Err(e)),
-            }
-        }
-    }
-    match demux.step(&[]) {
-        Ok((0, ev)) => {
-            if let Some(ev) = ev {
-                assert_eq!(ev, Event::End, "only End may be pending at the end");
-                push(&mut events, ev, &mut open);
-            }
-        }
-        Ok(_) => panic!("consumed bytes from empty input"),
-        Err(e) => return (events, Err(e)),
-    }
-    let r = demux.finish();
-    if r.is_ok() {
-        assert!(open.is_none(), "finish Ok inside an entry");
-    }
-    (events, r)
-}
-
-/// Fuzzing entry point: runs the demux over `data` whole and split in two
-/// different ways and panics if the event sequences or results differ, or
-/// if the step contract is broken. Not a stable API.
-#[doc(hidden)]
-#[cfg(any(test, feature = "fuzzing"))]
-pub fn fuzz_entry(data: &[u8]) {
-    let whole = run_split(data, &[usize::MAX]);
-    let seed = data
-        .iter()
-        .fold(7usize, |a, &b| a.wrapping_mul(31) ^ usize::from(b));
-    let odd: Vec<usize> = (0..16).map(|k| 1 + (seed >> (k % 8)) % 700).collect();
-    let small = run_split(data, &odd);
-    let bytes = run_split(data, &[1, 3, 511, 2]);
-    assert_eq!(whole, small, "split changed the result");
-    assert_eq!(whole, bytes, "split changed the result");
 }

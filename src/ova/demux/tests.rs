@@ -5,6 +5,7 @@ use crate::test_support::Rng;
 use std::path::Path;
 use std::process::Command;
 
+use super::fuzz::{Owned, run_split};
 use super::*;
 
 // ---------------------------------------------------------------- writer
