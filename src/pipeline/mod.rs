@@ -6,3 +6,4 @@ pub mod import;
 pub mod inspect;
 pub mod package_head;
 pub mod progress;
+pub mod tickets;

@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::export::ExportPlan;
 use crate::pipeline::import::Importer;
 use crate::pipeline::progress::Progress;
-use crate::server::data::{export_request, import_targets};
+use crate::pipeline::tickets::{export_request, import_targets};
 use crate::server::metrics::{JobType, Metrics};
 use crate::sink::partial::{self, Existing, PartialFile};
 use crate::source::volume::AllowedRoots;

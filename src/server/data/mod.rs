@@ -9,7 +9,7 @@ pub mod checksum;
 mod image;
 mod ova;
 
-pub(crate) use ova::{export_request, import_targets};
+
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
