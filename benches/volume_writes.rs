@@ -36,7 +36,10 @@ fn offsets(seed: u64, slots: u64, count: usize) -> Vec<u64> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let _smoke;
     let (image, count, seed) = match args.as_slice() {
         [image, count, seed] => (
@@ -69,7 +72,9 @@ fn main() {
     let v = volume::open(&AllowedRoots::any(), &image, &opts).expect("open the image");
     let slots = v.size() / WRITE;
     let plan = offsets(seed, slots, count);
-    let data: Vec<u8> = (0..WRITE as usize).map(|i| (i as u8).wrapping_mul(151) | 1).collect();
+    let data: Vec<u8> = (0..WRITE as usize)
+        .map(|i| (i as u8).wrapping_mul(151) | 1)
+        .collect();
     let start = Instant::now();
     for &o in &plan {
         v.write_at(o, &data).expect("write");

@@ -15,7 +15,8 @@ use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::{DiskFormat, ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::{Existing, PartialFile};
-use crate::source::volume::{AllowedRoots, VolumeFormat};
+use crate::source::volume::AllowedRoots;
+use crate::volume::Format as VolumeFormat;
 
 /// Arguments of `ovaio export`.
 #[derive(Debug, Args)]

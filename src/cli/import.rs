@@ -11,9 +11,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::names::printable;
 use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::pipeline::progress::Progress;
-use crate::sink::format::TargetFormat;
 use crate::sink::partial::Existing;
 use crate::source;
+use crate::volume::Format as VolumeFormat;
 
 /// Arguments of `ovaio import`.
 #[derive(Debug, Args)]
@@ -35,7 +35,7 @@ pub(crate) struct ImportArgs {
     dir: Option<PathBuf>,
     /// Target format: raw (sparse) or qcow2.
     #[arg(long, value_name = "raw|qcow2", default_value = "raw", value_parser = parse_format)]
-    format: TargetFormat,
+    format: VolumeFormat,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -52,17 +52,17 @@ pub(crate) struct ImportArgs {
     quiet: bool,
 }
 
-fn parse_format(s: &str) -> std::result::Result<TargetFormat, String> {
-    TargetFormat::parse(s).ok_or_else(|| format!("unknown format '{s}' (raw or qcow2)"))
+fn parse_format(s: &str) -> std::result::Result<VolumeFormat, String> {
+    VolumeFormat::parse(s).ok_or_else(|| format!("unknown format '{s}' (raw or qcow2)"))
 }
 
-fn parse_disk(spec: &str, default: TargetFormat) -> Result<(String, DiskTarget)> {
+fn parse_disk(spec: &str, default: VolumeFormat) -> Result<(String, DiskTarget)> {
     let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
     Ok((
         href.to_owned(),
         DiskTarget {
             path: PathBuf::from(path),
-            format: format.and_then(TargetFormat::parse).unwrap_or(default),
+            format: format.and_then(VolumeFormat::parse).unwrap_or(default),
             nbd: None,
         },
     ))
@@ -172,16 +172,16 @@ mod tests {
 
     #[test]
     fn disk_spec_forms() {
-        let (h, t) = parse_disk("a.vmdk=/x/y.img", TargetFormat::Raw).unwrap();
+        let (h, t) = parse_disk("a.vmdk=/x/y.img", VolumeFormat::Raw).unwrap();
         assert_eq!(h, "a.vmdk");
         assert_eq!(t.path, PathBuf::from("/x/y.img"));
-        assert_eq!(t.format, TargetFormat::Raw);
-        let (_, t) = parse_disk("a.vmdk=/x/y:qcow2", TargetFormat::Raw).unwrap();
-        assert_eq!(t.format, TargetFormat::Qcow2);
+        assert_eq!(t.format, VolumeFormat::Raw);
+        let (_, t) = parse_disk("a.vmdk=/x/y:qcow2", VolumeFormat::Raw).unwrap();
+        assert_eq!(t.format, VolumeFormat::Qcow2);
         assert_eq!(t.path, PathBuf::from("/x/y"));
-        let (_, t) = parse_disk("a=/x/c:d", TargetFormat::Raw).unwrap();
+        let (_, t) = parse_disk("a=/x/c:d", VolumeFormat::Raw).unwrap();
         assert_eq!(t.path, PathBuf::from("/x/c:d"));
-        assert!(parse_disk("novalue", TargetFormat::Raw).is_err());
-        assert!(parse_disk("=x", TargetFormat::Raw).is_err());
+        assert!(parse_disk("novalue", VolumeFormat::Raw).is_err());
+        assert!(parse_disk("=x", VolumeFormat::Raw).is_err());
     }
 }

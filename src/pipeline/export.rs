@@ -36,7 +36,8 @@ use crate::ova::ovf::writer::{
 use crate::ova::writer::{ArchiveLayout, EntryPlan, TarWriter, archive_layout};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::PartialFile;
-use crate::source::volume::{AllowedRoots, SourceVolume, VolumeFormat};
+use crate::source::volume::{AllowedRoots, SourceVolume};
+use crate::volume::Format as VolumeFormat;
 
 /// One disk to export.
 #[derive(Debug, Clone)]

@@ -13,9 +13,8 @@ use crate::ova::ovf::vm::VmSpec;
 use crate::pipeline::export::{ExportDisk, ExportRequest, OvfSource};
 use crate::pipeline::import::{DiskTarget, Targets};
 use crate::roots::AllowedRoots;
-use crate::sink::format::TargetFormat;
-use crate::volume::Format as VolumeFormat;
 use crate::ticket::ResolvedOva;
+use crate::volume::Format as VolumeFormat;
 
 /// The import targets an `ova-import` ticket or job maps: a disk with a
 /// file by its href, a blank disk by its disk id.
@@ -36,8 +35,8 @@ pub(crate) fn import_targets(ova: &ResolvedOva) -> Result<Targets> {
             }
         };
         let format = match d.format.as_deref() {
-            None => TargetFormat::Raw,
-            Some(f) => TargetFormat::parse(f).ok_or_else(|| {
+            None => VolumeFormat::Raw,
+            Some(f) => VolumeFormat::parse(f).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidArgument,
                     format!(

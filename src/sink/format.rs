@@ -7,7 +7,6 @@ use crate::error::Result;
 use crate::sink::qcow2::Qcow2Volume;
 use crate::sink::raw::RawVolume;
 use crate::sink::target::TargetVolume;
-pub use crate::volume::Format as TargetFormat;
 use crate::volume::Format;
 
 impl Format {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{printable, unfit_for_file_name};
-use crate::sink::format::TargetFormat;
+use crate::volume::Format as VolumeFormat;
 use crate::volume::nbd::NbdUrl;
 
 /// Where one disk goes.
@@ -16,7 +16,7 @@ pub struct DiskTarget {
     /// Final path of the target volume.
     pub path: PathBuf,
     /// Format of the target volume.
-    pub format: TargetFormat,
+    pub format: VolumeFormat,
     /// The target is this NBD export, written in place as guest bytes
     /// (`path` is then its URL, for messages, and `format` is not used).
     pub nbd: Option<NbdUrl>,
@@ -34,7 +34,7 @@ pub enum Targets {
         /// The directory.
         dir: PathBuf,
         /// The format of every target.
-        format: TargetFormat,
+        format: VolumeFormat,
     },
 }
 
@@ -123,7 +123,7 @@ mod tests {
     fn dir_names_blank_disks_by_id() {
         let t = Targets::Dir {
             dir: PathBuf::from("/out"),
-            format: TargetFormat::Qcow2,
+            format: VolumeFormat::Qcow2,
         };
         let got = t.blank_target_for("flash.disk").unwrap().unwrap();
         assert_eq!(got.path, PathBuf::from("/out/flash.disk.qcow2"));
@@ -145,7 +145,7 @@ mod tests {
         let mut m = BTreeMap::new();
         let target = DiskTarget {
             path: PathBuf::from("/t/flash.raw"),
-            format: TargetFormat::Raw,
+            format: VolumeFormat::Raw,
             nbd: None,
         };
         m.insert("flash".to_owned(), target.clone());

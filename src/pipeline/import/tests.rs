@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::ova::writer::TarWriter;
-use crate::sink::format::TargetFormat;
+use crate::volume::Format as VolumeFormat;
 
 /// A tar archive of `entries`, in order.
 fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -32,7 +32,7 @@ fn ovf(files: &str, disks: &str) -> Vec<u8> {
 fn import(pkg: &[u8], piece: usize, dir: &Path) -> Result<ImportSummary> {
     let targets = Targets::Dir {
         dir: dir.to_owned(),
-        format: TargetFormat::Raw,
+        format: VolumeFormat::Raw,
     };
     let mut imp = Importer::new(targets, Arc::new(Progress::new(None)));
     for p in pkg.chunks(piece) {

@@ -9,8 +9,6 @@ pub mod checksum;
 mod image;
 mod ova;
 
-
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -32,12 +32,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ova::ovf::split_chunk_name;
 use crate::pipeline::export::ExportPlan;
 use crate::pipeline::import::Importer;
+use crate::pipeline::tickets::{export_request, import_targets, sources_mtime};
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
 use crate::server::metrics::{Op, Transfer};
 use crate::server::range;
 use crate::source::volume::AllowedRoots;
-use crate::pipeline::tickets::{export_request, import_targets, sources_mtime};
 use crate::ticket::{ResolvedOva, TicketHandle, TransferState};
 
 /// What the blocking import thread receives.

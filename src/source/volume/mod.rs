@@ -24,7 +24,8 @@ mod tests;
 use std::path::Path;
 
 pub use crate::roots::AllowedRoots;
-pub use crate::volume::{Format as VolumeFormat, VolumeError};
+use crate::volume::Format as VolumeFormat;
+pub use crate::volume::VolumeError;
 
 use crate::codec::map::{AllocationMap, GuestReader, RangeKind};
 use crate::error::Result;
