@@ -4,6 +4,7 @@
 //! through a small trait).
 
 pub mod blocks;
+pub(crate) mod gather;
 pub mod gzip;
 pub mod map;
 pub mod probe;

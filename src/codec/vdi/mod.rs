@@ -20,6 +20,7 @@ mod tests;
 use std::fmt;
 
 use crate::codec::blocks::{BlockError, BlockMapBuilder, BlockWalk, Geometry};
+use crate::codec::gather;
 use crate::codec::{DiskDecoder, ExtentSink};
 use crate::error::{Classify, ErrorKind, Result};
 use crate::limits;
@@ -418,18 +419,11 @@ impl VdiDecoder {
     }
 
     fn advance(&mut self, input: &mut &[u8], n: usize) {
-        *input = input.get(n..).unwrap_or(&[]);
-        self.pos += n as u64;
+        gather::advance(input, &mut self.pos, n);
     }
 
     fn fill_small(&mut self, input: &mut &[u8], need: usize) -> bool {
-        if self.fill < need {
-            let n = (need - self.fill).min(input.len());
-            self.small[self.fill..self.fill + n].copy_from_slice(&input[..n]);
-            self.fill += n;
-            self.advance(input, n);
-        }
-        self.fill >= need
+        gather::gather(&mut self.small, &mut self.fill, input, &mut self.pos, need)
     }
 
     fn poisoned(&self) -> VdiError {

@@ -14,6 +14,7 @@ use super::{
     FOOTER_LEN, Footer, SECTOR, TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED, VhdError, be32, be64,
 };
 use crate::codec::blocks::{BlockMapBuilder, BlockWalk, Geometry};
+use crate::codec::gather;
 use crate::codec::{DiskDecoder, ExtentSink};
 use crate::error::Result;
 
@@ -141,20 +142,13 @@ impl VhdDynamicDecoder {
     }
 
     fn advance(&mut self, input: &mut &[u8], n: usize) {
-        *input = input.get(n..).unwrap_or(&[]);
-        self.pos += n as u64;
+        gather::advance(input, &mut self.pos, n);
     }
 
     /// Copies input into `small` until it holds `need` bytes; true when it
     /// does.
     fn fill_small(&mut self, input: &mut &[u8], need: usize) -> bool {
-        if self.fill < need {
-            let n = (need - self.fill).min(input.len());
-            self.small[self.fill..self.fill + n].copy_from_slice(&input[..n]);
-            self.fill += n;
-            self.advance(input, n);
-        }
-        self.fill >= need
+        gather::gather(&mut self.small, &mut self.fill, input, &mut self.pos, need)
     }
 
     fn poisoned(&self) -> VhdError {
