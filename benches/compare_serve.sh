@@ -502,7 +502,7 @@ if [ "$PARTS" = ova ]; then
   if [ "$speed" = n/a ]; then
     echo "target: not judged (a side has no verified run)"
   else
-    awk -v s="$speed" 'BEGIN { printf "target: serve >= 0.95x the pipe'"'"'s throughput: %s (%.2fx)\n", s + 0 >= 0.95 ? "PASS" : "FAIL", s }'
+    awk -v s="$speed" 'BEGIN { printf "target: serve >= 0.95x the pipe'"'"'s throughput: %s (%.2fx)\n", (s + 0 >= 0.95) ? "PASS" : "FAIL", s }'
   fi
   [ "$BAD" -eq 0 ] || { echo "FAIL: some target differs from the source"; exit 2; }
   exit 0

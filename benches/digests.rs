@@ -9,6 +9,7 @@
 mod support;
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -71,6 +72,56 @@ fn algorithms(c: &mut Criterion) {
             black_box(d.finish())
         })
     });
+    g.finish();
+}
+
+/// CPU time this thread has run so far (Linux `/proc/thread-self/schedstat`):
+/// unlike wall time, it does not grow while other work holds the CPU.
+fn thread_cpu() -> Duration {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux schedstat");
+    let ns = s
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .expect("schedstat starts with nanoseconds on the CPU");
+    Duration::from_nanos(ns)
+}
+
+/// The same implementations as `digest`, timed in the CPU time of the
+/// hashing thread: the figures to compare on a machine that is busy.
+fn algorithms_cpu(c: &mut Criterion) {
+    let data = noise(DATA, 11);
+    let mut g = c.benchmark_group("digest_cpu");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(DATA as u64));
+    for alg in Algorithm::ALL {
+        g.bench_function(format!("rustcrypto_{alg}"), |b| {
+            b.iter_custom(|iters| {
+                let start = thread_cpu();
+                for _ in 0..iters {
+                    let mut d = MultiDigest::new(&[alg]);
+                    for chunk in data.chunks(CHUNK) {
+                        d.update(chunk);
+                    }
+                    black_box(d.finish());
+                }
+                thread_cpu() - start
+            })
+        });
+        g.bench_function(format!("ring_{alg}"), |b| {
+            b.iter_custom(|iters| {
+                let start = thread_cpu();
+                for _ in 0..iters {
+                    let mut d = ring::digest::Context::new(ring_algorithm(alg));
+                    for chunk in data.chunks(CHUNK) {
+                        d.update(chunk);
+                    }
+                    black_box(d.finish());
+                }
+                thread_cpu() - start
+            })
+        });
+    }
     g.finish();
 }
 
@@ -167,5 +218,5 @@ fn tap(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, algorithms, tap);
+criterion_group!(benches, algorithms, algorithms_cpu, tap);
 criterion_main!(benches);

@@ -55,6 +55,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// uploaded (measured: 2.9 against 1.0 CPU-s per GiB over TLS). Request
 /// heads are held to `data.max_header_bytes` separately.
 const READ_BUFFER: usize = 256 << 10;
+
+/// Bytes of a data connection's socket read at once, beneath TLS.
+const TCP_READ_BUFFER: usize = 64 << 10;
 /// Control API connections at once.
 const MAX_CONTROL_CONNECTIONS: usize = 64;
 /// Data connections accepted but not yet holding a connection slot: in
@@ -188,6 +191,9 @@ pub async fn serve(
                 let store = store.clone();
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
+                    // rustls reads the socket 4 KiB at a time: a buffer
+                    // beneath it makes one receive of many of those.
+                    let tcp = tokio::io::BufReader::with_capacity(TCP_READ_BUFFER, tcp);
                     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -209,7 +215,10 @@ pub async fn serve(
                     };
                     drop(pending_permit);
                     let _counted = metrics.connection(ApiKind::Data);
-                    let io = TokioIo::new(io::WriteTimeout::new(tls, write_timeout));
+                    let io = TokioIo::new(io::WriteTimeout::new(
+                        io::ReadReady::new(tls),
+                        write_timeout,
+                    ));
                     serve_conn(&http, io, api, max_head, watcher, "data").await;
                 });
             },
