@@ -18,8 +18,11 @@
 # 2x faster than convert-then-tar, and a peak RSS below 64 MiB.
 #
 # Environment:
-#   SIZE_MIB   virtual disk size in MiB (default 1024; about half is data)
-#   REPS       timed runs per command, the best is kept (default 3)
+#   IMAGE      source image: simple (default) or hard (benches/lib/source_image.sh)
+#   SIZE_MIB   virtual disk size in MiB (default 1024, 4096 for hard; about
+#              half is data)
+#   REPS       paired rounds (ovaio and the peer taking turns, sync before
+#              each run); the median is reported with min-max (default 3)
 #   OVAIO      ovaio binary (default target/release/ovaio, built if missing)
 #   BENCH_DIR  parent of the work directory (default /tmp/ovaio-bench)
 #   KEEP=1     keep the work directory
@@ -29,7 +32,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SIZE_MIB=${SIZE_MIB:-1024}
+IMAGE=${IMAGE:-simple}
+SIZE_MIB=${SIZE_MIB:-$([ "$IMAGE" = hard ] && echo 4096 || echo 1024)}
 REPS=${REPS:-3}
 OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
@@ -139,7 +143,11 @@ run_timed() {
   return "$rc"
 }
 
-min_of() { awk 'NR == 1 || $1 < m { m = $1 } END { print m }'; }
+# median_of, range_of: the median and "min-max" of the first column.
+median_of() {
+  sort -g | awk '{ v[NR] = $1 } END { if (!NR) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+range_of() { sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { if (NR) print a "-" b; else print "n/a" }'; }
 
 # verify_ova OVA SRC FMT MF [OUT]: checks ovaio's OVA outside the timing:
 # member order, the OVF's ovf:size, the manifest's digests, `qemu-img check`
@@ -167,6 +175,43 @@ verify_ova() {
   rm -rf "$x"
 }
 
+# export_ovaio, export_peer: one timed run each, for bench_one (whose
+# locals they use).
+export_ovaio() {
+  # a. ovaio (the last run's OVA is verified)
+  sync
+  if [ "$ov_state" = todo ] || [ "$ov_state" = ran ]; then
+    rm -f "$out" "$out.partial"
+    if run_timed "$OVAIO" "${ovaio_args[@]}"; then
+      tail -1 "$TF" >>"$WORK/ov.t"
+      ov_state=ran
+    else
+      ov_state=fail
+    fi
+    if [ "$ov_state" = ran ] && [ "$r" -eq "$REPS" ]; then
+      OV_MIB=$(awk -v b="$(stat -c %s "$out")" 'BEGIN { printf "%.1f", b / 1048576 }')
+      if verify_ova "$out" "$src" "$fmt" "$mf" "$out_fmt"; then ov_state=ok; else ov_state=wrong; fi
+    fi
+    rm -f "$out" "$out.partial"
+  fi
+}
+
+export_peer() {
+  # b. convert, then tar
+  rm -rf "$pdir"; mkdir -p "$pdir"
+  sync
+  run_timed bash "$PEER" "$src" "$fmt" "$SIZE" "$mf" "$pdir" "$PEER_SYNC" "$out_fmt"
+  tail -1 "$TF" >>"$WORK/pe.t"
+  if [ "$r" -eq 1 ]; then
+    PE_MIB=$(awk -v b="$(stat -c %s "$pdir/out.ova")" 'BEGIN { printf "%.1f", b / 1048576 }')
+    # the peer's OVA must hold the same disk, or its number means nothing
+    (cd "$pdir" && rm -f "disk1.$out_fmt" && tar -xf out.ova "disk1.$out_fmt") &&
+      qemu-img compare -q -f "$fmt" -F "$out_fmt" "$src" "$pdir/disk1.$out_fmt" >/dev/null 2>&1 ||
+      die "the peer produced a wrong OVA for $fmt ($out_fmt)"
+  fi
+  rm -rf "$pdir"
+}
+
 # bench_one FMT MF [OUT [OVAIO_FLAGS...]]: fills OV_S OV_RSS PE_S OV_MIB
 # PE_MIB for source format FMT, with (MF=1) or without (MF=0) a manifest,
 # disks in format OUT (qcow2 or vmdk); verifies ovaio's last OVA.
@@ -182,40 +227,21 @@ bench_one() {
   local ov_state=n/a
   [ "$OVAIO_OK" = 1 ] && ov_state=todo
   for ((r = 1; r <= REPS; r++)); do
-    # a. ovaio (the last run's OVA is verified)
-    if [ "$ov_state" = todo ] || [ "$ov_state" = ran ]; then
-      rm -f "$out" "$out.partial"
-      if run_timed "$OVAIO" "${ovaio_args[@]}"; then
-        tail -1 "$TF" >>"$WORK/ov.t"
-        ov_state=ran
-      else
-        ov_state=fail
-      fi
-      if [ "$ov_state" = ran ] && [ "$r" -eq "$REPS" ]; then
-        OV_MIB=$(awk -v b="$(stat -c %s "$out")" 'BEGIN { printf "%.1f", b / 1048576 }')
-        if verify_ova "$out" "$src" "$fmt" "$mf" "$out_fmt"; then ov_state=ok; else ov_state=wrong; fi
-      fi
-      rm -f "$out" "$out.partial"
+    # ovaio and the peer take turns, each after a sync
+    if ((r % 2)); then
+      export_ovaio; export_peer
+    else
+      export_peer; export_ovaio
     fi
-
-    # b. convert, then tar
-    rm -rf "$pdir"; mkdir -p "$pdir"
-    run_timed bash "$PEER" "$src" "$fmt" "$SIZE" "$mf" "$pdir" "$PEER_SYNC" "$out_fmt"
-    tail -1 "$TF" >>"$WORK/pe.t"
-    if [ "$r" -eq 1 ]; then
-      PE_MIB=$(awk -v b="$(stat -c %s "$pdir/out.ova")" 'BEGIN { printf "%.1f", b / 1048576 }')
-      # the peer's OVA must hold the same disk, or its number means nothing
-      (cd "$pdir" && rm -f "disk1.$out_fmt" && tar -xf out.ova "disk1.$out_fmt") &&
-        qemu-img compare -q -f "$fmt" -F "$out_fmt" "$src" "$pdir/disk1.$out_fmt" >/dev/null 2>&1 ||
-        die "the peer produced a wrong OVA for $fmt ($out_fmt)"
-    fi
-    rm -rf "$pdir"
   done
 
-  PE_S=$(min_of <"$WORK/pe.t")
+  PE_S=$(median_of <"$WORK/pe.t")
+  PE_RANGE=$(range_of <"$WORK/pe.t")
+  OV_RANGE=n/a
   case $ov_state in
     ok)
-      OV_S=$(min_of <"$WORK/ov.t")
+      OV_S=$(median_of <"$WORK/ov.t")
+      OV_RANGE=$(range_of <"$WORK/ov.t")
       OV_RSS=$(awk '$2 > m { m = $2 } END { printf "%.1f\n", m / 1024 }' "$WORK/ov.t")
       ;;
     wrong) OV_S=WRONG ;;
@@ -242,27 +268,28 @@ for fmt in raw qcow2; do
   cat "$src" >/dev/null
   for mf in 0 1; do
     name=$fmt; [ "$mf" = 1 ] && name="$fmt+mf"
-    echo "timing $name (best of $REPS)..." >&2
+    echo "timing $name ($REPS paired rounds)..." >&2
     bench_one "$fmt" "$mf" qcow2
-    echo "$name $OV_S $PE_S $OV_RSS $OV_MIB $PE_MIB 1" >>"$RESULTS"
+    echo "$name $OV_S $PE_S $OV_RSS $OV_MIB $PE_MIB 1 $OV_RANGE $PE_RANGE" >>"$RESULTS"
   done
   [ "$fmt" = raw ] || rm -f "$src"
 done
 # streamOptimized VMDK from the raw source, with a manifest: stored grains
 # (judged) and deflated grains (--compress, reported against the same peer).
 cat "$RAW" >/dev/null
-echo "timing vmdk+mf (best of $REPS)..." >&2
+echo "timing vmdk+mf ($REPS paired rounds)..." >&2
 bench_one raw 1 vmdk
-echo "vmdk+mf $OV_S $PE_S $OV_RSS $OV_MIB $PE_MIB 1" >>"$RESULTS"
-echo "timing vmdk+z+mf (best of $REPS)..." >&2
+echo "vmdk+mf $OV_S $PE_S $OV_RSS $OV_MIB $PE_MIB 1 $OV_RANGE $PE_RANGE" >>"$RESULTS"
+echo "timing vmdk+z+mf ($REPS paired rounds)..." >&2
 bench_one raw 1 vmdk --compress
-echo "vmdk+z+mf $OV_S $PE_S $OV_RSS $OV_MIB $PE_MIB 0" >>"$RESULTS"
+echo "vmdk+z+mf $OV_S $PE_S $OV_RSS $OV_MIB $PE_MIB 0 $OV_RANGE $PE_RANGE" >>"$RESULTS"
 rm -f "$RAW"
 uptime >&2
 
 echo
 echo "ovaio export vs qemu-img convert + tar"
-echo "(${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; best of $REPS; source in page cache; peer sync: $PEER_SYNC)"
+echo "($IMAGE image, ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; median of $REPS paired rounds, sync before"
+echo " each run, min-max at the right; source in page cache; peer sync: $PEER_SYNC)"
 awk '
 function ratio(a, b) {
   if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) return "n/a"
@@ -270,13 +297,13 @@ function ratio(a, b) {
   return sprintf("%.2f", a / b)
 }
 BEGIN {
-  printf "%-12s %9s %9s %12s %10s %10s %10s\n", "combination", "ovaio s", "peer s", "peer/ovaio", "RSS MiB", "ovaio MiB", "peer MiB"
+  printf "%-12s %9s %9s %12s %10s %10s %10s %12s %12s\n", "combination", "ovaio s", "peer s", "peer/ovaio", "RSS MiB", "ovaio MiB", "peer MiB", "ovaio range", "peer range"
   bad_speed = bad_rss = missing = wrong = 0
   min_r = max_rss = ""
 }
 {
   r = ratio($3, $2)
-  printf "%-12s %9s %9s %12s %10s %10s %10s%s\n", $1, $2, $3, r, $4, $5, $6, $7 == 1 ? "" : "  (not judged)"
+  printf "%-12s %9s %9s %12s %10s %10s %10s %12s %12s%s\n", $1, $2, $3, r, $4, $5, $6, $8, $9, $7 == 1 ? "" : "  (not judged)"
   if ($2 == "WRONG") { wrong++; next }
   if ($7 != 1) next
   if (r == "n/a" || $4 == "n/a") { missing++; next }

@@ -1,61 +1,73 @@
 #!/usr/bin/env bash
-# Compares `ovaio import` with the usual ways of getting a disk out of an OVA:
-#   ovaio      cat X.ova | ovaio import - --disk HREF=OUT:FMT
-#   extract    tar -xf X.ova HREF && qemu-img convert -O FMT HREF OUT
-#   offset     qemu-img convert reading the disk in place inside the OVA
-# for source formats vmdk (streamOptimized), qcow2 and raw, and target formats
-# raw and qcow2. Prints a table and checks the targets: ovaio at least 2x
-# faster than extract+convert, at most 1.2x the time of qemu-img at the
-# offset, and a peak RSS below 64 MiB.
+# Compares `ovaio import` from a pipe with the usual ways of getting a disk
+# out of an OVA, for source formats vmdk (streamOptimized), qcow2 and raw
+# and target formats raw and qcow2. Per combination, `REPS` paired rounds
+# of (the order reverses every round, `sync` before every timed run):
+#   mf        cat mf.ova | ovaio import - --disk HREF=OUT:FMT
+#             (SHA-256 manifest right after the OVF: SHA-256 only is hashed)
+#   last      the same, manifest last (SHA-1, SHA-256 and SHA-512 until it)
+#   nomf      the same, no manifest (all three hashed, nothing to check)
+#   noverify  mf.ova with --no-verify (nothing hashed)
+#   tar+conv  tar -xf none.ova HREF; qemu-img convert
+#   tar+sha+conv  tar -xf mf.ova; sha256sum -c of the manifest; qemu-img
+#             convert (the peer that verifies)
+#   offset    qemu-img convert reading the disk in place inside none.ova
+# Prints medians with min and max, the ratios, and judges the targets:
+# verified ovaio (mf) >= 2x faster than tar+sha+conv, noverify <= 1.0x the
+# time of qemu-img at the offset, mf <= 1.25x noverify, peak RSS < 64 MiB.
 #
 # Environment:
-#   SIZE_MIB   virtual disk size in MiB (default 1024; about half is data)
-#   REPS       timed runs per command, the best is kept (default 3)
+#   IMAGE      hard (default) or simple: the source image, see
+#              benches/lib/source_image.sh
+#   SIZE_MIB   virtual disk size in MiB (default 4096 for hard, 1024 for
+#              simple; about half is data)
+#   REPS       paired rounds per combination; medians are reported (default 3)
 #   OVAIO      ovaio binary (default target/release/ovaio, built if missing)
 #   BENCH_DIR  parent of the work directory (default /tmp/ovaio-bench)
 #   KEEP=1     keep the work directory
 #   QEMU_CACHE cache mode of qemu-img convert's output (default writeback:
 #              qemu-img fsyncs its output as ovaio does; qemu-img's own
 #              default, unsafe, skips the fsync)
-#   FORMATS    source formats of the main comparison (default "vmdk qcow2
-#              raw"; empty skips it, e.g. to run the manifest case alone)
-#   MF_FORMATS source formats of the manifest-placement case (default
-#              "vmdk raw"; empty skips it): the same package with its SHA-256
-#              manifest right after the OVF and last, where ovaio must hash
-#              the disk in SHA-1, SHA-256 and SHA-512 until the manifest
-#              says which it uses
+#   FORMATS    source formats (default "vmdk qcow2 raw")
+#   TARGETS    target formats (default "raw qcow2")
+#   ROWS       methods timed (default: all of the above, in that order)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SIZE_MIB=${SIZE_MIB:-1024}
+IMAGE=${IMAGE:-hard}
+SIZE_MIB=${SIZE_MIB:-$([ "$IMAGE" = hard ] && echo 4096 || echo 1024)}
 REPS=${REPS:-3}
 OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 KEEP=${KEEP:-0}
 QEMU_CACHE=${QEMU_CACHE:-writeback}
-MF_FORMATS=${MF_FORMATS-vmdk raw}
 FORMATS=${FORMATS-vmdk qcow2 raw}
+TARGETS=${TARGETS-raw qcow2}
+ALL_ROWS="mf last nomf noverify tar+conv tar+sha+conv offset"
+ROWS=${ROWS:-$ALL_ROWS}
 TIME=/usr/bin/time
 
 die() { echo "compare_import: $*" >&2; exit 1; }
 
 [[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "SIZE_MIB must be an integer >= 8"
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || die "REPS must be an integer >= 1"
-for t in qemu-img tar dd truncate awk sha256sum; do
+for t in qemu-img tar dd truncate awk sha256sum sync sort; do
   command -v "$t" >/dev/null 2>&1 || die "$t is required"
 done
 [ -x "$TIME" ] || die "$TIME (GNU time) is required"
 command -v openssl >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 ||
   die "openssl or python3 is required to generate data"
+for row in $ROWS; do
+  [[ " $ALL_ROWS " == *" $row "* ]] || die "unknown row '$row' (rows: $ALL_ROWS)"
+done
 
 # ---------------------------------------------------------------- ovaio binary
-OVAIO_OK=1
 if [ ! -x "$OVAIO" ]; then
   if [ "$OVAIO" = "$ROOT/target/release/ovaio" ]; then
     echo "building ovaio (cargo build --release)..." >&2
     (cd "$ROOT" && cargo build --release >&2) || true
   fi
-  [ -x "$OVAIO" ] || { echo "warning: no ovaio binary at $OVAIO; its column shows n/a" >&2; OVAIO_OK=0; }
+  [ -x "$OVAIO" ] || die "no ovaio binary at $OVAIO"
 fi
 
 mkdir -p "$BENCH_DIR"
@@ -72,18 +84,10 @@ trap cleanup EXIT
 SIZE=$((SIZE_MIB * 1024 * 1024))
 SRC=$WORK/source.img
 
-# ------------------------------------------------------------- source image
 # shellcheck source=benches/lib/source_image.sh
 . "$ROOT/benches/lib/source_image.sh"
-
-# ------------------------------------------------------------------- OVA
 # shellcheck source=benches/lib/bench_ova.sh
 . "$ROOT/benches/lib/bench_ova.sh"
-
-# make_ova FMT: the source as FMT in bench-FMT.ova (OVF first, no manifest).
-make_ova() {
-  make_bench_ova "$SRC" "$1" "$SIZE" "$WORK/bench-$1.ova" "$WORK/ova-$1"
-}
 
 # data_offset OVA HREF: byte offset of HREF's data inside the OVA. `tar -R`
 # prints the block number of each member's header; its data follows it.
@@ -95,152 +99,106 @@ data_offset() {
 }
 
 # ---------------------------------------------------------------- timing
-# timed OUTFILE CMD...: runs CMD under GNU time and writes "secs kib" to
-# OUTFILE; on failure shows CMD's stderr and returns its status.
 TF=$WORK/time.out
-timed() {
-  local out=$1 rc=0
-  shift
-  "$TIME" -f '%e %M' -o "$TF" "$@" >/dev/null 2>"$WORK/cmd.err" || rc=$?
+# run_row ROW SFMT DFMT OUT: one timed run of ROW; appends "wall kib cpu" to
+# $WORK/ROW.t (kib and cpu of ovaio alone, 0 for the peers). Returns
+# non-zero and shows the command's stderr when it fails.
+run_row() {
+  local row=$1 sfmt=$2 dfmt=$3 out=$4 href rc=0 pkg=$WORK/none.ova
+  href=$(href_of "$sfmt")
+  local flags=()
+  case $row in
+    mf | noverify) pkg=$WORK/mf.ova ;;
+    last) pkg=$WORK/last.ova ;;
+  esac
+  [ "$row" = noverify ] && flags=(--no-verify)
+  rm -rf "$out" "$WORK/x"
+  sync
+  case $row in
+    mf | last | nomf | noverify)
+      { cat "$pkg" || true; } | "$TIME" -f '%e %M %U %S' -o "$TF" \
+        "$OVAIO" import - --quiet "${flags[@]}" --disk "$href=$out:$dfmt" \
+        >/dev/null 2>"$WORK/cmd.err" || rc=$?
+      ;;
+    tar+conv)
+      "$TIME" -f '%e %M %U %S' -o "$TF" bash -c '
+        mkdir "$1" && tar -xf "$2" -C "$1" "$3" &&
+        qemu-img convert -t "$4" -f "$5" -O "$6" "$1/$3" "$7"' _ \
+        "$WORK/x" "$pkg" "$href" "$QEMU_CACHE" "$sfmt" "$dfmt" "$out" \
+        >/dev/null 2>"$WORK/cmd.err" || rc=$?
+      ;;
+    tar+sha+conv)
+      "$TIME" -f '%e %M %U %S' -o "$TF" bash -c '
+        mkdir "$1" && tar -xf "$2" -C "$1" &&
+        (cd "$1" && sed -E "s/^SHA256\((.*)\)= ([0-9a-f]+)$/\2  \1/" bench.mf | sha256sum --quiet -c -) &&
+        qemu-img convert -t "$4" -f "$5" -O "$6" "$1/$3" "$7"' _ \
+        "$WORK/x" "$WORK/mf.ova" "$href" "$QEMU_CACHE" "$sfmt" "$dfmt" "$out" \
+        >/dev/null 2>"$WORK/cmd.err" || rc=$?
+      ;;
+    offset)
+      "$TIME" -f '%e %M %U %S' -o "$TF" qemu-img convert -t "$QEMU_CACHE" -O "$dfmt" "$JSON" "$out" \
+        >/dev/null 2>"$WORK/cmd.err" || rc=$?
+      ;;
+  esac
+  rm -rf "$WORK/x"
   if [ "$rc" -ne 0 ]; then
-    echo "  failed ($rc): $*" >&2
+    echo "  $row failed ($rc) on $sfmt -> $dfmt:" >&2
     sed 's/^/    /' "$WORK/cmd.err" | tail -5 >&2
     return "$rc"
   fi
-  tail -1 "$TF" >"$out"
+  case $row in
+    mf | last | nomf | noverify) tail -1 "$TF" | awk '{ print $1, $2, $3 + $4 }' >>"$WORK/$row.t" ;;
+    *) tail -1 "$TF" | awk '{ print $1, 0, 0 }' >>"$WORK/$row.t" ;;
+  esac
 }
 
-# The pipe form: `cat` feeds ovaio, time measures ovaio alone.
-ovaio_pipe() {
-  local ova=$1 spec=$2
-  { cat "$ova" || true; } | "$TIME" -f '%e %M' -o "$TF" "$OVAIO" import - --quiet --disk "$spec" \
-    >/dev/null 2>"$WORK/cmd.err"
+# stats FILE COL: "median min max" of column COL.
+stats() {
+  awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '
+    { v[NR] = $1 }
+    END {
+      if (NR == 0) { print "n/a n/a n/a"; exit }
+      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "%.2f %.2f %.2f\n", m, v[1], v[NR]
+    }'
 }
 
-min_of() { awk 'NR == 1 || $1 < m { m = $1 } END { print m }'; }
-
-# ovaio_cpu OVA SPEC: ovaio_pipe, recording "wall user system" seconds.
-ovaio_cpu() {
-  local ova=$1 spec=$2
-  { cat "$ova" || true; } | "$TIME" -f '%e %U %S' -o "$TF" "$OVAIO" import - --quiet --disk "$spec" \
-    >/dev/null 2>"$WORK/cmd.err"
-}
-
-# bench_manifest SRCFMT: the source as SRCFMT in two packages, the SHA-256
-# manifest right after the OVF and last, each imported REPS times into a
-# raw target, alternating. Appends "SRCFMT wall_after wall_last cpu_after
-# cpu_last" (best of each; cpu is user + system) to $MF_RESULTS.
-bench_manifest() {
-  local sfmt=$1 href out place r rc ok=1
-  href=$(href_of "$sfmt")
-  out=$WORK/out.raw
-  for place in after-ovf last; do
-    make_bench_ova "$SRC" "$sfmt" "$SIZE" "$WORK/mf-$place.ova" "$WORK/ova-mf" "$place"
-    cat "$WORK/mf-$place.ova" >/dev/null
-    : >"$WORK/mf-$place.t"
-  done
-  echo "timing $sfmt -> raw, manifest after the OVF vs last (best of $REPS)..." >&2
+# bench_combo SFMT DFMT: REPS rounds of every row; appends to $RESULTS one
+# line per row: "SFMT->DFMT ROW median min max rss_mib cpu_median status".
+bench_combo() {
+  local sfmt=$1 dfmt=$2 r row rows out=$WORK/out.$2 status
+  local -A state=()
+  for row in $ROWS; do : >"$WORK/$row.t"; state[$row]=ok; done
   for ((r = 1; r <= REPS; r++)); do
-    for place in after-ovf last; do
+    if ((r % 2)); then rows=$ROWS; else rows=$(echo "$ROWS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+    for row in $rows; do
+      [ "${state[$row]}" = ok ] || continue
+      run_row "$row" "$sfmt" "$dfmt" "$out" || { state[$row]=failed; continue; }
+      # Outputs are checked once, outside the timing: ovaio's every way, and
+      # qemu-img's at the offset, so that its numbers are honest.
+      if [ "$r" -eq 1 ] && [[ $row != tar+* ]] && ! qemu-img compare -q -f raw -F "$dfmt" "$SRC" "$out" >/dev/null 2>&1; then
+        echo "  $row wrote an image that differs from the source: $sfmt -> $dfmt" >&2
+        state[$row]=wrong
+      fi
       rm -f "$out"
-      rc=0
-      ovaio_cpu "$WORK/mf-$place.ova" "$href=$out:raw" || rc=$?
-      if [ "$rc" -ne 0 ]; then
-        echo "  ovaio failed ($rc) on $sfmt with the manifest $place:" >&2
-        sed 's/^/    /' "$WORK/cmd.err" | tail -5 >&2
-        ok=0
-        continue
-      fi
-      tail -1 "$TF" >>"$WORK/mf-$place.t"
-      if [ "$r" -eq "$REPS" ] && ! qemu-img compare -q -f raw -F raw "$SRC" "$out" >/dev/null 2>&1; then
-        echo "  ovaio output differs from the source: $sfmt, manifest $place" >&2
-        ok=wrong
-      fi
     done
   done
-  rm -f "$out" "$WORK"/mf-*.ova
-  if [ "$ok" = wrong ]; then
-    echo "$sfmt WRONG WRONG n/a n/a" >>"$MF_RESULTS"
-  elif [ "$ok" = 1 ]; then
-    echo "$sfmt $(min_of <"$WORK/mf-after-ovf.t") $(min_of <"$WORK/mf-last.t")" \
-      "$(awk '{ print $2 + $3 }' "$WORK/mf-after-ovf.t" | min_of)" \
-      "$(awk '{ print $2 + $3 }' "$WORK/mf-last.t" | min_of)" >>"$MF_RESULTS"
-  else
-    echo "$sfmt n/a n/a n/a n/a" >>"$MF_RESULTS"
-  fi
-}
-
-# bench_one SRCFMT DSTFMT: fills OV_S OV_RSS EX_S OF_S and verifies ovaio.
-bench_one() {
-  local sfmt=$1 dfmt=$2 ova=$WORK/bench-$1.ova href out r rc
-  href=$(href_of "$sfmt")
-  out=$WORK/out.$dfmt
-  local xdir=$WORK/extract
-  local off len json
-  off=$(data_offset "$ova" "$href")
-  len=$(tar -tvf "$ova" "$href" | awk '{ print $3 }')
-  if [ "$sfmt" = raw ]; then
-    json="json:{\"driver\":\"raw\",\"offset\":$off,\"size\":$len,\"file\":{\"driver\":\"file\",\"filename\":\"$ova\"}}"
-  else
-    json="json:{\"driver\":\"$sfmt\",\"file\":{\"driver\":\"raw\",\"offset\":$off,\"size\":$len,\"file\":{\"driver\":\"file\",\"filename\":\"$ova\"}}}"
-  fi
-
-  : >"$WORK/ov.t"; : >"$WORK/ex.t"; : >"$WORK/of.t"
-  OV_S=n/a OV_RSS=n/a OV_OK=n/a
-  for ((r = 1; r <= REPS; r++)); do
-    # a. ovaio from a pipe (the last run's output is kept for verification)
-    if [ "$OVAIO_OK" = 1 ] && [ "$OV_OK" != fail ]; then
-      rm -f "$out"
-      rc=0
-      ovaio_pipe "$ova" "$href=$out:$dfmt" || rc=$?
-      if [ "$rc" -eq 0 ]; then
-        tail -1 "$TF" >>"$WORK/ov.t"
-        OV_OK=ran
-      else
-        echo "  ovaio failed ($rc) on $sfmt -> $dfmt:" >&2
-        sed 's/^/    /' "$WORK/cmd.err" | tail -5 >&2
-        OV_OK=fail
-      fi
+  for row in $ROWS; do
+    status=${state[$row]}
+    if [ "$status" = ok ] && [ -s "$WORK/$row.t" ]; then
+      echo "$sfmt->$dfmt $row $(stats "$WORK/$row.t" 1)" \
+        "$(awk '$2 > m { m = $2 } END { printf "%.1f", m / 1024 }' "$WORK/$row.t")" \
+        "$(stats "$WORK/$row.t" 3 | awk '{ print $1 }') ok" >>"$RESULTS"
+    else
+      echo "$sfmt->$dfmt $row n/a n/a n/a n/a n/a $status" >>"$RESULTS"
     fi
-    if [ "$OV_OK" = ran ] && [ "$r" -eq "$REPS" ]; then
-      if qemu-img compare -q -f raw -F "$dfmt" "$SRC" "$out" >/dev/null 2>&1; then
-        OV_OK=ok
-      else
-        echo "  ovaio output differs from the source: $sfmt -> $dfmt" >&2
-        OV_OK=wrong
-      fi
-    fi
-    rm -f "$out"
-
-    # b. extract, then convert
-    rm -rf "$xdir"; mkdir -p "$xdir"
-    timed "$WORK/ex1" tar -xf "$ova" -C "$xdir" "$href"
-    timed "$WORK/ex2" qemu-img convert -t "$QEMU_CACHE" -f "$sfmt" -O "$dfmt" "$xdir/$href" "$out"
-    awk '{ s += $1 } END { printf "%.2f\n", s }' "$WORK/ex1" "$WORK/ex2" >>"$WORK/ex.t"
-    rm -rf "$xdir" "$out"
-
-    # c. qemu-img reading the disk in place
-    timed "$WORK/of1" qemu-img convert -t "$QEMU_CACHE" -O "$dfmt" "$json" "$out"
-    awk '{ print $1 }' "$WORK/of1" >>"$WORK/of.t"
-    if [ "$r" -eq 1 ] && ! qemu-img compare -q -f raw -F "$dfmt" "$SRC" "$out" >/dev/null 2>&1; then
-      die "qemu-img at offset $off produced a wrong image for $sfmt -> $dfmt"
-    fi
-    rm -f "$out"
   done
-
-  EX_S=$(min_of <"$WORK/ex.t")
-  OF_S=$(min_of <"$WORK/of.t")
-  if [ -s "$WORK/ov.t" ] && [ "$OV_OK" = ok ]; then
-    OV_S=$(min_of <"$WORK/ov.t")
-    OV_RSS=$(awk '$2 > m { m = $2 } END { printf "%.1f\n", m / 1024 }' "$WORK/ov.t")
-  elif [ "$OV_OK" = wrong ]; then
-    OV_S=WRONG
-  fi
 }
 
 # ------------------------------------------------------------------ main
 echo "work directory: $WORK" >&2
-echo "generating a ${SIZE_MIB} MiB sparse source image..." >&2
+uptime >&2
+echo "generating a ${SIZE_MIB} MiB sparse $IMAGE source image..." >&2
 make_source "$SRC" "$SIZE"
 alloc_mib=$(($(stat -c %b "$SRC") * $(stat -c %B "$SRC") / 1048576))
 echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
@@ -248,86 +206,96 @@ echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
 RESULTS=$WORK/results
 : >"$RESULTS"
 for sfmt in $FORMATS; do
-  echo "building bench-$sfmt.ova..." >&2
-  make_ova "$sfmt"
-  ova=$WORK/bench-$sfmt.ova
-  echo "  $(($(stat -c %s "$ova") / 1048576)) MiB; warming the page cache" >&2
-  cat "$ova" >/dev/null
-  for dfmt in raw qcow2; do
-    echo "timing $sfmt -> $dfmt (best of $REPS)..." >&2
-    bench_one "$sfmt" "$dfmt"
-    echo "$sfmt->$dfmt $OV_S $EX_S $OF_S $OV_RSS" >>"$RESULTS"
+  echo "building the $sfmt packages..." >&2
+  bench_disk "$SRC" "$sfmt" "$SIZE" "$WORK/pkg"
+  for place in none after-ovf last; do
+    name=$place
+    [ "$place" = after-ovf ] && name=mf
+    bench_tar "$WORK/pkg" "$sfmt" "$WORK/$name.ova" "$place"
   done
-  rm -f "$ova"
+  rm -rf "$WORK/pkg"
+  href=$(href_of "$sfmt")
+  ova=$WORK/none.ova
+  off=$(data_offset "$ova" "$href")
+  len=$(tar -tvf "$ova" "$href" | awk '{ print $3 }')
+  if [ "$sfmt" = raw ]; then
+    JSON="json:{\"driver\":\"raw\",\"offset\":$off,\"size\":$len,\"file\":{\"driver\":\"file\",\"filename\":\"$ova\"}}"
+  else
+    JSON="json:{\"driver\":\"$sfmt\",\"file\":{\"driver\":\"raw\",\"offset\":$off,\"size\":$len,\"file\":{\"driver\":\"file\",\"filename\":\"$ova\"}}}"
+  fi
+  echo "  $(($(stat -c %s "$ova") / 1048576)) MiB each; warming the page cache" >&2
+  cat "$WORK"/*.ova >/dev/null
+  for dfmt in $TARGETS; do
+    echo "timing $sfmt -> $dfmt ($REPS paired rounds)..." >&2
+    bench_combo "$sfmt" "$dfmt"
+  done
+  rm -f "$WORK"/*.ova
 done
+uptime >&2
 
-MF_RESULTS=$WORK/mf-results
-: >"$MF_RESULTS"
-if [ "$OVAIO_OK" = 1 ]; then
-  for sfmt in $MF_FORMATS; do
-    bench_manifest "$sfmt"
-  done
-fi
-
-if [ -s "$RESULTS" ]; then
 echo
-echo "ovaio import vs extract+convert vs qemu-img at the offset"
-echo "(${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; best of $REPS; OVA in page cache; qemu-img -t $QEMU_CACHE)"
-awk '
+echo "ovaio import from a pipe vs tar+qemu-img and qemu-img at the offset"
+echo "($IMAGE image, ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; median (min-max) of $REPS paired rounds,"
+echo " sync before each run; OVAs in page cache; qemu-img -t $QEMU_CACHE; RSS and CPU of ovaio alone)"
+awk -v rows="$ROWS" '
 function ratio(a, b) {
   if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) return "n/a"
   if (b < 0.01) b = 0.01
   return sprintf("%.2f", a / b)
 }
 BEGIN {
-  printf "%-14s %9s %12s %12s %10s %10s %10s\n", "combination", "ovaio s", "extract+conv", "qemu@offset", "ex/ovaio", "off/ovaio", "RSS MiB"
-  bad_speed = bad_parity = bad_rss = missing = wrong = 0
-  min_ex = min_off = max_rss = ""
+  printf "%-13s %-13s %8s %13s %8s %8s\n", "combination", "method", "median s", "min-max s", "RSS MiB", "CPU s"
+  nrows = split(rows, order, " ")
 }
 {
-  rex = ratio($3, $2); rof = ratio($4, $2)
-  printf "%-14s %9s %12s %12s %10s %10s %10s\n", $1, $2, $3, $4, rex, rof, $5
-  if ($2 == "WRONG") { wrong++; next }
-  if (rex == "n/a" || $5 == "n/a") { missing++; next }
-  if (min_ex == "" || rex + 0 < min_ex) min_ex = rex + 0
-  if (min_off == "" || rof + 0 < min_off) min_off = rof + 0
-  if (max_rss == "" || $5 + 0 > max_rss) max_rss = $5 + 0
-  if (rex + 0 < 2) bad_speed++
-  if ($2 + 0 > 1.2 * $4 + 0.005) bad_parity++
-  if ($5 + 0 >= 64) bad_rss++
+  combo = $1; row = $2
+  if (!(combo in seen)) { seen[combo] = 1; combos[++nc] = combo }
+  med[combo, row] = $3
+  shown = (combo == last_combo) ? "" : combo
+  last_combo = combo
+  if ($8 != "ok") {
+    printf "%-13s %-13s %8s\n", shown, row, toupper($8)
+    if ($8 == "wrong") wrong++
+    next
+  }
+  ov = (row == "mf" || row == "last" || row == "nomf" || row == "noverify")
+  printf "%-13s %-13s %8s %13s %8s %8s\n", shown, row, $3, $4 "-" $5, ov ? $6 : "", ov ? $7 : ""
+  if (ov && (max_rss == "" || $6 + 0 > max_rss)) max_rss = $6 + 0
 }
 END {
+  printf "\nratios of medians (time of the first over the second; targets: peer-sha/mf >= 2,\n"
+  printf "mf/noverify <= 1.25, noverify/off <= 1.0)\n"
+  printf "%-13s %12s %14s %12s %13s %10s %14s %14s\n", "combination", "peer-sha/mf", "tar+conv/nomf", "mf/noverify", "noverify/off", "mf/offset", "last/noverify", "nomf/noverify"
+  for (i = 1; i <= nc; i++) {
+    c = combos[i]
+    a = ratio(med[c, "tar+sha+conv"], med[c, "mf"])
+    b = ratio(med[c, "tar+conv"], med[c, "nomf"])
+    d = ratio(med[c, "mf"], med[c, "noverify"])
+    e = ratio(med[c, "noverify"], med[c, "offset"])
+    f = ratio(med[c, "mf"], med[c, "offset"])
+    g = ratio(med[c, "last"], med[c, "noverify"])
+    h = ratio(med[c, "nomf"], med[c, "noverify"])
+    printf "%-13s %12s %14s %12s %13s %10s %14s %14s\n", c, a, b, d, e, f, g, h
+    if (a == "n/a" || d == "n/a" || e == "n/a") { missing++; continue }
+    if (a + 0 < 2) bad_speed++
+    if (worst_speed == "" || a + 0 < worst_speed) worst_speed = a + 0
+    if (d + 0 > 1.25) bad_verify++
+    if (worst_verify == "" || d + 0 > worst_verify) worst_verify = d + 0
+    if (e + 0 > 1.0) bad_parity++
+    if (worst_parity == "" || e + 0 > worst_parity) worst_parity = e + 0
+  }
+  print ""
   if (wrong) {
-    printf "targets: FAIL (%d combination(s) where ovaio wrote a wrong image)\n", wrong
+    printf "targets: FAIL (%d run(s) wrote a wrong image)\n", wrong
     exit 2
   }
   if (missing) {
-    printf "targets: not judged (%d combination(s) without a verified ovaio result)\n", missing
+    printf "targets: not judged (%d combination(s) without the rows they need)\n", missing
     exit
   }
-  printf "targets: >=2x faster than extract+convert: %s (worst %.2fx); ", bad_speed ? "FAIL" : "PASS", min_ex
-  printf "<=1.2x qemu-img@offset time: %s (worst ovaio/offset %.2f); ", bad_parity ? "FAIL" : "PASS", (min_off > 0 ? 1 / min_off : 0)
-  printf "peak RSS <64 MiB: %s (max %.1f MiB)\n", bad_rss ? "FAIL" : "PASS", max_rss
+  printf "targets: verified >=2x faster than tar+sha256sum+convert: %s (worst %.2fx)\n", bad_speed ? "FAIL" : "PASS", worst_speed
+  printf "         --no-verify <=1.0x qemu-img@offset: %s (worst %.2f)\n", bad_parity ? "FAIL" : "PASS", worst_parity
+  printf "         verified (one algorithm) <=1.25x --no-verify: %s (worst %.2f)\n", bad_verify ? "FAIL" : "PASS", worst_verify
+  printf "         peak RSS <64 MiB: %s (max %.1f MiB)\n", (max_rss + 0 >= 64) ? "FAIL" : "PASS", max_rss
 }' "$RESULTS" || status=$?
-else
-  echo "(main comparison skipped: FORMATS is empty)"
-fi
-
-if [ -s "$MF_RESULTS" ]; then
-  echo
-  echo "manifest placement: SHA-256 manifest right after the OVF (SHA-256 hashed) vs last"
-  echo "(SHA-1, SHA-256 and SHA-512 hashed until it arrives); raw target; best of $REPS; cpu = user + system"
-  awk '
-  function ratio(a, b) {
-    if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) return "n/a"
-    if (b < 0.01) b = 0.01
-    return sprintf("%.2f", a / b)
-  }
-  BEGIN { printf "%-8s %10s %10s %10s %12s %12s %10s\n", "source", "after s", "last s", "last/after", "after cpu s", "last cpu s", "last/after" }
-  {
-    printf "%-8s %10s %10s %10s %12s %12s %10s\n", $1, $2, $3, ratio($3, $2), $4, $5, ratio($5, $4)
-    if ($2 == "WRONG") wrong++
-  }
-  END { if (wrong) exit 2 }' "$MF_RESULTS" || status=$?
-fi
 exit "${status:-0}"

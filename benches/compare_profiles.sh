@@ -16,12 +16,14 @@
 # request with a 500 and keeps serving the others (hyper and tokio catch
 # the unwind per task); aborting would end every transfer at once.
 #
-# Environment: SIZE_MIB (default 1024), REPS (default 5), VARIANTS (default
+# Environment: IMAGE (simple or hard, see benches/lib/source_image.sh),
+# SIZE_MIB (default 1024, 4096 for hard), REPS (default 5), VARIANTS (default
 # "base thin fat-cgu1 cgu1"), BENCH_DIR (default /tmp/ovaio-bench), KEEP=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SIZE_MIB=${SIZE_MIB:-1024}
+IMAGE=${IMAGE:-simple}
+SIZE_MIB=${SIZE_MIB:-$([ "$IMAGE" = hard ] && echo 4096 || echo 1024)}
 REPS=${REPS:-5}
 VARIANTS=${VARIANTS:-base thin fat-cgu1 cgu1}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}

@@ -12,7 +12,9 @@
 # Prints a table of the figures with their ratios.
 #
 # Environment:
-#   SIZE_MIB     virtual disk size in MiB (default 1024; about half is data)
+#   IMAGE        source image: simple (default) or hard (benches/lib/source_image.sh)
+#   SIZE_MIB     virtual disk size in MiB (default 1024, 4096 for hard; about
+#                half is data)
 #   REPS         timed runs per single upload and per OVA import, the best
 #                is kept (default 3)
 #   CONCURRENCY  uploads at once in the 8-way part (default 8)
@@ -25,6 +27,9 @@
 #                with cargo build --release)
 #   BENCH_DIR    parent of the work directory (default /tmp/ovaio-bench)
 #   KEEP=1       keep the work directory (server logs; images are deleted)
+#   PARTS        all (default) or ova: only the OVA upload against
+#                `ovaio import -` from a pipe (no imageio, no venv), REPS
+#                paired rounds, medians, and the target serve >= 0.95x pipe
 #   BASELINE     another ovaio binary (an older build): then only the
 #                single upload and the OVA upload run, into this build's
 #                server and the baseline's, taking turns, and the table
@@ -33,7 +38,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SIZE_MIB=${SIZE_MIB:-1024}
+IMAGE=${IMAGE:-simple}
+SIZE_MIB=${SIZE_MIB:-$([ "$IMAGE" = hard ] && echo 4096 || echo 1024)}
 REPS=${REPS:-3}
 CONCURRENCY=${CONCURRENCY:-8}
 OVA_FORMAT=${OVA_FORMAT:-qcow2}
@@ -42,6 +48,7 @@ OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 KEEP=${KEEP:-0}
 BASELINE=${BASELINE:-}
+PARTS=${PARTS:-all}
 TIME=/usr/bin/time
 VENV=$ROOT/target/test-venv
 PY=$VENV/bin/python
@@ -56,6 +63,7 @@ die() { echo "compare_serve: $*" >&2; exit 1; }
 [[ $CONCURRENCY =~ ^[0-9]+$ && $CONCURRENCY -ge 1 ]] || die "CONCURRENCY must be an integer >= 1"
 [[ $OVA_FORMAT = qcow2 || $OVA_FORMAT = vmdk ]] || die "OVA_FORMAT must be qcow2 or vmdk"
 [[ $OVA_MANIFEST =~ ^(none|after-ovf|last)$ ]] || die "OVA_MANIFEST must be none, after-ovf or last"
+[[ $PARTS = all || $PARTS = ova ]] || die "PARTS must be all or ova"
 for t in qemu-img qemu-nbd curl tar dd truncate awk sed stat python3; do
   command -v "$t" >/dev/null 2>&1 || die "$t is required"
 done
@@ -71,13 +79,16 @@ fi
 
 # ------------------------------------------------------ ovirt-imageio (venv)
 # The venv scripts/test.sh makes; created here when missing.
-if ! "$PY" -c 'import ovirt_imageio.client' >/dev/null 2>&1 || [ ! -x "$VENV/bin/ovirt-imageio" ]; then
+if [ "$PARTS" = ova ]; then
+  IMAGEIO_HAVE=unused
+elif ! "$PY" -c 'import ovirt_imageio.client' >/dev/null 2>&1 || [ ! -x "$VENV/bin/ovirt-imageio" ]; then
   echo "installing ovirt-imageio==$IMAGEIO_VERSION into $VENV..." >&2
   python3 -m venv "$VENV" || die "cannot create $VENV (python3-venv missing?)"
   "$VENV/bin/pip" install -q --disable-pip-version-check "ovirt-imageio==$IMAGEIO_VERSION" >&2 ||
     die "pip install ovirt-imageio==$IMAGEIO_VERSION failed"
 fi
-IMAGEIO_HAVE=$("$PY" -c 'from ovirt_imageio._internal import version; print(version.string)' 2>/dev/null || echo unknown)
+[ "$PARTS" = ova ] ||
+  IMAGEIO_HAVE=$("$PY" -c 'from ovirt_imageio._internal import version; print(version.string)' 2>/dev/null || echo unknown)
 
 # ----------------------------------------------------------- work directory
 mkdir -p "$BENCH_DIR"
@@ -376,6 +387,22 @@ ova_pipe() {
   rm -f "$target"
 }
 
+# ova_rounds: REPS rounds of ova_serve and ova_pipe, taking turns, with
+# `sync` before each run.
+ova_rounds() {
+  local r
+  for ((r = 1; r <= REPS; r++)); do
+    echo "OVA $r/$REPS: curl -T into ovaio serve and ovaio import -, taking turns..." >&2
+    if ((r % 2)); then
+      sync; ova_serve "$r" || true
+      sync; ova_pipe "$r"
+    else
+      sync; ova_pipe "$r"
+      sync; ova_serve "$r" || true
+    fi
+  done
+}
+
 # ------------------------------------------------------------------ 8-way
 # many SERVER: CONCURRENCY clients at once, one ticket and target each;
 # writes "wall_s ok_count min_s max_s" to many-SERVER.t.
@@ -435,8 +462,53 @@ make_source "$SRC" "$SIZE"
 alloc_mib=$(($(stat -c %b "$SRC") * $(stat -c %B "$SRC") / 1048576))
 echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
 
-# 0. With BASELINE: this build against another, nothing else.
 median_of() { sort -n "$1" | awk '{ a[NR] = $1 } END { if (!NR) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# range_of FILE: "min-max" of the first column.
+range_of() { sort -g "$1" | awk 'NR == 1 { a = $1 } { b = $1 } END { if (NR) print a "-" b; else print "n/a" }'; }
+
+# 0. With PARTS=ova: the OVA upload against the pipe, nothing else.
+if [ "$PARTS" = ova ]; then
+  start_ovaio
+  echo "building bench.ova ($OVA_FORMAT, manifest: $OVA_MANIFEST)..." >&2
+  make_ova
+  OVA_BYTES=$(stat -c %s "$OVA")
+  cat "$OVA" >/dev/null
+  OVA_HWM=n/a
+  ova_hwm_reset=0
+  if { echo 5 >"/proc/${PID[ovaio]}/clear_refs"; } 2>/dev/null; then ova_hwm_reset=1; fi
+  : >"$WORK/ova-serve.t"
+  : >"$WORK/ova-pipe.t"
+  c0=$(cpu_s "${PID[ovaio]}")
+  ova_rounds
+  serve_cpu=$(awk -v a="$c0" -v b="$(cpu_s "${PID[ovaio]}")" -v n="$REPS" 'BEGIN { printf "%.2f\n", (b - a) / n }')
+  if [ "$ova_hwm_reset" = 1 ]; then OVA_HWM=$(status_kib "${PID[ovaio]}" VmHWM); fi
+  stop_servers
+  uptime >&2
+  serve_s=$(median_of "$WORK/ova-serve.t")
+  pipe_s=$(median_of "$WORK/ova-pipe.t")
+  pipe_rss=$(awk '$2 > m { m = $2 } END { if (NR) printf "%.1f\n", m / 1024; else print "n/a" }' "$WORK/ova-pipe.t")
+  row() { printf '%-28s %16s %16s %14s\n' "$@"; }
+  echo
+  echo "OVA upload over HTTPS (curl -T into ovaio serve) against cat | ovaio import -"
+  echo "($IMAGE image, ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; bench.ova: $OVA_FORMAT, $((OVA_BYTES / 1048576)) MiB,"
+  echo " manifest $OVA_MANIFEST; raw target; median (min-max) of $REPS paired rounds, sync before each)"
+  row "figure" "serve" "import -" "serve/import"
+  row "time s median" "$serve_s" "$pipe_s" "$(ratio "$serve_s" "$pipe_s")"
+  row "time s min-max" "$(range_of "$WORK/ova-serve.t")" "$(range_of "$WORK/ova-pipe.t")" ""
+  row "MB/s (median)" "$(mbps "$OVA_BYTES" "$serve_s")" "$(mbps "$OVA_BYTES" "$pipe_s")" "$(ratio "$(mbps "$OVA_BYTES" "$serve_s")" "$(mbps "$OVA_BYTES" "$pipe_s")")"
+  row "server CPU s per upload" "$serve_cpu" "" ""
+  row "peak RSS MiB" "$(mib "$OVA_HWM")" "$pipe_rss" ""
+  speed=$(ratio "$pipe_s" "$serve_s")
+  if [ "$speed" = n/a ]; then
+    echo "target: not judged (a side has no verified run)"
+  else
+    awk -v s="$speed" 'BEGIN { printf "target: serve >= 0.95x the pipe'"'"'s throughput: %s (%.2fx)\n", (s + 0 >= 0.95) ? "PASS" : "FAIL", s }'
+  fi
+  [ "$BAD" -eq 0 ] || { echo "FAIL: some target differs from the source"; exit 2; }
+  exit 0
+fi
+
+# 0. With BASELINE: this build against another, nothing else.
 if [ -n "$BASELINE" ]; then
   [ -x "$BASELINE" ] || die "BASELINE $BASELINE is not an executable"
   start_ovaio
@@ -524,11 +596,7 @@ ova_hwm_reset=0
 if { echo 5 >"/proc/${PID[ovaio]}/clear_refs"; } 2>/dev/null; then ova_hwm_reset=1; fi
 : >"$WORK/ova-serve.t"
 : >"$WORK/ova-pipe.t"
-for ((r = 1; r <= REPS; r++)); do
-  echo "OVA $r/$REPS: curl -T into ovaio serve, then ovaio import -..." >&2
-  ova_serve "$r" || true
-  ova_pipe "$r"
-done
+ova_rounds
 if [ "$ova_hwm_reset" = 1 ]; then OVA_HWM=$(status_kib "${PID[ovaio]}" VmHWM); fi
 rm -f "$OVA"
 

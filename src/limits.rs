@@ -158,6 +158,8 @@ pub const PIPE_SIZE: usize = 1 << 20;
 /// uploaded (measured: 2.9 against 1.0 CPU-s per GiB over TLS). Request
 /// heads are held to `data.max_header_bytes` separately.
 pub const READ_BUFFER: usize = 256 << 10;
+/// Bytes of a data connection's socket read at once, beneath TLS.
+pub const TCP_READ_BUFFER: usize = 64 << 10;
 /// Compressed input is fed to the inflater in slices this large, which
 /// bounds the inflated bytes held at once (deflate expands at most ~1032×).
 pub const GZIP_INPUT_SLICE: usize = 8 << 10;

@@ -4,7 +4,8 @@
 # wraps it after a minimal OVF 1.0 descriptor (capacity SIZE bytes) in the
 # ustar archive OUT. No manifest unless MANIFEST says where its SHA-256
 # manifest bench.mf goes (sha256sum of the OVF and the disk): `after-ovf`
-# or `last`. SCRATCH is a directory it creates and removes.
+# or `last`. SCRATCH is a directory it creates and removes. bench_disk and
+# bench_tar do the two halves, for several packages of one conversion.
 
 ovf_format_uri() {
   case $1 in
@@ -22,8 +23,10 @@ href_of() {
   esac
 }
 
-make_bench_ova() {
-  local src=$1 fmt=$2 size=$3 out=$4 dir=$5 manifest=${6:-} href disk
+# bench_disk SRC FMT SIZE DIR: DIR/HREF (the source as FMT), DIR/bench.ovf
+# describing it, and DIR/bench.mf with the SHA-256 of both.
+bench_disk() {
+  local src=$1 fmt=$2 size=$3 dir=$4 href disk
   href=$(href_of "$fmt")
   mkdir -p "$dir"
   disk=$dir/$href
@@ -48,18 +51,27 @@ make_bench_ova() {
   </VirtualSystem>
 </Envelope>
 EOF_OVF
+  (cd "$dir" && sha256sum bench.ovf "$href") |
+    awk '{ printf "SHA256(%s)= %s\n", $2, $1 }' >"$dir/bench.mf"
+}
+
+# bench_tar DIR FMT OUT [MANIFEST]: wraps what bench_disk made in DIR into
+# the ustar archive OUT, the OVF first; the manifest where MANIFEST says:
+# none (or empty), after-ovf or last.
+bench_tar() {
+  local dir=$1 fmt=$2 out=$3 manifest=${4:-none} href
+  href=$(href_of "$fmt")
   case $manifest in
-    '') tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href" ;;
-    after-ovf | last)
-      (cd "$dir" && sha256sum bench.ovf "$href") |
-        awk '{ printf "SHA256(%s)= %s\n", $2, $1 }' >"$dir/bench.mf"
-      if [ "$manifest" = last ]; then
-        tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href" bench.mf
-      else
-        tar --format=ustar -cf "$out" -C "$dir" bench.ovf bench.mf "$href"
-      fi
-      ;;
-    *) echo "make_bench_ova: unknown manifest place '$manifest'" >&2; return 1 ;;
+    '' | none) tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href" ;;
+    after-ovf) tar --format=ustar -cf "$out" -C "$dir" bench.ovf bench.mf "$href" ;;
+    last) tar --format=ustar -cf "$out" -C "$dir" bench.ovf "$href" bench.mf ;;
+    *) echo "bench_tar: unknown manifest place '$manifest'" >&2; return 1 ;;
   esac
+}
+
+make_bench_ova() {
+  local src=$1 fmt=$2 size=$3 out=$4 dir=$5 manifest=${6:-}
+  bench_disk "$src" "$fmt" "$size" "$dir"
+  bench_tar "$dir" "$fmt" "$out" "$manifest"
   rm -rf "$dir"
 }

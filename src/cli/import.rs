@@ -113,10 +113,12 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
     if a.no_verify {
         importer = importer.without_verification();
     }
-    let summary = importer.run(&mut src.reader).map_err(|e| match &src.path {
-        Some(p) => e.at_path(p),
-        None => e,
-    })?;
+    let summary = importer
+        .run(&mut *src.reader)
+        .map_err(|e| match &src.path {
+            Some(p) => e.at_path(p),
+            None => e,
+        })?;
     drop(bar);
     if a.json {
         let mut v = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;

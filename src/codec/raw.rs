@@ -3,7 +3,9 @@
 //!
 //! A fixed VHD is raw bytes followed by a 512-byte footer, with nothing at
 //! its start to say so (qemu's own probe calls it raw). So the last 512
-//! bytes of every raw entry are held back until the entry ends: if they
+//! bytes of every raw entry are held back until the entry ends (of an
+//! entry of known size, only those; of another, the last 512 bytes of
+//! each piece fed, which the next piece releases): if they
 //! are a fixed VHD's footer for the bytes before them
 //! ([`vhd::fixed_footer`]), they are dropped and the disk is that VHD;
 //! otherwise they are written like the rest. The sink learns the size in
@@ -92,11 +94,27 @@ impl RawDecoder {
 }
 
 impl DiskDecoder for RawDecoder {
-    fn feed(&mut self, input: &[u8], out: &mut dyn ExtentSink) -> Result<()> {
+    fn feed(&mut self, mut input: &[u8], out: &mut dyn ExtentSink) -> Result<()> {
         if input.is_empty() {
             return Ok(());
         }
         self.announce(out)?;
+        // With the entry's size known only its last 512 bytes can be a
+        // footer: everything before them goes out straight from the
+        // caller's buffer, in extents that end where the caller's do.
+        if let Some(size) = self.size
+            && self.held_len == 0
+        {
+            let tail = size.saturating_sub(FOOTER_LEN as u64);
+            if self.offset < tail {
+                let n = (tail - self.offset).min(input.len() as u64) as usize;
+                self.emit(&input[..n], out)?;
+                input = &input[n..];
+                if input.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
         let total = self.held_len + input.len();
         if total <= FOOTER_LEN {
             self.held[self.held_len..total].copy_from_slice(input);

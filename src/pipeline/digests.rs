@@ -27,6 +27,16 @@
 //! [`limits::DIGEST_BATCH`] bytes), so a slow algorithm slows the pipeline
 //! instead of piling up memory.
 //!
+//! A package read from a regular file need not be guessed at: before the
+//! import reads it, [`scan_manifests`] reads its tar headers, seeking over
+//! the entries' contents, and keeps the text of every manifest. The tap
+//! then starts [knowing](DigestTap::knowing) them: an entry is hashed in
+//! the algorithms their lines name for it, wherever the manifests are,
+//! and an entry no line names in none (a package without a manifest
+//! costs no hashing at all). Should a manifest turn up that the scan did
+//! not see (the file changed in between), its lines fail as not computed;
+//! they never pass.
+//!
 //! A zip package has no tar stream: its members are sent one by one
 //! ([`DigestTap::begin_member`]), uncompressed, and digested alike.
 //!
@@ -48,6 +58,8 @@ use crate::ova::demux::{Demux, EntryType, Event};
 use crate::ova::digest::MultiDigest;
 use crate::ova::layout::Layout;
 use crate::ova::manifest::{self, Algorithm, Manifest, ManifestEntry};
+use crate::ova::role::{Role, RoleError, Roles};
+use crate::source::SourceReader;
 
 /// Digests per entry name, in [`Algorithm::ALL`] order.
 pub type EntryDigests = HashMap<String, Vec<(Algorithm, Vec<u8>)>>;
@@ -108,11 +120,14 @@ impl Wanted {
 struct Policy {
     /// The wishes of the manifests that have passed and parsed.
     wanted: Wanted,
-    /// Bytes of the manifest entries so far.
-    manifest_bytes: u64,
-    ovf_held: bool,
+    /// Which entries are the descriptor and the manifests, as the
+    /// pipeline decides.
+    roles: Roles,
     /// Bytes of small entries held so far.
     held: u64,
+    /// `wanted` already holds every manifest of the package (read before
+    /// the stream): an entry no line names needs no digest.
+    complete: bool,
 }
 
 impl Policy {
@@ -124,18 +139,12 @@ impl Policy {
     /// `None`: it can be the manifest or the OVF (capped while it streams),
     /// never another held entry.
     fn begin(&mut self, name: &str, size: Option<u64>) -> Treatment {
-        let lower = name.to_ascii_lowercase();
-        let within = |limit: u64| size.is_none_or(|s| s <= limit);
-        if lower.ends_with(".mf")
-            && within(limits::MAX_MANIFEST_SIZE)
-            && self.manifest_bytes + size.unwrap_or(0) <= limits::MAX_MANIFESTS_SIZE
-        {
-            self.manifest_bytes += size.unwrap_or(0);
-            return Treatment::Manifest;
-        }
-        if lower.ends_with(".ovf") && !self.ovf_held && within(limits::MAX_OVF_SIZE) {
-            self.ovf_held = true;
-            return Treatment::Held;
+        // An entry that breaks its role's rules fails the import; here it
+        // is digested like any other.
+        match self.roles.classify(name, size) {
+            Ok(Role::Manifest) => return Treatment::Manifest,
+            Ok(Role::Descriptor) => return Treatment::Held,
+            Ok(Role::Other) | Err(_) => {}
         }
         if let Some(size) = size
             && size <= limits::MAX_DIGEST_HELD_ENTRY
@@ -145,6 +154,7 @@ impl Policy {
             return Treatment::Held;
         }
         Treatment::Streamed(match self.wanted.for_entry(name) {
+            [] if self.complete => Vec::new(),
             [] => Algorithm::ALL.to_vec(),
             listed => listed.to_vec(),
         })
@@ -172,16 +182,59 @@ pub struct DigestTap {
 impl DigestTap {
     /// Starts one digest thread per algorithm.
     pub fn start() -> DigestTap {
+        Self::spawn(&Algorithm::ALL, &[])
+    }
+
+    /// Starts the digest threads for a package whose manifests are all
+    /// known before its stream (the texts [`scan_manifests`] found): only
+    /// the algorithms their lines use get a thread, and each entry is
+    /// hashed in the algorithms its lines name; none at all without a
+    /// manifest. A text that does not parse is left to the pipeline to
+    /// report.
+    pub fn knowing(manifests: &[Vec<u8>]) -> DigestTap {
+        let parsed: Vec<Manifest> = manifests
+            .iter()
+            .filter_map(|m| manifest::parse(m).ok())
+            .collect();
+        let algs: Vec<Algorithm> = Algorithm::ALL
+            .into_iter()
+            .filter(|a| {
+                parsed
+                    .iter()
+                    .any(|m| m.entries.iter().any(|l| l.algorithm == *a))
+            })
+            .collect();
+        if algs.is_empty() {
+            return DigestTap::idle();
+        }
+        let mut wanted = Wanted::default();
+        for m in &parsed {
+            wanted.add(m);
+        }
+        Self::spawn(&algs, &wanted.by_name.into_iter().collect::<Vec<_>>())
+    }
+
+    /// One thread per algorithm of `algs`; with `known` wishes (entry name,
+    /// algorithms) the policy starts complete.
+    fn spawn(algs: &[Algorithm], known: &[(String, Vec<Algorithm>)]) -> DigestTap {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
-        for (i, alg) in Algorithm::ALL.into_iter().enumerate() {
+        let complete = !known.is_empty();
+        for (i, alg) in algs.iter().copied().enumerate() {
             let (tx, rx) = sync_channel(limits::DIGEST_QUEUE);
             // One thread keeps the held entries; the SHA-1 thread, as the
             // fastest, has the most time to spare at the end.
             let keeper = i == 0;
+            let mut policy = Policy {
+                complete,
+                ..Policy::default()
+            };
+            for (name, want) in known {
+                policy.wanted.by_name.insert(name.clone(), want.clone());
+            }
             let spawned = std::thread::Builder::new()
                 .name(format!("digest {alg}"))
-                .spawn(move || Follower::new(alg, keeper).run(rx));
+                .spawn(move || Follower::new(alg, keeper, policy).run(rx));
             match spawned {
                 Ok(t) => {
                     senders.push(tx);
@@ -308,13 +361,13 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(alg: Algorithm, keeper: bool) -> Follower {
+    fn new(alg: Algorithm, keeper: bool, policy: Policy) -> Follower {
         Follower {
             alg,
             keeper,
             demux: Demux::new(),
             layout: Layout::new(),
-            policy: Policy::default(),
+            policy,
             current: None,
             held: Vec::new(),
             out: EntryDigests::new(),
@@ -456,6 +509,88 @@ impl Follower {
             self.out.insert(name, d.finish());
         }
     }
+}
+
+/// Reads the tar headers of the package `reader` holds, seeking over
+/// every entry's content but a manifest's, and returns the text of each
+/// manifest (every regular entry named `*.mf`, as the import pipeline
+/// names them). `None` when the source cannot seek, when it is not a
+/// plain tar archive (compressed, zip, broken: the import reports it),
+/// or when a manifest is over the limits the pipeline enforces. Leaves
+/// the source anywhere: the caller rewinds it.
+pub fn scan_manifests(reader: &mut dyn SourceReader) -> Option<Vec<Vec<u8>>> {
+    if !reader.can_skip() {
+        return None;
+    }
+    let mut demux = Demux::new();
+    let mut layout = Layout::new();
+    let mut found = Vec::new();
+    let mut roles = Roles::new();
+    let mut collecting: Option<Vec<u8>> = None;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let remaining = demux.content_remaining().filter(|&n| n > 0);
+        if collecting.is_none()
+            && let Some(n) = remaining
+            && reader.skip(n).ok()?
+        {
+            demux.skip_content(n);
+        }
+        // A header block at a time, or the rest of a manifest.
+        let want = match (&collecting, demux.content_remaining()) {
+            (Some(_), Some(n)) if n > 0 => {
+                usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()))
+            }
+            _ => 512,
+        };
+        let n = loop {
+            match reader.read(&mut buf[..want]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (used, ev) = demux.step(rest).ok()?;
+            rest = &rest[used..];
+            match ev {
+                Some(Event::Begin(h)) => {
+                    let name = layout.place(&h.name, h.entry_type).ok()?;
+                    if let (Some(name), EntryType::Regular) = (name, h.entry_type) {
+                        match roles.classify(&name, Some(h.size)) {
+                            Ok(Role::Manifest) => {
+                                collecting = Some(Vec::with_capacity(h.size as usize));
+                            }
+                            Err(
+                                RoleError::ManifestTooLarge { .. } | RoleError::ManifestsTooLarge,
+                            ) => {
+                                return None;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Some(Event::Data(d)) => {
+                    if let Some(c) = &mut collecting {
+                        c.extend_from_slice(d);
+                    }
+                }
+                Some(Event::End) => found.extend(collecting.take()),
+                Some(Event::Eof) => return Some(found),
+                None => {}
+            }
+        }
+    }
+    // Without end blocks: the last entry may still end here.
+    if let Ok((_, Some(Event::End))) = demux.step(&[]) {
+        found.extend(collecting.take());
+    }
+    demux.finish().ok()?;
+    Some(found)
 }
 
 /// What the package says about one manifest line.
@@ -722,6 +857,83 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The digests of `tar` with the tap started from a scan of it.
+    fn digests_knowing(tar: &[u8]) -> EntryDigests {
+        let mut source = std::io::Cursor::new(tar.to_vec());
+        let manifests = scan_manifests(&mut source).expect("a plain tar is scanned");
+        let mut tap = DigestTap::knowing(&manifests);
+        for p in tar.chunks(100_000) {
+            tap.feed(&Bytes::copy_from_slice(p));
+        }
+        tap.finish()
+    }
+
+    #[test]
+    fn a_scanned_package_is_hashed_only_as_its_manifests_ask() {
+        for alg in Algorithm::ALL {
+            for place in [Place::First, Place::AfterOvf, Place::Last] {
+                let what = format!("{alg} manifest {place:?}");
+                let (tar, mf) = package(OVF2, place, |_| alg);
+                let d = digests_knowing(&tar);
+                assert_all_verified(&mf, &d, &what);
+                for n in ["vm.ovf", "disk1.img", "nvram.dat", "disk2.img"] {
+                    assert_eq!(algs(&d, n), [alg], "{what}: {n}");
+                }
+            }
+        }
+        let alg_of = |n: &str| match n {
+            "disk1.img" => Algorithm::Sha1,
+            "disk2.img" => Algorithm::Sha512,
+            _ => Algorithm::Sha256,
+        };
+        let (tar, mf) = package(OVF1, Place::Last, alg_of);
+        let d = digests_knowing(&tar);
+        assert_all_verified(&mf, &d, "mixed lines, manifest last");
+        assert_eq!(algs(&d, "disk1.img"), [Algorithm::Sha1]);
+        assert_eq!(algs(&d, "disk2.img"), [Algorithm::Sha512]);
+    }
+
+    #[test]
+    fn a_scanned_package_without_a_manifest_is_not_hashed() {
+        let tar = tar_of(&[("vm.ovf", OVF1), ("disk1.img", &big(1))]);
+        assert_eq!(
+            scan_manifests(&mut std::io::Cursor::new(tar.clone())),
+            Some(Vec::new())
+        );
+        assert!(digests_knowing(&tar).is_empty());
+    }
+
+    #[test]
+    fn the_scan_finds_manifests_under_a_directory_and_without_end_blocks() {
+        let data = big(2);
+        let mf = line(Algorithm::Sha512, "a.img", &data);
+        let mut tar = tar_entry("vm/a.img", &data);
+        tar.extend(tar_entry("vm/vm.mf", mf.as_bytes()));
+        let found = scan_manifests(&mut std::io::Cursor::new(tar.clone()));
+        assert_eq!(found, Some(vec![mf.clone().into_bytes()]));
+        let d = digests_knowing(&tar);
+        assert_all_verified(&mf, &d, "under a directory, no end blocks");
+        assert_eq!(algs(&d, "a.img"), [Algorithm::Sha512]);
+    }
+
+    #[test]
+    fn the_scan_declines_what_it_cannot_read_as_a_plain_tar() {
+        let (tar, _) = package(OVF1, Place::Last, |_| Algorithm::Sha256);
+        // A pipe cannot be read twice.
+        assert_eq!(scan_manifests(&mut &tar[..]), None);
+        // Not a tar archive (a gzip stream, say): the import says what it is.
+        let mut gz = vec![0x1f, 0x8b, 8, 0];
+        gz.resize(4096, 7);
+        assert_eq!(scan_manifests(&mut std::io::Cursor::new(gz)), None);
+        // Cut inside an entry.
+        let cut = tar[..tar.len() - 3000].to_vec();
+        assert_eq!(scan_manifests(&mut std::io::Cursor::new(cut)), None);
+        // A manifest over the pipeline's limit.
+        let huge = vec![b'#'; limits::MAX_MANIFEST_SIZE as usize + 1];
+        let tar = tar_of(&[("vm.ovf", OVF1), ("vm.mf", &huge)]);
+        assert_eq!(scan_manifests(&mut std::io::Cursor::new(tar)), None);
     }
 
     #[test]

@@ -21,11 +21,10 @@ mod targets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use self::chunks::{ChunkRun, Declared};
 use self::slot::TargetSlot;
@@ -49,6 +48,7 @@ use crate::pipeline::progress::Progress;
 use crate::roots::{AllowedRoots, Dir};
 use crate::sink::partial::{self, Existing};
 use crate::sink::spool::FileSpool;
+use crate::source::SourceReader;
 
 /// What offsets inside a deflated zip member count.
 const INFLATED_MEMBER: &str = "inflated zip member";
@@ -339,17 +339,39 @@ impl Importer {
         Ok(())
     }
 
-    /// Reads the whole package from `reader`, then finishes.
-    pub fn run(mut self, reader: &mut dyn Read) -> Result<ImportSummary> {
-        let mut buf = BytesMut::new();
-        loop {
-            if buf.len() < limits::READ_CHUNK {
-                buf.resize(limits::READ_CHUNK, 0);
+    /// Reads the whole package from `reader`, then finishes. Each read
+    /// fills a fresh [`limits::READ_CHUNK`] buffer that becomes the
+    /// pieces every later stage shares: nothing is copied on the way.
+    ///
+    /// A source that can seek is first scanned for its manifests
+    /// ([`digests::scan_manifests`]), so that only the digests they ask
+    /// for are computed, wherever in the package they are.
+    pub fn run(mut self, reader: &mut dyn SourceReader) -> Result<ImportSummary> {
+        if self.verify && self.fed == 0 && reader.can_skip() {
+            let scanned = digests::scan_manifests(reader);
+            let back = reader.rewind().map_err(|e| {
+                Error::from(e).with_message("returning to the start of the package")
+            })?;
+            if !back {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    "cannot return to the start of the package after reading its manifests",
+                ));
             }
-            let n = match reader.read(&mut buf[..]) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            if let Some(manifests) = scanned {
+                self.digests = DigestTap::knowing(&manifests);
+            }
+        }
+        loop {
+            let mut buf = Vec::with_capacity(limits::READ_CHUNK);
+            let read = reader.fill(&mut buf);
+            let n = buf.len();
+            if n > 0 {
+                self.feed(Bytes::from(buf))?;
+            }
+            match read {
+                Ok(_) if n == 0 => break,
+                Ok(_) => {}
                 Err(e) => {
                     return Err(self.note_targets(
                         Error::from(e)
@@ -357,8 +379,7 @@ impl Importer {
                             .at_offset(self.fed),
                     ));
                 }
-            };
-            self.feed(buf.split_to(n).freeze())?;
+            }
         }
         self.finish()
     }

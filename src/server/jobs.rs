@@ -671,7 +671,7 @@ impl Work {
                     importer = importer.without_verification();
                 }
                 let s = importer
-                    .run(&mut src.reader)
+                    .run(&mut *src.reader)
                     .map_err(|e| e.at_path(&source))?;
                 to_json(&s)
             }

@@ -182,6 +182,9 @@ pub async fn serve(
                 let store = store.clone();
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
+                    // rustls reads the socket 4 KiB at a time: a buffer
+                    // beneath it makes one receive of many of those.
+                    let tcp = tokio::io::BufReader::with_capacity(limits::TCP_READ_BUFFER, tcp);
                     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -203,7 +206,10 @@ pub async fn serve(
                     };
                     drop(pending_permit);
                     let _counted = metrics.connection(ApiKind::Data);
-                    let io = TokioIo::new(io::WriteTimeout::new(tls, write_timeout));
+                    let io = TokioIo::new(io::WriteTimeout::new(
+                        io::ReadReady::new(tls),
+                        write_timeout,
+                    ));
                     serve_conn(&http, io, api, max_head, watcher, "data").await;
                 });
             },

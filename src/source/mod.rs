@@ -55,7 +55,11 @@ pub fn from_file(file: File, path: PathBuf) -> Result<Source> {
     let size = meta.is_file().then_some(meta.len());
     let fd = file.as_fd().try_clone_to_owned().ok();
     let reader: Box<dyn SourceReader> = match size {
-        Some(len) => Box::new(RegularFile { file, len }),
+        Some(len) => {
+            let mut file = file;
+            let start = file.stream_position().unwrap_or(0);
+            Box::new(RegularFile { file, len, start })
+        }
         None => Box::new(file),
     };
     Ok(Source {
@@ -99,39 +103,92 @@ struct Wakeable {
     woken: bool,
 }
 
-impl Read for Wakeable {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.woken {
-                return Ok(0);
-            }
-            let mut fds = [
-                PollFd::new(&self.fd, PollFlags::IN),
-                PollFd::new(&*self.wake, PollFlags::IN),
-            ];
-            match rustix::event::poll(&mut fds, None) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            if !fds[1].revents().is_empty() {
-                self.woken = true;
-                continue;
-            }
-            if !fds[0].revents().is_empty() {
-                return self.inner.read(buf);
-            }
+/// Waits until `fd` is readable (true) or `wake` is (false, and from then
+/// on always false: `woken` remembers it).
+fn wait(fd: &OwnedFd, wake: &OwnedFd, woken: &mut bool) -> std::io::Result<bool> {
+    loop {
+        if *woken {
+            return Ok(false);
+        }
+        let mut fds = [
+            PollFd::new(fd, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if !fds[1].revents().is_empty() {
+            *woken = true;
+            continue;
+        }
+        if !fds[0].revents().is_empty() {
+            return Ok(true);
         }
     }
 }
 
-/// Only pipes and terminals are waited on: they are read through.
-impl SourceReader for Wakeable {}
+impl Read for Wakeable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if wait(&self.fd, &self.wake, &mut self.woken)? {
+            self.inner.read(buf)
+        } else {
+            Ok(0)
+        }
+    }
+}
+
+/// Only pipes and terminals are waited on: they are read through, from
+/// the descriptor polled (the same open file as the inner reader's, which
+/// buffers nothing).
+impl SourceReader for Wakeable {
+    fn fill(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        let Wakeable {
+            fd, wake, woken, ..
+        } = self;
+        fill_fd(&*fd, buf, || wait(fd, wake, woken))
+    }
+}
 
 /// The bytes of a package source. A reader that can move forward without
 /// reading (a regular file) lets a pass that needs only the headers of a
 /// package skip the contents of its entries.
 pub trait SourceReader: Read + Send {
+    /// Appends the next bytes to `buf`, up to its capacity: as many reads
+    /// as it takes to fill it, fewer only where the source ends (or, for a
+    /// source waited on with [`Source::wake_on`], is woken). Returns how
+    /// many bytes were appended; 0 means the end. Bytes appended before an
+    /// error stay in `buf`.
+    ///
+    /// Descriptors read straight into the spare capacity, so a fresh
+    /// buffer is written once, by the kernel; other readers zero it first.
+    fn fill(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        let start = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        let mut at = start;
+        let r = loop {
+            if at == cap {
+                break Ok(());
+            }
+            match self.read(&mut buf[at..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(at);
+        r.map(|()| at - start)
+    }
+
+    /// Moves back to where the package starts, when this source can;
+    /// returns whether it did.
+    fn rewind(&mut self) -> std::io::Result<bool> {
+        Ok(false)
+    }
+
     /// Whether [`SourceReader::skip`] can ever move this source.
     fn can_skip(&self) -> bool {
         false
@@ -148,12 +205,44 @@ pub trait SourceReader: Read + Send {
 
 /// A file that is not a regular file (a FIFO, a character device) is read
 /// through.
-impl SourceReader for File {}
+impl SourceReader for File {
+    fn fill(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        fill_fd(self, buf, || Ok(true))
+    }
+}
+
+/// [`SourceReader::fill`] for a descriptor: reads into `buf`'s spare
+/// capacity until it is full or the input ends; `ready` is asked before
+/// each read and ends the fill (as if the input ended) when it says no.
+fn fill_fd(
+    fd: impl AsFd,
+    buf: &mut Vec<u8>,
+    mut ready: impl FnMut() -> std::io::Result<bool>,
+) -> std::io::Result<usize> {
+    let start = buf.len();
+    while buf.len() < buf.capacity() {
+        if !ready()? {
+            break;
+        }
+        match rustix::io::read(&fd, rustix::buffer::spare_capacity(buf)) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf.len() - start)
+}
 
 impl SourceReader for &[u8] {}
 
 /// Tests and in-memory sources skip as a file does.
 impl<T: AsRef<[u8]> + Send> SourceReader for std::io::Cursor<T> {
+    fn rewind(&mut self) -> std::io::Result<bool> {
+        self.set_position(0);
+        Ok(true)
+    }
+
     fn can_skip(&self) -> bool {
         true
     }
@@ -175,6 +264,8 @@ impl<T: AsRef<[u8]> + Send> SourceReader for std::io::Cursor<T> {
 struct RegularFile {
     file: File,
     len: u64,
+    /// Where the package starts: the file's position when opened.
+    start: u64,
 }
 
 impl Read for RegularFile {
@@ -184,6 +275,15 @@ impl Read for RegularFile {
 }
 
 impl SourceReader for RegularFile {
+    fn fill(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        fill_fd(&self.file, buf, || Ok(true))
+    }
+
+    fn rewind(&mut self) -> std::io::Result<bool> {
+        self.file.seek(SeekFrom::Start(self.start))?;
+        Ok(true)
+    }
+
     fn can_skip(&self) -> bool {
         true
     }
