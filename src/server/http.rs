@@ -177,6 +177,19 @@ impl Batch {
         self.pieces
     }
 
+    /// Drops the first `n` bytes (all of them when there are fewer): what
+    /// a resumed upload sends again of what was already committed.
+    pub fn skip_front(&mut self, n: u64) {
+        let mut left = n;
+        self.pieces.retain_mut(|p| {
+            let k = left.min(p.len() as u64);
+            let _ = p.split_to(k as usize);
+            left -= k;
+            !p.is_empty()
+        });
+        self.len -= n.min(self.len);
+    }
+
     /// Keeps the first `len` bytes (all of them when there are fewer).
     pub fn truncate(&mut self, len: u64) {
         let mut left = len;
@@ -593,6 +606,18 @@ mod tests {
         b.truncate(10);
         assert_eq!(b.len(), 3);
         b.truncate(0);
+        assert!(b.is_empty() && b.into_pieces().is_empty());
+
+        let mut b = Batch::default();
+        for p in [&b"abc"[..], b"defg", b"hi"] {
+            b.push(Bytes::from_static(p));
+        }
+        b.skip_front(4);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.into_pieces(), [&b"efg"[..], b"hi"]);
+        let mut b = Batch::default();
+        b.push(Bytes::from_static(b"abc"));
+        b.skip_front(10);
         assert!(b.is_empty() && b.into_pieces().is_empty());
     }
 

@@ -141,6 +141,9 @@ struct LiveState {
     cancel_cause: Option<CancelCause>,
     /// SHA-256 of the package an `ova-export` ticket last sent whole.
     sha256: Option<String>,
+    /// `ova-import`: the committed offset and the declared length of the
+    /// upload, once one started.
+    upload: Option<(u64, Option<u64>)>,
 }
 
 /// Why a ticket's transfers were cancelled.
@@ -307,6 +310,7 @@ impl TicketStore {
                 journaled: (deadline, 0),
                 cancel_cause: None,
                 sha256: None,
+                upload: None,
             }),
         }
     }
@@ -406,6 +410,7 @@ impl TicketStore {
         Ok(TicketHandle {
             spec: entry.spec.clone(),
             live: entry.live.clone(),
+            counted: true,
         })
     }
 
@@ -485,7 +490,9 @@ impl TicketStore {
                 continue;
             }
             let (mut state, mut error, mut disks) = (r.state, r.error, r.disks);
-            if state == TransferState::Active && r.ticket.kind != TicketKind::Image {
+            if matches!(state, TransferState::Active | TransferState::Paused)
+                && r.ticket.kind != TicketKind::Image
+            {
                 state = TransferState::Failed;
                 error = Some(RESTARTED.to_owned());
                 for d in disks.iter_mut().filter(|d| !d.state.is_final()) {
@@ -534,6 +541,13 @@ impl TicketStore {
             self.sync(&id);
         }
         out
+    }
+
+    /// Drops the tickets that expired (cancelling their transfers) now
+    /// rather than on the next call: for a watcher of a paused upload,
+    /// whose partial targets go with its ticket.
+    pub fn purge(&self) {
+        drop(self.purged(self.clock.now()));
     }
 
     /// The storage roots every path must resolve under.
@@ -795,6 +809,8 @@ impl Entry {
             error: s.error.clone(),
             disks: s.disks.clone(),
             sha256: s.sha256.clone(),
+            offset: s.upload.map(|u| u.0),
+            length: s.upload.and_then(|u| u.1),
         }
     }
 }
@@ -805,8 +821,10 @@ impl Live {
             return true;
         }
         // A finished transfer keeps its ticket until `timeout`, so the
-        // engine can read the outcome however slowly it polls.
-        let finished = s.state.is_final();
+        // engine can read the outcome however slowly it polls. A paused
+        // upload is timed by its own watcher, which fails it (and so
+        // keeps the reason readable) after `inactivity_timeout`.
+        let finished = s.state.is_final() || s.state == TransferState::Paused;
         match self.inactivity {
             Some(idle) if s.connections == 0 && !finished && !idle_held => {
                 now.saturating_duration_since(s.last_activity) >= idle
@@ -818,7 +836,10 @@ impl Live {
     fn cancel(&self, s: &mut LiveState, cause: CancelCause) {
         s.canceled = true;
         s.cancel_cause.get_or_insert(cause);
-        if matches!(s.state, TransferState::Pending | TransferState::Active) {
+        if matches!(
+            s.state,
+            TransferState::Pending | TransferState::Active | TransferState::Paused
+        ) {
             s.state = TransferState::Cancelled;
         }
         self.progress.cancel();
@@ -863,6 +884,8 @@ impl Live {
 pub struct TicketHandle {
     spec: Arc<Spec>,
     live: Arc<Live>,
+    /// Counted among the ticket's connections (see [`TicketHandle::detached`]).
+    counted: bool,
 }
 
 impl TicketHandle {
@@ -958,6 +981,51 @@ impl TicketHandle {
         if let Some(p) = &self.live.persist {
             p.sync(self.id());
         }
+    }
+
+    /// A handle on the same ticket that is not one of its connections:
+    /// for what outlives a request (a paused upload waiting for its
+    /// client), which must neither keep the ticket from going idle nor
+    /// show as a connected client.
+    pub fn detached(&self) -> TicketHandle {
+        TicketHandle {
+            spec: self.spec.clone(),
+            live: self.live.clone(),
+            counted: false,
+        }
+    }
+
+    /// Whether `other` is a handle on this very ticket (not one since
+    /// replaced under the same id).
+    pub fn same_ticket(&self, other: &TicketHandle) -> bool {
+        Arc::ptr_eq(&self.live, &other.live)
+    }
+
+    /// An `ova-import` upload stopped part way: `paused` until a client
+    /// resumes it (see [`TransferState::Paused`]). Only an `active`
+    /// transfer pauses.
+    pub fn pause(&self) {
+        let mut s = lock(&self.live.state);
+        let changed = s.state == TransferState::Active;
+        if changed {
+            s.state = TransferState::Paused;
+        }
+        drop(s);
+        if changed {
+            self.sync();
+        }
+    }
+
+    /// Records the committed offset of an `ova-import` upload and its
+    /// declared length, as `GET /tickets/{id}` shows them.
+    pub fn set_upload(&self, offset: u64, length: Option<u64>) {
+        lock(&self.live.state).upload = Some((offset, length));
+    }
+
+    /// The committed offset and declared length [`TicketHandle::set_upload`]
+    /// recorded last.
+    pub fn upload(&self) -> Option<(u64, Option<u64>)> {
+        lock(&self.live.state).upload
     }
 
     /// Where the transfer stands now.
@@ -1112,6 +1180,9 @@ impl Drop for IdleHold {
 
 impl Drop for TicketHandle {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let mut s = lock(&self.live.state);
         s.connections = s.connections.saturating_sub(1);
         let rewrite = self.live.touch(&mut s);
