@@ -421,7 +421,16 @@ impl Session {
             return Err(self.ended_error().into());
         };
         self.changed.notify_waiters();
-        tracing::info!(start = req.start, offset, length, "OVA upload writing");
+        if offset == 0 && req.start == 0 {
+            tracing::info!(length = req.declared, "OVA upload started");
+        } else {
+            tracing::info!(
+                start = req.start,
+                offset,
+                length = req.declared,
+                "OVA upload resumed"
+            );
+        }
         let limit = match (length, self.ticket.size()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
