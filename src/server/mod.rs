@@ -397,7 +397,14 @@ fn service<A: Api>(
                 http::drain_in_background(req.into_body());
                 return Ok(api.complete(&method, r));
             }
-            Ok::<_, Infallible>(api.handle(req).await)
+            // A HEAD answer carries no body, error texts included: over
+            // HTTP/2 one would break the stream.
+            let head = req.method() == ::http::Method::HEAD;
+            let mut resp = api.handle(req).await;
+            if head {
+                *resp.body_mut() = http::empty();
+            }
+            Ok::<_, Infallible>(resp)
         }
     })
 }

@@ -12,6 +12,7 @@
 
 pub mod image;
 pub mod ova;
+pub mod proxy;
 pub mod server;
 pub mod tar;
 pub mod vmdk;
