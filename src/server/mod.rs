@@ -142,6 +142,7 @@ pub async fn serve(
     ));
     let control_api =
         Arc::new(ControlApi::new(store.clone(), jobs.clone()).with_metrics(metrics.clone()));
+    let uploads = data_api.clone();
 
     let data_listener = TcpListener::bind(cfg.data.listen)
         .await
@@ -312,6 +313,10 @@ pub async fn serve(
         }
         Err(_) => tracing::warn!("connections not tracked; closing them"),
     }
+    // Paused uploads have no connection to wait for: end them, and let
+    // their imports remove their partial targets.
+    uploads.stop_uploads(SHUTDOWN_GRACE).await;
+    drop(uploads);
     // Cancelled jobs remove their partial files; give them the same grace.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while jobs.running() > 0 && tokio::time::Instant::now() < deadline {

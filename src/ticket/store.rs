@@ -527,7 +527,11 @@ impl TicketStore {
             let deadline = now.checked_add(remaining).unwrap_or(now);
             let live = self.live(&spec, deadline, now, state, error, disks);
             live.progress.add_read(r.transferred);
-            lock(&live.state).journaled = (deadline, r.transferred);
+            {
+                let mut s = lock(&live.state);
+                s.journaled = (deadline, r.transferred);
+                s.upload = r.upload;
+            }
             lock(&self.tickets).insert(
                 id,
                 Entry {
@@ -1247,6 +1251,10 @@ struct TicketRecord {
     path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ova: Option<ResolvedOva>,
+    /// `ova-import`: the committed offset and the length, as `GET` shows
+    /// them (`offset`, `length`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload: Option<(u64, Option<u64>)>,
 }
 
 /// A ticket as the journal keeps it: the request as installed, and what
@@ -1385,6 +1393,7 @@ impl Entry {
             disks: s.disks.clone(),
             path: self.spec.path.clone(),
             ova: self.spec.ova.clone(),
+            upload: s.upload,
         };
         drop(s);
         match serde_json::to_vec(&record) {

@@ -109,6 +109,12 @@ impl DataApi {
         }
     }
 
+    /// Ends every resumable upload (the server is stopping) and waits, at
+    /// most `limit`, for their partial targets to be removed.
+    pub async fn stop_uploads(&self, limit: std::time::Duration) {
+        self.uploads.shutdown(limit).await;
+    }
+
     /// Answers one request; never fails (errors become responses).
     pub async fn handle(self: Arc<Self>, req: Request) -> Response {
         let method = req.method().clone();

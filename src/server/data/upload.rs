@@ -150,6 +150,29 @@ impl Uploads {
         Ok(s)
     }
 
+    /// Ends every session (the server is stopping; their tickets are
+    /// cancelled already) and waits, at most `limit`, until each import
+    /// has let go of its partial targets. Without this a paused upload's
+    /// import thread would wait for a writer that never comes, and the
+    /// runtime for that thread.
+    pub(crate) async fn shutdown(&self, limit: Duration) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).drain().map(|(_, s)| s).collect();
+        let e = Error::new(ErrorKind::Cancelled, "the server is stopping");
+        let deadline = Instant::now() + limit;
+        for s in &sessions {
+            s.end(Err(&e));
+        }
+        for s in &sessions {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Ok(mut pipe) = tokio::time::timeout(left, s.lease.lock()).await {
+                pipe.tx = None;
+            }
+        }
+        for s in &sessions {
+            await_end(s, deadline.saturating_duration_since(Instant::now())).await;
+        }
+    }
+
     /// Forgets `s` if it is still the session of its ticket id.
     fn forget(&self, s: &Arc<Session>) {
         let mut map = lock(&self.sessions);
@@ -325,7 +348,9 @@ impl Session {
 
     /// What [`Session::end`] reports.
     fn report(&self, r: std::result::Result<&ImportSummary, &Error>) {
-        let seen = lock(&self.seen).clone();
+        // Held until the disks have their final states, so that the import
+        // thread cannot report one as active after them.
+        let seen = lock(&self.seen);
         let offset = self.offset();
         match r {
             Ok(summary) => {
@@ -634,7 +659,11 @@ fn work(s: &Arc<Session>, mut importer: Importer, mut rx: mpsc::Receiver<Msg>) {
                         return;
                     }
                 }
-                report_disk(&s.ticket, &s.hrefs, &progress, &mut lock(&s.seen));
+                let mut seen = lock(&s.seen);
+                if s.is_ended() {
+                    return;
+                }
+                report_disk(&s.ticket, &s.hrefs, &progress, &mut seen);
             }
             Msg::End(reply) => {
                 let r = importer.finish();
