@@ -271,6 +271,33 @@ async fn write(
     cx: Ctx<'_>,
     method: Method,
 ) -> Result<Response> {
+    let tus = method == Method::PATCH;
+    // A request that would be refused does not start an upload: no
+    // session (with its pause clock and metrics) for it.
+    if cx.uploads.find(&t).is_none() {
+        let refusal = if let (Some(d), Some(l)) = (w.declared, t.size())
+            && d > l
+        {
+            Some(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the upload's length of {d} bytes is larger than the ticket's size of {l} bytes"
+                ),
+            ))
+        } else if w.start > 0 && !t.state().is_final() {
+            let mut r = ahead(tus, 0, w.start, t.size());
+            upload_headers(&mut r, 0, t.size());
+            h::drain_in_background(body);
+            return Ok(r);
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            tracing::info!(error = %e.one_line(), "OVA upload refused");
+            h::drain_in_background(body);
+            return Err(e);
+        }
+    }
     let session = match cx.uploads.open(&t, cx.roots, cx.cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -278,7 +305,6 @@ async fn write(
             return Err(e);
         }
     };
-    let tus = method == Method::PATCH;
     let r = session.write(&t, body, w, cx.cfg).await;
     let (offset, length) = (session.offset(), session.length());
     let mut resp = match r {
@@ -288,25 +314,7 @@ async fn write(
             &json!({"state": "paused", "offset": offset, "length": length}),
         ),
         Ok(_) => h::status(StatusCode::NO_CONTENT),
-        Err(WriteError::Ahead { offset }) => {
-            let code = if tus {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::RANGE_NOT_SATISFIABLE
-            };
-            let mut r = h::text(
-                code,
-                &format!(
-                    "the upload continues at offset {offset}, not at {}: ask HEAD for the offset",
-                    w.start
-                ),
-            );
-            if !tus {
-                let total = length.map_or_else(|| "*".to_owned(), |l| l.to_string());
-                set(&mut r, CONTENT_RANGE, format!("bytes */{total}"));
-            }
-            r
-        }
+        Err(WriteError::Ahead { offset }) => ahead(tus, offset, w.start, length),
         Err(WriteError::Failed(e)) => {
             // The summary of a failure is the error; the metrics counted
             // it with the session.
@@ -320,6 +328,27 @@ async fn write(
     };
     upload_headers(&mut resp, offset, length);
     Ok(resp)
+}
+
+/// The refusal of a write starting at `start`, past the committed
+/// `offset`: 409 for tus, 416 with `Content-Range: bytes */L` for `PUT`.
+fn ahead(tus: bool, offset: u64, start: u64, length: Option<u64>) -> Response {
+    let code = if tus {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::RANGE_NOT_SATISFIABLE
+    };
+    let mut r = h::text(
+        code,
+        &format!(
+            "the upload continues at offset {offset}, not at {start}: ask HEAD for the offset"
+        ),
+    );
+    if !tus {
+        let total = length.map_or_else(|| "*".to_owned(), |l| l.to_string());
+        set(&mut r, CONTENT_RANGE, format!("bytes */{total}"));
+    }
+    r
 }
 
 /// tus `POST /images/{ticket}` (creation): the ticket's URL is the
@@ -372,6 +401,19 @@ pub(super) async fn post(t: TicketHandle, req: Request, cx: Ctx<'_>) -> Result<R
             );
         }
     };
+    if let (Some(d), Some(l)) = (declared, t.size())
+        && d > l
+    {
+        return refuse(
+            Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the upload's length of {d} bytes is larger than the ticket's size of {l} bytes"
+                ),
+            ),
+            body,
+        );
+    }
     let session = match cx.uploads.open(&t, cx.roots, cx.cfg) {
         Ok(s) => s,
         Err(e) => return refuse(e, body),
