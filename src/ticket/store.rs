@@ -1878,6 +1878,46 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_upload_is_timed_by_its_watcher_not_by_idle_expiry() {
+        let f = fixture();
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        // What a session keeps: not a connection.
+        let d = h.detached();
+        assert!(d.same_ticket(&h));
+        h.set_upload(4096, Some(10_000));
+        h.pause();
+        drop(h);
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Paused);
+        assert_eq!((s.offset, s.length), (Some(4096), Some(10_000)));
+        assert_eq!(s.connections, 0);
+        assert!(!s.active);
+        // Past the idle limit (60 s) it stays; the ticket's timeout still
+        // ends it, cancelling the transfer the detached handle sees.
+        f.advance(120);
+        assert!(f.visible());
+        f.advance(180);
+        f.store.purge();
+        assert!(!f.visible());
+        assert!(d.is_cancelled());
+        assert_eq!(d.cancel_cause(), Some(CancelCause::Expired));
+        drop(d);
+
+        // A paused transfer resumes to active; a final one does not pause.
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        h.pause();
+        h.begin().unwrap();
+        assert_eq!(h.state(), TransferState::Active);
+        h.fail("x");
+        h.pause();
+        assert_eq!(h.state(), TransferState::Failed);
+    }
+
+    #[test]
     fn expiry_while_connected_cancels_the_transfer() {
         let f = fixture();
         f.store.add(ID, f.image(&[Op::Read])).unwrap();
@@ -2237,6 +2277,8 @@ mod tests {
         a.add("img", image).unwrap();
         let i = a.authorize(ID, Op::Write).unwrap();
         i.begin().unwrap();
+        // Paused when the server was killed: as cut short as an active one.
+        i.pause();
         i.set_disk_progress("d1.vmdk", 4096, TransferState::Succeeded);
         let m = a.authorize("img", Op::Write).unwrap();
         m.begin().unwrap();
