@@ -37,6 +37,10 @@ use crate::server::metrics::{self, Metrics, Transfer};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::{ResolvedOva, TicketError, TicketHandle, TicketStore, TransferState};
 
+/// Pieces smaller than this on average are joined before the import
+/// takes them (see [`Batch::coalesce`]).
+const MIN_PIECE: usize = 128 << 10;
+
 /// How often the watcher of a session looks at its ticket and pause.
 const WATCH_TICK: Duration = Duration::from_millis(250);
 
@@ -479,6 +483,7 @@ impl Session {
                         b.truncate(l - cur);
                     }
                     if !b.is_empty() {
+                        b.coalesce(MIN_PIECE);
                         let n = b.len();
                         if tx.send(Msg::Data(b)).await.is_err() {
                             break Stop::PipelineGone;
