@@ -143,8 +143,8 @@ ticket() { # ID [CUTS-ENABLED]
     --data "{\"uuid\":\"$1\",\"kind\":\"ova-import\",\"ops\":[\"write\"],\"timeout\":600,\"ova\":{\"disks\":[{\"href\":\"disk1.qcow2\",\"url\":\"file://$WORK/storage/$1.qcow2\",\"format\":\"qcow2\"}]}}" \
     "http://localhost/tickets/$1" >/dev/null
 }
-state() { # the ticket's state, without a JSON parser
-  curl -sf --unix-socket "$SOCK" "http://localhost/tickets/$1" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p'
+state() { # the ticket's own state (the first "state" in its JSON; disks follow)
+  curl -sf --unix-socket "$SOCK" "http://localhost/tickets/$1" | grep -o '"state":"[a-z]*"' | head -1 | cut -d'"' -f4
 }
 now() { date +%s.%N; }
 

@@ -177,6 +177,12 @@ impl Batch {
         self.pieces
     }
 
+    /// Moves the pieces of `other` behind these.
+    pub fn append(&mut self, other: Batch) {
+        self.len += other.len;
+        self.pieces.extend(other.pieces);
+    }
+
     /// Joins the pieces into one when they are small (under `min` bytes on
     /// average): an HTTP/2 body arrives in frames of the client's choosing,
     /// often 16 KiB, and what takes the batch (the import, its digest

@@ -468,6 +468,10 @@ impl Session {
         let mut cur = offset;
         let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()))
             .cancelled_by(t.progress().cancel_flag());
+        // Small pieces (HTTP/2 frames) wait here until they make a piece
+        // worth the import's while; whatever waits is committed when the
+        // body ends or breaks off, so no received byte is lost to a cut.
+        let mut held = Batch::default();
         let stop = loop {
             match reader.next_batch(cfg.buffer_size).await {
                 Ok(Some(mut b)) => {
@@ -478,18 +482,16 @@ impl Session {
                         b.skip_front(k);
                         skip -= k;
                     }
-                    let over = limit.filter(|&l| cur + b.len() > l);
+                    let at = cur + held.len();
+                    let over = limit.filter(|&l| at + b.len() > l);
                     if let Some(l) = over {
-                        b.truncate(l - cur);
+                        b.truncate(l - at);
                     }
-                    if !b.is_empty() {
-                        b.coalesce(MIN_PIECE);
-                        let n = b.len();
-                        if tx.send(Msg::Data(b)).await.is_err() {
-                            break Stop::PipelineGone;
-                        }
-                        cur += n;
-                        self.set_offset(cur);
+                    held.append(b);
+                    if (held.len() >= MIN_PIECE as u64 || over.is_some())
+                        && !self.commit(&tx, &mut held, &mut cur).await
+                    {
+                        break Stop::PipelineGone;
                     }
                     if let Some(l) = over {
                         break Stop::Over(match self.declared() {
@@ -501,7 +503,13 @@ impl Session {
                         });
                     }
                 }
+                Ok(None) if !self.commit(&tx, &mut held, &mut cur).await => {
+                    break Stop::PipelineGone;
+                }
                 Ok(None) => break Stop::BodyEnd,
+                Err(_) if !self.commit(&tx, &mut held, &mut cur).await => {
+                    break Stop::PipelineGone;
+                }
                 Err(e) => break Stop::BodyError(e),
             }
         };
@@ -546,6 +554,23 @@ impl Session {
         }
         tracing::debug!(received, offset = cur, "OVA upload request ended");
         r.map_err(WriteError::Failed)
+    }
+
+    /// Hands what `held` holds to the import (joined into one piece when
+    /// small) and commits it; false when the import is gone.
+    async fn commit(&self, tx: &mpsc::Sender<Msg>, held: &mut Batch, cur: &mut u64) -> bool {
+        if held.is_empty() {
+            return true;
+        }
+        let mut batch = std::mem::take(held);
+        batch.coalesce(MIN_PIECE);
+        let n = batch.len();
+        if tx.send(Msg::Data(batch)).await.is_err() {
+            return false;
+        }
+        *cur += n;
+        self.set_offset(*cur);
+        true
     }
 
     /// Checks a write against the session under the lease, and if it may
