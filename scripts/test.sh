@@ -31,6 +31,7 @@ want mkfifo coreutils "restart test: a job reading from a pipe"
 want promtool prometheus "checks the server's /metrics exposition"
 want dpkg-deb dpkg "unpacks the Debian package the packaging test builds"
 want xmllint libxml2-utils "validates generated OVF descriptors against the DMTF schema"
+want npm npm "installs tus-js-client for the resumable browser upload test"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
   { need+=(python3-venv); why+=("venv for ovirt-imageio, selenium and COT"); }
 if [ ${#need[@]} -gt 0 ]; then
@@ -53,6 +54,14 @@ if ! "$VENV/bin/python" -c 'import ovirt_imageio.client, selenium, COT' >/dev/nu
   "$VENV/bin/pip" install -q --disable-pip-version-check 'ovirt-imageio==2.5.1' 'selenium>=4.20' 'cot==2.2.1'
 fi
 export OVAIO_TEST_PYTHON="$VENV/bin/python"
+# tus-js-client (the resumable upload client the browser test loads from
+# file://), pinned, installed once under target/js.
+TUS_JS="$PWD/target/js/node_modules/tus-js-client/dist/tus.min.js"
+if [ ! -f "$TUS_JS" ] ||
+  ! grep -q '"version": "4.3.1"' "$PWD/target/js/node_modules/tus-js-client/package.json"; then
+  mkdir -p target/js
+  (cd target/js && npm install --no-audit --no-fund --silent tus-js-client@4.3.1)
+fi
 
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 

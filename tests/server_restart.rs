@@ -161,6 +161,7 @@ fn tickets_and_jobs_survive_a_stop_and_start() {
                     "disks",
                     "path",
                     "ova",
+                    "upload",
                 ]
             } else {
                 &["version", "status", "targets"]

@@ -312,7 +312,7 @@ mod tests {
         let e = ListFilter::parse(Some("state=running")).unwrap_err();
         assert!(
             e.to_string()
-                .contains("pending, active, succeeded, failed, cancelled"),
+                .contains("pending, active, paused, succeeded, failed, cancelled"),
             "{e}"
         );
         // A refusal never quotes the query, which is logged.

@@ -172,6 +172,41 @@ impl Batch {
         self.pieces
     }
 
+    /// Moves the pieces of `other` behind these.
+    pub fn append(&mut self, other: Batch) {
+        self.len += other.len;
+        self.pieces.extend(other.pieces);
+    }
+
+    /// Joins the pieces into one when they are small (under `min` bytes on
+    /// average): an HTTP/2 body arrives in frames of the client's choosing,
+    /// often 16 KiB, and what takes the batch (the import, its digest
+    /// threads) pays per piece. Large pieces (an HTTP/1.1 body read in
+    /// 256 KiB) are left as they are, uncopied.
+    pub fn coalesce(&mut self, min: usize) {
+        if self.pieces.len() < 2 || self.len >= (min * self.pieces.len()) as u64 {
+            return;
+        }
+        let mut joined = bytes::BytesMut::with_capacity(self.len as usize);
+        for p in self.pieces.drain(..) {
+            joined.extend_from_slice(&p);
+        }
+        self.pieces.push(joined.freeze());
+    }
+
+    /// Drops the first `n` bytes (all of them when there are fewer): what
+    /// a resumed upload sends again of what was already committed.
+    pub fn skip_front(&mut self, n: u64) {
+        let mut left = n;
+        self.pieces.retain_mut(|p| {
+            let k = left.min(p.len() as u64);
+            let _ = p.split_to(k as usize);
+            left -= k;
+            !p.is_empty()
+        });
+        self.len -= n.min(self.len);
+    }
+
     /// Keeps the first `len` bytes (all of them when there are fewer).
     pub fn truncate(&mut self, len: u64) {
         let mut left = len;
@@ -585,6 +620,32 @@ mod tests {
         b.truncate(10);
         assert_eq!(b.len(), 3);
         b.truncate(0);
+        assert!(b.is_empty() && b.into_pieces().is_empty());
+
+        let mut b = Batch::default();
+        for p in [&b"abc"[..], b"defg", b"hi"] {
+            b.push(Bytes::from_static(p));
+        }
+        b.skip_front(4);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.into_pieces(), [&b"efg"[..], b"hi"]);
+        let mut b = Batch::default();
+        for p in [&b"ab"[..], b"cd", b"e"] {
+            b.push(Bytes::from_static(p));
+        }
+        b.coalesce(4);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.into_pieces(), [&b"abcde"[..]]);
+        let mut b = Batch::default();
+        for p in [&b"abcd"[..], b"efgh"] {
+            b.push(Bytes::from_static(p));
+        }
+        b.coalesce(4);
+        assert_eq!(b.into_pieces(), [&b"abcd"[..], b"efgh"]);
+
+        let mut b = Batch::default();
+        b.push(Bytes::from_static(b"abc"));
+        b.skip_front(10);
         assert!(b.is_empty() && b.into_pieces().is_empty());
     }
 

@@ -225,7 +225,9 @@ const KIND_OPS: [(TicketKind, Op); 6] = [
 
 /// Methods the data API serves, each its own `method` label; any other
 /// is `other`, so a client cannot add series.
-const METHODS: [&str; 5] = ["GET", "PUT", "PATCH", "OPTIONS", "other"];
+const METHODS: [&str; 8] = [
+    "GET", "PUT", "PATCH", "OPTIONS", "HEAD", "POST", "DELETE", "other",
+];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Which server-side job.
@@ -421,7 +423,7 @@ impl Metrics {
         let r = &mut self.registry;
         r.register_with_unit(
             "received",
-            "Bytes taken from clients: written to an image ticket's volume, or consumed by an OVA import",
+            "Bytes taken from clients: written to an image ticket's volume, or read into an OVA import (bytes a resumed upload sends again of what was committed included)",
             Unit::Bytes,
             self.received.clone(),
         );

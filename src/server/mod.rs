@@ -2,8 +2,11 @@
 //! ([`data`], imageio-compatible `/images/{ticket}`) and the control API
 //! ([`control`], tickets and [`jobs`]) over one [`crate::ticket::TicketStore`].
 //!
-//! Each accepted connection is one tokio task running hyper's HTTP/1.1
-//! server; blocking file and pipeline work runs on the blocking pool and
+//! Each accepted connection is one tokio task running hyper's server: the
+//! data API speaks HTTP/2 or HTTP/1.1 as the client chose by ALPN (see
+//! [`tls::ALPN`]; HTTP/2 with flow-control windows large enough that an
+//! upload is not held to the window's size per round trip), the control
+//! API HTTP/1.1; blocking file and pipeline work runs on the blocking pool and
 //! meets the connection through bounded channels. A data connection first
 //! completes its TLS handshake within `data.tls_handshake_timeout`, among
 //! at most [`MAX_PENDING_HANDSHAKES`] others, and only then takes one of
@@ -34,7 +37,8 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
@@ -113,6 +117,7 @@ pub async fn serve(
     ));
     let control_api =
         Arc::new(ControlApi::new(store.clone(), jobs.clone()).with_metrics(metrics.clone()));
+    let uploads = data_api.clone();
 
     let data_listener = TcpListener::bind(cfg.data.listen)
         .await
@@ -153,13 +158,17 @@ pub async fn serve(
             .keep_alive(true);
         b
     };
+    let data_http = data_builder(&cfg.data);
+    // A client that negotiated `http/1.1` (or nothing) is served HTTP/1.1
+    // with the same settings, not sniffed for the HTTP/2 preface.
+    let data_http1 = Arc::new((*data_http).clone().http1_only());
 
     let mut tasks = tokio::task::JoinSet::new();
     {
         let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
         let slots = Arc::new(Semaphore::new(cfg.data.max_connections));
         let graceful = graceful.clone();
-        let http = http.clone();
+        let http = data_http.clone();
         let stop = stop_rx.clone();
         let handshake = Duration::from_secs(cfg.data.tls_handshake_timeout);
         let max_head = cfg.data.max_header_bytes;
@@ -177,6 +186,7 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let api = data_api.clone();
                 let http = http.clone();
+                let http1 = data_http1.clone();
                 let watcher = graceful.watcher();
                 let slots = slots.clone();
                 let store = store.clone();
@@ -206,11 +216,21 @@ pub async fn serve(
                     };
                     drop(pending_permit);
                     let _counted = metrics.connection(ApiKind::Data);
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = TokioIo::new(io::WriteTimeout::new(
                         io::ReadReady::new(tls),
                         write_timeout,
                     ));
-                    serve_conn(&http, io, api, max_head, watcher, "data").await;
+                    let svc = service(api, max_head);
+                    let r = if h2 {
+                        // Negotiated: no need to sniff for the preface.
+                        watcher.watch(http.serve_connection(io, svc)).await
+                    } else {
+                        watcher.watch(http1.serve_connection(io, svc)).await
+                    };
+                    if let Err(e) = r {
+                        tracing::info!(error = %chain(&*e), "data connection ended");
+                    }
                 });
             },
         ));
@@ -274,6 +294,10 @@ pub async fn serve(
         }
         Err(_) => tracing::warn!("connections not tracked; closing them"),
     }
+    // Paused uploads have no connection to wait for: end them, and let
+    // their imports remove their partial targets.
+    uploads.stop_uploads(limits::SHUTDOWN_GRACE).await;
+    drop(uploads);
     // Cancelled jobs remove their partial files; give them the same grace.
     let deadline = tokio::time::Instant::now() + limits::SHUTDOWN_GRACE;
     while jobs.running() > 0 && tokio::time::Instant::now() < deadline {
@@ -313,20 +337,42 @@ impl Api for ControlApi {
     }
 }
 
-/// Serves HTTP/1.1 on one connection until it ends or the server stops;
-/// request heads over `max_head` bytes get 431, bodies in a transfer
-/// coding other than `chunked` 501, before any handler sees them.
-async fn serve_conn<A: Api, I>(
-    builder: &http1::Builder,
-    io: TokioIo<I>,
+/// The data API's connection builder: HTTP/2 with the windows, frame
+/// size and limits above, HTTP/1.1 as for the control API.
+fn data_builder(cfg: &config::DataConfig) -> Arc<auto::Builder<TokioExecutor>> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cfg.header_timeout))
+        .max_buf_size(limits::READ_BUFFER.max(cfg.max_header_bytes))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(limits::H2_STREAM_WINDOW)
+        .initial_connection_window_size(limits::H2_CONNECTION_WINDOW)
+        .max_frame_size(limits::H2_MAX_FRAME)
+        .max_send_buf_size(limits::H2_SEND_BUFFER)
+        .max_concurrent_streams(limits::H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(cfg.header_timeout.max(20)));
+    Arc::new(b)
+}
+
+/// The service answering one connection's requests: request heads over
+/// `max_head` bytes get 431, bodies in a transfer coding other than
+/// `chunked` 501, before any handler sees them.
+fn service<A: Api>(
     api: Arc<A>,
     max_head: usize,
-    watcher: hyper_util::server::graceful::Watcher,
-    what: &'static str,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let svc = service_fn(move |req: http::Request| {
+) -> impl hyper::service::Service<
+    http::Request,
+    Response = http::Response,
+    Error = Infallible,
+    Future = impl Future<Output = std::result::Result<http::Response, Infallible>> + Send,
+> + Clone
++ Send {
+    service_fn(move |req: http::Request| {
         let api = api.clone();
         async move {
             if let Some(r) = http::head_too_large(&req, max_head) {
@@ -337,10 +383,31 @@ async fn serve_conn<A: Api, I>(
                 http::drain_in_background(req.into_body());
                 return Ok(api.complete(&method, r));
             }
-            Ok::<_, Infallible>(api.handle(req).await)
+            // A HEAD answer carries no body, error texts included: over
+            // HTTP/2 one would break the stream.
+            let head = req.method() == ::http::Method::HEAD;
+            let mut resp = api.handle(req).await;
+            if head {
+                *resp.body_mut() = http::empty();
+            }
+            Ok::<_, Infallible>(resp)
         }
-    });
-    let conn = builder.serve_connection(io, svc);
+    })
+}
+
+/// Serves HTTP/1.1 on one connection until it ends or the server stops
+/// (the control API; see [`service`]).
+async fn serve_conn<A: Api, I>(
+    builder: &http1::Builder,
+    io: TokioIo<I>,
+    api: Arc<A>,
+    max_head: usize,
+    watcher: hyper_util::server::graceful::Watcher,
+    what: &'static str,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let conn = builder.serve_connection(io, service(api, max_head));
     if let Err(e) = watcher.watch(conn).await {
         tracing::info!(error = %chain(&e), "{what} connection ended");
     }

@@ -31,6 +31,12 @@ const VALIDITY: Duration = Duration::from_secs(10 * 36525 * 864);
 /// Back-dating of `not_before`, so clients with a slow clock accept it.
 const BACKDATE: Duration = Duration::from_secs(86_400);
 
+/// The protocols the data API offers by ALPN, in its order of preference:
+/// HTTP/2 first (a browser streams a request body only over it), HTTP/1.1
+/// for every other client. A client that names neither gets HTTP/1.1 (or
+/// HTTP/2 if it opens with the HTTP/2 preface).
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
 /// Certificate and key files the data API serves.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -220,7 +226,8 @@ fn fingerprint(k: &CertifiedKey) -> String {
 }
 
 /// A rustls server configuration from PEM files: the ring crypto provider,
-/// TLS 1.3 and 1.2 only, no client authentication, ALPN `http/1.1`.
+/// TLS 1.3 and 1.2 only, no client authentication, ALPN `h2` (preferred)
+/// and `http/1.1`.
 /// Errors name the file and what is wrong with it.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
     server_config_for(ReloadableCert::load(cert, key)?)
@@ -235,7 +242,7 @@ pub fn server_config_for(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::Server
         .map_err(|e| Error::new(ErrorKind::Unsupported, format!("TLS setup: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -288,6 +295,7 @@ mod tests {
     fn client(
         cert: &Path,
         versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
     ) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(cert).expect("open cert") {
@@ -299,7 +307,7 @@ mod tests {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsConnector::from(Arc::new(cfg))
     }
 
@@ -308,11 +316,12 @@ mod tests {
     async fn handshake(
         files: &TlsFiles,
         versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
     ) -> (rustls::ProtocolVersion, Option<Vec<u8>>) {
         let acceptor = tokio_rustls::TlsAcceptor::from(
             server_config(&files.cert, &files.key).expect("config"),
         );
-        let connector = client(&files.cert, versions);
+        let connector = client(&files.cert, versions, alpn);
         let (c, s) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move {
             let mut tls = acceptor.accept(s).await.expect("server handshake");
@@ -376,13 +385,19 @@ mod tests {
     async fn handshake_tls13_and_tls12_with_alpn() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let files = ensure_self_signed(tmp.path(), &[]).expect("generate");
-        let (v, alpn) =
-            handshake(&files, &[&rustls::version::TLS13, &rustls::version::TLS12]).await;
+        let both = [&rustls::version::TLS13, &rustls::version::TLS12];
+        let h1: &[&[u8]] = &[b"http/1.1"];
+        let (v, alpn) = handshake(&files, &both, h1).await;
         assert_eq!(v, rustls::ProtocolVersion::TLSv1_3);
         assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
-        let (v, alpn) = handshake(&files, &[&rustls::version::TLS12]).await;
+        let (v, alpn) = handshake(&files, &[&rustls::version::TLS12], h1).await;
         assert_eq!(v, rustls::ProtocolVersion::TLSv1_2);
         assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        // A client offering both gets HTTP/2, whatever its order.
+        for offer in [&[&b"http/1.1"[..], b"h2"][..], &[b"h2", b"http/1.1"]] {
+            let (_, alpn) = handshake(&files, &both, offer).await;
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "{offer:?}");
+        }
     }
 
     #[test]

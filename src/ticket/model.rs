@@ -259,6 +259,11 @@ pub enum TransferState {
     Pending,
     /// A transfer has started: a request began moving bytes.
     Active,
+    /// `ova-import` only: the upload's connection dropped (or its client
+    /// stopped sending) part way; the import keeps what it has accepted
+    /// and waits `inactivity_timeout` seconds for the client to resume
+    /// from the committed `offset`.
+    Paused,
     /// The transfer completed and was verified.
     Succeeded,
     /// The transfer failed; see `error`.
@@ -269,9 +274,10 @@ pub enum TransferState {
 
 impl TransferState {
     /// Every state, from first to final.
-    pub const ALL: [TransferState; 5] = [
+    pub const ALL: [TransferState; 6] = [
         TransferState::Pending,
         TransferState::Active,
+        TransferState::Paused,
         TransferState::Succeeded,
         TransferState::Failed,
         TransferState::Cancelled,
@@ -282,6 +288,7 @@ impl TransferState {
         match self {
             TransferState::Pending => "pending",
             TransferState::Active => "active",
+            TransferState::Paused => "paused",
             TransferState::Succeeded => "succeeded",
             TransferState::Failed => "failed",
             TransferState::Cancelled => "cancelled",
@@ -293,7 +300,7 @@ impl TransferState {
     /// resumed upload, decide whether it ends the transfer.
     pub fn is_final(self) -> bool {
         match self {
-            TransferState::Pending | TransferState::Active => false,
+            TransferState::Pending | TransferState::Active | TransferState::Paused => false,
             TransferState::Succeeded | TransferState::Failed | TransferState::Cancelled => true,
         }
     }
@@ -310,7 +317,9 @@ impl TransferState {
     /// Cancelled is final for every kind.
     pub fn start(self, kind: TicketKind) -> Result<TransferState, TicketError> {
         match (self, kind) {
-            (TransferState::Pending | TransferState::Active, _) => Ok(TransferState::Active),
+            (TransferState::Pending | TransferState::Active | TransferState::Paused, _) => {
+                Ok(TransferState::Active)
+            }
             (TransferState::Succeeded | TransferState::Failed, TicketKind::OvaImport)
             | (TransferState::Cancelled, _) => Err(TicketError::Ended { state: self }),
             (
@@ -382,6 +391,14 @@ pub struct TicketStatus {
     /// of it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `ova-import`, once an upload started: the committed offset, the
+    /// package bytes the import has accepted (where a resumed upload
+    /// continues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// `ova-import`: the package's length, once the client declared it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
 }
 
 impl TicketRequest {
@@ -823,6 +840,8 @@ mod tests {
             error: None,
             disks: vec![],
             sha256: None,
+            offset: None,
+            length: None,
         };
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["uuid"], ID);
@@ -847,7 +866,14 @@ mod tests {
         let states: Vec<_> = TransferState::ALL.iter().map(|s| s.name()).collect();
         assert_eq!(
             states,
-            ["pending", "active", "succeeded", "failed", "cancelled"]
+            [
+                "pending",
+                "active",
+                "paused",
+                "succeeded",
+                "failed",
+                "cancelled"
+            ]
         );
         // A new state stops this match compiling, so it cannot be left
         // out of `ALL` (and of `GET /tickets?state=`) unnoticed.
@@ -855,9 +881,10 @@ mod tests {
             let i = match s {
                 TransferState::Pending => 0,
                 TransferState::Active => 1,
-                TransferState::Succeeded => 2,
-                TransferState::Failed => 3,
-                TransferState::Cancelled => 4,
+                TransferState::Paused => 2,
+                TransferState::Succeeded => 3,
+                TransferState::Failed => 4,
+                TransferState::Cancelled => 5,
             };
             assert_eq!(TransferState::ALL[i], s);
         }
@@ -865,13 +892,7 @@ mod tests {
 
     #[test]
     fn state_names_match_the_json() {
-        for st in [
-            TransferState::Pending,
-            TransferState::Active,
-            TransferState::Succeeded,
-            TransferState::Failed,
-            TransferState::Cancelled,
-        ] {
+        for st in TransferState::ALL {
             assert_eq!(serde_json::to_value(st).unwrap(), st.name());
         }
     }
@@ -886,6 +907,7 @@ mod tests {
         ] {
             assert_eq!(Pending.start(kind), Ok(Active), "{kind:?}");
             assert_eq!(Active.start(kind), Ok(Active), "{kind:?}");
+            assert_eq!(Paused.start(kind), Ok(Active), "{kind:?}");
             assert_eq!(
                 Cancelled.start(kind),
                 Err(TicketError::Ended { state: Cancelled }),
@@ -904,6 +926,7 @@ mod tests {
             assert_eq!(st.start(TicketKind::Image), Ok(st));
         }
         assert!(!Pending.is_final() && !Active.is_final() && Cancelled.is_final());
+        assert!(!Paused.is_final());
         let e = TicketError::Ended { state: Succeeded }.to_string();
         assert!(e.contains("succeeded"), "{e}");
     }

@@ -149,6 +149,9 @@ struct LiveState {
     cancel_cause: Option<CancelCause>,
     /// SHA-256 of the package an `ova-export` ticket last sent whole.
     sha256: Option<String>,
+    /// `ova-import`: the committed offset and the declared length of the
+    /// upload, once one started.
+    upload: Option<(u64, Option<u64>)>,
 }
 
 /// Why a ticket's transfers were cancelled.
@@ -315,6 +318,7 @@ impl TicketStore {
                 journaled: (deadline, 0),
                 cancel_cause: None,
                 sha256: None,
+                upload: None,
             }),
         }
     }
@@ -414,6 +418,7 @@ impl TicketStore {
         Ok(TicketHandle {
             spec: entry.spec.clone(),
             live: entry.live.clone(),
+            counted: true,
         })
     }
 
@@ -496,7 +501,9 @@ impl TicketStore {
                 continue;
             }
             let (mut state, mut error, mut disks) = (r.state, r.error, r.disks);
-            if state == TransferState::Active && r.ticket.kind != TicketKind::Image {
+            if matches!(state, TransferState::Active | TransferState::Paused)
+                && r.ticket.kind != TicketKind::Image
+            {
                 state = TransferState::Failed;
                 error = Some(RESTARTED.to_owned());
                 for d in disks.iter_mut().filter(|d| !d.state.is_final()) {
@@ -541,7 +548,11 @@ impl TicketStore {
             let deadline = now.checked_add(remaining).unwrap_or(now);
             let live = self.live(&spec, deadline, now, state, error, disks);
             live.progress.add_read(r.transferred);
-            lock(&live.state).journaled = (deadline, r.transferred);
+            {
+                let mut s = lock(&live.state);
+                s.journaled = (deadline, r.transferred);
+                s.upload = r.upload;
+            }
             lock(&self.tickets).insert(
                 id,
                 Entry {
@@ -555,6 +566,13 @@ impl TicketStore {
             self.sync(&id);
         }
         out
+    }
+
+    /// Drops the tickets that expired (cancelling their transfers) now
+    /// rather than on the next call: for a watcher of a paused upload,
+    /// whose partial targets go with its ticket.
+    pub fn purge(&self) {
+        drop(self.purged(self.clock.now()));
     }
 
     /// The storage roots every path must resolve under.
@@ -832,6 +850,8 @@ impl Entry {
             error: s.error.clone(),
             disks: s.disks.clone(),
             sha256: s.sha256.clone(),
+            offset: s.upload.map(|u| u.0),
+            length: s.upload.and_then(|u| u.1),
         }
     }
 }
@@ -842,8 +862,10 @@ impl Live {
             return true;
         }
         // A finished transfer keeps its ticket until `timeout`, so the
-        // engine can read the outcome however slowly it polls.
-        let finished = s.state.is_final();
+        // engine can read the outcome however slowly it polls. A paused
+        // upload is timed by its own watcher, which fails it (and so
+        // keeps the reason readable) after `inactivity_timeout`.
+        let finished = s.state.is_final() || s.state == TransferState::Paused;
         match self.inactivity {
             Some(idle) if s.connections == 0 && !finished && !idle_held => {
                 now.saturating_duration_since(s.last_activity) >= idle
@@ -855,7 +877,10 @@ impl Live {
     fn cancel(&self, s: &mut LiveState, cause: CancelCause) {
         s.canceled = true;
         s.cancel_cause.get_or_insert(cause);
-        if matches!(s.state, TransferState::Pending | TransferState::Active) {
+        if matches!(
+            s.state,
+            TransferState::Pending | TransferState::Active | TransferState::Paused
+        ) {
             s.state = TransferState::Cancelled;
         }
         self.progress.cancel();
@@ -900,6 +925,8 @@ impl Live {
 pub struct TicketHandle {
     spec: Arc<Spec>,
     live: Arc<Live>,
+    /// Counted among the ticket's connections (see [`TicketHandle::detached`]).
+    counted: bool,
 }
 
 impl TicketHandle {
@@ -1000,6 +1027,51 @@ impl TicketHandle {
         if let Some(p) = &self.live.persist {
             p.sync(self.id());
         }
+    }
+
+    /// A handle on the same ticket that is not one of its connections:
+    /// for what outlives a request (a paused upload waiting for its
+    /// client), which must neither keep the ticket from going idle nor
+    /// show as a connected client.
+    pub fn detached(&self) -> TicketHandle {
+        TicketHandle {
+            spec: self.spec.clone(),
+            live: self.live.clone(),
+            counted: false,
+        }
+    }
+
+    /// Whether `other` is a handle on this very ticket (not one since
+    /// replaced under the same id).
+    pub fn same_ticket(&self, other: &TicketHandle) -> bool {
+        Arc::ptr_eq(&self.live, &other.live)
+    }
+
+    /// An `ova-import` upload stopped part way: `paused` until a client
+    /// resumes it (see [`TransferState::Paused`]). Only an `active`
+    /// transfer pauses.
+    pub fn pause(&self) {
+        let mut s = lock(&self.live.state);
+        let changed = s.state == TransferState::Active;
+        if changed {
+            s.state = TransferState::Paused;
+        }
+        drop(s);
+        if changed {
+            self.sync();
+        }
+    }
+
+    /// Records the committed offset of an `ova-import` upload and its
+    /// declared length, as `GET /tickets/{id}` shows them.
+    pub fn set_upload(&self, offset: u64, length: Option<u64>) {
+        lock(&self.live.state).upload = Some((offset, length));
+    }
+
+    /// The committed offset and declared length [`TicketHandle::set_upload`]
+    /// recorded last.
+    pub fn upload(&self) -> Option<(u64, Option<u64>)> {
+        lock(&self.live.state).upload
     }
 
     /// Where the transfer stands now.
@@ -1154,6 +1226,9 @@ impl Drop for IdleHold {
 
 impl Drop for TicketHandle {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let mut s = lock(&self.live.state);
         s.connections = s.connections.saturating_sub(1);
         let rewrite = self.live.touch(&mut s);
@@ -1220,6 +1295,10 @@ struct TicketRecord {
     nbd: Option<NbdUrl>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ova: Option<ResolvedOva>,
+    /// `ova-import`: the committed offset and the length, as `GET` shows
+    /// them (`offset`, `length`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload: Option<(u64, Option<u64>)>,
 }
 
 /// A ticket as the journal keeps it: the request as installed, and what
@@ -1359,6 +1438,7 @@ impl Entry {
             path: self.spec.path.clone(),
             nbd: self.spec.nbd.clone(),
             ova: self.spec.ova.clone(),
+            upload: s.upload,
         };
         drop(s);
         match serde_json::to_vec(&record) {
@@ -1843,6 +1923,46 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_upload_is_timed_by_its_watcher_not_by_idle_expiry() {
+        let f = fixture();
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        // What a session keeps: not a connection.
+        let d = h.detached();
+        assert!(d.same_ticket(&h));
+        h.set_upload(4096, Some(10_000));
+        h.pause();
+        drop(h);
+        let s = f.store.get_status(ID).unwrap();
+        assert_eq!(s.state, TransferState::Paused);
+        assert_eq!((s.offset, s.length), (Some(4096), Some(10_000)));
+        assert_eq!(s.connections, 0);
+        assert!(!s.active);
+        // Past the idle limit (60 s) it stays; the ticket's timeout still
+        // ends it, cancelling the transfer the detached handle sees.
+        f.advance(120);
+        assert!(f.visible());
+        f.advance(180);
+        f.store.purge();
+        assert!(!f.visible());
+        assert!(d.is_cancelled());
+        assert_eq!(d.cancel_cause(), Some(CancelCause::Expired));
+        drop(d);
+
+        // A paused transfer resumes to active; a final one does not pause.
+        f.store.add(ID, f.ova_import()).unwrap();
+        let h = f.store.authorize(ID, Op::Write).unwrap();
+        h.begin().unwrap();
+        h.pause();
+        h.begin().unwrap();
+        assert_eq!(h.state(), TransferState::Active);
+        h.fail("x");
+        h.pause();
+        assert_eq!(h.state(), TransferState::Failed);
+    }
+
+    #[test]
     fn expiry_while_connected_cancels_the_transfer() {
         let f = fixture();
         f.store.add(ID, f.image(&[Op::Read])).unwrap();
@@ -2202,6 +2322,8 @@ mod tests {
         a.add("img", image).unwrap();
         let i = a.authorize(ID, Op::Write).unwrap();
         i.begin().unwrap();
+        // Paused when the server was killed: as cut short as an active one.
+        i.pause();
         i.set_disk_progress("d1.vmdk", 4096, TransferState::Succeeded);
         let m = a.authorize("img", Op::Write).unwrap();
         m.begin().unwrap();

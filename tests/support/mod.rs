@@ -13,6 +13,7 @@
 pub mod image;
 pub mod nbd;
 pub mod ova;
+pub mod proxy;
 pub mod server;
 pub mod tar;
 pub mod vmdk;

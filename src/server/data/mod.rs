@@ -2,12 +2,17 @@
 //! every request names a ticket, which decides what it may do and on
 //! which volume. `image` tickets get imageio's ranged reads and writes on
 //! a raw file or a qcow2 image's guest view ([`image`]); OVA tickets
-//! stream a whole package in or out ([`ova`]).
+//! stream a whole package in or out ([`ova`]), an upload resumable across
+//! connections ([`upload`], spoken as imageio-style ranged `PUT` or tus
+//! 1.0, [`tus`]). `HEAD` answers every kind's size ([`head`]).
 
 mod blocking;
 pub mod checksum;
+mod head;
 mod image;
 mod ova;
+mod tus;
+mod upload;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,6 +44,8 @@ pub struct DataApi {
     metrics: Arc<Metrics>,
     /// The volumes `image` requests have open, one per file.
     volumes: Arc<Registry>,
+    /// Resumable `ova-import` uploads, by ticket.
+    uploads: Arc<upload::Uploads>,
 }
 
 /// Which resource under `/images/{ticket}`.
@@ -74,12 +81,7 @@ impl Meter {
     /// error status fails it, a success completes it, unless a response
     /// body is still sending it.
     fn finish(self, r: &Result<Response>) {
-        if self.kind == TicketKind::OvaImport
-            && let Err(e) = r
-            && e.kind() == ErrorKind::Integrity
-        {
-            self.metrics.digest_mismatch();
-        }
+        // An `ova-import` upload is counted by its session, across requests.
         let Some(t) = self.transfer else {
             return;
         };
@@ -96,12 +98,19 @@ impl DataApi {
     /// The data API over `store`, counting into `metrics`.
     pub fn new(store: Arc<TicketStore>, cfg: DataConfig, metrics: Arc<Metrics>) -> Self {
         DataApi {
+            uploads: upload::Uploads::new(store.clone(), metrics.clone()),
             store,
             cfg,
             busy: Arc::new(Mutex::new(HashSet::new())),
             metrics,
             volumes: Arc::new(Registry::new()),
         }
+    }
+
+    /// Ends every resumable upload (the server is stopping) and waits, at
+    /// most `limit`, for their partial targets to be removed.
+    pub async fn stop_uploads(&self, limit: std::time::Duration) {
+        self.uploads.shutdown(limit).await;
     }
 
     /// Answers one request; never fails (errors become responses).
@@ -137,7 +146,7 @@ impl DataApi {
             Some((id, "checksum/algorithms")) => (id, Resource::Algorithms),
             Some(_) => return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}")),
         };
-        let method = req.method().clone();
+        let method = method_of(&req);
         // A browser's CORS preflight carries no credentials and reveals
         // nothing: answer it for any ticket, so that the request itself
         // reaches the server and the page sees its real status (403 for a
@@ -150,16 +159,20 @@ impl DataApi {
             return h::status(StatusCode::NO_CONTENT);
         }
         if method == Method::OPTIONS && id == "*" {
-            return options_response(&["OPTIONS", "GET", "PUT", "PATCH"], &FULL_FEATURES);
+            return options_response(&ALL_METHODS, &FULL_FEATURES);
         }
         // Server information, whatever the ticket (as imageio answers it).
         if res == Resource::Algorithms && method == Method::GET {
             return checksum::algorithms();
         }
         let op = match (&method, res) {
-            (&Method::OPTIONS, Resource::Image) => None,
+            // HEAD answers any ticket's size: read (image, export) or the
+            // upload's offset (import, a write-only ticket).
+            (&Method::OPTIONS | &Method::HEAD, Resource::Image) => None,
             (&Method::GET, _) => Some(Op::Read),
-            (&Method::PUT | &Method::PATCH, Resource::Image) => Some(Op::Write),
+            (&Method::PUT | &Method::PATCH | &Method::POST | &Method::DELETE, Resource::Image) => {
+                Some(Op::Write)
+            }
             _ => {
                 let mut r = h::text(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -168,7 +181,7 @@ impl DataApi {
                 r.headers_mut().insert(
                     ALLOW,
                     HeaderValue::from_static(match res {
-                        Resource::Image => "OPTIONS, GET, PUT, PATCH",
+                        Resource::Image => "OPTIONS, GET, HEAD, PUT, PATCH, POST, DELETE",
                         Resource::Extents | Resource::Checksum | Resource::Algorithms => "GET",
                     }),
                 );
@@ -208,6 +221,15 @@ impl DataApi {
         req: Request,
     ) -> Response {
         let kind = ticket.kind();
+        if kind == TicketKind::OvaImport {
+            if let Some(r) = tus::version_refused(&req) {
+                h::drain_in_background(req.into_body());
+                return r;
+            }
+            let mut r = self.dispatch_import(ticket, method, res, req).await;
+            tus::mark(&mut r);
+            return r;
+        }
         // Every request that moves bytes starts (or continues) the ticket's
         // transfer here; an OVA upload starts in its handler, once its
         // declared length has been checked against the ticket.
@@ -239,6 +261,10 @@ impl DataApi {
         let m = &mut meter;
         let r: Result<Response> = match (kind, method, res) {
             (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
+            (TicketKind::Image, Method::HEAD, Resource::Image) => head::image(&ticket, vols).await,
+            (TicketKind::OvaExport, Method::HEAD, Resource::Image) => {
+                head::ova_export(&ticket, roots).await
+            }
             (TicketKind::Image, Method::GET, Resource::Image) => {
                 image::get(ticket, req, vols, cfg, m).await
             }
@@ -257,12 +283,6 @@ impl DataApi {
             (TicketKind::Image, Method::PATCH, Resource::Image) => {
                 image::patch(ticket, req, vols, m).await
             }
-            (TicketKind::OvaImport, Method::PUT, Resource::Image) => {
-                match self.claim(ticket.id()) {
-                    Some(_guard) => ova::put(ticket, req, roots, cfg, m).await,
-                    None => Ok(busy()),
-                }
-            }
             (TicketKind::OvaExport, Method::GET, Resource::Image) => {
                 // A second download at once is a transfer refused.
                 let transfer = m.start(metrics::Op::Read);
@@ -277,6 +297,40 @@ impl DataApi {
             )),
         };
         meter.finish(&r);
+        r.unwrap_or_else(|e| h::error_text(&e))
+    }
+
+    /// Answers a request on an `ova-import` ticket: the resumable upload
+    /// ([`tus`], [`upload`]).
+    async fn dispatch_import(
+        &self,
+        ticket: TicketHandle,
+        method: Method,
+        res: Resource,
+        req: Request,
+    ) -> Response {
+        let cx = || tus::Ctx {
+            uploads: &self.uploads,
+            roots: self.store.roots(),
+            cfg: &self.cfg,
+        };
+        let r = match (method, res) {
+            (Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
+            (Method::HEAD, Resource::Image) => Ok(tus::head(&ticket, &self.uploads)),
+            (Method::PUT, Resource::Image) => tus::put(ticket, req, cx()).await,
+            (Method::PATCH, Resource::Image) => tus::patch(ticket, req, cx()).await,
+            (Method::POST, Resource::Image) => tus::post(ticket, req, cx()).await,
+            (Method::DELETE, Resource::Image) => {
+                Ok(tus::delete(ticket, &self.store, &self.uploads).await)
+            }
+            (method, _) => {
+                h::drain_in_background(req.into_body());
+                Ok(h::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("{method} is not supported on an ova-import ticket"),
+                ))
+            }
+        };
         r.unwrap_or_else(|e| h::error_text(&e))
     }
 
@@ -325,17 +379,44 @@ fn busy() -> Response {
 }
 
 const FULL_FEATURES: [&str; 4] = ["checksum", "extents", "zero", "flush"];
+/// Every method the data API answers on some ticket.
+const ALL_METHODS: [&str; 7] = ["OPTIONS", "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"];
 
 fn ticket_options(t: &TicketHandle) -> Response {
     let can_write = t.ops().contains(&Op::Write);
     match t.kind() {
         TicketKind::Image if can_write => {
-            options_response(&["OPTIONS", "GET", "PUT", "PATCH"], &FULL_FEATURES)
+            options_response(&["OPTIONS", "GET", "HEAD", "PUT", "PATCH"], &FULL_FEATURES)
         }
-        TicketKind::Image => options_response(&["OPTIONS", "GET"], &["checksum", "extents"]),
-        TicketKind::OvaImport => options_response(&["OPTIONS", "PUT"], &[]),
-        TicketKind::OvaExport => options_response(&["OPTIONS", "GET"], &[]),
+        TicketKind::Image => {
+            options_response(&["OPTIONS", "GET", "HEAD"], &["checksum", "extents"])
+        }
+        TicketKind::OvaImport => {
+            let mut r = options_response(
+                &["OPTIONS", "HEAD", "PUT", "PATCH", "POST", "DELETE"],
+                &["resume"],
+            );
+            tus::options(t, &mut r);
+            r
+        }
+        TicketKind::OvaExport => options_response(&["OPTIONS", "GET", "HEAD"], &[]),
     }
+}
+
+/// The request's method, or the one its `X-HTTP-Method-Override` names
+/// on a `POST` (tus clients in environments without `PATCH`).
+fn method_of(req: &Request) -> Method {
+    let m = req.method();
+    if m == Method::POST
+        && let Some(o) = req
+            .headers()
+            .get("x-http-method-override")
+            .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+        && [Method::PATCH, Method::DELETE, Method::HEAD].contains(&o)
+    {
+        return o;
+    }
+    m.clone()
 }
 
 fn options_response(methods: &[&str], features: &[&str]) -> Response {
@@ -364,17 +445,21 @@ fn cors(headers: &mut http::HeaderMap) {
     set(
         headers,
         "access-control-allow-methods",
-        "OPTIONS, GET, PUT, PATCH",
+        "OPTIONS, GET, HEAD, PUT, PATCH, POST, DELETE",
     );
     set(
         headers,
         "access-control-allow-headers",
-        "content-type, content-range, range",
+        "content-type, content-range, range, if-range, upload-offset, upload-length, \
+         upload-defer-length, upload-metadata, upload-concat, tus-resumable, \
+         x-http-method-override, x-requested-with",
     );
     set(
         headers,
         "access-control-expose-headers",
-        "content-length, content-range, content-disposition",
+        "content-length, content-range, content-disposition, accept-ranges, etag, location, \
+         upload-offset, upload-length, upload-defer-length, upload-metadata, tus-resumable, \
+         tus-version, tus-extension, tus-max-size",
     );
     set(headers, "access-control-max-age", "300");
 }

@@ -1,52 +1,39 @@
-//! OVA tickets: `PUT` streams a whole package through the import
-//! pipeline while it arrives; `GET` streams an export with its exact
-//! `Content-Length`.
+//! OVA tickets: what an import maps (its targets, and the ticket's
+//! per-disk progress, reported by the resumable upload of [`super::upload`]),
+//! and `GET`, which streams an export with its exact `Content-Length`.
 //!
 //! The pipelines are blocking code; each transfer runs one on the
 //! blocking pool and talks to the request through a channel of at most
 //! `queue_depth` buffers. The ticket records the outcome: `succeeded`
 //! only after the import verified and renamed every target, `failed` with
-//! the reason otherwise (a client that disconnects included), and then no
-//! target is left under its final name.
+//! the reason otherwise, and then no target is left under its final name.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE, RANGE,
-};
+use http::header::{ACCEPT_RANGES, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE, RANGE};
 use http::{HeaderValue, StatusCode};
 use tokio::sync::mpsc;
 
 use super::blocking::{self, ChannelWriter};
 use super::image::{add_disposition, range_error};
-use super::{BusyGuard, Meter, checksum};
+use super::{BusyGuard, checksum};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ova::ovf::split_chunk_name;
 use crate::pipeline::export::ExportPlan;
-use crate::pipeline::import::Importer;
-use crate::pipeline::tickets::{export_request, import_targets, sources_mtime};
+use crate::pipeline::tickets::{export_request, sources_mtime};
 use crate::server::config::DataConfig;
-use crate::server::http::{self as h, Batch, BodyReader, Request, Response};
-use crate::server::metrics::{Op, Transfer};
+use crate::server::http::{self as h, Request, Response};
+use crate::server::metrics::Transfer;
 use crate::server::range;
 use crate::source::volume::AllowedRoots;
 use crate::ticket::{ResolvedOva, TicketHandle, TransferState};
-
-/// What the blocking import thread receives.
-#[derive(Debug)]
-enum Msg {
-    Data(Batch),
-    /// The body ended where it should: verify and commit.
-    End,
-}
 
 fn ova_of(t: &TicketHandle) -> Result<&ResolvedOva> {
     t.ova().filter(|o| !o.disks.is_empty()).ok_or_else(|| {
@@ -76,7 +63,7 @@ fn disk_bytes(hrefs: &[String], seen: &BTreeMap<String, u64>, href: &str) -> u64
 
 /// Reports the current disk's bytes from the pipeline's progress record
 /// and remembers each entry's, so the final state keeps the count.
-fn report_disk(
+pub(super) fn report_disk(
     t: &TicketHandle,
     hrefs: &[String],
     p: &crate::pipeline::progress::Progress,
@@ -99,7 +86,7 @@ fn report_disk(
 
 /// Sets every disk's final state, keeping the bytes last seen; a blank
 /// disk has no bytes, only the outcome.
-fn finish_disks(
+pub(super) fn finish_disks(
     t: &TicketHandle,
     ova: &ResolvedOva,
     hrefs: &[String],
@@ -115,184 +102,11 @@ fn finish_disks(
 }
 
 /// An upload larger than the ticket's `size`.
-fn over_size(limit: u64) -> Error {
+pub(super) fn over_size(limit: u64) -> Error {
     Error::new(
         ErrorKind::LimitExceeded,
         format!("the upload is larger than the ticket's size of {limit} bytes"),
     )
-}
-
-/// `PUT /images/{ticket}` on an `ova-import` ticket. The ticket's `size`,
-/// when given, bounds the body: a larger Content-Length is refused before
-/// the import starts, and a chunked body is cut where it passes the size
-/// (the import then fails and removes its partial targets).
-pub(super) async fn put(
-    t: TicketHandle,
-    req: Request,
-    roots: AllowedRoots,
-    cfg: &DataConfig,
-    meter: &mut Meter,
-) -> Result<Response> {
-    let ova = ova_of(&t)?.clone();
-    let (parts, body) = req.into_parts();
-    // Refusals before the import starts leave the ticket as it was and
-    // read the body away, so that a client still sending sees the answer.
-    let refuse = |e: Error, body| {
-        h::drain_in_background(body);
-        Err(e)
-    };
-    // An ended transfer is the first thing to tell, whatever else is
-    // wrong with the request.
-    if let Err(e) = t.state().start(t.kind()) {
-        return refuse(e.into(), body);
-    }
-    if let Some(v) = h::header(&parts, CONTENT_RANGE) {
-        let cr = range::parse_content_range(v).map_err(Error::from)?;
-        if cr.range.start != 0 {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "an OVA upload is one stream from its first byte; it cannot start at an offset",
-            ));
-        }
-    }
-    let length = h::header(&parts, CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
-    let limit = t.size();
-    if let (Some(len), Some(l)) = (length, limit)
-        && len > l
-    {
-        tracing::info!(
-            length = len,
-            size = l,
-            "OVA upload refused: larger than the ticket"
-        );
-        return refuse(
-            Error::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "the Content-Length of {len} bytes is larger than the ticket's size of {l} bytes"
-                ),
-            ),
-            body,
-        );
-    }
-    let targets = import_targets(&ova)?;
-    t.begin()?;
-    // What the import consumes is what counts as received.
-    let consumed = meter.start(Op::Write).counter();
-    let hrefs: Arc<Vec<String>> = Arc::new(
-        ova.disks
-            .iter()
-            .filter(|d| !d.href.is_empty())
-            .map(|d| d.href.clone())
-            .collect(),
-    );
-    let progress = t.progress();
-    let t = Arc::new(t);
-    tracing::info!(length, disks = hrefs.len(), "OVA upload started");
-
-    let (tx, mut rx) = mpsc::channel::<Msg>(cfg.queue_depth);
-    let tt = t.clone();
-    let hh = hrefs.clone();
-    let worker = tokio::task::spawn_blocking(move || {
-        let mut importer = Importer::new(targets, progress.clone()).with_roots(roots);
-        let mut seen = BTreeMap::new();
-        let mut ended = false;
-        while let Some(m) = rx.blocking_recv() {
-            match m {
-                Msg::Data(batch) => {
-                    for b in batch.into_pieces() {
-                        let n = b.len() as u64;
-                        if let Err(e) = importer.feed(b) {
-                            return (Err(e), seen);
-                        }
-                        if let Some(c) = &consumed {
-                            c.inc_by(n);
-                        }
-                    }
-                    report_disk(&tt, &hh, &progress, &mut seen);
-                }
-                Msg::End => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        if !ended {
-            // Dropping the importer removes every partial target.
-            let e = Error::new(ErrorKind::Cancelled, "upload ended early");
-            return (Err(importer.note_targets(e)), seen);
-        }
-        (importer.finish(), seen)
-    });
-
-    let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()))
-        .cancelled_by(t.progress().cancel_flag());
-    let mut body_error = None;
-    let mut body_done = false;
-    loop {
-        match reader.next_batch(cfg.buffer_size).await {
-            Ok(Some(mut b)) => {
-                t.touch();
-                let over = limit.filter(|&l| reader.received() > l);
-                if let Some(l) = over {
-                    b.truncate(b.len() - (reader.received() - l));
-                }
-                if !b.is_empty() && tx.send(Msg::Data(b)).await.is_err() {
-                    break; // the pipeline failed; its error says why
-                }
-                if let Some(l) = over {
-                    body_error = Some(over_size(l));
-                    break;
-                }
-            }
-            Ok(None) => {
-                body_done = true;
-                let _ = tx.send(Msg::End).await;
-                break;
-            }
-            Err(e) => {
-                body_error = Some(e);
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let received = reader.received();
-    // A body refused part way (the import failed, or the size was passed)
-    // is read away for a while, so that a client still sending sees the
-    // error response rather than a reset connection.
-    if !body_done {
-        h::drain_in_background(reader.into_body());
-    }
-    let (outcome, seen) = worker
-        .await
-        .map_err(|e| Error::internal(format!("import thread failed: {e}")))?;
-    let outcome = match (outcome, body_error) {
-        (Ok(s), _) => Ok(s),
-        // The client's failure is the real reason when the pipeline only
-        // saw the stream stop.
-        (Err(_), Some(be)) => Err(be),
-        (Err(e), None) => Err(e),
-    };
-    match outcome {
-        Ok(summary) => {
-            finish_disks(&t, &ova, &hrefs, &seen, TransferState::Succeeded);
-            t.succeed();
-            tracing::info!(
-                bytes = received,
-                disks = summary.disks.len(),
-                "OVA import succeeded"
-            );
-            Ok(h::json(StatusCode::OK, &summary))
-        }
-        Err(e) => {
-            let msg = e.one_line();
-            finish_disks(&t, &ova, &hrefs, &seen, TransferState::Failed);
-            t.fail(msg.clone());
-            tracing::warn!(bytes = received, error = %msg, "OVA import failed");
-            Err(e)
-        }
-    }
 }
 
 /// `GET /images/{ticket}` on an `ova-export` ticket: the whole package,
@@ -314,29 +128,16 @@ pub(super) async fn get(
         .filename
         .clone()
         .unwrap_or_else(|| format!("{}.ova", ova.name.as_deref().unwrap_or("vm")));
-    let t = Arc::new(t);
-    // A deleted ticket also stops a VMDK counting pass.
-    let watch = t.progress();
-    let prepared = blocking::run(move || {
-        let mtime = sources_mtime(&ova, &roots)?;
-        Ok((
-            ExportPlan::prepare_watched(export_request(&ova, roots)?, &watch)?
-                .with_mtime(mtime)
-                // The ticket's checksums are SHA-256, whatever the manifest's.
-                .with_sha256(),
-            mtime,
-        ))
-    })
-    .await;
-    let (plan, mtime) = match prepared {
+    let (plan, mtime) = match prepare(&t, roots).await {
         Ok(p) => p,
         Err(e) => {
             t.fail(e.one_line());
             return Err(e);
         }
     };
+    let t = Arc::new(t);
     let total = plan.total_size();
-    let etag = format!("\"{total:x}-{mtime:x}\"");
+    let etag = etag(total, mtime);
     let (parts, _) = req.into_parts();
     let if_range_ok = h::header(&parts, IF_RANGE).is_none_or(|v| v == etag);
     let range = match h::header(&parts, RANGE).filter(|_| if_range_ok) {
@@ -436,6 +237,30 @@ pub(super) async fn get(
     }
     add_disposition(&mut r, Some(&filename));
     Ok(r)
+}
+
+/// The export an `ova-export` ticket describes, planned (its exact size
+/// known), and the newest modification time of its sources.
+pub(super) async fn prepare(t: &TicketHandle, roots: AllowedRoots) -> Result<(ExportPlan, u64)> {
+    let ova = ova_of(t)?.clone();
+    // A deleted ticket also stops a VMDK counting pass.
+    let watch = t.progress();
+    blocking::run(move || {
+        let mtime = sources_mtime(&ova, &roots)?;
+        Ok((
+            ExportPlan::prepare_watched(export_request(&ova, roots)?, &watch)?
+                .with_mtime(mtime)
+                // The ticket's checksums are SHA-256, whatever the manifest's.
+                .with_sha256(),
+            mtime,
+        ))
+    })
+    .await
+}
+
+/// The `ETag` of an export: its size and sources' time.
+pub(super) fn etag(total: u64, mtime: u64) -> String {
+    format!("\"{total:x}-{mtime:x}\"")
 }
 
 /// `GET /images/{ticket}/checksum` on an `ova-export` ticket.
