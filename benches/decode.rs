@@ -7,10 +7,10 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ovaio::codec::{DiskDecoder, ExtentSink};
 use ovaio::codec::qcow2::Qcow2StreamDecoder;
 use ovaio::codec::select::Decoder;
 use ovaio::codec::vmdk::VmdkStreamDecoder;
+use ovaio::codec::{DiskDecoder, ExtentSink};
 use ovaio::ova::demux::{Demux, Event};
 use ovaio::sink::Target;
 use ovaio::sink::writer::{VolumeWriter, is_zero};
