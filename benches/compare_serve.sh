@@ -30,6 +30,8 @@
 #   PARTS        all (default) or ova: only the OVA upload against
 #                `ovaio import -` from a pipe (no imageio, no venv), REPS
 #                paired rounds, medians, and the target serve >= 0.95x pipe
+#   SERVE_CONFIG a configuration file for ovaio serve (--config), e.g. to
+#                try other [data] buffer_size or queue_depth values
 #   BASELINE     another ovaio binary (an older build): then only the
 #                single upload and the OVA upload run, into this build's
 #                server and the baseline's, taking turns, and the table
@@ -171,7 +173,7 @@ start_ovaio() {
   local name=${1:-ovaio} bin=${2:-$OVAIO} dir=${3:-$OV_DIR}
   mkdir -p "$dir/state" "$dir/root"
   : >"$dir/stdout"
-  "$bin" serve --listen 127.0.0.1:0 --state-dir "$dir/state" --root "$dir/root" \
+  "$bin" serve --listen 127.0.0.1:0 --state-dir "$dir/state" --root "$dir/root" ${SERVE_CONFIG:+--config "$SERVE_CONFIG"} \
     </dev/null >"$dir/stdout" 2>>"$dir/stderr" &
   PID[$name]=$!
   wait_for "$dir/stdout" 'ready' "${PID[$name]}" "$name serve" "$dir/stderr"
