@@ -37,9 +37,12 @@ use crate::server::metrics::{self, Metrics, Transfer};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::{ResolvedOva, TicketError, TicketHandle, TicketStore, TransferState};
 
-/// Pieces smaller than this on average are joined before the import
-/// takes them (see [`Batch::coalesce`]).
+/// Pieces smaller than this on average (HTTP/2 frames) are held and
+/// joined before the import takes them (see [`Batch::coalesce`]); larger
+/// ones (HTTP/1.1 reads) go as they are.
 const MIN_PIECE: usize = 128 << 10;
+/// How much of small pieces is held and joined into one.
+const JOINED: u64 = 1 << 20;
 
 /// How often the watcher of a session looks at its ticket and pause.
 const WATCH_TICK: Duration = Duration::from_millis(250);
@@ -469,8 +472,11 @@ impl Session {
         let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()))
             .cancelled_by(t.progress().cancel_flag());
         // Small pieces (HTTP/2 frames) wait here until they make a piece
-        // worth the import's while; whatever waits is committed when the
-        // body ends or breaks off, so no received byte is lost to a cut.
+        // worth the import's while (the import pays per piece: its digest
+        // threads take each through a channel); whatever waits is
+        // committed when the body ends or breaks off, so no received byte
+        // is lost to a cut. While the client stalls mid-body, up to
+        // `JOINED` bytes so held are not yet in the committed offset.
         let mut held = Batch::default();
         let stop = loop {
             match reader.next_batch(cfg.buffer_size).await {
@@ -488,7 +494,7 @@ impl Session {
                         b.truncate(l - at);
                     }
                     held.append(b);
-                    if (held.len() >= MIN_PIECE as u64 || over.is_some())
+                    if (held.len() >= JOINED || !held.is_small(MIN_PIECE) || over.is_some())
                         && !self.commit(&tx, &mut held, &mut cur).await
                     {
                         break Stop::PipelineGone;
