@@ -216,6 +216,23 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const PATCH_BODY_IDLE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------
+// Resumable uploads
+// ---------------------------------------------------------------------
+
+/// Pieces smaller than this on average (HTTP/2 frames) are held and
+/// joined before the import takes them (see `Batch::coalesce`); larger
+/// ones (HTTP/1.1 reads) go as they are.
+pub const UPLOAD_MIN_PIECE: usize = 128 << 10;
+/// How much of small pieces is held and joined into one.
+pub const UPLOAD_JOINED: u64 = 1 << 20;
+/// How often the watcher of a session looks at its ticket and pause.
+pub const UPLOAD_WATCH_TICK: Duration = Duration::from_millis(250);
+/// The longest `Upload-Metadata` kept (echoed by `HEAD`).
+pub const MAX_TUS_METADATA: usize = 4096;
+/// How long a tus `DELETE` waits for the import to let go of its targets.
+pub const TUS_TERMINATE_WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------
 // NBD volumes
 // ---------------------------------------------------------------------
 

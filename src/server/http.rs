@@ -172,6 +172,11 @@ impl Batch {
         self.pieces
     }
 
+    /// Whether its pieces are under `min` bytes on average.
+    pub fn is_small(&self, min: usize) -> bool {
+        self.len < (min as u64).saturating_mul(self.pieces.len() as u64)
+    }
+
     /// Moves the pieces of `other` behind these.
     pub fn append(&mut self, other: Batch) {
         self.len += other.len;
@@ -184,7 +189,7 @@ impl Batch {
     /// threads) pays per piece. Large pieces (an HTTP/1.1 body read in
     /// 256 KiB) are left as they are, uncopied.
     pub fn coalesce(&mut self, min: usize) {
-        if self.pieces.len() < 2 || self.len >= (min * self.pieces.len()) as u64 {
+        if self.pieces.len() < 2 || !self.is_small(min) {
             return;
         }
         let mut joined = bytes::BytesMut::with_capacity(self.len as usize);

@@ -137,6 +137,7 @@ impl DataApi {
             );
         }
         let Some(rest) = path.strip_prefix("/images/") else {
+            h::drain_in_background(req.into_body());
             return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}"));
         };
         let (id, res) = match rest.split_once('/') {
@@ -144,7 +145,10 @@ impl DataApi {
             Some((id, "extents")) => (id, Resource::Extents),
             Some((id, "checksum")) => (id, Resource::Checksum),
             Some((id, "checksum/algorithms")) => (id, Resource::Algorithms),
-            Some(_) => return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}")),
+            Some(_) => {
+                h::drain_in_background(req.into_body());
+                return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}"));
+            }
         };
         let method = method_of(&req);
         // A browser's CORS preflight carries no credentials and reveals
@@ -185,6 +189,9 @@ impl DataApi {
                         Resource::Extents | Resource::Checksum | Resource::Algorithms => "GET",
                     }),
                 );
+                // Read a body away rather than reset the stream under the
+                // answer (HTTP/2 cancels a request whose body is dropped).
+                h::drain_in_background(req.into_body());
                 return r;
             }
         };

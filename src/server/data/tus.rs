@@ -10,7 +10,6 @@
 //! for tus) and changes nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{
     CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, LOCATION,
@@ -20,6 +19,7 @@ use serde_json::json;
 
 use super::upload::{self, Uploads, WriteError, WriteReq, Written};
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 use crate::server::config::DataConfig;
 use crate::server::http::{self as h, Request, Response};
 use crate::server::range;
@@ -32,10 +32,6 @@ pub(super) const TUS_VERSION: &str = "1.0.0";
 pub(super) const TUS_EXTENSIONS: &str = "creation,creation-defer-length,termination";
 /// The content type of a tus `PATCH` body.
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
-/// The longest `Upload-Metadata` kept (echoed by `HEAD`).
-const MAX_METADATA: usize = 4096;
-/// How long a tus `DELETE` waits for the import to let go of its targets.
-const TERMINATE_WAIT: Duration = Duration::from_secs(10);
 
 const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
 const UPLOAD_LENGTH: HeaderName = HeaderName::from_static("upload-length");
@@ -386,7 +382,7 @@ pub(super) async fn post(t: TicketHandle, req: Request, cx: Ctx<'_>) -> Result<R
     }
     let metadata = match parts.headers.get(UPLOAD_METADATA) {
         None => None,
-        Some(v) if v.len() <= MAX_METADATA && v.to_str().is_ok() => {
+        Some(v) if v.len() <= limits::MAX_TUS_METADATA && v.to_str().is_ok() => {
             v.to_str().ok().map(str::to_owned)
         }
         Some(_) => {
@@ -394,7 +390,8 @@ pub(super) async fn post(t: TicketHandle, req: Request, cx: Ctx<'_>) -> Result<R
                 Error::new(
                     ErrorKind::InvalidArgument,
                     format!(
-                        "Upload-Metadata must be visible ASCII of at most {MAX_METADATA} bytes"
+                        "Upload-Metadata must be visible ASCII of at most {} bytes",
+                        limits::MAX_TUS_METADATA
                     ),
                 ),
                 body,
@@ -435,7 +432,7 @@ pub(super) async fn delete(t: TicketHandle, store: &TicketStore, uploads: &Uploa
     }
     tracing::info!("ticket removed by its client (tus termination)");
     if let Some(s) = session {
-        upload::await_end(&s, TERMINATE_WAIT).await;
+        upload::await_end(&s, limits::TUS_TERMINATE_WAIT).await;
     }
     h::status(StatusCode::NO_CONTENT)
 }

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::ova::{finish_disks, over_size, report_disk};
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 use crate::pipeline::import::{ImportSummary, Importer};
 use crate::pipeline::tickets::import_targets;
 use crate::server::config::DataConfig;
@@ -37,13 +38,6 @@ use crate::server::http::{self as h, Batch, BodyReader};
 use crate::server::metrics::{self, Metrics, Transfer};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::{ResolvedOva, TicketError, TicketHandle, TicketStore, TransferState};
-
-/// Pieces smaller than this on average are joined before the import
-/// takes them (see [`Batch::coalesce`]).
-const MIN_PIECE: usize = 128 << 10;
-
-/// How often the watcher of a session looks at its ticket and pause.
-const WATCH_TICK: Duration = Duration::from_millis(250);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -470,8 +464,11 @@ impl Session {
         let mut reader = BodyReader::new(body, Duration::from_secs(t.inactivity_timeout()))
             .cancelled_by(t.progress().cancel_flag());
         // Small pieces (HTTP/2 frames) wait here until they make a piece
-        // worth the import's while; whatever waits is committed when the
-        // body ends or breaks off, so no received byte is lost to a cut.
+        // worth the import's while (the import pays per piece: its digest
+        // threads take each through a channel); whatever waits is
+        // committed when the body ends or breaks off, so no received byte
+        // is lost to a cut. While the client stalls mid-body, up to
+        // `limits::UPLOAD_JOINED` bytes so held are not yet in the committed offset.
         let mut held = Batch::default();
         let stop = loop {
             match reader.next_batch(cfg.buffer_size).await {
@@ -489,7 +486,9 @@ impl Session {
                         b.truncate(l - at);
                     }
                     held.append(b);
-                    if (held.len() >= MIN_PIECE as u64 || over.is_some())
+                    if (held.len() >= limits::UPLOAD_JOINED
+                        || !held.is_small(limits::UPLOAD_MIN_PIECE)
+                        || over.is_some())
                         && !self.commit(&tx, &mut held, &mut cur).await
                     {
                         break Stop::PipelineGone;
@@ -564,7 +563,7 @@ impl Session {
             return true;
         }
         let mut batch = std::mem::take(held);
-        batch.coalesce(MIN_PIECE);
+        batch.coalesce(limits::UPLOAD_MIN_PIECE);
         let n = batch.len();
         if tx.send(Msg::Data(batch)).await.is_err() {
             return false;
@@ -713,7 +712,7 @@ fn work(s: &Arc<Session>, mut importer: Importer, mut rx: mpsc::Receiver<Msg>) {
 /// replaced or expired) or it stays paused too long, and then stops the
 /// import thread.
 async fn watch(s: Arc<Session>, uploads: Arc<Uploads>) {
-    let mut tick = tokio::time::interval(WATCH_TICK);
+    let mut tick = tokio::time::interval(limits::UPLOAD_WATCH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
