@@ -225,6 +225,9 @@ pub const PATCH_BODY_IDLE: Duration = Duration::from_secs(60);
 pub const UPLOAD_MIN_PIECE: usize = 128 << 10;
 /// How much of small pieces is held and joined into one.
 pub const UPLOAD_JOINED: u64 = 1 << 20;
+/// Longest a held small piece waits for more before the import takes it:
+/// a client that pauses mid-body still sees its offset move.
+pub const UPLOAD_HOLD_WAIT: Duration = Duration::from_millis(20);
 /// How often the watcher of a session looks at its ticket and pause.
 pub const UPLOAD_WATCH_TICK: Duration = Duration::from_millis(250);
 /// The longest `Upload-Metadata` kept (echoed by `HEAD`).

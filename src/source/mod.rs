@@ -105,6 +105,16 @@ struct Wakeable {
 
 /// Waits until `fd` is readable (true) or `wake` is (false, and from then
 /// on always false: `woken` remembers it).
+/// Whether `fd` has input to read without waiting.
+fn readable_now(fd: impl AsFd) -> bool {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+}
+
 fn wait(fd: &OwnedFd, wake: &OwnedFd, woken: &mut bool) -> std::io::Result<bool> {
     loop {
         if *woken {
@@ -147,7 +157,7 @@ impl SourceReader for Wakeable {
         let Wakeable {
             fd, wake, woken, ..
         } = self;
-        fill_fd(&*fd, buf, || wait(fd, wake, woken))
+        fill_fd(&*fd, buf, true, || wait(fd, wake, woken))
     }
 }
 
@@ -207,20 +217,27 @@ pub trait SourceReader: Read + Send {
 /// through.
 impl SourceReader for File {
     fn fill(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        fill_fd(self, buf, || Ok(true))
+        fill_fd(self, buf, true, || Ok(true))
     }
 }
 
 /// [`SourceReader::fill`] for a descriptor: reads into `buf`'s spare
 /// capacity until it is full or the input ends; `ready` is asked before
 /// each read and ends the fill (as if the input ended) when it says no.
+/// A `pipe` fills only with what is there: once something was read, the
+/// fill ends rather than waits for more, so that a slow writer's bytes
+/// reach the import (and its progress) as they come.
 fn fill_fd(
     fd: impl AsFd,
     buf: &mut Vec<u8>,
+    pipe: bool,
     mut ready: impl FnMut() -> std::io::Result<bool>,
 ) -> std::io::Result<usize> {
     let start = buf.len();
     while buf.len() < buf.capacity() {
+        if pipe && buf.len() > start && !readable_now(&fd) {
+            break;
+        }
         if !ready()? {
             break;
         }
@@ -276,7 +293,7 @@ impl Read for RegularFile {
 
 impl SourceReader for RegularFile {
     fn fill(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        fill_fd(&self.file, buf, || Ok(true))
+        fill_fd(&self.file, buf, false, || Ok(true))
     }
 
     fn rewind(&mut self) -> std::io::Result<bool> {

@@ -467,11 +467,33 @@ impl Session {
         // worth the import's while (the import pays per piece: its digest
         // threads take each through a channel); whatever waits is
         // committed when the body ends or breaks off, so no received byte
-        // is lost to a cut. While the client stalls mid-body, up to
-        // `limits::UPLOAD_JOINED` bytes so held are not yet in the committed offset.
+        // is lost to a cut, and none waits longer than
+        // `limits::UPLOAD_HOLD_WAIT` for more.
         let mut held = Batch::default();
         let stop = loop {
-            match reader.next_batch(cfg.buffer_size).await {
+            let next = if held.is_empty() {
+                reader.next_batch(cfg.buffer_size).await
+            } else {
+                // Bytes wait only while more are coming: a client that
+                // pauses mid-body has them committed (and its offset and
+                // progress moved) after a short wait. `next_batch` gives
+                // up nothing when cancelled at its first wait.
+                match tokio::time::timeout(
+                    limits::UPLOAD_HOLD_WAIT,
+                    reader.next_batch(cfg.buffer_size),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if !self.commit(&tx, &mut held, &mut cur).await {
+                            break Stop::PipelineGone;
+                        }
+                        continue;
+                    }
+                }
+            };
+            match next {
                 Ok(Some(mut b)) => {
                     t.touch();
                     self.transfer.count(b.len());
