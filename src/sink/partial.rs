@@ -62,7 +62,22 @@ fn live() -> MutexGuard<'static, BTreeMap<u64, (Arc<Dir>, OsString)>> {
 /// Removes every partial file this process is still writing; for a
 /// process about to exit without unwinding.
 pub fn remove_all_live() {
-    for (dir, name) in std::mem::take(&mut *live()).into_values() {
+    remove_live_where(|_| true);
+}
+
+/// Removes the live partial files whose directory `which` picks, and
+/// forgets them.
+fn remove_live_where(which: impl Fn(&Dir) -> bool) {
+    let taken: Vec<(Arc<Dir>, OsString)> = {
+        let mut map = live();
+        let ids: Vec<u64> = map
+            .iter()
+            .filter(|(_, (dir, _))| which(dir))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.iter().filter_map(|id| map.remove(id)).collect()
+    };
+    for (dir, name) in taken {
         let _ = dir.unlink(&name);
     }
 }
@@ -488,7 +503,10 @@ mod tests {
         let (p, _f) =
             PartialFile::create(&any(), &dir.path().join("a.raw"), Existing::Replace).unwrap();
         let partial = p.partial_path().to_owned();
-        remove_all_live();
+        // What `remove_all_live` does, limited to this test's directory:
+        // tests running beside it have live partial files of their own.
+        let here = p.dir().path().to_owned();
+        remove_live_where(|d| d.path() == here);
         assert!(!partial.exists());
         // Dropped afterwards, it does not remove a name it no longer owns.
         std::fs::write(&partial, b"someone else's").unwrap();
