@@ -282,7 +282,19 @@ fn run_steps(
     count: u64,
     cluster: u64,
 ) -> Volume {
-    let mut v = open_rw(path, format);
+    run_steps_on(|| open_rw(path, format), model, seed, count, cluster)
+}
+
+/// [`run_steps`] on whatever volume `open` opens (again at each reopen
+/// step): a file, or an NBD export.
+pub(crate) fn run_steps_on(
+    open: impl Fn() -> Volume,
+    model: &mut [u8],
+    seed: u64,
+    count: u64,
+    cluster: u64,
+) -> Volume {
+    let mut v = open();
     let size = v.size();
     assert_eq!(size, model.len() as u64);
     let mut steps = Steps {
@@ -319,7 +331,7 @@ fn run_steps(
             Step::Reopen => {
                 v.flush().expect("flush");
                 drop(v);
-                v = open_rw(path, format);
+                v = open();
             }
         }
         apply(model, i, step);

@@ -18,9 +18,8 @@ use super::proto::*;
 use super::*;
 use crate::test_support::Rng;
 use crate::volume::tests::{
-    KIB, MIB, Step, Steps, apply, assert_check_clean, assert_same_as, assert_same_extents,
-    assert_well_formed, clip, create_qcow2, data_for, data_only, qemu_extents, random_raw,
-    read_all,
+    KIB, MIB, assert_check_clean, assert_same_as, assert_same_extents, assert_well_formed, clip,
+    create_qcow2, data_for, data_only, qemu_extents, random_raw, read_all, run_steps_on,
 };
 use crate::volume::{Format, Volume, open_nbd};
 
@@ -100,49 +99,7 @@ fn open_rw(url: &NbdUrl) -> Volume {
 /// Runs `count` steps of `seed` over the export, checking every read
 /// against `model`; returns the open volume.
 fn run_steps(url: &NbdUrl, model: &mut [u8], seed: u64, count: u64, cluster: u64) -> Volume {
-    let mut v = open_rw(url);
-    let size = v.size();
-    assert_eq!(size, model.len() as u64);
-    let mut steps = Steps {
-        rng: Rng(seed),
-        size,
-        cluster,
-        l2_span: cluster / 8 * cluster,
-    };
-    for i in 0..count {
-        let step = steps.next();
-        match step {
-            Step::Write { offset, len } => v
-                .write_at(offset, &data_for(i, offset, len))
-                .unwrap_or_else(|e| panic!("step {i} {step:?}: {e}")),
-            Step::Zero { offset, len, punch } => v
-                .zero(offset, len, punch)
-                .unwrap_or_else(|e| panic!("step {i} {step:?}: {e}")),
-            Step::Read { offset, len } => {
-                let mut buf = vec![0xeeu8; len as usize];
-                v.read_at(offset, &mut buf)
-                    .unwrap_or_else(|e| panic!("step {i} {step:?}: {e}"));
-                let want = &model[offset as usize..(offset + len) as usize];
-                if buf != want {
-                    let at = buf.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
-                    panic!(
-                        "seed {seed} step {i} {step:?}: byte {} reads {:#x}, not {:#x}",
-                        offset + at as u64,
-                        buf[at],
-                        want[at]
-                    );
-                }
-            }
-            Step::Flush => v.flush().expect("flush"),
-            Step::Reopen => {
-                v.flush().expect("flush");
-                drop(v);
-                v = open_rw(url);
-            }
-        }
-        apply(model, i, step);
-    }
-    v
+    run_steps_on(|| open_rw(url), model, seed, count, cluster)
 }
 
 /// Steps through qemu-nbd, then qemu's word on the image once it has
