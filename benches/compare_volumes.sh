@@ -12,6 +12,11 @@
 #                         socket (ovaio's NBD backend).
 #            Paired rounds, the servers' order rotating, `sync` between
 #            runs; median with min and max; MB/s and ratios against imageio.
+#            Also the CPU time the server side spent on each upload (the
+#            server process, plus qemu-nbd where one serves the volume):
+#            the client shares the machine, so on few cores the client's
+#            own CPU bounds every server's throughput, and the CPU ratio
+#            shows what each server costs per byte.
 #   writes   COUNT random 64 KiB writes (the same offsets for both) into an
 #            empty qcow2 image: ovaio's volume layer (benches/volume_writes.rs)
 #            against `qemu-io -t writeback` fed the same `write` commands
@@ -23,6 +28,12 @@
 #   SIZE_MIB   virtual size of the image in MiB (default 1024)
 #   REPS       rounds (default 3)
 #   COUNT      random writes per run (default 8192: 512 MiB)
+#   LOCAL=1    both servers also serve their data API on a Unix socket
+#              (ovaio: --data-socket; imageio: its [local] service, on by
+#              default in oVirt) and the client, seeing it advertised,
+#              moves there off TLS; default 0: TLS on both
+#   SERVERS    the uploads to run (default "ovaio imageio ovaio-nbd";
+#              imageio is the reference of the ratios)
 #   BENCH_DIR  parent of the work directory (default /tmp/ovaio-bench)
 #   KEEP=1     keep the work directory
 set -euo pipefail
@@ -31,8 +42,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-1024}
 REPS=${REPS:-3}
 COUNT=${COUNT:-8192}
+SERVERS=${SERVERS:-ovaio imageio ovaio-nbd}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 KEEP=${KEEP:-0}
+LOCAL=${LOCAL:-0}
 OVAIO=$ROOT/target/release/ovaio
 VENV=$ROOT/target/test-venv
 PY=$VENV/bin/python
@@ -42,6 +55,9 @@ die() { echo "compare_volumes: $*" >&2; exit 1; }
 [[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "SIZE_MIB must be an integer >= 8"
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || die "REPS must be an integer >= 1"
 [[ $COUNT =~ ^[0-9]+$ && $COUNT -ge 1 ]] || die "COUNT must be an integer >= 1"
+for w in $SERVERS; do
+  case $w in ovaio | imageio | ovaio-nbd) ;; *) die "SERVERS: unknown upload '$w'" ;; esac
+done
 for t in qemu-img qemu-nbd qemu-io curl truncate awk sed python3; do
   command -v "$t" >/dev/null 2>&1 || die "$t is required"
 done
@@ -112,7 +128,9 @@ wait_for() {
 }
 
 start_ovaio() {
-  "$OVAIO" serve --listen 127.0.0.1:0 --state-dir "$OV_DIR/state" --root "$OV_DIR/root" \
+  local extra=()
+  [ "$LOCAL" = 1 ] && extra=(--data-socket "$OV_DIR/data.sock")
+  "$OVAIO" serve --listen 127.0.0.1:0 --state-dir "$OV_DIR/state" --root "$OV_DIR/root" "${extra[@]}" \
     </dev/null >"$OV_DIR/stdout" 2>>"$OV_DIR/stderr" &
   PID[ovaio]=$!
   wait_for "$OV_DIR/stdout" 'ready' "${PID[ovaio]}" "ovaio serve"
@@ -139,7 +157,8 @@ host = 127.0.0.1
 port = 0
 
 [local]
-enable = false
+enable = $([ "$LOCAL" = 1 ] && echo true || echo false)
+socket = $IM_DIR/run/local.sock
 
 [control]
 transport = unix
@@ -218,12 +237,16 @@ one_upload() {
     "$(printf '{"uuid":"%s","size":%d,"url":"%s","ops":["read","write"],"timeout":3600,"sparse":true}' "$id" "$SIZE" "$url")" ||
     { stop_nbd; return 1; }
   sync
+  local cpu0 cpu1
+  cpu0=$(server_ticks "$srv")
   if "$PY" "$WORK/upload.py" "$SRC" "https://127.0.0.1:${PORT[$srv]}/images/$id" "${CA[$srv]}" \
     >"$WORK/up.out" 2>"$WORK/up.err"; then
+    cpu1=$(server_ticks "$srv")
     control "$srv" DELETE "/tickets/$id" || true
     stop_nbd
     if qemu-img compare -q -f raw -F qcow2 "$SRC" "$VOL" && qemu-img check -q "$VOL"; then
-      tail -1 "$WORK/up.out" >>"$WORK/up-$who.t"
+      awk -v a="$cpu0" -v b="$cpu1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", (b - a) / hz }' >>"$WORK/cpu-$who.t"
+    tail -1 "$WORK/up.out" >>"$WORK/up-$who.t"
     else
       echo "  WRONG: $who round $r: the volume differs from the source or fails check" >&2
       BAD=1
@@ -233,6 +256,16 @@ one_upload() {
     control "$srv" DELETE "/tickets/$id" || true
     stop_nbd
   fi
+}
+
+# server_ticks SRV: CPU ticks (user + system) used so far by the server
+# process and, when one runs, qemu-nbd (started afresh for each upload).
+server_ticks() {
+  local t=0 p
+  for p in "${PID[$1]}" $NBD_PID; do
+    t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
 }
 
 # stats FILE: "median min max" of a column of numbers.
@@ -248,8 +281,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]
 # ------------------------------------------------------------------ uploads
 start_ovaio
 start_imageio
-WHO=(ovaio imageio ovaio-nbd)
-for w in "${WHO[@]}"; do : >"$WORK/up-$w.t"; done
+read -r -a WHO <<<"$SERVERS"
+for w in "${WHO[@]}"; do : >"$WORK/up-$w.t"; : >"$WORK/cpu-$w.t"; done
 for ((r = 1; r <= REPS; r++)); do
   for ((k = 0; k < ${#WHO[@]}; k++)); do
     w=${WHO[$(((k + r - 1) % ${#WHO[@]}))]}
@@ -292,13 +325,20 @@ done
 
 # ------------------------------------------------------------------- report
 echo
-echo "qcow2 volumes, ${SIZE_MIB} MiB image (about half data), $REPS rounds; $(nproc) CPUs"
+echo "qcow2 volumes, ${SIZE_MIB} MiB image (about half data), $REPS rounds; $(nproc) CPUs; client over $([ "$LOCAL" = 1 ] && echo "the servers' Unix sockets" || echo TLS)"
 printf '%-44s %10s %10s %10s %8s\n' "upload (ovirt_imageio client)" "MB/s med" "min" "max" "/imageio"
 read -r im_med _ _ < <(stats "$WORK/up-imageio.t")
 for w in "${WHO[@]}"; do
   read -r med lo hi < <(stats "$WORK/up-$w.t")
   # Slowest time is the lowest rate.
   printf '%-44s %10s %10s %10s %8s\n' "$w" "$(mbps "$med")" "$(mbps "$hi")" "$(mbps "$lo")" "$(ratio "$im_med" "$med")"
+done
+echo
+printf '%-44s %10s %10s %10s %8s\n' "server CPU per upload (with qemu-nbd)" "CPU-s med" "min" "max" "imageio/"
+read -r im_cpu _ _ < <(stats "$WORK/cpu-imageio.t")
+for w in "${WHO[@]}"; do
+  read -r med lo hi < <(stats "$WORK/cpu-$w.t")
+  printf '%-44s %10s %10s %10s %8s\n' "$w" "$med" "$lo" "$hi" "$(ratio "$im_cpu" "$med")"
 done
 echo
 printf '%-44s %10s %10s %10s %8s\n' "random 64 KiB writes ($COUNT)" "writes/s" "min" "max" "/qemu-io"

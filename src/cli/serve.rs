@@ -35,6 +35,11 @@ pub(crate) struct ServeArgs {
     /// [default: $OVAIO_STATE_DIR, /var/lib/ovaio for root, else ~/.local/state/ovaio].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Also serve the data API as plain HTTP on this Unix socket, for
+    /// clients on this host (advertised in OPTIONS as `unix_socket`;
+    /// `ovirt_imageio` clients move to it by themselves) [default: off].
+    #[arg(long, value_name = "PATH")]
+    data_socket: Option<PathBuf>,
     /// Control API Unix socket [default: STATE_DIR/control.sock].
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -86,6 +91,9 @@ impl ServeArgs {
         }
         if let Some(l) = self.listen {
             c.data.listen = l;
+        }
+        if let Some(s) = &self.data_socket {
+            c.data.socket = (!s.as_os_str().is_empty()).then(|| s.clone());
         }
         if let Some(s) = &self.control_socket {
             c.control.socket = Some(s.clone());
@@ -185,6 +193,13 @@ fn print_endpoints(ep: &crate::server::Endpoints) {
             ep.cert.display(),
             if ep.cert_generated { ", generated" } else { "" }
         );
+        if let Some(p) = &ep.data_socket {
+            let _ = writeln!(
+                out,
+                "ovaio serve: data API unix:{} (plain HTTP, for clients on this host)",
+                p.display()
+            );
+        }
         let _ = writeln!(
             out,
             "ovaio serve: control API unix:{}",

@@ -12,6 +12,7 @@
 //! tls_handshake_timeout = 5           # seconds to complete the TLS handshake
 //! header_timeout = 30                 # seconds to send a request head
 //! write_timeout = 60                  # seconds a client may leave a response unread
+//! socket = "/run/ovaio/data.sock"     # also plain HTTP for clients on this host; default off
 //!
 //! [control]
 //! socket = "/run/ovaio/control.sock"  # default: state_dir/control.sock
@@ -97,6 +98,12 @@ pub struct DataConfig {
     pub buffer_size: usize,
     /// Buffers in flight between the network and the disk, per transfer.
     pub queue_depth: usize,
+    /// A Unix socket also serving the data API, as plain HTTP, to clients
+    /// on this host (mode 0660: the server's group may connect; tickets
+    /// still authorize every request). `OPTIONS` advertises it as
+    /// `unix_socket`, and an `ovirt_imageio` client on this host moves
+    /// its transfer there, off TLS. `None`: not served.
+    pub socket: Option<PathBuf>,
 }
 
 /// Control API settings.
@@ -127,6 +134,7 @@ impl ServeConfig {
                 write_timeout: 60,
                 buffer_size: 1 << 20,
                 queue_depth: 4,
+                socket: None,
             },
             control: ControlConfig {
                 socket: None,
@@ -173,6 +181,9 @@ impl ServeConfig {
             set(&mut c.data.write_timeout, d.write_timeout);
             set(&mut c.data.buffer_size, d.buffer_size);
             set(&mut c.data.queue_depth, d.queue_depth);
+            if let Some(p) = d.socket {
+                c.data.socket = (!p.as_os_str().is_empty()).then_some(p);
+            }
         }
         if let Some(k) = file.control {
             c.control.socket = k.socket.or(c.control.socket);
@@ -215,6 +226,20 @@ impl ServeConfig {
                 "data.tls_handshake_timeout, data.header_timeout and data.write_timeout must be at least 1 second"
                     .into(),
             );
+        }
+        if let Some(p) = &self.data.socket {
+            if !p.is_absolute() {
+                return bad(format!(
+                    "data.socket {} is not an absolute path",
+                    p.display()
+                ));
+            }
+            if *p == self.control_socket() {
+                return bad(format!(
+                    "data.socket {} is the control socket: the two APIs need their own",
+                    p.display()
+                ));
+            }
         }
         if let Some(l) = self.control.listen
             && !l.ip().is_loopback()
@@ -297,6 +322,7 @@ struct FileData {
     write_timeout: Option<u64>,
     buffer_size: Option<usize>,
     queue_depth: Option<usize>,
+    socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +335,33 @@ struct FileControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_socket_is_off_by_default_absolute_and_apart_from_control() {
+        assert_eq!(ServeConfig::defaults().data.socket, None);
+        let c = ServeConfig::from_toml("[data]\nsocket = \"/run/ovaio/data.sock\"\n").unwrap();
+        assert_eq!(c.data.socket, Some(PathBuf::from("/run/ovaio/data.sock")));
+        c.validate().unwrap();
+        let off = ServeConfig::from_toml("[data]\nsocket = \"\"\n").unwrap();
+        assert_eq!(off.data.socket, None);
+        let rel = ServeConfig::from_toml("[data]\nsocket = \"data.sock\"\n").unwrap();
+        assert!(
+            rel.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not an absolute path")
+        );
+        let same = ServeConfig::from_toml(
+            "[data]\nsocket = \"/run/o/c.sock\"\n[control]\nsocket = \"/run/o/c.sock\"\n",
+        )
+        .unwrap();
+        assert!(
+            same.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("control socket")
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_loopback() {

@@ -71,6 +71,8 @@ pub struct Endpoints {
     pub cert: PathBuf,
     /// Whether the certificate was generated at this start.
     pub cert_generated: bool,
+    /// The data API's Unix socket, if it is served on one.
+    pub data_socket: Option<PathBuf>,
     /// The control socket.
     pub control_socket: PathBuf,
     /// The control API's TCP address, if any.
@@ -118,12 +120,17 @@ pub async fn serve(
     let control_api =
         Arc::new(ControlApi::new(store.clone(), jobs.clone()).with_metrics(metrics.clone()));
     let uploads = data_api.clone();
+    let data_api_local = data_api.clone();
 
     let data_listener = TcpListener::bind(cfg.data.listen)
         .await
         .map_err(|e| bind_error(e, &cfg.data.listen.to_string()))?;
     let socket_path = cfg.control_socket();
-    let unix_listener = bind_unix(&socket_path)?;
+    let unix_listener = bind_unix(&socket_path, 0o600, "control")?;
+    let data_unix = match &cfg.data.socket {
+        Some(p) => Some(bind_unix(p, 0o660, "data")?),
+        None => None,
+    };
     let control_tcp = match cfg.control.listen {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -137,6 +144,7 @@ pub async fn serve(
         data: data_listener.local_addr()?,
         cert: tls.cert.clone(),
         cert_generated: tls.generated,
+        data_socket: cfg.data.socket.clone(),
         control_socket: socket_path.clone(),
         control_tcp: match &control_tcp {
             Some(l) => Some(l.local_addr()?),
@@ -235,6 +243,40 @@ pub async fn serve(
             },
         ));
     }
+    if let Some(l) = data_unix {
+        // The same API and limits as over TLS, without the handshake: a
+        // local client's transfer costs no encryption on either side.
+        let slots = Arc::new(Semaphore::new(cfg.data.max_connections));
+        let graceful = graceful.clone();
+        let http = data_http.clone();
+        let max_head = cfg.data.max_header_bytes;
+        let write_timeout = Duration::from_secs(cfg.data.write_timeout);
+        let api = data_api_local;
+        let metrics = metrics.clone();
+        tasks.spawn(accept_loop(
+            UnixAccept(l),
+            slots,
+            Some(store.clone()),
+            stop_rx.clone(),
+            move |s: tokio::net::UnixStream, permit| {
+                let api = api.clone();
+                let http = http.clone();
+                let watcher = graceful.watcher();
+                let counted = metrics.connection(ApiKind::Data);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _counted = counted;
+                    let io = TokioIo::new(io::WriteTimeout::new(s, write_timeout));
+                    if let Err(e) = watcher
+                        .watch(http.serve_connection(io, service(api, max_head)))
+                        .await
+                    {
+                        tracing::info!(error = %chain(&*e), "local data connection ended");
+                    }
+                });
+            },
+        ));
+    }
     let control_conn = {
         let max_head = cfg.data.max_header_bytes;
         let graceful = graceful.clone();
@@ -304,6 +346,9 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = std::fs::remove_file(&socket_path);
+    if let Some(p) = &cfg.data.socket {
+        let _ = std::fs::remove_file(p);
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -526,9 +571,9 @@ fn bind_error(e: std::io::Error, what: &str) -> Error {
     Error::new(ErrorKind::Io, format!("cannot listen on {what}: {e}"))
 }
 
-/// Binds the control socket (mode 0600). A stale socket file from an
-/// earlier run is replaced; any other file in the way is an error.
-fn bind_unix(path: &Path) -> Result<UnixListener> {
+/// Binds the `what` API's Unix socket with `mode`. A stale socket file
+/// from an earlier run is replaced; any other file in the way is an error.
+fn bind_unix(path: &Path, mode: u32, what: &str) -> Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
@@ -538,7 +583,7 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(Error::new(
                     ErrorKind::Io,
-                    "another server is listening on the control socket",
+                    format!("another server is listening on the {what} socket"),
                 )
                 .at_path(path));
             }
@@ -547,14 +592,14 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
         Ok(_) => {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                "the control socket path exists and is not a socket",
+                format!("the {what} socket path exists and is not a socket"),
             )
             .at_path(path));
         }
         Err(_) => {}
     }
     let l = UnixListener::bind(path).map_err(|e| bind_error(e, &path.display().to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::from(e).at_path(path))?;
     Ok(l)
 }

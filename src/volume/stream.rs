@@ -2,7 +2,8 @@
 //! pieces are gathered so that the volume sees whole blocks — aligned
 //! `O_DIRECT` blocks on a raw file ([`DirectWriter`]), whole clusters on a
 //! qcow2 image (a partial cluster not yet allocated costs a copy of the
-//! rest of it from below).
+//! rest of it from below). Whole clusters that arrive aligned are written
+//! from the caller's buffer, without a copy.
 
 use super::direct::DirectWriter;
 use super::{Volume, VolumeError, WriteAt, check_bounds, io_at};
@@ -104,6 +105,19 @@ impl<'a> StreamWriter<'a> {
             } => {
                 let mut data = data;
                 while !data.is_empty() {
+                    if buf.is_empty() && *start % *align == 0 && data.len() as u64 >= *align {
+                        // Whole clusters straight from the caller's
+                        // buffer: no copy through ours.
+                        let n = data.len() as u64 / *align * *align;
+                        let n = n.min(*capacity as u64) as usize;
+                        volume.write_at(*start, &data[..n])?;
+                        data = &data[n..];
+                        *start += n as u64;
+                        continue;
+                    }
+                    if buf.capacity() < *capacity {
+                        buf.reserve_exact(*capacity - buf.len());
+                    }
                     let n = (*capacity - buf.len()).min(data.len());
                     buf.extend_from_slice(&data[..n]);
                     data = &data[n..];

@@ -592,12 +592,24 @@ fn stream_writers_land_every_piece_in_place() {
         let v = open_rw(&img, format);
         let mut model = vec![0u8; size as usize];
         let mut rng = Rng(77);
-        for _ in 0..20 {
-            let start = rng.below(size);
+        for round in 0..40 {
+            // Half the runs start on a cluster and mostly send whole
+            // clusters (written from the caller's buffer), half do not.
+            let aligned = round % 2 == 0;
+            let start = if aligned {
+                rng.below(size) / 4096 * 4096
+            } else {
+                rng.below(size)
+            };
             let mut w = v.stream_writer(start, 64 * KIB as usize).unwrap();
             let mut pos = start;
             while pos < size && rng.below(40) != 0 {
-                let n = (1 + rng.below(20_000)).min(size - pos);
+                let n = if aligned && rng.below(4) != 0 {
+                    (1 + rng.below(40)) * 4096
+                } else {
+                    1 + rng.below(20_000)
+                };
+                let n = n.min(size - pos);
                 let data = rng.bytes(n as usize);
                 w.write(&data).unwrap();
                 model[pos as usize..(pos + n) as usize].copy_from_slice(&data);

@@ -15,6 +15,7 @@ mod tus;
 mod upload;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::{ALLOW, HeaderName, HeaderValue};
@@ -163,7 +164,7 @@ impl DataApi {
             return h::status(StatusCode::NO_CONTENT);
         }
         if method == Method::OPTIONS && id == "*" {
-            return options_response(&ALL_METHODS, &FULL_FEATURES);
+            return options_response(&ALL_METHODS, &FULL_FEATURES, self.cfg.socket.as_deref());
         }
         // Server information, whatever the ticket (as imageio answers it).
         if res == Resource::Algorithms && method == Method::GET {
@@ -267,7 +268,7 @@ impl DataApi {
         let cfg = &self.cfg;
         let m = &mut meter;
         let r: Result<Response> = match (kind, method, res) {
-            (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
+            (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket, self.cfg.socket.as_deref())),
             (TicketKind::Image, Method::HEAD, Resource::Image) => head::image(&ticket, vols).await,
             (TicketKind::OvaExport, Method::HEAD, Resource::Image) => {
                 head::ova_export(&ticket, roots).await
@@ -322,7 +323,7 @@ impl DataApi {
             cfg: &self.cfg,
         };
         let r = match (method, res) {
-            (Method::OPTIONS, _) => Ok(ticket_options(&ticket)),
+            (Method::OPTIONS, _) => Ok(ticket_options(&ticket, self.cfg.socket.as_deref())),
             (Method::HEAD, Resource::Image) => Ok(tus::head(&ticket, &self.uploads)),
             (Method::PUT, Resource::Image) => tus::put(ticket, req, cx()).await,
             (Method::PATCH, Resource::Image) => tus::patch(ticket, req, cx()).await,
@@ -389,24 +390,23 @@ const FULL_FEATURES: [&str; 4] = ["checksum", "extents", "zero", "flush"];
 /// Every method the data API answers on some ticket.
 const ALL_METHODS: [&str; 7] = ["OPTIONS", "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"];
 
-fn ticket_options(t: &TicketHandle) -> Response {
+fn ticket_options(t: &TicketHandle, socket: Option<&Path>) -> Response {
     let can_write = t.ops().contains(&Op::Write);
+    let opts = |methods: &[&str], features: &[&str]| options_response(methods, features, socket);
     match t.kind() {
         TicketKind::Image if can_write => {
-            options_response(&["OPTIONS", "GET", "HEAD", "PUT", "PATCH"], &FULL_FEATURES)
+            opts(&["OPTIONS", "GET", "HEAD", "PUT", "PATCH"], &FULL_FEATURES)
         }
-        TicketKind::Image => {
-            options_response(&["OPTIONS", "GET", "HEAD"], &["checksum", "extents"])
-        }
+        TicketKind::Image => opts(&["OPTIONS", "GET", "HEAD"], &["checksum", "extents"]),
         TicketKind::OvaImport => {
-            let mut r = options_response(
+            let mut r = opts(
                 &["OPTIONS", "HEAD", "PUT", "PATCH", "POST", "DELETE"],
                 &["resume"],
             );
             tus::options(t, &mut r);
             r
         }
-        TicketKind::OvaExport => options_response(&["OPTIONS", "GET", "HEAD"], &[]),
+        TicketKind::OvaExport => opts(&["OPTIONS", "GET", "HEAD"], &[]),
     }
 }
 
@@ -426,15 +426,19 @@ fn method_of(req: &Request) -> Method {
     m.clone()
 }
 
-fn options_response(methods: &[&str], features: &[&str]) -> Response {
-    let mut r = h::json(
-        StatusCode::OK,
-        &json!({
-            "features": features,
-            "max_readers": MAX_READERS,
-            "max_writers": MAX_WRITERS,
-        }),
-    );
+/// The OPTIONS answer. `unix_socket` is advertised only when the data API
+/// is served on one: an `ovirt_imageio` client on this host then moves
+/// its transfer there, off TLS.
+fn options_response(methods: &[&str], features: &[&str], socket: Option<&Path>) -> Response {
+    let mut body = json!({
+        "features": features,
+        "max_readers": MAX_READERS,
+        "max_writers": MAX_WRITERS,
+    });
+    if let Some(p) = socket {
+        body["unix_socket"] = json!(p.to_string_lossy());
+    }
+    let mut r = h::json(StatusCode::OK, &body);
     if let Ok(v) = HeaderValue::from_str(&methods.join(", ")) {
         r.headers_mut().insert(ALLOW, v);
     }
