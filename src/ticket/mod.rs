@@ -15,7 +15,7 @@ mod model;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub(crate) use model::file_url_path;
+pub(crate) use model::{VolumeUrl, file_url_path, volume_url};
 pub use model::{
     DiskStatus, NumberOrText, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus,
     TransferState, VmFields,
