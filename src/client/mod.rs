@@ -107,6 +107,13 @@ impl<'a> Attempts<'a> {
     /// which starts the count again); fails once too many made no
     /// progress, else waits before the next.
     pub(crate) fn failed(&mut self, why: &str, progressed: bool) -> Result<()> {
+        self.failed_after(why, progressed, false)
+    }
+
+    /// Like [`Attempts::failed`]; `sent`: the attempt sent bytes before it
+    /// failed, so the next follows at once (a cut connection is no sign
+    /// of a server in trouble) — still counted, unless it `progressed`.
+    pub(crate) fn failed_after(&mut self, why: &str, progressed: bool, sent: bool) -> Result<()> {
         if progressed {
             self.stalled = 0;
             self.wait = CLIENT_BACKOFF;
@@ -120,6 +127,10 @@ impl<'a> Attempts<'a> {
                     self.url, self.what, self.stalled
                 ),
             ));
+        }
+        if sent {
+            tracing::info!(url = %self.url, what = self.what, error = why, "connection lost; going on at once");
+            return Ok(());
         }
         tracing::warn!(url = %self.url, what = self.what, error = why, wait_ms = self.wait.as_millis() as u64, "attempt failed; trying again");
         std::thread::sleep(self.wait);

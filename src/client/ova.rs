@@ -92,7 +92,8 @@ pub fn upload<R: Read>(
                 }
             }
         }
-        let sent = match &mut package {
+        let reached;
+        let outcome = match &mut package {
             Package::File { file, .. } => {
                 file.seek(SeekFrom::Start(offset))
                     .map_err(|e| Error::from(e).with_message("seeking in the package"))?;
@@ -101,7 +102,9 @@ pub fn upload<R: Read>(
                     progress,
                     pos: offset,
                 };
-                req.send(ureq::SendBody::from_reader(&mut body))
+                let r = req.send(ureq::SendBody::from_reader(&mut body));
+                reached = body.pos;
+                r
             }
             Package::Stream(replay) => {
                 let mut body = Counting {
@@ -109,14 +112,18 @@ pub fn upload<R: Read>(
                     progress,
                     pos: offset,
                 };
-                req.send(ureq::SendBody::from_reader(&mut body))
+                let r = req.send(ureq::SendBody::from_reader(&mut body));
+                reached = body.pos;
+                r
             }
         };
         progress.check_cancelled()?;
-        let resp = match sent {
+        // Bytes went out on this attempt: a cut is then no reason to wait.
+        let sent = reached > offset;
+        let resp = match outcome {
             Ok(r) => r,
             Err(e) if transient(&e) => {
-                attempts.failed(&e.to_string(), progressed)?;
+                attempts.failed_after(&e.to_string(), progressed, sent)?;
                 continue;
             }
             Err(e) => return Err(Error::new(ErrorKind::Io, format!("{url}: PUT: {e}"))),
@@ -127,7 +134,11 @@ pub fn upload<R: Read>(
                 let body = read_small(resp.into_body())?;
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 if v["state"] == "paused" {
-                    attempts.failed("the server holds the upload paused", progressed)?;
+                    attempts.failed_after(
+                        "the server holds the upload paused",
+                        progressed,
+                        sent,
+                    )?;
                     continue;
                 }
                 progress.set_read(len.unwrap_or(offset));
