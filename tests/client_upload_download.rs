@@ -181,7 +181,7 @@ fn a_disk_goes_into_an_image_ticket_and_comes_back_through_cuts() {
         "uuid": "img", "size": MAIN.size, "url": s.file_url("vol.raw"),
         "ops": ["read", "write"], "timeout": 300,
     }));
-    let up = CuttingProxy::start(s.port, 4, 256 << 10, 2 << 20, 7);
+    let up = CuttingProxy::start(s.port, 4, 16 << 10, 256 << 10, 7);
     let o = ovaio(&s, &["upload", p(&qcow), &up.image_url("img")], None);
     assert!(o.status.success(), "{}\n{}", o.stderr, s.log());
     image::assert_same_content(&raw, &s.root.join("vol.raw"), "raw");
