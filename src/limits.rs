@@ -265,3 +265,30 @@ pub const NBD_EXTRA_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an NBD server may stay silent on a request before the
 /// connection is given up (a flush of a large cache can take minutes).
 pub const NBD_IO_TIMEOUT: Duration = Duration::from_secs(600);
+
+// ---------------------------------------------------------------------
+// Remote volumes (imageio data APIs on other hosts)
+// ---------------------------------------------------------------------
+
+/// Bytes one PUT to a remote volume carries, and one GET asks for.
+pub const REMOTE_REQUEST: usize = 4 << 20;
+/// PUTs an import keeps in flight to one remote volume (fewer when the
+/// remote's `max_writers` says so). With [`REMOTE_QUEUE`] and the
+/// gathering buffer, an import holds at most
+/// `(REMOTE_MAX_WRITERS + REMOTE_QUEUE + 1) × REMOTE_REQUEST` (28 MiB)
+/// per remote disk.
+pub const REMOTE_MAX_WRITERS: usize = 4;
+/// Full requests waiting for a free writer, per remote disk.
+pub const REMOTE_QUEUE: usize = 2;
+/// Times a request whose connection failed is sent again (the range is
+/// still held) before the transfer fails.
+pub const REMOTE_RETRIES: u32 = 3;
+/// How long connecting to a remote (TCP and TLS) may take.
+pub const REMOTE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a remote may leave one request unanswered or stall a body
+/// (a flush of a large write-back cache takes a while).
+pub const REMOTE_IO_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest `OPTIONS` answer, and the most of an error answer's text kept.
+pub const MAX_REMOTE_SMALL_BODY: u64 = 64 << 10;
+/// Largest `extents` answer accepted (about 500,000 extents).
+pub const MAX_REMOTE_EXTENTS_BODY: u64 = 32 << 20;

@@ -64,7 +64,8 @@ pub(crate) struct ExportArgs {
     #[arg(long, value_name = "TEXT", value_parser = text, conflicts_with = "ovf")]
     annotation: Option<String>,
     /// A disk: `HREF=PATH[:raw|qcow2]` (the source format; probed when
-    /// omitted). Repeat in References order.
+    /// omitted). Repeat in References order. PATH may also be an NBD URL
+    /// or a remote volume, `https://HOST:PORT/images/TICKET`.
     #[arg(long = "disk", value_name = "HREF=PATH[:FORMAT]", required = true)]
     disks: Vec<String>,
     /// Format of the disks written: qcow2 (oVirt, OpenStack, libvirt) or
@@ -102,6 +103,10 @@ pub(crate) struct ExportArgs {
     /// refused before anything is written).
     #[arg(long)]
     force: bool,
+    /// PEM CA bundle trusted for remote volumes in --disk [default: the
+    /// system roots].
+    #[arg(long, value_name = "FILE")]
+    remote_ca: Option<PathBuf>,
     /// Print a JSON summary (on stderr when the OVA goes to stdout).
     #[arg(long)]
     json: bool,
@@ -142,9 +147,19 @@ impl ExportArgs {
 
 fn parse_disk(spec: &str) -> Result<ExportDisk> {
     let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
+    let net = crate::volume::NetUrl::parse(path).map_err(|why| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("--disk {href}=…: {why}"),
+        )
+    })?;
     Ok(ExportDisk {
         href: href.to_owned(),
-        path: PathBuf::from(path),
+        path: match &net {
+            Some(u) => PathBuf::from(u.to_string()),
+            None => PathBuf::from(path),
+        },
+        net,
         format: match format {
             Some("qcow2") => Some(VolumeFormat::Qcow2),
             Some(_) => Some(VolumeFormat::Raw),
@@ -154,6 +169,10 @@ fn parse_disk(spec: &str) -> Result<ExportDisk> {
 }
 
 pub(crate) fn run(a: ExportArgs) -> Result<()> {
+    crate::volume::imageio::configure(&crate::volume::imageio::RemoteConfig {
+        ca_file: a.remote_ca.clone(),
+        ..Default::default()
+    })?;
     let disks = a
         .disks
         .iter()

@@ -23,6 +23,8 @@ pub(crate) struct ImportArgs {
     /// Where a disk goes: `HREF=PATH[:raw|qcow2]` (HREF as in the OVF
     /// References; for a blank disk, one the OVF gives no file, its
     /// ovf:diskId); repeat for each disk. Format defaults to --format.
+    /// PATH may also be an NBD URL or a remote volume,
+    /// `https://HOST:PORT/images/TICKET`, written in place.
     #[arg(
         long = "disk",
         value_name = "HREF=PATH[:FORMAT]",
@@ -47,6 +49,10 @@ pub(crate) struct ImportArgs {
     /// before anything is written).
     #[arg(long)]
     force: bool,
+    /// PEM CA bundle trusted for remote volumes in --disk [default: the
+    /// system roots].
+    #[arg(long, value_name = "FILE")]
+    remote_ca: Option<PathBuf>,
     /// No progress bar even on a terminal.
     #[arg(long, short)]
     quiet: bool,
@@ -58,17 +64,30 @@ fn parse_format(s: &str) -> std::result::Result<VolumeFormat, String> {
 
 fn parse_disk(spec: &str, default: VolumeFormat) -> Result<(String, DiskTarget)> {
     let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
+    let net = crate::volume::NetUrl::parse(path).map_err(|why| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("--disk {href}=…: {why}"),
+        )
+    })?;
     Ok((
         href.to_owned(),
         DiskTarget {
-            path: PathBuf::from(path),
+            path: match &net {
+                Some(u) => PathBuf::from(u.to_string()),
+                None => PathBuf::from(path),
+            },
             format: format.and_then(VolumeFormat::parse).unwrap_or(default),
-            nbd: None,
+            net,
         },
     ))
 }
 
 pub(crate) fn run(a: ImportArgs) -> Result<()> {
+    crate::volume::imageio::configure(&crate::volume::imageio::RemoteConfig {
+        ca_file: a.remote_ca.clone(),
+        ..Default::default()
+    })?;
     if a.dir.is_none() && a.disks.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidArgument,

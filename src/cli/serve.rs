@@ -53,6 +53,16 @@ pub(crate) struct ServeArgs {
     /// PEM private key for --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+    /// PEM CA bundle trusted for remote volumes (`https://…/images/…`
+    /// URLs in tickets and jobs) [default: the configuration's
+    /// remote.ca_file, else the system roots].
+    #[arg(long, value_name = "FILE")]
+    remote_ca: Option<PathBuf>,
+    /// Only remote volumes on this host (`HOST` or `HOST:PORT`) may be
+    /// named by tickets and jobs; repeat for several [default: the
+    /// configuration's remote.allow, else any host].
+    #[arg(long = "remote-allow", value_name = "HOST[:PORT]")]
+    remote_allow: Vec<String>,
     /// Data API connections served at once.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -105,6 +115,12 @@ impl ServeArgs {
             c.data.cert = self.cert.clone();
             c.data.key = self.key.clone();
         }
+        if let Some(f) = &self.remote_ca {
+            c.remote.ca_file = Some(f.clone());
+        }
+        if !self.remote_allow.is_empty() {
+            c.remote.allow = Some(self.remote_allow.clone());
+        }
         if let Some(n) = self.max_connections {
             c.data.max_connections = n;
         }
@@ -117,6 +133,7 @@ impl ServeArgs {
 
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
     let cfg = a.config()?;
+    crate::volume::imageio::configure(&cfg.remote)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ovaio-serve")

@@ -44,10 +44,12 @@ use crate::volume::Format as VolumeFormat;
 pub struct ExportDisk {
     /// Its href in the OVA (and the OVF References).
     pub href: String,
-    /// The source volume.
+    /// The source volume (for one reached by URL, that URL as shown).
     pub path: PathBuf,
     /// Source format; `None` probes the file.
     pub format: Option<VolumeFormat>,
+    /// The source is this NBD export or remote volume, not a file.
+    pub net: Option<crate::volume::NetUrl>,
 }
 
 /// The format of the disks an export writes.
@@ -270,8 +272,11 @@ impl ExportPlan {
                     format!("href '{}' given twice", d.href),
                 ));
             }
-            let mut volume = SourceVolume::open(&d.path, d.format, &req.roots)
-                .map_err(|e| e.at_path(&d.path))?;
+            let mut volume = match &d.net {
+                Some(url) => SourceVolume::open_net(url),
+                None => SourceVolume::open(&d.path, d.format, &req.roots),
+            }
+            .map_err(|e| e.at_path(&d.path))?;
             let map = volume
                 .allocation_map(req.detect_zeros)
                 .map_err(|e| e.at_path(&d.path))?;

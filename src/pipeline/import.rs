@@ -119,7 +119,7 @@ struct OpenRun {
 }
 
 /// `e` with `notes` after its message, its kind kept.
-fn with_notes(e: Error, notes: &[String]) -> Error {
+pub(crate) fn with_notes(e: Error, notes: &[String]) -> Error {
     if notes.is_empty() {
         return e;
     }
@@ -428,9 +428,9 @@ impl Importer {
 
     /// The directory and file name of a file target, opened beneath the
     /// roots (an existing file refused unless it may be replaced); `None`
-    /// for an NBD target, which is no file.
+    /// for an NBD or remote target, which is no file.
     fn place_of(&self, target: &DiskTarget) -> Result<Option<(Arc<Dir>, OsString)>> {
-        if target.nbd.is_some() {
+        if target.net.is_some() {
             return Ok(None);
         }
         let (dir, file_name) = partial::target_dir(&self.roots, &target.path)?;
@@ -440,21 +440,21 @@ impl Importer {
         Ok(Some((dir, file_name)))
     }
 
-    /// What a failed import must say of its NBD targets, which keep what
+    /// What a failed import must say of its NBD and remote targets, which keep what
     /// was written (file targets are removed): `e` with a note naming
     /// each export opened. Call it with an error of the caller's own
     /// before dropping the importer; [`Importer::feed`],
     /// [`Importer::finish`] and [`Importer::run`] add it themselves.
     pub fn note_targets(&self, e: Error) -> Error {
-        with_notes(e, &self.nbd_notes())
+        with_notes(e, &self.net_notes())
     }
 
-    fn nbd_notes(&self) -> Vec<String> {
+    fn net_notes(&self) -> Vec<String> {
         self.disks
             .iter()
             .map(|d| &d.out)
             .chain(self.blanks.iter().map(|b| &b.out))
-            .filter_map(|s| s.opened_nbd())
+            .filter_map(|s| s.opened_net())
             .map(crate::sink::nbd::Landing::failure_note)
             .collect()
     }

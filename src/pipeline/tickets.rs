@@ -50,7 +50,7 @@ pub(crate) fn import_targets(ova: &ResolvedOva) -> Result<Targets> {
         let target = DiskTarget {
             path: d.path.clone(),
             format,
-            nbd: d.nbd.clone(),
+            net: d.net.clone(),
         };
         if map.insert(name.clone(), target).is_some() {
             return Err(Error::new(
@@ -116,6 +116,7 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
                 href: d.href.clone(),
                 path: d.path.clone(),
                 format,
+                net: d.net.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -161,11 +162,12 @@ pub(crate) fn export_request(ova: &ResolvedOva, roots: AllowedRoots) -> Result<E
     })
 }
 
-/// The newest modification time of the sources and the descriptor, in
-/// seconds since the epoch.
+/// The newest modification time of the file sources and the descriptor,
+/// in seconds since the epoch (an NBD or remote source has none).
 pub(crate) fn sources_mtime(ova: &ResolvedOva, roots: &AllowedRoots) -> Result<u64> {
     let mut newest = 0;
-    for p in ova.disks.iter().map(|d| &d.path).chain(ova.ovf.iter()) {
+    let files = ova.disks.iter().filter(|d| d.net.is_none());
+    for p in files.map(|d| &d.path).chain(ova.ovf.iter()) {
         let f = roots.open(p, rustix::fs::OFlags::RDONLY, 0)?;
         let m = f.metadata().map_err(|e| Error::from(e).at_path(p))?;
         let t = m

@@ -18,6 +18,12 @@
 //! socket = "/run/ovaio/control.sock"  # default: state_dir/control.sock
 //! listen = "127.0.0.1:54324"          # optional loopback TCP
 //!
+//! [remote]                            # volumes on other hosts' imageio data APIs
+//! ca_file = "/etc/pki/ovirt-engine/ca.pem"  # default: the system roots
+//! allow = ["host1.example.com", "host2:54322"]  # default: any host
+//! [remote.ca_files]                   # per host:port
+//! "host3:54322" = "/etc/pki/host3-ca.pem"
+//!
 //! [log]
 //! format = "json"                     # one JSON object per line; default text
 //! ```
@@ -28,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::volume::imageio::RemoteConfig;
 
 /// Default data API address (ovirt-imageio's port).
 pub const DEFAULT_DATA_LISTEN: &str = "127.0.0.1:54322";
@@ -49,6 +56,8 @@ pub struct ServeConfig {
     pub data: DataConfig,
     /// The control API.
     pub control: ControlConfig,
+    /// Remote volumes: whom to trust, which hosts to reach.
+    pub remote: RemoteConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -140,6 +149,7 @@ impl ServeConfig {
                 socket: None,
                 listen: None,
             },
+            remote: RemoteConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -193,6 +203,11 @@ impl ServeConfig {
         }
         if let Some(l) = file.log {
             set(&mut c.log.format, l.format);
+        }
+        if let Some(r) = file.remote {
+            c.remote.ca_file = r.ca_file;
+            c.remote.ca_files = r.ca_files.unwrap_or_default();
+            c.remote.allow = r.allow;
         }
         Ok(c)
     }
@@ -301,6 +316,15 @@ struct FileConfig {
     data: Option<FileData>,
     control: Option<FileControl>,
     log: Option<FileLog>,
+    remote: Option<FileRemote>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRemote {
+    ca_file: Option<PathBuf>,
+    ca_files: Option<std::collections::BTreeMap<String, PathBuf>>,
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +359,22 @@ struct FileControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_settings_are_read() {
+        let c = ServeConfig::from_toml(
+            "[remote]\nca_file = \"/ca.pem\"\nallow = [\"h1\", \"h2:54322\"]\n[remote.ca_files]\n\"h3:1\" = \"/h3.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.remote.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.remote.allow, Some(vec!["h1".into(), "h2:54322".into()]));
+        assert_eq!(
+            c.remote.ca_files.get("h3:1"),
+            Some(&PathBuf::from("/h3.pem"))
+        );
+        assert_eq!(ServeConfig::defaults().remote, RemoteConfig::default());
+        assert!(ServeConfig::from_toml("[remote]\nbogus = 1\n").is_err());
+    }
 
     #[test]
     fn the_data_socket_is_off_by_default_absolute_and_apart_from_control() {

@@ -507,12 +507,17 @@ impl Jobs {
                 .enumerate()
                 .map(|(i, d)| {
                     let field = format!("disks[{i}].url");
-                    let p = url(&field, &d.url)?;
+                    let (path, net) = match crate::ticket::volume_url(&field, &d.url)? {
+                        crate::ticket::VolumeUrl::Net(u) => (PathBuf::from(u.to_string()), Some(u)),
+                        crate::ticket::VolumeUrl::File(p) => {
+                            (self.store.resolve_path(&field, &p, create)?, None)
+                        }
+                    };
                     Ok(ResolvedDisk {
                         href: d.href.clone(),
                         disk_id: d.disk_id.clone(),
-                        path: self.store.resolve_path(&field, &p, create)?,
-                        nbd: None,
+                        path,
+                        net,
                         format: d.format.clone(),
                     })
                 })
@@ -531,7 +536,7 @@ impl Jobs {
                 let targets = disks(d, true)?;
                 // Refused now rather than when the job reaches the disk.
                 if existing(*overwrite) == Existing::Keep {
-                    for t in &targets {
+                    for t in targets.iter().filter(|t| t.net.is_none()) {
                         let (dir, name) = partial::target_dir(self.store.roots(), &t.path)?;
                         partial::refuse_existing(&dir, &name)?;
                     }
@@ -636,7 +641,12 @@ impl Work {
     /// The files the job writes.
     fn targets(&self) -> Vec<PathBuf> {
         match self {
-            Work::Import { ova, .. } => ova.disks.iter().map(|d| d.path.clone()).collect(),
+            Work::Import { ova, .. } => ova
+                .disks
+                .iter()
+                .filter(|d| d.net.is_none())
+                .map(|d| d.path.clone())
+                .collect(),
             Work::Export { target, .. } => vec![target.clone()],
         }
     }

@@ -4,8 +4,10 @@
 //! punches holes through the volume layer's raw backend
 //! ([`crate::volume::raw`]); a fresh qcow2 target is written by
 //! [`qcow2::Qcow2Volume`], which lays out every L2 table before the data
-//! it maps. An NBD export ([`nbd`]) is written in place, as guest bytes.
+//! it maps. An NBD export ([`nbd`]) and a remote volume ([`imageio`]) are
+//! written in place, as guest bytes.
 pub mod format;
+pub mod imageio;
 pub mod nbd;
 pub mod partial;
 pub mod qcow2;

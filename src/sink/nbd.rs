@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::sink::Target;
 use crate::sink::partial::PartialFile;
 use crate::sink::target::check_range;
+use crate::volume::NetUrl;
 use crate::volume::nbd::{NbdUrl, NbdVolume};
 use crate::volume::{ExtentKind, Extents, Flush, Size, WriteAt, Zero};
 
@@ -86,24 +87,25 @@ impl Target for NbdTarget {
 }
 
 /// Where an import target lands: a file written under its `.partial`
-/// name and renamed when complete, or an NBD export written in place.
+/// name and renamed when complete, or an NBD export or remote volume
+/// written in place.
 #[derive(Debug)]
 #[must_use = "an uncommitted partial file is removed when dropped"]
 pub enum Landing {
     /// A file target.
     Partial(PartialFile),
-    /// An NBD export: nothing to rename.
-    Nbd {
-        /// The URL as a path, for messages and summaries.
+    /// An NBD export or a remote volume: nothing to rename.
+    InPlace {
+        /// The URL as shown, as a path, for messages and summaries.
         name: PathBuf,
     },
 }
 
 impl Landing {
-    /// An NBD landing for `url`.
-    pub fn nbd(url: &NbdUrl) -> Self {
-        Landing::Nbd {
-            name: PathBuf::from(url.to_string()),
+    /// The landing of a volume written in place at `url`.
+    pub fn in_place(url: Option<&NetUrl>) -> Self {
+        Landing::InPlace {
+            name: PathBuf::from(url.map(ToString::to_string).unwrap_or_default()),
         }
     }
 
@@ -111,7 +113,7 @@ impl Landing {
     pub fn partial_path(&self) -> &Path {
         match self {
             Landing::Partial(p) => p.partial_path(),
-            Landing::Nbd { name } => name,
+            Landing::InPlace { name } => name,
         }
     }
 
@@ -119,7 +121,7 @@ impl Landing {
     pub fn final_path(&self) -> &Path {
         match self {
             Landing::Partial(p) => p.final_path(),
-            Landing::Nbd { name } => name,
+            Landing::InPlace { name } => name,
         }
     }
 
@@ -127,13 +129,13 @@ impl Landing {
     pub fn commit(self) -> Result<()> {
         match self {
             Landing::Partial(p) => p.commit(),
-            Landing::Nbd { .. } => Ok(()),
+            Landing::InPlace { .. } => Ok(()),
         }
     }
 
     /// What an import that failed after opening this target must say of
-    /// it: an export keeps what was written.
-    pub fn failure_note(url: &NbdUrl) -> String {
-        format!("the NBD target {url} may hold partial data")
+    /// it: an export or a remote volume keeps what was written.
+    pub fn failure_note(url: &NetUrl) -> String {
+        format!("the {} target {url} may hold partial data", url.kind())
     }
 }

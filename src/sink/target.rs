@@ -4,6 +4,7 @@
 use crate::error::{Classify, ErrorKind, Result};
 use crate::limits::MAX_CAPACITY;
 use crate::sink::Target;
+use crate::sink::imageio::ImageioTarget;
 use crate::sink::nbd::NbdTarget;
 use crate::sink::qcow2::Qcow2Volume;
 use crate::sink::raw::RawVolume;
@@ -72,6 +73,8 @@ pub enum TargetVolume {
     Qcow2(Qcow2Volume),
     /// An NBD export, written in place.
     Nbd(NbdTarget),
+    /// A remote volume, written in place.
+    Imageio(ImageioTarget),
 }
 
 impl Target for TargetVolume {
@@ -80,6 +83,7 @@ impl Target for TargetVolume {
             TargetVolume::Raw(v) => v.write_at(offset, data),
             TargetVolume::Qcow2(v) => v.write_at(offset, data),
             TargetVolume::Nbd(v) => v.write_at(offset, data),
+            TargetVolume::Imageio(v) => v.write_at(offset, data),
         }
     }
 
@@ -88,6 +92,7 @@ impl Target for TargetVolume {
             TargetVolume::Raw(v) => v.write_zeroes(offset, len),
             TargetVolume::Qcow2(v) => v.write_zeroes(offset, len),
             TargetVolume::Nbd(v) => v.write_zeroes(offset, len),
+            TargetVolume::Imageio(v) => v.write_zeroes(offset, len),
         }
     }
 
@@ -96,6 +101,7 @@ impl Target for TargetVolume {
             TargetVolume::Raw(v) => v.finish(),
             TargetVolume::Qcow2(v) => v.finish(),
             TargetVolume::Nbd(v) => v.finish(),
+            TargetVolume::Imageio(v) => v.finish(),
         }
     }
 
@@ -104,6 +110,7 @@ impl Target for TargetVolume {
             TargetVolume::Raw(v) => v.set_capacity(capacity),
             TargetVolume::Qcow2(v) => v.set_capacity(capacity),
             TargetVolume::Nbd(v) => v.set_capacity(capacity),
+            TargetVolume::Imageio(v) => v.set_capacity(capacity),
         }
     }
 
@@ -112,6 +119,7 @@ impl Target for TargetVolume {
             TargetVolume::Raw(v) => v.capacity(),
             TargetVolume::Qcow2(v) => v.capacity(),
             TargetVolume::Nbd(v) => v.capacity(),
+            TargetVolume::Imageio(v) => v.capacity(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::DiskFormat;
 use crate::volume::Format;
-use crate::volume::nbd::NbdUrl;
+use crate::volume::NetUrl;
 
 /// An operation a ticket allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,9 +78,9 @@ pub struct OvaDisk {
     /// one the OVF gives no file, which the import creates empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_id: Option<String>,
-    /// Target (import) or source (export) volume, `file:///path`; an
-    /// import target may be an NBD export (`nbd:unix:/path.sock`,
-    /// `nbd://host:port/export`).
+    /// Target (import) or source (export) volume: `file:///path`, an NBD
+    /// export (`nbd:unix:/path.sock`, `nbd://host:port/export`) or an
+    /// image transfer on another host (`https://host:port/images/id`).
     pub url: String,
     /// `raw` or `qcow2`; on import the target format (default raw), on
     /// export the source format (default: probed).
@@ -212,8 +212,9 @@ pub struct TicketRequest {
     /// package size when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// The volume, `file:///path` or an NBD export (`nbd:unix:/path.sock`,
-    /// `nbd://host:port/export`), `image` kind only.
+    /// The volume, `image` kind only: `file:///path`, an NBD export
+    /// (`nbd:unix:/path.sock`, `nbd://host:port/export`) or an image
+    /// transfer on another host (`https://host:port/images/id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Allowed operations; for `image`, `write` also allows reading.
@@ -536,14 +537,7 @@ impl TicketRequest {
                 return Err(invalid(field, format!("'{name}' is named twice")));
             }
             let field = format!("ova.disks[{i}].url");
-            if let VolumeUrl::Nbd(_) = volume_url(&field, &d.url)?
-                && kind != TicketKind::OvaImport
-            {
-                return Err(invalid(
-                    field,
-                    "an export reads its disks from files: NBD sources are not supported",
-                ));
-            }
+            volume_url(&field, &d.url)?;
             if let Some(f) = &d.format
                 && f != "raw"
                 && f != "qcow2"
@@ -651,25 +645,38 @@ fn validate_id(id: &str) -> Result<(), TicketError> {
 }
 
 /// Where a ticket's volume is: a file beneath the storage roots, or an
-/// NBD export (which is no file, and so lies under no root: only the
-/// control API can name one).
+/// NBD export or remote volume (which is no file, and so lies under no
+/// root: only the control API can name one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum VolumeUrl {
     /// `file:///path`.
     File(PathBuf),
-    /// `nbd:unix:/path.sock[:exportname=X]`, `nbd://host:port/export`,
-    /// `nbd+unix:///export?socket=/path.sock`.
-    Nbd(NbdUrl),
+    /// An NBD export or a remote volume.
+    Net(NetUrl),
 }
 
-/// The volume a `file://` or NBD URL names.
+/// The volume a `file://`, NBD or `https://` URL names. A remote must be
+/// on the allow-list, when there is one. A remote URL is never echoed
+/// whole: its ticket id is a credential.
 pub(crate) fn volume_url(field: &str, url: &str) -> Result<VolumeUrl, TicketError> {
-    if NbdUrl::is_nbd(url) {
-        return NbdUrl::parse(url)
-            .map(VolumeUrl::Nbd)
-            .map_err(|reason| invalid(field, format!("'{url}': {reason}")));
+    let shown = |url: &str| match url.find("/images/") {
+        Some(i) if !url.starts_with("nbd") => {
+            let id: String = url[i + 8..].chars().take(4).collect();
+            format!("{}{id}…", &url[..i + 8])
+        }
+        _ => url.to_owned(),
+    };
+    match NetUrl::parse(url) {
+        Ok(Some(u)) => {
+            if let NetUrl::Imageio(r) = &u {
+                crate::volume::imageio::check_allowed(r)
+                    .map_err(|reason| invalid(field, reason))?;
+            }
+            Ok(VolumeUrl::Net(u))
+        }
+        Ok(None) => file_url_path(field, url).map(VolumeUrl::File),
+        Err(reason) => Err(invalid(field, format!("'{}': {reason}", shown(url)))),
     }
-    file_url_path(field, url).map(VolumeUrl::File)
 }
 
 /// The absolute path named by a `file:///path` (or

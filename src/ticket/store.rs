@@ -55,7 +55,7 @@ use crate::limits::{MAX_TICKET_TIMEOUT, MAX_TICKETS};
 use crate::pipeline::progress::Progress;
 use crate::source::volume::AllowedRoots;
 use crate::volume::Format;
-use crate::volume::nbd::NbdUrl;
+use crate::volume::NetUrl;
 
 pub use handle::{IdleHold, TicketHandle, TicketWatch};
 use persist::*;
@@ -71,9 +71,10 @@ pub struct ResolvedDisk {
     /// exist yet: its canonical directory joined with its file name); for
     /// an NBD target, its URL (no file).
     pub path: PathBuf,
-    /// Import only: the target is this NBD export, written in place.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbd: Option<NbdUrl>,
+    /// The volume is this NBD export or remote volume, not a file: an
+    /// import target written in place, or an export source.
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "nbd")]
+    pub net: Option<NetUrl>,
     /// `raw` or `qcow2`, as given.
     pub format: Option<String>,
 }
@@ -117,8 +118,9 @@ pub struct Restored {
 struct Spec {
     req: TicketRequest,
     path: Option<PathBuf>,
-    /// `image`: the volume is this NBD export, not a file.
-    nbd: Option<NbdUrl>,
+    /// `image`: the volume is this NBD export or remote volume, not a
+    /// file.
+    net: Option<NetUrl>,
     /// `image`: the volume's format, stated or probed when the ticket was
     /// added (`None` only where it could not be decided for a record from
     /// before formats were kept: probed at each open).

@@ -8,7 +8,8 @@
 //! image tickets (ranged GET/PUT/PATCH) ─┐
 //! export sources (allocation map)      ─┼─► Volume ─┬─ raw::RawFile    (pread/pwrite, O_DIRECT, punch, SEEK_DATA)
 //! import sinks (extent streams)        ─┘           ├─ qcow2::Qcow2File (guest view, allocating writes, zero clusters)
-//!                                                   └─ nbd::NbdVolume   (an NBD export: qemu-nbd on an oVirt host)
+//!                                                   ├─ nbd::NbdVolume   (an NBD export: qemu-nbd on an oVirt host)
+//!                                                   └─ imageio::ImageioVolume (an image transfer on another host)
 //! ```
 //!
 //! A volume's abilities are small traits — [`Size`], [`ReadAt`],
@@ -20,12 +21,15 @@
 //!
 //! Volumes are opened beneath the storage roots ([`open`]): the path is
 //! resolved at the moment of the open with no symbolic link followed, and
-//! every backing file a qcow2 image names must lie under a root too. An
-//! NBD volume is no file: it is opened by URL ([`open_nbd`]), which only
-//! the control API (a ticket) can name.
+//! every backing file a qcow2 image names must lie under a root too. NBD
+//! and remote volumes are no files: they are opened by URL ([`open_net`]),
+//! which only the control API (a ticket, a job) or the command line can
+//! name.
 
 pub mod direct;
+pub mod imageio;
 pub mod nbd;
+pub mod net;
 pub mod qcow2;
 pub mod raw;
 mod registry;
@@ -36,6 +40,7 @@ mod tests;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+pub use net::NetUrl;
 pub use registry::Registry;
 use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
@@ -357,11 +362,17 @@ pub enum Volume {
     Qcow2(qcow2::Qcow2File),
     /// An NBD export: guest bytes, whatever image the server reads.
     Nbd(nbd::NbdVolume),
+    /// An image transfer on another host: guest bytes, through its data
+    /// API.
+    Imageio(imageio::ImageioVolume),
 }
 
-/// Connects to the NBD export at `url`, for writing when `write`.
-pub fn open_nbd(url: &nbd::NbdUrl, write: bool) -> Result<Volume> {
-    Ok(Volume::Nbd(nbd::NbdVolume::connect(url, write)?))
+/// Connects to the volume at `url`, for writing when `write`.
+pub fn open_net(url: &NetUrl, write: bool) -> Result<Volume> {
+    Ok(match url {
+        NetUrl::Nbd(u) => Volume::Nbd(nbd::NbdVolume::connect(u, write)?),
+        NetUrl::Imageio(u) => Volume::Imageio(imageio::ImageioVolume::connect(u, write)?),
+    })
 }
 
 /// Opens the volume at `path` beneath its storage root. Under roots,
@@ -446,7 +457,7 @@ impl Volume {
     /// The volume's format: an NBD export presents raw guest bytes.
     pub fn format(&self) -> Format {
         match self {
-            Volume::Raw(_) | Volume::Nbd(_) => Format::Raw,
+            Volume::Raw(_) | Volume::Nbd(_) | Volume::Imageio(_) => Format::Raw,
             Volume::Qcow2(_) => Format::Qcow2,
         }
     }
@@ -458,6 +469,7 @@ impl Volume {
             Volume::Raw(v) => v.path(),
             Volume::Qcow2(v) => v.path(),
             Volume::Nbd(v) => v.path(),
+            Volume::Imageio(v) => v.path(),
         }
     }
 
@@ -475,6 +487,7 @@ impl Size for Volume {
             Volume::Raw(v) => v.size(),
             Volume::Qcow2(v) => v.size(),
             Volume::Nbd(v) => v.size(),
+            Volume::Imageio(v) => v.size(),
         }
     }
 }
@@ -485,6 +498,7 @@ impl ReadAt for Volume {
             Volume::Raw(v) => v.read_at(offset, buf),
             Volume::Qcow2(v) => v.read_at(offset, buf),
             Volume::Nbd(v) => v.read_at(offset, buf),
+            Volume::Imageio(v) => v.read_at(offset, buf),
         }
     }
 }
@@ -495,6 +509,7 @@ impl WriteAt for Volume {
             Volume::Raw(v) => v.write_at(offset, data),
             Volume::Qcow2(v) => v.write_at(offset, data),
             Volume::Nbd(v) => v.write_at(offset, data),
+            Volume::Imageio(v) => v.write_at(offset, data),
         }
     }
 }
@@ -505,6 +520,7 @@ impl Zero for Volume {
             Volume::Raw(v) => v.zero(offset, len, punch),
             Volume::Qcow2(v) => v.zero(offset, len, punch),
             Volume::Nbd(v) => v.zero(offset, len, punch),
+            Volume::Imageio(v) => v.zero(offset, len, punch),
         }
     }
 }
@@ -515,6 +531,7 @@ impl Flush for Volume {
             Volume::Raw(v) => v.flush(),
             Volume::Qcow2(v) => v.flush(),
             Volume::Nbd(v) => v.flush(),
+            Volume::Imageio(v) => v.flush(),
         }
     }
 }
@@ -525,6 +542,7 @@ impl Extents for Volume {
             Volume::Raw(v) => v.extents(offset, len),
             Volume::Qcow2(v) => v.extents(offset, len),
             Volume::Nbd(v) => v.extents(offset, len),
+            Volume::Imageio(v) => v.extents(offset, len),
         }
     }
 }

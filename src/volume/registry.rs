@@ -18,8 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use super::nbd::NbdUrl;
-use super::{OpenOptions, Volume, open_file, open_nbd};
+use super::{NetUrl, OpenOptions, Volume, open_file, open_net};
 use crate::error::{Error, ErrorKind, Result};
 use crate::roots::AllowedRoots;
 
@@ -30,7 +29,7 @@ type Key = (u64, u64, bool);
 #[derive(Debug, Default)]
 pub struct Registry {
     open: Mutex<HashMap<Key, Weak<Volume>>>,
-    nbd: Mutex<HashMap<(NbdUrl, bool), Weak<Volume>>>,
+    net: Mutex<HashMap<(NetUrl, bool), Weak<Volume>>>,
 }
 
 impl Registry {
@@ -74,22 +73,23 @@ impl Registry {
         Ok(v)
     }
 
-    /// Connects to the NBD export at `url` (for writing when `write`),
+    /// Connects to the NBD export or remote volume at `url` (for writing
+    /// when `write`),
     /// sharing the volume already open on it with the same access. The
     /// connection is made outside the registry's lock, so that a slow
     /// server holds up no other open; when two first requests race, the
     /// first volume registered wins and the other is closed.
-    pub fn open_nbd(&self, url: &NbdUrl, write: bool) -> Result<Arc<Volume>> {
+    pub fn open_net(&self, url: &NetUrl, write: bool) -> Result<Arc<Volume>> {
         let key = (url.clone(), write);
         let lookup = || {
-            let open = self.nbd.lock().unwrap_or_else(PoisonError::into_inner);
+            let open = self.net.lock().unwrap_or_else(PoisonError::into_inner);
             open.get(&key).and_then(Weak::upgrade)
         };
         if let Some(v) = lookup() {
             return Ok(v);
         }
-        let v = Arc::new(open_nbd(url, write)?);
-        let mut open = self.nbd.lock().unwrap_or_else(PoisonError::into_inner);
+        let v = Arc::new(open_net(url, write)?);
+        let mut open = self.net.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(other) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(other);
         }
@@ -101,9 +101,9 @@ impl Registry {
     /// How many volumes are open.
     pub fn len(&self) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let nbd = self.nbd.lock().unwrap_or_else(PoisonError::into_inner);
+        let net = self.net.lock().unwrap_or_else(PoisonError::into_inner);
         open.values()
-            .chain(nbd.values())
+            .chain(net.values())
             .filter(|w| w.strong_count() > 0)
             .count()
     }

@@ -46,14 +46,19 @@ impl<'a> StreamWriter<'a> {
                 }
                 Inner::Direct(DirectWriter::new(r.file(), offset, buffer))
             }
-            Volume::Qcow2(_) | Volume::Nbd(_) => {
+            Volume::Qcow2(_) | Volume::Nbd(_) | Volume::Imageio(_) => {
                 let align = match volume {
                     Volume::Qcow2(q) => {
                         q.check_writable()?;
                         q.cluster_size().max(1)
                     }
                     Volume::Nbd(n) => n.preferred_block().max(1),
-                    Volume::Raw(_) => 1,
+                    Volume::Raw(_) | Volume::Imageio(_) => 1,
+                };
+                // A remote takes one request per write: send large ones.
+                let buffer = match volume {
+                    Volume::Imageio(_) => buffer.max(crate::limits::REMOTE_REQUEST),
+                    _ => buffer,
                 };
                 let capacity = (buffer as u64).max(align).div_ceil(align) * align;
                 Inner::Clusters {

@@ -12,7 +12,7 @@ impl Importer {
             .iter()
             .map(|d| &d.out)
             .chain(self.blanks.iter().map(|b| &b.out))
-            .filter_map(|s| s.target().nbd.as_ref())
+            .filter_map(|s| s.target().net.as_ref())
             .map(crate::sink::nbd::Landing::failure_note)
             .collect();
         notes.dedup();

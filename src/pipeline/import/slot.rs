@@ -10,10 +10,12 @@ use crate::codec::ExtentSink;
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
 use crate::roots::Dir;
+use crate::sink::imageio::ImageioTarget;
 use crate::sink::nbd::{Landing, NbdTarget};
 use crate::sink::partial::{Existing, PartialFile};
 use crate::sink::target::TargetVolume;
 use crate::sink::writer::VolumeWriter;
+use crate::volume::NetUrl;
 
 use super::DiskTarget;
 
@@ -128,18 +130,32 @@ impl TargetSlot {
         self.opened
     }
 
-    /// The NBD export this slot has opened, if any: a failed import must
-    /// say that it may hold partial data.
-    pub(super) fn opened_nbd(&self) -> Option<&crate::volume::nbd::NbdUrl> {
-        self.opened.as_ref().and(self.target.nbd.as_ref())
+    /// The NBD export or remote volume this slot has opened, if any: a
+    /// failed import must say that it may hold partial data.
+    pub(super) fn opened_net(&self) -> Option<&NetUrl> {
+        self.opened.as_ref().and(self.target.net.as_ref())
     }
 
     /// Creates the landing and the volume: a fresh file of `capacity`
-    /// bytes (`None`: provisional), or the NBD export, cleared.
+    /// bytes (`None`: provisional), or the NBD export or remote volume,
+    /// cleared.
     fn create_volume(&self, capacity: Option<u64>) -> Result<(Landing, TargetVolume)> {
-        if let Some(url) = &self.target.nbd {
-            let t = NbdTarget::open(url, capacity)?;
-            return Ok((Landing::nbd(url), TargetVolume::Nbd(t)));
+        match &self.target.net {
+            Some(NetUrl::Nbd(url)) => {
+                let t = NbdTarget::open(url, capacity)?;
+                return Ok((
+                    Landing::in_place(self.target.net.as_ref()),
+                    TargetVolume::Nbd(t),
+                ));
+            }
+            Some(NetUrl::Imageio(url)) => {
+                let t = ImageioTarget::open(url, capacity)?;
+                return Ok((
+                    Landing::in_place(self.target.net.as_ref()),
+                    TargetVolume::Imageio(t),
+                ));
+            }
+            None => {}
         }
         let Some((dir, name)) = &self.place else {
             return Err(Error::new(ErrorKind::Io, "target has no directory"));

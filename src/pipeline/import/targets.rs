@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::{printable, unfit_for_file_name};
 use crate::volume::Format as VolumeFormat;
-use crate::volume::nbd::NbdUrl;
+use crate::volume::NetUrl;
 
 /// Where one disk goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,9 +17,10 @@ pub struct DiskTarget {
     pub path: PathBuf,
     /// Format of the target volume.
     pub format: VolumeFormat,
-    /// The target is this NBD export, written in place as guest bytes
-    /// (`path` is then its URL, for messages, and `format` is not used).
-    pub nbd: Option<NbdUrl>,
+    /// The target is this NBD export or remote volume, written in place
+    /// as guest bytes (`path` is then its URL as shown, for messages, and
+    /// `format` is not used).
+    pub net: Option<NetUrl>,
 }
 
 /// How disks are mapped to targets.
@@ -59,7 +60,7 @@ impl Targets {
                 Ok(Some(DiskTarget {
                     path: dir.join(format!("{stem}.{}", format.extension())),
                     format: *format,
-                    nbd: None,
+                    net: None,
                 }))
             }
         }
@@ -94,7 +95,7 @@ impl Targets {
                 Ok(Some(DiskTarget {
                     path: dir.join(format!("{disk_id}.{}", format.extension())),
                     format: *format,
-                    nbd: None,
+                    net: None,
                 }))
             }
         }
@@ -146,7 +147,7 @@ mod tests {
         let target = DiskTarget {
             path: PathBuf::from("/t/flash.raw"),
             format: VolumeFormat::Raw,
-            nbd: None,
+            net: None,
         };
         m.insert("flash".to_owned(), target.clone());
         let t = Targets::Map(m);

@@ -74,10 +74,11 @@ impl Volumes {
     /// ticket's `size`.
     async fn open(&self, t: &TicketHandle, create: bool) -> Result<Arc<Volume>> {
         let write = t.ops().contains(&TicketOp::Write);
-        if let Some(url) = t.nbd() {
-            // An NBD export: connected to (or shared) by URL, not a path.
+        if let Some(url) = t.net() {
+            // An NBD export or a remote volume: connected to (or shared)
+            // by URL, not a path.
             let (this, url) = (self.clone(), url.clone());
-            return blocking::run(move || this.registry.open_nbd(&url, write)).await;
+            return blocking::run(move || this.registry.open_net(&url, write)).await;
         }
         let path = volume_path(t)?;
         let opts = OpenOptions {

@@ -4,11 +4,12 @@
 //! encoder knows the exact output size before the first byte — and serves
 //! guest reads through [`GuestReader`].
 
-/// An NBD export's allocation map from its extents (holes are left out).
-fn nbd_allocation_map(n: &crate::volume::nbd::NbdVolume) -> Result<AllocationMap> {
-    use crate::volume::{ExtentKind, Extents, Size};
-    let mut map = AllocationMap::new(n.size());
-    for e in n.extents(0, n.size())? {
+/// The allocation map of a volume reached by URL, from its extents
+/// (holes are left out).
+fn extents_allocation_map(v: &Volume) -> Result<AllocationMap> {
+    use crate::volume::{ExtentKind, Extents};
+    let mut map = AllocationMap::new(v.size());
+    for e in v.extents(0, v.size())? {
         match e.kind {
             ExtentKind::Data => map.push(e.start, e.len, RangeKind::Data)?,
             ExtentKind::Zero => map.push(e.start, e.len, RangeKind::Zero)?,
@@ -57,6 +58,13 @@ impl SourceVolume {
         Ok(SourceVolume { inner })
     }
 
+    /// Connects read-only to the NBD export or remote volume at `url`.
+    pub fn open_net(url: &crate::volume::NetUrl) -> Result<Self> {
+        Ok(SourceVolume {
+            inner: crate::volume::open_net(url, false)?,
+        })
+    }
+
     /// Virtual size in bytes.
     pub fn capacity(&self) -> u64 {
         self.inner.size()
@@ -74,7 +82,7 @@ impl SourceVolume {
         let map = match &self.inner {
             Volume::Raw(r) => r.allocation_map()?,
             Volume::Qcow2(q) => q.allocation_map()?,
-            Volume::Nbd(n) => nbd_allocation_map(n)?,
+            Volume::Nbd(_) | Volume::Imageio(_) => extents_allocation_map(&self.inner)?,
         };
         if detect_zeros {
             self.detect_zeros(&map)

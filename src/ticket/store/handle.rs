@@ -42,8 +42,8 @@ impl TicketHandle {
     }
 
     /// The NBD export of an `image` ticket whose volume is one.
-    pub fn nbd(&self) -> Option<&NbdUrl> {
-        self.spec.nbd.as_ref()
+    pub fn net(&self) -> Option<&NetUrl> {
+        self.spec.net.as_ref()
     }
 
     /// The format of the volume of an `image` ticket, decided when the

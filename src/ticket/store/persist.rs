@@ -56,7 +56,8 @@ pub(super) struct TicketRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) nbd: Option<NbdUrl>,
+    #[serde(alias = "nbd")]
+    pub(super) net: Option<NetUrl>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) ova: Option<ResolvedOva>,
     /// `ova-import`: the committed offset and the length, as `GET` shows
@@ -204,7 +205,7 @@ impl Entry {
             transferred,
             disks: s.disks.clone(),
             path: self.spec.path.clone(),
-            nbd: self.spec.nbd.clone(),
+            net: self.spec.net.clone(),
             ova: self.spec.ova.clone(),
             upload: s.upload,
         };

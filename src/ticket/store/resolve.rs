@@ -7,7 +7,7 @@ impl TicketStore {
     /// Resolves every path of a validated request under the roots.
     pub(super) fn resolve(&self, req: TicketRequest) -> Result<Spec> {
         let mut path = None;
-        let mut nbd = None;
+        let mut net = None;
         let mut format = None;
         let mut ova = None;
         match req.kind {
@@ -20,7 +20,7 @@ impl TicketStore {
                 }
                 // The export presents guest bytes whatever the format
                 // behind it; it is connected to at the first request.
-                Some(Ok(VolumeUrl::Nbd(u))) => nbd = Some(u),
+                Some(Ok(VolumeUrl::Net(u))) => net = Some(u),
                 Some(Err(e)) => return Err(e.into()),
                 None => {}
             },
@@ -31,18 +31,15 @@ impl TicketStore {
                     let mut seen = HashSet::new();
                     for (i, d) in spec.disks.iter().enumerate() {
                         let field = format!("ova.disks[{i}].url");
-                        let (p, nbd) = match volume_url(&field, &d.url)? {
-                            VolumeUrl::Nbd(u) if create => (PathBuf::from(u.to_string()), Some(u)),
-                            VolumeUrl::Nbd(_) => {
-                                return Err(TicketError::InvalidField {
-                                    field,
-                                    reason: "NBD sources are not supported".into(),
-                                }
-                                .into());
-                            }
+                        let (p, net) = match volume_url(&field, &d.url)? {
+                            VolumeUrl::Net(u) => (PathBuf::from(u.to_string()), Some(u)),
                             VolumeUrl::File(p) => (self.resolve_path(&field, &p, create)?, None),
                         };
-                        if !seen.insert(p.clone()) {
+                        let key = match &net {
+                            Some(u) => u.key(),
+                            None => p.display().to_string(),
+                        };
+                        if !seen.insert(key) {
                             return Err(TicketError::InvalidField {
                                 field,
                                 reason: format!("{} is named by another disk", p.display()),
@@ -53,7 +50,7 @@ impl TicketStore {
                             href: d.href.clone(),
                             disk_id: d.disk_id.clone(),
                             path: p,
-                            nbd,
+                            net,
                             format: d.format.clone(),
                         });
                     }
@@ -80,7 +77,7 @@ impl TicketStore {
         Ok(Spec {
             req,
             path,
-            nbd,
+            net,
             format,
             ova,
         })

@@ -63,11 +63,11 @@ impl TicketStore {
                 out.dropped += 1;
                 continue;
             }
-            // An NBD target is no file, and lies under no root.
+            // An NBD or remote volume is no file, and lies under no root.
             let paths = r.path.iter().chain(r.ova.iter().flat_map(|o| {
                 o.disks
                     .iter()
-                    .filter(|d| d.nbd.is_none())
+                    .filter(|d| d.net.is_none())
                     .map(|d| &d.path)
                     .chain(o.ovf.as_ref())
             }));
@@ -94,16 +94,16 @@ impl TicketStore {
                     out.interrupted_targets.extend(r.ova.iter().flat_map(|o| {
                         o.disks
                             .iter()
-                            .filter(|d| d.nbd.is_none())
+                            .filter(|d| d.net.is_none())
                             .map(|d| d.path.clone())
                     }));
                     for url in r
                         .ova
                         .iter()
                         .flat_map(|o| o.disks.iter())
-                        .filter_map(|d| d.nbd.as_ref())
+                        .filter_map(|d| d.net.as_ref())
                     {
-                        tracing::warn!(ticket = %log_id, target = %url, "the NBD target of the interrupted import may hold partial data");
+                        tracing::warn!(ticket = %log_id, target = %url, "the {} target of the interrupted import may hold partial data", url.kind());
                     }
                 }
                 tracing::warn!(ticket = %log_id, "transfer cut short by a restart: marked failed");
@@ -121,7 +121,7 @@ impl TicketStore {
             let spec = Spec {
                 req: r.ticket.req,
                 path: r.path,
-                nbd: r.nbd,
+                net: r.net,
                 format,
                 ova: r.ova,
             };
