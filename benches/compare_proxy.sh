@@ -80,7 +80,7 @@ for w in $RUNS; do
     ovaio-proxy) NEED_OVAIO=1; WHO+=("$w") ;;
     imageio-direct) NEED_OVA=1; WHO+=("$w") ;;
     imageio-proxy) WHO+=("$w") ;;
-    rss) NEED_OVAIO=1 ;;
+    rss) NEED_OVAIO=1; NEED_OVA=1 ;;
     *) die "RUNS: unknown run '$w'" ;;
   esac
 done
@@ -390,7 +390,6 @@ fi
 declare -A HWM IDLE
 if [[ " $RUNS " = *" rss "* ]]; then
   for kind in ova proxy; do
-    [ "$kind" = ova ] && [ "$NEED_OVA" = 0 ] && continue
     echo "peak RSS: a fresh ovaio, one $kind transfer..." >&2
     start_ovaio_remote "ovaio-$kind"
     IDLE[$kind]=$(status_kib "${PID[ovaio-$kind]}" VmRSS)
