@@ -166,10 +166,10 @@ pub const TCP_READ_BUFFER: usize = 64 << 10;
 /// gigabit link full at 100 ms; the server reads it into bounded queues
 /// as fast as the disk takes it, so the window is the only memory this
 /// costs, per stream being uploaded.
-pub const H2_STREAM_WINDOW: u32 = 16 << 20;
+pub const H2_STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 flow-control window of a whole connection: room for two
 /// streams at full window.
-pub const H2_CONNECTION_WINDOW: u32 = 32 << 20;
+pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 /// The largest HTTP/2 frame the server accepts: larger frames cost less
 /// per byte to parse (the RFC's limit is 16 MiB, its default 16 KiB).
 pub const H2_MAX_FRAME: u32 = 1 << 20;
@@ -279,7 +279,7 @@ pub const REMOTE_REQUEST: usize = 4 << 20;
 /// per remote disk.
 pub const REMOTE_MAX_WRITERS: usize = 4;
 /// Full requests waiting for a free writer, per remote disk.
-pub const REMOTE_QUEUE: usize = 2;
+pub const REMOTE_QUEUE: usize = 1;
 /// Times a request whose connection failed is sent again (the range is
 /// still held) before the transfer fails.
 pub const REMOTE_RETRIES: u32 = 3;

@@ -28,6 +28,10 @@ enum Inner<'a> {
         capacity: usize,
         /// The cluster size.
         align: u64,
+        /// The least a write from the caller's buffer carries: a cluster
+        /// on a local image, a whole buffer where each write is a request
+        /// over the network.
+        direct_min: usize,
     },
 }
 
@@ -61,11 +65,16 @@ impl<'a> StreamWriter<'a> {
                     _ => buffer,
                 };
                 let capacity = (buffer as u64).max(align).div_ceil(align) * align;
+                let direct_min = match volume {
+                    Volume::Qcow2(_) => align as usize,
+                    _ => capacity as usize,
+                };
                 Inner::Clusters {
                     start: offset,
                     buf: Vec::new(),
                     capacity: capacity as usize,
                     align,
+                    direct_min,
                 }
             }
         };
@@ -107,12 +116,15 @@ impl<'a> StreamWriter<'a> {
                 buf,
                 capacity,
                 align,
+                direct_min,
             } => {
                 let mut data = data;
                 while !data.is_empty() {
-                    if buf.is_empty() && *start % *align == 0 && data.len() as u64 >= *align {
+                    if buf.is_empty() && *start % *align == 0 && data.len() >= *direct_min {
                         // Whole clusters straight from the caller's
-                        // buffer: no copy through ours.
+                        // buffer: no copy through ours (and over the
+                        // network no smaller request than gathering
+                        // would send).
                         let n = data.len() as u64 / *align * *align;
                         let n = n.min(*capacity as u64) as usize;
                         volume.write_at(*start, &data[..n])?;

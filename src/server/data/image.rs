@@ -72,6 +72,12 @@ impl Volumes {
     /// readers and writers share one qcow2 image's caches; with `create`,
     /// a raw volume that does not exist yet is created, sized to the
     /// ticket's `size`.
+    /// The ticket's volume as its requests share it, for what `OPTIONS`
+    /// says of a remote one.
+    pub(super) async fn open_for_options(&self, t: &TicketHandle) -> Result<Arc<Volume>> {
+        self.open(t, false).await
+    }
+
     async fn open(&self, t: &TicketHandle, create: bool) -> Result<Arc<Volume>> {
         let write = t.ops().contains(&TicketOp::Write);
         if let Some(url) = t.net() {

@@ -164,7 +164,12 @@ impl DataApi {
             return h::status(StatusCode::NO_CONTENT);
         }
         if method == Method::OPTIONS && id == "*" {
-            return options_response(&ALL_METHODS, &FULL_FEATURES, self.cfg.socket.as_deref());
+            return options_response(
+                &ALL_METHODS,
+                &FULL_FEATURES,
+                self.cfg.socket.as_deref(),
+                MAX_WRITERS,
+            );
         }
         // Server information, whatever the ticket (as imageio answers it).
         if res == Resource::Algorithms && method == Method::GET {
@@ -268,7 +273,26 @@ impl DataApi {
         let cfg = &self.cfg;
         let m = &mut meter;
         let r: Result<Response> = match (kind, method, res) {
-            (_, Method::OPTIONS, _) => Ok(ticket_options(&ticket, self.cfg.socket.as_deref())),
+            (TicketKind::Image, Method::OPTIONS, _)
+                if matches!(ticket.net(), Some(crate::volume::NetUrl::Imageio(_))) =>
+            {
+                // A remote volume: as many writers as the remote takes.
+                match vols.open_for_options(&ticket).await {
+                    Ok(v) => {
+                        let writers = match &*v {
+                            crate::volume::Volume::Imageio(v) => v.max_writers() as u32,
+                            _ => MAX_WRITERS,
+                        };
+                        Ok(ticket_options(&ticket, self.cfg.socket.as_deref(), writers))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (_, Method::OPTIONS, _) => Ok(ticket_options(
+                &ticket,
+                self.cfg.socket.as_deref(),
+                MAX_WRITERS,
+            )),
             (TicketKind::Image, Method::HEAD, Resource::Image) => head::image(&ticket, vols).await,
             (TicketKind::OvaExport, Method::HEAD, Resource::Image) => {
                 head::ova_export(&ticket, roots).await
@@ -323,7 +347,11 @@ impl DataApi {
             cfg: &self.cfg,
         };
         let r = match (method, res) {
-            (Method::OPTIONS, _) => Ok(ticket_options(&ticket, self.cfg.socket.as_deref())),
+            (Method::OPTIONS, _) => Ok(ticket_options(
+                &ticket,
+                self.cfg.socket.as_deref(),
+                MAX_WRITERS,
+            )),
             (Method::HEAD, Resource::Image) => Ok(tus::head(&ticket, &self.uploads)),
             (Method::PUT, Resource::Image) => tus::put(ticket, req, cx()).await,
             (Method::PATCH, Resource::Image) => tus::patch(ticket, req, cx()).await,
@@ -390,9 +418,11 @@ const FULL_FEATURES: [&str; 4] = ["checksum", "extents", "zero", "flush"];
 /// Every method the data API answers on some ticket.
 const ALL_METHODS: [&str; 7] = ["OPTIONS", "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"];
 
-fn ticket_options(t: &TicketHandle, socket: Option<&Path>) -> Response {
+fn ticket_options(t: &TicketHandle, socket: Option<&Path>, writers: u32) -> Response {
     let can_write = t.ops().contains(&Op::Write);
-    let opts = |methods: &[&str], features: &[&str]| options_response(methods, features, socket);
+    let opts = |methods: &[&str], features: &[&str]| {
+        options_response(methods, features, socket, writers)
+    };
     match t.kind() {
         TicketKind::Image if can_write => {
             opts(&["OPTIONS", "GET", "HEAD", "PUT", "PATCH"], &FULL_FEATURES)
@@ -429,11 +459,16 @@ fn method_of(req: &Request) -> Method {
 /// The OPTIONS answer. `unix_socket` is advertised only when the data API
 /// is served on one: an `ovirt_imageio` client on this host then moves
 /// its transfer there, off TLS.
-fn options_response(methods: &[&str], features: &[&str], socket: Option<&Path>) -> Response {
+fn options_response(
+    methods: &[&str],
+    features: &[&str],
+    socket: Option<&Path>,
+    writers: u32,
+) -> Response {
     let mut body = json!({
         "features": features,
         "max_readers": MAX_READERS,
-        "max_writers": MAX_WRITERS,
+        "max_writers": writers,
     });
     if let Some(p) = socket {
         body["unix_socket"] = json!(p.to_string_lossy());
