@@ -211,7 +211,10 @@ impl Imageio {
         match r.status {
             200 => Some(r.json()),
             404 => None,
-            s => panic!("ovirt-imageio: GET /tickets/{id} answered {s}: {}", r.text()),
+            s => panic!(
+                "ovirt-imageio: GET /tickets/{id} answered {s}: {}",
+                r.text()
+            ),
         }
     }
 
@@ -259,7 +262,9 @@ impl Drop for Imageio {
 /// The port of `remote.service listening on ('127.0.0.1', PORT)`.
 fn listening_port(log: &str) -> Option<u16> {
     log.lines().rev().find_map(|l| {
-        let rest = l.split("remote.service listening on ('127.0.0.1', ").nth(1)?;
+        let rest = l
+            .split("remote.service listening on ('127.0.0.1', ")
+            .nth(1)?;
         rest.split(')').next()?.trim().parse().ok()
     })
 }
@@ -308,7 +313,11 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn openssl(parts: &[&[&str]]) {
-    let args: Vec<&OsStr> = parts.iter().flat_map(|p| p.iter()).map(OsStr::new).collect();
+    let args: Vec<&OsStr> = parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .map(OsStr::new)
+        .collect();
     let out = Command::new("openssl")
         .args(&args)
         .output()
