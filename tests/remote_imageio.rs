@@ -346,6 +346,47 @@ fn ova_import_writes_each_disk_into_its_imageio_volume() {
     assert_log_keeps(s, "", &[&id1, &id2]);
 }
 
+/// The manifest's digest of the disk is wrong: every guest byte has gone
+/// to the remote volume by the time the manifest is read, yet the ticket
+/// fails (never succeeds), naming the entry and saying the remote may hold
+/// partial data.
+#[test]
+fn ova_import_into_an_imageio_volume_with_a_lying_manifest_fails() {
+    let w = Work::new();
+    let im = Imageio::start(&w);
+    let s = Server::start_with(&w, &["--remote-ca", p(im.ca())]);
+    let a = ova::prepare(w.root(), "a", &MAIN, Source::Vmdk);
+    let mut package = Ova::new().disk(a.disk(1, "disk1.vmdk"));
+    let text = package.manifest_for(Manifest::Sha256, &package.ovf());
+    let good = Manifest::Sha256.digest_file(&a.file);
+    let mut bad = good.clone().into_bytes();
+    bad[9] = if bad[9] == b'0' { b'1' } else { b'0' };
+    let bad = String::from_utf8(bad).expect("hex");
+    assert!(text.contains(&good), "the manifest names the good digest");
+    package.manifest_text = Some(text.replace(&good, &bad));
+    let path = package.manifest(Manifest::Sha256).build(w.root(), "in.ova");
+    let vol = fresh_volume(&w.path("vol.raw"), MAIN.size);
+    let id = remote_id("liar");
+    im.add_ticket(&id, &vol, MAIN.size, &["read", "write"], 300);
+    import_ticket(&s, "liar", &[("disk1.vmdk", &im.url(&id))]);
+
+    let r = upload(&s, "liar", &path);
+    assert!(
+        (400..500).contains(&r.status),
+        "a lying manifest must be refused with 4xx, got {}: {}",
+        r.status,
+        r.text()
+    );
+    let t = await_final(&s, "liar");
+    assert_failed_naming(
+        &t,
+        &shown(im.port(), &id),
+        &id,
+        &["disk1.vmdk", "digest", "may hold partial data"],
+    );
+    assert_log_keeps(s, "", &[&id]);
+}
+
 /// An import job from an OVA in the storage root into an imageio volume,
 /// and an export job from it back into the root.
 #[test]
