@@ -373,3 +373,97 @@ fn ova_import_lands_in_the_qcow2_behind_qemu_nbd() {
         "{t}"
     );
 }
+
+/// An upload into an NBD target paused past its `inactivity_timeout`
+/// fails, and its error, made outside the import's own thread, still says
+/// that the export may hold partial data.
+#[test]
+fn a_paused_upload_into_an_export_that_times_out_names_it() {
+    let w = Work::new();
+    let s = Server::start(&w);
+    let prep = ova::prepare(w.root(), "a", &MAIN, Source::Vmdk);
+    let package = Ova::new()
+        .disk(prep.disk(1, "disk1.vmdk"))
+        .build(w.root(), "in.ova");
+    let img = w.path("target.raw");
+    fs::File::create(&img)
+        .and_then(|f| f.set_len(prep.capacity))
+        .expect("target");
+    let nbd = QemuNbd::start(&img, "raw", &[]);
+    s.add_ticket(&json!({
+        "uuid": "idle", "kind": "ova-import", "ops": ["write"], "timeout": 120,
+        "inactivity_timeout": 1,
+        "ova": {"disks": [{"href": "disk1.vmdk", "url": nbd.url()}]},
+    }));
+    let bytes = fs::read(&package).expect("read package");
+    let n = bytes.len() * 2 / 3;
+    let part = w.path("part");
+    fs::write(&part, &bytes[..n]).expect("write part");
+    let r = s.data(
+        "PUT",
+        "/images/idle",
+        &[
+            "--data-binary",
+            &format!("@{}", part.display()),
+            "-H",
+            &format!("content-range: bytes 0-{}/{}", n - 1, bytes.len()),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "paused", "{}", r.text());
+    let t = await_final_from(&s, "idle", &["pending", "active", "paused"]);
+    assert_eq!(t["state"], "failed", "{t}");
+    let err = t["error"].as_str().unwrap_or_default();
+    assert!(err.contains("no client resumed it"), "{t}");
+    assert!(
+        err.contains("may hold partial data") && err.contains(&nbd.url()),
+        "{t}"
+    );
+}
+
+/// Polls ticket `id` until its state is none of `running`.
+fn await_final_from(s: &Server, id: &str, running: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = s.ticket(id);
+        if !running.contains(&t["state"].as_str().unwrap_or_default()) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "ticket {id} did not end: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An `ova-export` ticket whose source is an NBD export (a qcow2 behind
+/// qemu-nbd): the downloaded package imports back to the same guest
+/// bytes, and GNU tar reads it.
+#[test]
+fn an_export_reads_its_disk_from_qemu_nbd() {
+    let w = Work::new();
+    let s = Server::start(&w);
+    let raw = MAIN.write_raw(&w.path("main.raw"));
+    let img = Source::Qcow2V3.convert(&raw, &w.path("src.qcow2"));
+    let nbd = QemuNbd::start(&img, "qcow2", &["--allocation-depth"]);
+    s.add_ticket(&json!({
+        "uuid": "exp", "kind": "ova-export", "ops": ["read"], "timeout": 120,
+        "ova": {"name": "vm", "disks": [{"href": "disk1.qcow2", "url": nbd.url()}]},
+    }));
+    let out = w.path("out.ova");
+    let r = s.data("GET", "/images/exp", &[]);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.log());
+    fs::write(&out, &r.body).expect("write package");
+    let listing = tool("tar", &[OsStr::new("tf"), out.as_os_str()]);
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        ["vm.ovf", "disk1.qcow2", "vm.mf"]
+    );
+    let back = w.mkdir("back");
+    let o = support::ovaio()
+        .arg("import")
+        .arg(&out)
+        .arg("--dir")
+        .arg(&back)
+        .run();
+    assert!(o.status.success(), "{}", o.stderr);
+    image::assert_same_content(&raw, &back.join("disk1.raw"), "raw");
+}

@@ -148,7 +148,10 @@ impl ExportArgs {
 fn parse_disk(spec: &str) -> Result<ExportDisk> {
     let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
     let net = crate::volume::NetUrl::parse(path).map_err(|why| {
-        Error::new(ErrorKind::InvalidArgument, format!("--disk {href}=…: {why}"))
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("--disk {href}=…: {why}"),
+        )
     })?;
     Ok(ExportDisk {
         href: href.to_owned(),

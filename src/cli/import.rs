@@ -65,7 +65,10 @@ fn parse_format(s: &str) -> std::result::Result<VolumeFormat, String> {
 fn parse_disk(spec: &str, default: VolumeFormat) -> Result<(String, DiskTarget)> {
     let (href, path, format) = crate::cli::split_disk_spec(spec, &["raw", "qcow2"])?;
     let net = crate::volume::NetUrl::parse(path).map_err(|why| {
-        Error::new(ErrorKind::InvalidArgument, format!("--disk {href}=…: {why}"))
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("--disk {href}=…: {why}"),
+        )
     })?;
     Ok((
         href.to_owned(),

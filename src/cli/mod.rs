@@ -117,8 +117,16 @@ pub fn init_logging(verbose: u8, server: bool, format: LogFormat) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ovaio={level},warn")));
+    // The HTTP client's own debug lines carry whole request URLs, and a
+    // remote volume's URL holds its ticket id: never logged, whatever
+    // RUST_LOG asks.
+    for d in ["ureq=info", "ureq_proto=info"] {
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -119,7 +119,7 @@ struct OpenRun {
 }
 
 /// `e` with `notes` after its message, its kind kept.
-fn with_notes(e: Error, notes: &[String]) -> Error {
+pub(crate) fn with_notes(e: Error, notes: &[String]) -> Error {
     if notes.is_empty() {
         return e;
     }

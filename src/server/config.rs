@@ -368,7 +368,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.remote.ca_file, Some(PathBuf::from("/ca.pem")));
         assert_eq!(c.remote.allow, Some(vec!["h1".into(), "h2:54322".into()]));
-        assert_eq!(c.remote.ca_files.get("h3:1"), Some(&PathBuf::from("/h3.pem")));
+        assert_eq!(
+            c.remote.ca_files.get("h3:1"),
+            Some(&PathBuf::from("/h3.pem"))
+        );
         assert_eq!(ServeConfig::defaults().remote, RemoteConfig::default());
         assert!(ServeConfig::from_toml("[remote]\nbogus = 1\n").is_err());
     }

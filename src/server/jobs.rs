@@ -509,7 +509,9 @@ impl Jobs {
                     let field = format!("disks[{i}].url");
                     let (path, net) = match crate::ticket::volume_url(&field, &d.url)? {
                         crate::ticket::VolumeUrl::Net(u) => (PathBuf::from(u.to_string()), Some(u)),
-                        crate::ticket::VolumeUrl::File(p) => (self.store.resolve_path(&field, &p, create)?, None),
+                        crate::ticket::VolumeUrl::File(p) => {
+                            (self.store.resolve_path(&field, &p, create)?, None)
+                        }
                     };
                     Ok(ResolvedDisk {
                         href: d.href.clone(),

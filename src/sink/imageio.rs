@@ -60,7 +60,10 @@ impl Shared {
 
     /// Waits until no request is in flight.
     fn wait_idle(&self) {
-        let mut n = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         while *n > 0 {
             n = self.done.wait(n).unwrap_or_else(PoisonError::into_inner);
         }
@@ -148,7 +151,10 @@ impl ImageioTarget {
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner) += 1;
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send((at, buf)).is_ok());
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send((at, buf)).is_ok());
         if !sent {
             self.check()?;
             return Err(Error::internal("the remote writers are gone"));
@@ -183,7 +189,10 @@ fn write_loop(volume: &ImageioVolume, shared: &Shared, rx: &Mutex<Receiver<(u64,
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(buf);
-        let mut n = shared.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *n = n.saturating_sub(1);
         shared.done.notify_all();
     }

@@ -15,11 +15,11 @@ mod model;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub(crate) use model::{VolumeUrl, file_url_path, volume_url};
 pub use model::{
     DiskStatus, NumberOrText, Op, OvaDisk, OvaSpec, TicketKind, TicketRequest, TicketStatus,
     TransferState, VmFields,
 };
+pub(crate) use model::{VolumeUrl, file_url_path, volume_url};
 pub use model::{export_format, manifest_algorithm};
 pub use store::{
     CancelCause, IdleHold, JOURNAL_EXPIRY_SLACK, RESTARTED, ResolvedDisk, ResolvedOva, Restored,

@@ -669,7 +669,8 @@ pub(crate) fn volume_url(field: &str, url: &str) -> Result<VolumeUrl, TicketErro
     match NetUrl::parse(url) {
         Ok(Some(u)) => {
             if let NetUrl::Imageio(r) = &u {
-                crate::volume::imageio::check_allowed(r).map_err(|reason| invalid(field, reason))?;
+                crate::volume::imageio::check_allowed(r)
+                    .map_err(|reason| invalid(field, reason))?;
             }
             Ok(VolumeUrl::Net(u))
         }

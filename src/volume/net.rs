@@ -90,13 +90,19 @@ mod tests {
         assert_eq!(NetUrl::parse("file:///x"), Ok(None));
         let n = NetUrl::parse("nbd:unix:/run/s.sock").unwrap().unwrap();
         assert_eq!(n.kind(), "NBD");
-        let r = NetUrl::parse("https://h:1/images/secret-id").unwrap().unwrap();
+        let r = NetUrl::parse("https://h:1/images/secret-id")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.kind(), "remote");
         assert_eq!(r.to_string(), "https://h:1/images/secr…");
         for u in [n, r] {
             let back: NetUrl = serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
             assert_eq!(back, u);
         }
-        assert!(NetUrl::parse("http://h/images/x").unwrap_err().contains("HTTPS"));
+        assert!(
+            NetUrl::parse("http://h/images/x")
+                .unwrap_err()
+                .contains("HTTPS")
+        );
     }
 }

@@ -12,10 +12,10 @@ use crate::limits;
 use crate::roots::Dir;
 use crate::sink::imageio::ImageioTarget;
 use crate::sink::nbd::{Landing, NbdTarget};
-use crate::volume::NetUrl;
 use crate::sink::partial::{Existing, PartialFile};
 use crate::sink::target::TargetVolume;
 use crate::sink::writer::VolumeWriter;
+use crate::volume::NetUrl;
 
 use super::DiskTarget;
 
@@ -143,7 +143,10 @@ impl TargetSlot {
         match &self.target.net {
             Some(NetUrl::Nbd(url)) => {
                 let t = NbdTarget::open(url, capacity)?;
-                return Ok((Landing::in_place(self.target.net.as_ref()), TargetVolume::Nbd(t)));
+                return Ok((
+                    Landing::in_place(self.target.net.as_ref()),
+                    TargetVolume::Nbd(t),
+                ));
             }
             Some(NetUrl::Imageio(url)) => {
                 let t = ImageioTarget::open(url, capacity)?;

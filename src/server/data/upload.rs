@@ -409,6 +409,7 @@ impl Session {
                     idle.as_secs()
                 ),
             );
+            let e = in_place_notes(&self.ticket, s.offset, e);
             s.ended = Some(Err((e.kind(), e.one_line())));
             s.paused_since = None;
             e
@@ -752,6 +753,7 @@ async fn watch(s: Arc<Session>, uploads: Arc<Uploads>) {
                 ErrorKind::Cancelled,
                 "the ticket was removed or expired during the upload",
             );
+            let e = in_place_notes(&s.ticket, s.offset(), e);
             s.end(Err(&e));
             break;
         }
@@ -762,6 +764,24 @@ async fn watch(s: Arc<Session>, uploads: Arc<Uploads>) {
     uploads.forget(&s);
     // A writer still holding the lease sees the end and lets go.
     lock_pipe(&s).await.tx = None;
+}
+
+/// `e` with a note for each NBD or remote target of the ticket, once the
+/// upload has passed `offset` 0: those keep what was written when an
+/// upload ends outside the import's own thread (an expiry, a pause too
+/// long), where the import cannot say which it had opened.
+fn in_place_notes(t: &TicketHandle, offset: u64, e: Error) -> Error {
+    if offset == 0 {
+        return e;
+    }
+    let notes: Vec<String> = t
+        .ova()
+        .into_iter()
+        .flat_map(|o| o.disks.iter())
+        .filter_map(|d| d.net.as_ref())
+        .map(crate::sink::nbd::Landing::failure_note)
+        .collect();
+    crate::pipeline::import::with_notes(e, &notes)
 }
 
 async fn lock_pipe(s: &Session) -> tokio::sync::MutexGuard<'_, Pipe> {

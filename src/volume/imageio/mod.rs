@@ -211,7 +211,10 @@ impl ImageioVolume {
     }
 
     fn invalid(&self, msg: String) -> Error {
-        Error::new(ErrorKind::InvalidFormat, format!("remote {}: {msg}", self.url))
+        Error::new(
+            ErrorKind::InvalidFormat,
+            format!("remote {}: {msg}", self.url),
+        )
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -247,59 +250,27 @@ impl ImageioVolume {
 
     /// The whole allocation map, checked: contiguous from 0.
     fn fetch_extents(&self) -> Result<Vec<Extent>> {
-        let wire: Vec<WireExtent> = self.retry("GET extents", || {
+        let text = self.retry("GET extents", || {
             let resp = self
                 .agent
                 .get(self.url.sub("extents?context=zero"))
                 .call()
                 .map_err(transport)?;
             let body = self.expect(resp, "GET extents", &[200])?;
-            let text = read_limited(body, MAX_REMOTE_EXTENTS_BODY, "the extents answer")?;
-            serde_json::from_slice(&text).map_err(|e| {
-                Attempt::Fail(self.invalid(format!("the extents answer is not imageio's JSON: {e}")))
-            })
+            read_limited(body, MAX_REMOTE_EXTENTS_BODY, "the extents answer")
         })?;
-        let mut out = Vec::with_capacity(wire.len());
-        let mut pos = 0u64;
-        for (i, e) in wire.iter().enumerate() {
-            let end = e.start.checked_add(e.length);
-            if e.start != pos || end.is_none() || e.length == 0 {
-                return Err(self.invalid(format!(
-                    "extent {i} ({}+{}) does not follow the one before, which ends at {pos}",
-                    e.start, e.length
-                )));
-            }
-            let kind = match (e.zero, e.hole) {
-                (false, _) => ExtentKind::Data,
-                (true, false) => ExtentKind::Zero,
-                (true, true) => ExtentKind::Hole,
-            };
-            push_extent(&mut out, e.start, e.length, kind);
-            pos = end.unwrap_or(pos);
-        }
-        if self.size != 0 && pos != self.size {
-            return Err(self.invalid(format!(
-                "the extents end at {pos}, the volume at {}",
-                self.size
-            )));
-        }
-        Ok(out)
+        let size = (self.size != 0).then_some(self.size);
+        parse_extents(&text, size).map_err(|e| self.invalid(e))
     }
 
     fn put(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let what = format!(
-            "PUT bytes {offset}-{}",
-            offset + data.len() as u64 - 1
-        );
+        let what = format!("PUT bytes {offset}-{}", offset + data.len() as u64 - 1);
         let url = if self.features.flush {
             format!("{}?flush=n", self.url.full())
         } else {
             self.url.full()
         };
-        let range = format!(
-            "bytes {offset}-{}/*",
-            offset + data.len() as u64 - 1
-        );
+        let range = format!("bytes {offset}-{}/*", offset + data.len() as u64 - 1);
         self.retry(&what, || {
             let resp = self
                 .agent
@@ -325,6 +296,62 @@ impl ImageioVolume {
             self.expect(resp, what, &[200, 204])?;
             Ok(())
         })
+    }
+}
+
+/// The extents of an imageio `extents?context=zero` answer, checked:
+/// contiguous from 0, none empty, ending at `size` when it is known.
+pub fn parse_extents(text: &[u8], size: Option<u64>) -> std::result::Result<Vec<Extent>, String> {
+    let wire: Vec<WireExtent> = serde_json::from_slice(text)
+        .map_err(|e| format!("the extents answer is not imageio's JSON: {e}"))?;
+    let mut out = Vec::with_capacity(wire.len().min(1 << 16));
+    let mut pos = 0u64;
+    for (i, e) in wire.iter().enumerate() {
+        let end = match e.start.checked_add(e.length) {
+            Some(end) if e.start == pos && e.length > 0 => end,
+            _ => {
+                return Err(format!(
+                    "extent {i} ({}+{}) does not follow the one before, which ends at {pos}",
+                    e.start, e.length
+                ));
+            }
+        };
+        let kind = match (e.zero, e.hole) {
+            (false, _) => ExtentKind::Data,
+            (true, false) => ExtentKind::Zero,
+            (true, true) => ExtentKind::Hole,
+        };
+        push_extent(&mut out, e.start, e.length, kind);
+        pos = end;
+    }
+    if let Some(size) = size
+        && pos != size
+    {
+        return Err(format!("the extents end at {pos}, the volume at {size}"));
+    }
+    Ok(out)
+}
+
+/// Fuzzing entry: the extents parser and the URL parser on any bytes.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_entry(data: &[u8]) {
+    if let Ok(v) = parse_extents(data, None) {
+        let mut pos = 0;
+        for e in &v {
+            assert_eq!(e.start, pos);
+            assert!(e.len > 0);
+            pos = e.end();
+        }
+    }
+    if let Ok(s) = std::str::from_utf8(data)
+        && let Ok(u) = ImageioUrl::parse(s)
+    {
+        // The whole URL parses back to itself; the shown one never holds
+        // more than four characters of the ticket id.
+        assert_eq!(ImageioUrl::parse(&u.full()).as_ref(), Ok(&u));
+        let shown = u.to_string();
+        let id = shown.rsplit('/').next().unwrap_or_default();
+        assert!(id.trim_end_matches('…').chars().count() <= 4);
     }
 }
 
@@ -449,5 +476,54 @@ impl Extents for ImageioVolume {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_answers_are_checked() {
+        let ok = br#"[{"start":0,"length":4096,"zero":false,"hole":false},
+            {"start":4096,"length":4096,"zero":true,"hole":true},
+            {"start":8192,"length":8192,"zero":true}]"#;
+        let v = parse_extents(ok, Some(16384)).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                Extent {
+                    start: 0,
+                    len: 4096,
+                    kind: ExtentKind::Data
+                },
+                Extent {
+                    start: 4096,
+                    len: 4096,
+                    kind: ExtentKind::Hole
+                },
+                Extent {
+                    start: 8192,
+                    len: 8192,
+                    kind: ExtentKind::Zero
+                },
+            ]
+        );
+        assert!(
+            parse_extents(ok, Some(1))
+                .unwrap_err()
+                .contains("end at 16384")
+        );
+        for bad in [
+            &br#"[{"start":1,"length":1,"zero":false}]"#[..],
+            br#"[{"start":0,"length":0,"zero":false}]"#,
+            br#"[{"start":0,"length":18446744073709551615,"zero":false},{"start":18446744073709551615,"length":2,"zero":false}]"#,
+            br#"{"start":0}"#,
+            b"",
+        ] {
+            assert!(parse_extents(bad, None).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        fuzz_entry(ok);
+        fuzz_entry(b"https://h:1/images/abcdefg");
     }
 }

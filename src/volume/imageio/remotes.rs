@@ -216,7 +216,12 @@ mod tests {
             ca_file: Some(p.clone()),
             ..RemoteConfig::default()
         };
-        assert!(Remotes::new(&cfg).unwrap_err().to_string().contains("no certificate"));
+        assert!(
+            Remotes::new(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("no certificate")
+        );
         let missing = RemoteConfig {
             ca_file: Some(dir.path().join("none.pem")),
             ..RemoteConfig::default()

@@ -182,16 +182,24 @@ mod tests {
             u.full(),
             "https://host-1.example.com:54322/images/abcdef-123"
         );
-        assert_eq!(u.to_string(), "https://host-1.example.com:54322/images/abcd…");
-        assert_eq!(format!("{u:?}"), "ImageioUrl(https://host-1.example.com:54322/images/abcd…)");
-        assert_eq!(u.sub("extents"), "https://host-1.example.com:54322/images/abcdef-123/extents");
+        assert_eq!(
+            u.to_string(),
+            "https://host-1.example.com:54322/images/abcd…"
+        );
+        assert_eq!(
+            format!("{u:?}"),
+            "ImageioUrl(https://host-1.example.com:54322/images/abcd…)"
+        );
+        assert_eq!(
+            u.sub("extents"),
+            "https://host-1.example.com:54322/images/abcdef-123/extents"
+        );
         let u = ImageioUrl::parse("https://[::1]:8443/images/t").unwrap();
         assert_eq!(u.authority(), "[::1]:8443");
         assert_eq!(u.to_string(), "https://[::1]:8443/images/t");
         let u = ImageioUrl::parse("https://10.0.0.1/images/t").unwrap();
         assert_eq!(u.port(), DEFAULT_PORT);
-        let back: ImageioUrl =
-            serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
+        let back: ImageioUrl = serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
         assert_eq!(back, u);
     }
 

@@ -21,7 +21,12 @@ use crate::volume::tests::{
     KIB, MIB, assert_check_clean, assert_same_as, assert_same_extents, assert_well_formed, clip,
     create_qcow2, data_for, data_only, qemu_extents, random_raw, read_all, run_steps_on,
 };
-use crate::volume::{Format, Volume, open_nbd};
+use crate::volume::{Format, NetUrl, Volume, open_net};
+
+/// Connects to the NBD export at `url`.
+fn open_nbd(url: &NbdUrl, write: bool) -> Result<Volume> {
+    open_net(&NetUrl::Nbd(url.clone()), write)
+}
 
 /// A qemu-nbd serving one image on a Unix socket, killed when dropped.
 pub(crate) struct QemuNbd {
