@@ -874,7 +874,8 @@ fn a_remote_error_is_passed_on_without_the_ticket_id() {
 
 /// Two `ovaio serve`: an `image` ticket on the second (a file in its
 /// storage root) is the remote volume of an `ova-import` ticket on the
-/// first, which trusts the second's certificate.
+/// first, which trusts the second's certificate; then the source of an
+/// `ova-export` ticket on the first.
 #[test]
 fn ovaio_imports_into_a_volume_served_by_another_ovaio() {
     let (w1, w2) = (Work::new(), Work::new());
@@ -910,6 +911,28 @@ fn ovaio_imports_into_a_volume_served_by_another_ovaio() {
         st["transferred"].as_u64().is_some_and(|n| n > 0),
         "the second server counted no bytes: {st}"
     );
+
+    // And back: an `ova-export` ticket on the first reads the volume
+    // through the second's extents and ranged reads.
+    s1.add_ticket(&json!({
+        "uuid": "down", "kind": "ova-export", "ops": ["read"], "timeout": 120,
+        "ova": {"name": "vm1", "disks": [{"href": "disk1.qcow2", "url": s2.image_url(&id)}]},
+    }));
+    let r = s1.data("GET", "/images/down", &[]);
+    assert_eq!(r.status, 200, "download: {}\n{}", r.text(), s2.log());
+    let dl = w1.path("vm1.ova");
+    fs::write(&dl, &r.body).expect("save the download");
+    assert_eq!(await_final(&s1, "down")["state"], "succeeded");
+    assert_eq!(tar_names(&dl), ["vm1.ovf", "disk1.qcow2", "vm1.mf"]);
+    let back = w1.mkdir("back");
+    ovaio()
+        .arg("import")
+        .arg(&dl)
+        .arg("--dir")
+        .arg(&back)
+        .run()
+        .assert_success();
+    image::assert_target(&a.raw, &back.join("disk1.raw"), Target::Raw, MAIN.size);
     assert_log_keeps(s1, "", &[&id]);
 }
 
@@ -978,7 +1001,8 @@ fn remote_hosts_and_schemes_are_checked_at_ticket_installation() {
 }
 
 /// `[remote] ca_file` and `allow` in the configuration file: the CA is
-/// trusted (a read goes through) and another host is refused.
+/// trusted (a read goes through) and another host is refused; then the
+/// CA named for the daemon's `host:port` alone in `[remote.ca_files]`.
 #[test]
 fn remote_settings_from_the_configuration_file() {
     let w = Work::new();
@@ -1002,6 +1026,25 @@ fn remote_settings_from_the_configuration_file() {
     let r = s.control("PUT", "/tickets/img", Some(&ticket(&other)));
     assert_eq!(r.status, 400, "{other}: {}", r.text());
     assert!(r.text().contains("remote.allow"), "{}", r.text());
+    s.add_ticket(&ticket(&im.url(&id)));
+    let r = s.data("GET", "/images/img", &[]);
+    assert_eq!(r.status, 200, "a read of the remote: {}", r.text());
+    assert!(r.body == fs::read(&vol).expect("read the volume"));
+    assert_log_keeps(s, "", &[&id]);
+
+    // A CA for this host:port alone, in `[remote.ca_files]`.
+    let w2 = Work::new();
+    let config = w2.path("ovaio.toml");
+    fs::write(
+        &config,
+        format!(
+            "[remote.ca_files]\n\"127.0.0.1:{}\" = {:?}\n",
+            im.port(),
+            p(im.ca())
+        ),
+    )
+    .expect("write the configuration");
+    let s = Server::start_with(&w2, &["--config", p(&config)]);
     s.add_ticket(&ticket(&im.url(&id)));
     let r = s.data("GET", "/images/img", &[]);
     assert_eq!(r.status, 200, "a read of the remote: {}", r.text());
