@@ -98,21 +98,9 @@ WORK=$(cd "$(mktemp -d "$BENCH_DIR/run.XXXXXX")" && pwd -P)
 # Unix socket paths are limited to 107 bytes.
 [ ${#WORK} -le 60 ] || die "BENCH_DIR is too long for the control sockets: $WORK"
 
-declare -A PID PORT SOCK
+# shellcheck source=benches/lib/servers.sh
+. "$ROOT/benches/lib/servers.sh"
 CLIENT_PIDS=()
-
-# stop_pid PID: SIGTERM, then up to 10 s for the exit, then SIGKILL.
-stop_pid() {
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local p
@@ -142,126 +130,29 @@ CERT=$OV_DIR/state/tls/server.crt
 KEY=$OV_DIR/state/tls/server.key
 # Where each server's targets live (the same file system).
 declare -A DATA=([ovaio]=$OV_ROOT [imageio]=$IM_DIR/data)
-# The certificate each server presents (imageio is given ovaio's).
-declare -A CA=([imageio]=$CERT)
 
 # ------------------------------------------------------------- source image
 # shellcheck source=benches/lib/source_image.sh
 . "$ROOT/benches/lib/source_image.sh"
 
 # ----------------------------------------------------------------- servers
-# wait_for FILE PATTERN PID NAME LOG: until FILE holds PATTERN.
-wait_for() {
-  local file=$1 pat=$2 pid=$3 name=$4 log=$5 i
-  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-    grep -q "$pat" "$file" 2>/dev/null && return 0
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -20 "$log" >&2
-      die "$name exited during start-up"
-    fi
-    sleep 0.1
-  done
-  tail -20 "$log" >&2
-  die "$name did not start within ${START_TIMEOUT}s"
-}
-
-# start_ovaio [NAME BINARY DIR]: ovaio serve on an ephemeral loopback port,
-# state in DIR/state, storage root DIR/root (default: this build, as
-# "ovaio"). Its generated certificate and key are kept in the state
-# directory across restarts; ovaio's serve imageio too.
-start_ovaio() {
+# start_serve [NAME BINARY DIR]: ovaio serve (start_ovaio in
+# benches/lib/servers.sh), by default this build as "ovaio" in OV_DIR,
+# with SERVE_CONFIG when set; its targets go to DIR/root.
+start_serve() {
   local name=${1:-ovaio} bin=${2:-$OVAIO} dir=${3:-$OV_DIR}
-  mkdir -p "$dir/state" "$dir/root"
-  : >"$dir/stdout"
-  "$bin" serve --listen 127.0.0.1:0 --state-dir "$dir/state" --root "$dir/root" ${SERVE_CONFIG:+--config "$SERVE_CONFIG"} \
-    </dev/null >"$dir/stdout" 2>>"$dir/stderr" &
-  PID[$name]=$!
-  wait_for "$dir/stdout" 'ready' "${PID[$name]}" "$name serve" "$dir/stderr"
-  PORT[$name]=$(sed -n 's|^ovaio serve: data API https://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$dir/stdout")
-  SOCK[$name]=$(sed -n 's|^ovaio serve: control API unix:||p' "$dir/stdout")
-  [ -n "${PORT[$name]}" ] && [ -S "${SOCK[$name]}" ] || die "cannot parse $name serve's start-up lines"
-  CA[$name]=$dir/state/tls/server.crt
+  start_ovaio "$name" "$bin" "$dir" ${SERVE_CONFIG:+--config "$SERVE_CONFIG"}
   DATA[$name]=$dir/root
-  [ -f "${CA[$name]}" ] || die "$name serve made no certificate in $dir/state/tls"
 }
 
-# The ovirt-imageio daemon: only conf.d/99-local.conf in its conf dir (the
-# package's defaults live in ovirt_imageio/_internal/config.py); TLS with
-# ovaio's certificate, remote service on an ephemeral loopback port (read
-# from its log), control service on a Unix socket, no local service, as the
-# current user, log to a file at INFO (the package default).
-start_imageio() {
-  cat >"$IM_DIR/conf/conf.d/99-local.conf" <<EOF
-[daemon]
-run_dir = $IM_DIR/run
-drop_privileges = false
-systemd_enable = false
+# The ovirt-imageio daemon: TLS with ovaio's certificate and key, no local
+# service (start_imageio in benches/lib/servers.sh).
+start_daemon() { start_imageio imageio "$IM_DIR" "$KEY" "$CERT"; }
 
-[tls]
-enable = true
-key_file = $KEY
-cert_file = $CERT
-ca_file =
-
-[remote]
-host = 127.0.0.1
-port = 0
-
-[local]
-enable = false
-
-[control]
-transport = unix
-socket = $IM_DIR/run/control.sock
-
-[profile]
-filename = $IM_DIR/run/profile
-
-[handler_logfile]
-class = logging.FileHandler
-args = ('$IM_DIR/daemon.log',)
-kwargs = {}
-EOF
-  : >"$IM_DIR/daemon.log"
-  "$VENV/bin/ovirt-imageio" --conf-dir "$IM_DIR/conf" </dev/null >>"$IM_DIR/stderr" 2>&1 &
-  PID[imageio]=$!
-  wait_for "$IM_DIR/daemon.log" 'Ready for requests' "${PID[imageio]}" "ovirt-imageio" "$IM_DIR/stderr"
-  PORT[imageio]=$(sed -n "s/.*remote\.service listening on ('127\.0\.0\.1', \([0-9]*\)).*/\1/p" "$IM_DIR/daemon.log" | tail -1)
-  SOCK[imageio]=$IM_DIR/run/control.sock
-  [ -n "${PORT[imageio]}" ] && [ -S "${SOCK[imageio]}" ] || die "cannot find ovirt-imageio's port in $IM_DIR/daemon.log"
-}
-
-stop_servers() {
-  local s
-  for s in "${!PID[@]}"; do
-    stop_pid "${PID[$s]}"
-    unset "PID[$s]"
-  done
-}
-
-# status_kib PID FIELD: VmRSS or VmHWM of PID in KiB.
-status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 # cpu_s PID: user + system CPU seconds PID used so far (fields 14 and 15 of
 # /proc/PID/stat, counted after the parenthesised command name).
 CLK_TCK=$(getconf CLK_TCK)
 cpu_s() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$CLK_TCK" '{ printf "%.2f\n", ($12 + $13) / hz }'; }
-
-# control SERVER METHOD PATH [JSON]: a control API request; fails unless 2xx.
-control() {
-  local srv=$1 method=$2 path=$3 body=${4-} code
-  local args=(-sS --unix-socket "${SOCK[$srv]}" -X "$method" -o "$WORK/control.out" -w '%{http_code}')
-  if [ -n "$body" ]; then
-    args+=(-H 'content-type: application/json' --data-binary "$body")
-  fi
-  code=$(curl "${args[@]}" "http://localhost$path") || code=000
-  case $code in
-    2??) ;;
-    *)
-      echo "  $srv: $method $path -> $code $(head -c 300 "$WORK/control.out" 2>/dev/null)" >&2
-      return 1
-      ;;
-  esac
-}
 
 # image_ticket ID PATH: a write ticket for the raw volume PATH.
 image_ticket() {
@@ -470,7 +361,7 @@ range_of() { sort -g "$1" | awk 'NR == 1 { a = $1 } { b = $1 } END { if (NR) pri
 
 # 0. With PARTS=ova: the OVA upload against the pipe, nothing else.
 if [ "$PARTS" = ova ]; then
-  start_ovaio
+  start_serve
   echo "building bench.ova ($OVA_FORMAT, manifest: $OVA_MANIFEST)..." >&2
   make_ova
   OVA_BYTES=$(stat -c %s "$OVA")
@@ -513,8 +404,8 @@ fi
 # 0. With BASELINE: this build against another, nothing else.
 if [ -n "$BASELINE" ]; then
   [ -x "$BASELINE" ] || die "BASELINE $BASELINE is not an executable"
-  start_ovaio
-  start_ovaio baseline "$BASELINE" "$WORK/baseline"
+  start_serve
+  start_serve baseline "$BASELINE" "$WORK/baseline"
   echo "ovaio pid ${PID[ovaio]}, baseline ($BASELINE) pid ${PID[baseline]}" >&2
   make_ova
   OVA_BYTES=$(stat -c %s "$OVA")
@@ -565,8 +456,8 @@ if [ -n "$BASELINE" ]; then
 fi
 
 # 1. one upload at a time, best of REPS, the servers' order alternating.
-start_ovaio
-start_imageio
+start_serve
+start_daemon
 echo "ovaio serve pid ${PID[ovaio]} port ${PORT[ovaio]}; ovirt-imageio $IMAGEIO_HAVE pid ${PID[imageio]} port ${PORT[imageio]}" >&2
 for s in ovaio imageio; do IDLE[$s]=$(status_kib "${PID[$s]}" VmRSS); done
 : >"$WORK/single-ovaio.t"
@@ -605,8 +496,8 @@ rm -f "$OVA"
 # 3. CONCURRENCY uploads at once into freshly started servers.
 echo "restarting both servers for $CONCURRENCY concurrent uploads..." >&2
 stop_servers
-start_ovaio
-start_imageio
+start_serve
+start_daemon
 for s in ovaio imageio; do IDLE8[$s]=$(status_kib "${PID[$s]}" VmRSS); done
 : >"$WORK/many-ovaio.each"
 : >"$WORK/many-imageio.each"

@@ -78,17 +78,9 @@ for l in sys.stdin:
 mkdir -p "$BENCH_DIR"
 WORK=$(cd "$(mktemp -d "$BENCH_DIR/run.XXXXXX")" && pwd -P)
 [ ${#WORK} -le 60 ] || die "BENCH_DIR is too long for the sockets: $WORK"
-declare -A PID PORT SOCK CA
+# shellcheck source=benches/lib/servers.sh
+. "$ROOT/benches/lib/servers.sh"
 NBD_PID=
-
-stop_pid() {
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   [ -n "$NBD_PID" ] && stop_pid "$NBD_PID"
   for p in "${PID[@]}"; do stop_pid "$p"; done
@@ -117,76 +109,16 @@ NBD_SOCK=$WORK/nbd.sock
 echo "writing the ${SIZE_MIB} MiB source image..." >&2
 make_source "$SRC" "$SIZE"
 
-wait_for() {
-  local file=$1 pat=$2 pid=$3 name=$4 i
-  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-    grep -q "$pat" "$file" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || die "$name exited during start-up"
-    sleep 0.1
-  done
-  die "$name did not start within ${START_TIMEOUT}s"
-}
-
-start_ovaio() {
+start_ovaio_server() {
   local extra=()
   [ "$LOCAL" = 1 ] && extra=(--data-socket "$OV_DIR/data.sock")
-  "$OVAIO" serve --listen 127.0.0.1:0 --state-dir "$OV_DIR/state" --root "$OV_DIR/root" "${extra[@]}" \
-    </dev/null >"$OV_DIR/stdout" 2>>"$OV_DIR/stderr" &
-  PID[ovaio]=$!
-  wait_for "$OV_DIR/stdout" 'ready' "${PID[ovaio]}" "ovaio serve"
-  PORT[ovaio]=$(sed -n 's|^ovaio serve: data API https://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$OV_DIR/stdout")
-  SOCK[ovaio]=$(sed -n 's|^ovaio serve: control API unix:||p' "$OV_DIR/stdout")
-  CA[ovaio]=$CERT
+  start_ovaio ovaio "$OVAIO" "$OV_DIR" "${extra[@]}"
 }
 
-start_imageio() {
-  cat >"$IM_DIR/conf/conf.d/99-local.conf" <<EOF
-[daemon]
-run_dir = $IM_DIR/run
-drop_privileges = false
-systemd_enable = false
-
-[tls]
-enable = true
-key_file = $KEY
-cert_file = $CERT
-ca_file =
-
-[remote]
-host = 127.0.0.1
-port = 0
-
-[local]
-enable = $([ "$LOCAL" = 1 ] && echo true || echo false)
-socket = $IM_DIR/run/local.sock
-
-[control]
-transport = unix
-socket = $IM_DIR/run/control.sock
-
-[handler_logfile]
-class = logging.FileHandler
-args = ('$IM_DIR/daemon.log',)
-kwargs = {}
-EOF
-  : >"$IM_DIR/daemon.log"
-  "$VENV/bin/ovirt-imageio" --conf-dir "$IM_DIR/conf" </dev/null >>"$IM_DIR/stderr" 2>&1 &
-  PID[imageio]=$!
-  wait_for "$IM_DIR/daemon.log" 'Ready for requests' "${PID[imageio]}" "ovirt-imageio"
-  PORT[imageio]=$(sed -n "s/.*remote\.service listening on ('127\.0\.0\.1', \([0-9]*\)).*/\1/p" "$IM_DIR/daemon.log" | tail -1)
-  SOCK[imageio]=$IM_DIR/run/control.sock
-  CA[imageio]=$CERT
-}
-
-control() {
-  local srv=$1 method=$2 path=$3 body=${4-} code
-  local args=(-sS --unix-socket "${SOCK[$srv]}" -X "$method" -o "$WORK/control.out" -w '%{http_code}')
-  [ -n "$body" ] && args+=(-H 'content-type: application/json' --data-binary "$body")
-  code=$(curl "${args[@]}" "http://localhost$path") || code=000
-  case $code in
-    2??) ;;
-    *) echo "  $srv: $method $path -> $code $(head -c 300 "$WORK/control.out")" >&2; return 1 ;;
-  esac
+start_imageio_server() {
+  local extra=()
+  [ "$LOCAL" = 1 ] && extra=(--local)
+  start_imageio imageio "$IM_DIR" "$KEY" "$CERT" "${extra[@]}"
 }
 
 # fresh_volume: an empty qcow2 image at VOL (64 KiB clusters, as vdsm makes them).
@@ -279,8 +211,8 @@ mbps() { awk -v b="$SIZE" -v s="$1" 'BEGIN { if (s !~ /^[0-9.]+$/ || s <= 0) pri
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 # ------------------------------------------------------------------ uploads
-start_ovaio
-start_imageio
+start_ovaio_server
+start_imageio_server
 read -r -a WHO <<<"$SERVERS"
 for w in "${WHO[@]}"; do : >"$WORK/up-$w.t"; : >"$WORK/cpu-$w.t"; done
 for ((r = 1; r <= REPS; r++)); do

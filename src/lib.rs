@@ -33,6 +33,7 @@
 )]
 
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod error;
 pub mod limits;

@@ -292,3 +292,19 @@ pub const REMOTE_IO_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_REMOTE_SMALL_BODY: u64 = 64 << 10;
 /// Largest `extents` answer accepted (about 500,000 extents).
 pub const MAX_REMOTE_EXTENTS_BODY: u64 = 32 << 20;
+
+// ---------------------------------------------------------------------
+// `ovaio upload` and `ovaio download`
+// ---------------------------------------------------------------------
+
+/// Attempts in a row that move no byte forward before a client gives up.
+pub const CLIENT_ATTEMPTS: u32 = 10;
+/// The first wait before another attempt; it doubles up to
+/// [`CLIENT_BACKOFF_MAX`].
+pub const CLIENT_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts.
+pub const CLIENT_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Bytes of a package read from a pipe kept after they are sent, so that
+/// an upload cut short can be sent again from the server's committed
+/// offset (which trails what was sent by what was in flight).
+pub const CLIENT_REPLAY_WINDOW: usize = 64 << 20;

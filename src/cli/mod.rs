@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod completions;
+mod download;
 mod export;
 mod import;
 mod inspect;
@@ -20,6 +21,7 @@ mod man;
 mod progress;
 mod serve;
 mod signals;
+mod upload;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +49,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run the HTTPS data API and the control API (tickets, jobs).
     Serve(serve::ServeArgs),
+    /// Send an OVA to an ova-import ticket, or a disk to an image ticket, resuming after cuts.
+    Upload(upload::UploadArgs),
+    /// Fetch an ova-export ticket's OVA, or an image ticket's disk, resuming after cuts.
+    Download(download::DownloadArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the manual page (roff) covering every subcommand.
@@ -76,6 +82,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => import::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Upload(a) => upload::run(a),
+        Command::Download(a) => download::run(a),
         Command::Completions(a) => completions::run(a),
         Command::Man(a) => man::run(a),
     }

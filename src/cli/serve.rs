@@ -53,7 +53,7 @@ pub(crate) struct ServeArgs {
     /// PEM private key for --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
-    /// PEM CA bundle trusted for remote volumes (`https://…/images/…`
+    /// PEM CA bundle trusted for remote volumes (`https://HOST/images/ID`
     /// URLs in tickets and jobs) [default: the configuration's
     /// remote.ca_file, else the system roots].
     #[arg(long, value_name = "FILE")]

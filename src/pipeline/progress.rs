@@ -77,6 +77,11 @@ impl Progress {
         self.total.store(n, Ordering::Relaxed);
     }
 
+    /// Sets the bytes done outright: a resumed transfer may go back.
+    pub(crate) fn set_read(&self, n: u64) {
+        self.bytes_read.store(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_read(&self, n: u64) {
         self.bytes_read.fetch_add(n, Ordering::Relaxed);
     }

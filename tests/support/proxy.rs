@@ -1,6 +1,7 @@
 //! A fault-injecting TCP proxy: forwards connections to a server and cuts
 //! each one (both directions, both sockets shut down) once the client has
-//! sent a random number of bytes through it, drawn from a seeded
+//! sent (or, started with [`CuttingProxy::start_down`], received) a random
+//! number of bytes through it, drawn from a seeded
 //! generator so a failing run can be repeated. It cuts at most a given
 //! number of connections; connections that end before their cut point
 //! pass untouched (a `HEAD`, a TLS handshake), and once the budget is
@@ -19,6 +20,8 @@ use std::time::Duration;
 pub struct Conn {
     /// Bytes forwarded from the client to the server.
     pub up: u64,
+    /// Bytes forwarded from the server to the client.
+    pub down: u64,
     /// Where it was to be cut, if anywhere.
     pub cut_at: Option<u64>,
     /// Whether it was cut.
@@ -31,6 +34,8 @@ struct State {
     cuts_left: usize,
     min: u64,
     max: u64,
+    /// Cut on bytes towards the client rather than towards the server.
+    downstream: bool,
     conns: Vec<Conn>,
 }
 
@@ -60,6 +65,23 @@ impl CuttingProxy {
     /// 127.0.0.1:`target`, cutting up to `cuts` connections each after
     /// between `min` and `max` bytes from the client.
     pub fn start(target: u16, cuts: usize, min: u64, max: u64, seed: u64) -> CuttingProxy {
+        CuttingProxy::with_direction(target, cuts, min, max, seed, false)
+    }
+
+    /// Like [`CuttingProxy::start`], cutting after between `min` and
+    /// `max` bytes towards the client (a download).
+    pub fn start_down(target: u16, cuts: usize, min: u64, max: u64, seed: u64) -> CuttingProxy {
+        CuttingProxy::with_direction(target, cuts, min, max, seed, true)
+    }
+
+    fn with_direction(
+        target: u16,
+        cuts: usize,
+        min: u64,
+        max: u64,
+        seed: u64,
+        downstream: bool,
+    ) -> CuttingProxy {
         assert!(min > 0 && min <= max, "cut range {min}..={max}");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
@@ -69,6 +91,7 @@ impl CuttingProxy {
             cuts_left: cuts,
             min,
             max,
+            downstream,
             conns: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -137,19 +160,23 @@ fn relay(client: TcpStream, target: u16, state: &Arc<Mutex<State>>) {
     let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    // Server to client: until either side closes.
-    let down = thread::spawn(move || {
-        let (mut from, mut to) = (s2, c2);
-        let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-    });
-    let (mut from, mut to) = (client, server);
+    let downstream = state.lock().expect("proxy state").downstream;
+    let st = state.clone();
+    let down = thread::spawn(move || pump(s2, c2, &st, index, downstream, false));
+    pump(client, server, state, index, !downstream, true);
+    let _ = down.join();
+}
+
+/// Forwards `from` to `to` until either closes; when `cutting`, cuts the
+/// connection at its cut point. `up`: this is the client's direction.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    state: &Arc<Mutex<State>>,
+    index: usize,
+    cutting: bool,
+    up: bool,
+) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
@@ -158,31 +185,29 @@ fn relay(client: TcpStream, target: u16, state: &Arc<Mutex<State>>) {
         };
         let mut s = state.lock().expect("proxy state");
         let c = &s.conns[index];
-        let (up, cut_at) = (c.up, c.cut_at);
+        let (done, cut_at) = (if up { c.up } else { c.down }, c.cut_at);
         let pass = match cut_at {
-            Some(at) if s.cuts_left > 0 && up + n as u64 >= at => Some((at - up) as usize),
+            Some(at) if cutting && !c.cut && s.cuts_left > 0 && done + n as u64 >= at => {
+                Some((at - done) as usize)
+            }
             _ => None,
         };
-        match pass {
-            Some(k) => {
-                s.cuts_left -= 1;
-                s.conns[index].cut = true;
-                s.conns[index].up += k as u64;
-                drop(s);
-                let _ = to.write_all(&buf[..k]);
-                let _ = to.flush();
-                break;
-            }
-            None => {
-                s.conns[index].up += n as u64;
-                drop(s);
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
+        let k = pass.unwrap_or(n);
+        if pass.is_some() {
+            s.cuts_left -= 1;
+            s.conns[index].cut = true;
+        }
+        if up {
+            s.conns[index].up += k as u64;
+        } else {
+            s.conns[index].down += k as u64;
+        }
+        drop(s);
+        if to.write_all(&buf[..k]).is_err() || pass.is_some() {
+            let _ = to.flush();
+            break;
         }
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
-    let _ = down.join();
 }

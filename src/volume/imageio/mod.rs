@@ -189,6 +189,10 @@ impl ImageioVolume {
         if ok.contains(&status) {
             return Ok(body);
         }
+        if matches!(status, 502..=504) {
+            // A gateway or a server busy for a moment: worth another try.
+            return Err(Attempt::Retry(format!("{what} answered {status}")));
+        }
         let text = read_limited(body, MAX_REMOTE_SMALL_BODY, "an error answer").unwrap_or_default();
         let text = String::from_utf8_lossy(&text);
         let text: String = text
@@ -356,14 +360,26 @@ pub fn fuzz_entry(data: &[u8]) {
 }
 
 /// A transport error: a failed connection is worth another attempt, a
-/// bad URL or a protocol violation is not.
+/// bad URL, a protocol violation or a certificate that does not verify is
+/// not.
 fn transport(e: ureq::Error) -> Attempt {
+    if transient(&e) {
+        Attempt::Retry(e.to_string())
+    } else {
+        Attempt::Fail(Error::new(ErrorKind::Io, e.to_string()))
+    }
+}
+
+/// Whether `e` is a failed or dropped connection (worth another try),
+/// not a TLS verdict or a bad request.
+pub(crate) fn transient(e: &ureq::Error) -> bool {
     match e {
-        ureq::Error::Io(_)
-        | ureq::Error::Timeout(_)
-        | ureq::Error::ConnectionFailed
-        | ureq::Error::Protocol(_) => Attempt::Retry(e.to_string()),
-        other => Attempt::Fail(Error::new(ErrorKind::Io, other.to_string())),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .is_none(),
+        ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed | ureq::Error::Protocol(_) => true,
+        _ => false,
     }
 }
 

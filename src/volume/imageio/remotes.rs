@@ -27,6 +27,9 @@ pub struct RemoteConfig {
     /// Hosts a ticket may name, as `host` (any port) or `host:port`;
     /// `None`: any.
     pub allow: Option<Vec<String>>,
+    /// Check no certificate at all (`ovaio upload --insecure`; never the
+    /// server's setting).
+    pub insecure: bool,
 }
 
 /// The configured trust: an HTTP agent (a connection pool) per CA.
@@ -76,6 +79,7 @@ pub fn check_allowed(url: &ImageioUrl) -> std::result::Result<(), String> {
 impl Remotes {
     fn new(cfg: &RemoteConfig) -> Result<Remotes> {
         let default = match &cfg.ca_file {
+            _ if cfg.insecure => insecure_agent(),
             Some(p) => agent(load_ca(p)?),
             None => agent(RootCerts::PlatformVerifier),
         };
@@ -158,11 +162,20 @@ fn load_ca(path: &Path) -> Result<RootCerts> {
     Ok(RootCerts::Specific(Arc::new(certs)))
 }
 
+/// An agent that checks no certificate.
+fn insecure_agent() -> Agent {
+    let tls = TlsConfig::builder().disable_verification(true).build();
+    builder(tls)
+}
+
 /// An agent: keep-alive connections (enough for every writer of a few
 /// transfers), statuses returned rather than raised, no redirects (a
 /// ticket URL names its host), timeouts that end a stalled remote.
 fn agent(roots: RootCerts) -> Agent {
-    let tls = TlsConfig::builder().root_certs(roots).build();
+    builder(TlsConfig::builder().root_certs(roots).build())
+}
+
+fn builder(tls: TlsConfig) -> Agent {
     Agent::config_builder()
         .tls_config(tls)
         .http_status_as_error(false)
