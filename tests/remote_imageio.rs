@@ -729,10 +729,17 @@ fn big_package(w: &Work) -> (Vec<u8>, PathBuf, usize) {
     (fs::read(&package).expect("read the package"), d.raw, data)
 }
 
-/// Waits until ovaio has taken the first `sent` bytes of the body and
-/// the remote volume holds the disk's first 64 KiB.
-fn await_remote_data(s: &Server, id: &str, sent: usize, vol: &Path, reference: &Path) {
-    let want = fs::read(reference).expect("read the reference")[..64 << 10].to_vec();
+/// Waits until ovaio has taken the first `sent` bytes of the body, the
+/// remote volume holds the disk's first `landed` bytes, and the daemon
+/// has no request on the remote ticket `remote` in progress.
+fn await_remote_data(
+    s: &Server,
+    id: &str,
+    sent: usize,
+    (im, remote): (&Imageio, &str),
+    vol: &Path,
+    want: &[u8],
+) {
     poll("the first part to reach the remote volume", || {
         let t = s.ticket(id);
         let taken = t["transferred"].as_u64().is_some_and(|n| n >= sent as u64);
@@ -741,12 +748,15 @@ fn await_remote_data(s: &Server, id: &str, sent: usize, vol: &Path, reference: &
             .and_then(|mut f| f.read_exact(&mut head))
             .is_ok()
             && head == want;
-        (taken && landed).then_some(())
+        let idle = im.ticket(remote).is_some_and(|r| r["active"] == false);
+        (taken && landed && idle).then_some(())
     });
 }
 
-/// The daemon is killed (SIGKILL) after the first 9 MiB of the disk have
-/// reached its volume; the rest of the OVA then arrives. ovaio cannot
+/// The daemon is killed (SIGKILL) once ovaio has taken the first 9 MiB of
+/// the disk and written two whole requests (4 MiB each, as the README
+/// says) into the volume, with none in progress; the rest of the OVA then
+/// arrives. ovaio cannot
 /// reach the remote again, so the ticket fails (never succeeds) with an
 /// error naming the remote and its partial data.
 #[test]
@@ -762,7 +772,8 @@ fn import_fails_when_the_imageio_daemon_dies_midway() {
 
     let first = data + 9 * MIB as usize;
     let split = Split::start(&s, "imp", package, first);
-    await_remote_data(&s, "imp", first, &vol, &reference);
+    let want = &fs::read(&reference).expect("read the reference")[..8 * MIB as usize];
+    await_remote_data(&s, "imp", first, (&im, &id), &vol, want);
     let port = im.port();
     im.kill();
     let answer = split.finish();
@@ -783,10 +794,11 @@ fn import_fails_when_the_imageio_daemon_dies_midway() {
 }
 
 /// The remote ticket is removed (as the engine does when it cancels a
-/// transfer) after the first 9 MiB of the disk have reached its volume;
-/// the rest of the OVA then arrives. The daemon refuses the next request
-/// with 403, and the ticket fails with an error naming the remote and
-/// that status.
+/// transfer) once ovaio has taken the first 9 MiB of the disk and written
+/// two whole requests (4 MiB each, as the README says) into the volume,
+/// with none in progress; the rest of the OVA then arrives. The daemon
+/// refuses the next request with 403 (before reading its body), and the
+/// ticket fails with an error naming the remote and that status.
 #[test]
 fn import_fails_when_the_remote_ticket_is_removed_midway() {
     let w = Work::new();
@@ -800,21 +812,11 @@ fn import_fails_when_the_remote_ticket_is_removed_midway() {
 
     let first = data + 9 * MIB as usize;
     let split = Split::start(&s, "imp", package, first);
-    await_remote_data(&s, "imp", first, &vol, &reference);
-    // The daemon answers the removal once no request uses the ticket; a
-    // request of ovaio's may be waiting for the rest, so the removal runs
-    // beside the test, which sends the rest once the ticket is cancelled.
-    let answer = thread::scope(|scope| {
-        let removal = scope.spawn(|| im.delete_ticket(&id));
-        poll("the remote ticket to be cancelled", || {
-            im.ticket(&id)
-                .is_none_or(|t| t["canceled"] == true)
-                .then_some(())
-        });
-        let answer = split.finish();
-        removal.join().expect("the removal");
-        answer
-    });
+    let want = &fs::read(&reference).expect("read the reference")[..8 * MIB as usize];
+    await_remote_data(&s, "imp", first, (&im, &id), &vol, want);
+    im.delete_ticket(&id);
+    assert!(im.ticket(&id).is_none(), "the remote ticket was removed");
+    let answer = split.finish();
 
     let t = await_final(&s, "imp");
     let answer = answer.join().expect("the sending thread");
