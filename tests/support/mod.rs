@@ -11,6 +11,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod image;
+pub mod imageio;
 pub mod nbd;
 pub mod ova;
 pub mod proxy;
