@@ -130,7 +130,13 @@ pub fn init_logging(verbose: u8, server: bool, format: LogFormat) {
     // The HTTP client's own debug lines carry whole request URLs, and a
     // remote volume's URL holds its ticket id: never logged, whatever
     // RUST_LOG asks.
-    for d in ["ureq=info", "ureq_proto=info"] {
+    // The platform verifier logs each refused certificate as an error
+    // line of its own; the refusal is the command's error already.
+    for d in [
+        "ureq=info",
+        "ureq_proto=info",
+        "rustls_platform_verifier=off",
+    ] {
         if let Ok(d) = d.parse() {
             filter = filter.add_directive(d);
         }

@@ -420,9 +420,8 @@ const ALL_METHODS: [&str; 7] = ["OPTIONS", "GET", "HEAD", "PUT", "PATCH", "POST"
 
 fn ticket_options(t: &TicketHandle, socket: Option<&Path>, writers: u32) -> Response {
     let can_write = t.ops().contains(&Op::Write);
-    let opts = |methods: &[&str], features: &[&str]| {
-        options_response(methods, features, socket, writers)
-    };
+    let opts =
+        |methods: &[&str], features: &[&str]| options_response(methods, features, socket, writers);
     match t.kind() {
         TicketKind::Image if can_write => {
             opts(&["OPTIONS", "GET", "HEAD", "PUT", "PATCH"], &FULL_FEATURES)

@@ -161,8 +161,17 @@ impl ImageioVolume {
         loop {
             match op() {
                 Ok(v) => return Ok(v),
-                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Fail(e)) => return Err(self.named(e, what)),
                 Err(Attempt::Retry(why)) if attempt < REMOTE_RETRIES => {
+                    // A remote that refuses a request may close the
+                    // connection before it reads the body: the client
+                    // sees only a broken pipe. Ask it what it thinks of
+                    // the ticket before sending again.
+                    if what != "OPTIONS"
+                        && let Err(Attempt::Fail(e)) = self.probe()
+                    {
+                        return Err(self.named(e, what));
+                    }
                     attempt += 1;
                     tracing::warn!(remote = %self.url, what, error = %why, attempt, "remote request failed; sending it again");
                     std::thread::sleep(Duration::from_millis(200) * attempt);
@@ -181,6 +190,29 @@ impl ImageioVolume {
         }
     }
 
+    /// `OPTIONS` once, without retries: whether the remote still takes
+    /// the ticket (a refusal is a [`Attempt::Fail`] with its status).
+    fn probe(&self) -> Result<(), Attempt> {
+        let resp = self
+            .agent
+            .options(self.url.full())
+            .call()
+            .map_err(|e| Attempt::Retry(e.to_string()))?;
+        self.expect(resp, "OPTIONS", &[200, 204]).map(|_| ())
+    }
+
+    /// `e` naming the remote and the request, when it does not already.
+    fn named(&self, e: Error, what: &str) -> Error {
+        if e.to_string().contains("remote https://") {
+            e
+        } else {
+            Error::new(
+                e.kind(),
+                format!("remote {}: {what}: {}", self.url, e.one_line()),
+            )
+        }
+    }
+
     /// The body of `resp` if its status is one of `ok`; otherwise the
     /// remote's status and text as the error.
     fn expect(&self, resp: Response<Body>, what: &str, ok: &[u16]) -> Result<Body, Attempt> {
@@ -194,7 +226,7 @@ impl ImageioVolume {
             return Err(Attempt::Retry(format!("{what} answered {status}")));
         }
         let text = read_limited(body, MAX_REMOTE_SMALL_BODY, "an error answer").unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
+        let text = self.url.redact(&String::from_utf8_lossy(&text));
         let text: String = text
             .split_whitespace()
             .collect::<Vec<_>>()

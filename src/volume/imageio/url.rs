@@ -101,6 +101,16 @@ impl ImageioUrl {
         format!("https://{}/images/{}", self.authority(), self.ticket)
     }
 
+    /// `text` (a remote's answer) with the ticket id cut short wherever
+    /// it appears.
+    pub fn redact(&self, text: &str) -> String {
+        if self.ticket.chars().count() <= SHOWN {
+            return text.to_owned();
+        }
+        let shown: String = self.ticket.chars().take(SHOWN).collect();
+        text.replace(&self.ticket, &format!("{shown}…"))
+    }
+
     /// The URL of a resource under the image: `/extents` and the like.
     pub fn sub(&self, rest: &str) -> String {
         format!("{}/{rest}", self.full())
