@@ -17,7 +17,7 @@
 //! bounded whatever its length. Requests on one file share one open
 //! volume ([`Registry`]).
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -250,6 +250,13 @@ pub(super) async fn put(
     let v = volume.clone();
     let chunk = cfg.buffer_size;
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
+        if let (Volume::Imageio(remote), Some(len)) = (&*v, length) {
+            // A remote volume: the client's request forwarded as one,
+            // streamed as it arrives.
+            let mut body = BatchReader::new(&mut rx, received.as_ref());
+            remote.put_stream(offset, len, &mut body)?;
+            return Ok(body.total());
+        }
         let mut w = v.stream_writer(offset, chunk)?;
         // Bytes count once the file has them, not while the writer
         // holds them for an aligned block.
@@ -322,6 +329,57 @@ pub(super) async fn put(
     .await?;
     tracing::debug!(offset, written, flush, "write done");
     Ok(h::status(StatusCode::OK))
+}
+
+/// The batches of a request body as one byte stream, counted as they
+/// are read.
+struct BatchReader<'a> {
+    rx: &'a mut mpsc::Receiver<Batch>,
+    pieces: std::collections::VecDeque<bytes::Bytes>,
+    received: Option<&'a prometheus_client::metrics::counter::Counter>,
+    total: u64,
+}
+
+impl<'a> BatchReader<'a> {
+    fn new(
+        rx: &'a mut mpsc::Receiver<Batch>,
+        received: Option<&'a prometheus_client::metrics::counter::Counter>,
+    ) -> Self {
+        BatchReader {
+            rx,
+            pieces: std::collections::VecDeque::new(),
+            received,
+            total: 0,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+impl Read for BatchReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(p) = self.pieces.front_mut() {
+                let n = p.len().min(buf.len());
+                buf[..n].copy_from_slice(&p[..n]);
+                bytes::Buf::advance(p, n);
+                if p.is_empty() {
+                    self.pieces.pop_front();
+                }
+                self.total += n as u64;
+                if let Some(c) = self.received {
+                    c.inc_by(n as u64);
+                }
+                return Ok(n);
+            }
+            match self.rx.blocking_recv() {
+                Some(b) => self.pieces.extend(b.into_pieces()),
+                None => return Ok(0),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

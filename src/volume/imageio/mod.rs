@@ -320,6 +320,48 @@ impl ImageioVolume {
         })
     }
 
+    /// Writes `len` bytes read from `body` at `offset` as one request,
+    /// streamed: a proxied client's `PUT` forwarded whole, the remote
+    /// receiving while the client still sends. A stream is not sent
+    /// again; a failure asks the remote (`OPTIONS`) for its status.
+    pub fn put_stream(&self, offset: u64, len: u64, body: &mut dyn Read) -> Result<()> {
+        self.check_writable()?;
+        super::check_bounds("write", offset, len, self.size)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let what = format!("PUT bytes {offset}-{}", offset + len - 1);
+        let url = if self.features.flush {
+            format!("{}?flush=n", self.url.full())
+        } else {
+            self.url.full()
+        };
+        let sent = self
+            .agent
+            .put(&url)
+            .header(
+                "content-range",
+                &format!("bytes {offset}-{}/*", offset + len - 1),
+            )
+            .header("content-length", &len.to_string())
+            .header("content-type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(body));
+        let failed = |a: Attempt| match a {
+            Attempt::Fail(e) => self.named(e, &what),
+            Attempt::Retry(why) => self.named(Error::new(ErrorKind::Io, why), &what),
+        };
+        match sent {
+            Ok(resp) => self
+                .expect(resp, &what, &[200, 204])
+                .map(|_| ())
+                .map_err(failed),
+            Err(e) => match self.probe() {
+                Err(a @ Attempt::Fail(_)) => Err(failed(a)),
+                _ => Err(failed(Attempt::Retry(e.to_string()))),
+            },
+        }
+    }
+
     fn patch(&self, what: &str, msg: &serde_json::Value) -> Result<()> {
         let body = msg.to_string();
         self.retry(what, || {
