@@ -6,6 +6,8 @@
 #            curl as the README shows: HEAD for Upload-Offset, then
 #            `curl -T pkg -C offset`; against the same upload through the
 #            same proxy uncut. Target: cut/uncut >= 0.9.
+#   client   the same cut and uncut uploads with `ovaio upload`, which
+#            resumes by itself (HEAD, then the rest). Target >= 0.9.
 #   h2       `curl --http2 -T pkg` against `curl --http1.1 -T pkg`, direct.
 #            Target: h2/http1.1 >= 0.9.
 # Best of REPS for each; every target is checked with `qemu-img compare`.
@@ -15,7 +17,7 @@
 #              so the package, a qcow2 in an OVA, is about half of it)
 #   CUTS       connections cut in the cut upload (default 10)
 #   REPS       timed runs of each, best kept (default 3)
-#   PARTS      which comparisons: "cut h2" (default), "cut" or "h2"
+#   PARTS      which comparisons: "cut client h2" (default), or some of them
 #   OVAIO      ovaio binary (default target/release/ovaio, rebuilt)
 #   BENCH_DIR  parent of the work directory (default /tmp/ovaio-bench)
 set -euo pipefail
@@ -24,7 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-1024}
 CUTS=${CUTS:-10}
 REPS=${REPS:-3}
-PARTS=${PARTS:-cut h2}
+PARTS=${PARTS:-cut client h2}
 OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 
@@ -169,8 +171,20 @@ upload() { # ID PORT CURL-ARGS...
   echo "$(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}') $puts"
 }
 
+# The same with `ovaio upload`, which resumes by itself; prints the
+# seconds and the connections the proxy saw.
+upload_client() { # ID PORT
+  local id=$1 port=$2 t0
+  t0=$(now)
+  "$OVAIO" upload "$PKG" "https://127.0.0.1:$port/images/$id" --cacert "$CERT" -q ||
+    die "ovaio upload $id failed"
+  [ "$(state "$id")" = succeeded ] || die "upload $id: $(state "$id")"
+  echo "$(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}') -"
+}
+
 best() { sort -n | head -1; }
 run() { # NAME proxy|direct CUTS CURL-ARGS...: best seconds over REPS
+  # (NAME client-*: `ovaio upload` instead of curl)
   local name=$1 via=$2 cuts=$3; shift 3
   local i out port secs=()
   for i in $(seq "$REPS"); do
@@ -180,7 +194,10 @@ run() { # NAME proxy|direct CUTS CURL-ARGS...: best seconds over REPS
       port=$PROXY
     fi
     ticket "$name-$i"
-    out=$(upload "$name-$i" "$port" "$@")
+    case $name in
+      client-*) out=$(upload_client "$name-$i" "$port") ;;
+      *) out=$(upload "$name-$i" "$port" "$@") ;;
+    esac
     qemu-img compare -q -f raw -F qcow2 "$SRC" "$WORK/storage/$name-$i.qcow2" || die "$name-$i differs"
     rm -f "$WORK/storage/$name-$i.qcow2"
     echo "  $name run $i: ${out% *} s, ${out#* } PUTs" >&2
@@ -200,6 +217,14 @@ if [[ " $PARTS " == *" cut "* ]]; then
   printf '%-28s %8s %8s\n' "uncut (proxy, http/1.1)" "$UNCUT" "$(mbs "$UNCUT")"
   printf '%-28s %8s %8s\n' "$CUTS cuts (proxy, http/1.1)" "$CUT" "$(mbs "$CUT")"
   printf 'cut/uncut throughput: %s (target >= 0.9)\n' "$(ratio "$CUT" "$UNCUT")"
+fi
+if [[ " $PARTS " == *" client "* ]]; then
+  echo "ovaio upload through the proxy, uncut and with $CUTS cuts:" >&2
+  CUNCUT=$(run client-uncut proxy 0)
+  CCUT=$(run client-cut proxy "$CUTS")
+  printf '%-28s %8s %8s\n' "ovaio upload uncut (proxy)" "$CUNCUT" "$(mbs "$CUNCUT")"
+  printf '%-28s %8s %8s\n' "ovaio upload, $CUTS cuts" "$CCUT" "$(mbs "$CCUT")"
+  printf 'ovaio upload cut/uncut throughput: %s (target >= 0.9)\n' "$(ratio "$CCUT" "$CUNCUT")"
 fi
 if [[ " $PARTS " == *" h2 "* ]]; then
   echo "HTTP/2 and HTTP/1.1 uploads, direct:" >&2
