@@ -12,60 +12,11 @@ mod support;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::image::{self, MAIN, ODD, Source, Target, assert_target};
-use support::ova::{self, Manifest, OVF_NAME, Ova, Prepared};
+use support::image::{self, MAIN, Source, assert_target};
 use support::proxy::CuttingProxy;
+use support::resume::{import_ticket, received, three_disks};
 use support::server::Server;
 use support::{Outcome, Work, file_len};
-
-/// An OVA and where each of its disks goes.
-struct Package {
-    path: std::path::PathBuf,
-    disks: Vec<(Prepared, &'static str, &'static str, Target)>,
-}
-
-fn three_disks(w: &Work, lying: bool) -> Package {
-    let src = w.mkdir("src");
-    let vmdk = ova::prepare(&src, "v", &MAIN, Source::Vmdk);
-    let qcow = ova::prepare(&src, "q", &ODD, Source::Qcow2V3);
-    let gz = ova::prepare(&src, "g", &MAIN, Source::Gzip);
-    let mut o = Ova::new()
-        .disk(vmdk.disk(1, "disk1.vmdk"))
-        .disk(qcow.disk(2, "disk2.qcow2"))
-        .disk(gz.disk(3, "disk3.img.gz"))
-        .manifest(Manifest::Sha256);
-    if lying {
-        let ovf = o.ovf();
-        o.manifest_text = Some(format!(
-            "{}{}",
-            Manifest::Sha256.line(OVF_NAME, &Manifest::Sha256.digest(ovf.as_bytes())),
-            Manifest::Sha256.line("disk2.qcow2", &"0".repeat(64)),
-        ));
-    }
-    let path = o.build(&src, "vm.ova");
-    Package {
-        path,
-        disks: vec![
-            (vmdk, "disk1.vmdk", "t1.qcow2", Target::Qcow2),
-            (qcow, "disk2.qcow2", "t2.raw", Target::Raw),
-            (gz, "disk3.img.gz", "t3.raw", Target::Raw),
-        ],
-    }
-}
-
-fn import_ticket(s: &Server, id: &str, p: &Package) {
-    let disks: Vec<Value> = p
-        .disks
-        .iter()
-        .map(
-            |(_, href, file, t)| json!({"href": href, "url": s.file_url(file), "format": t.name()}),
-        )
-        .collect();
-    s.add_ticket(&json!({
-        "uuid": id, "kind": "ova-import", "ops": ["write"], "timeout": 300,
-        "inactivity_timeout": 60, "ova": {"disks": disks},
-    }));
-}
 
 /// `ovaio ARGS` with the server's CA; `stdin` piped when given.
 fn ovaio(s: &Server, args: &[&str], stdin: Option<Vec<u8>>) -> Outcome {
@@ -80,19 +31,6 @@ fn ovaio(s: &Server, args: &[&str], stdin: Option<Vec<u8>>) -> Outcome {
     c.run()
 }
 
-/// The server's `ovaio_received_bytes_total` for OVA imports.
-fn received(s: &Server) -> u64 {
-    let r = s.control("GET", "/metrics", None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("ovaio_received_bytes_total{kind=\"ova-import\",op=\"write\"} ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .expect("received bytes counter")
-}
-
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
@@ -103,7 +41,7 @@ fn an_ova_upload_from_a_file_survives_ten_cuts() {
     let s = Server::start(&w);
     let pkg = three_disks(&w, false);
     let len = file_len(&pkg.path);
-    import_ticket(&s, "up", &pkg);
+    import_ticket(&s, "up", &pkg, json!({}));
     let proxy = CuttingProxy::start(
         s.port,
         12,
@@ -137,7 +75,7 @@ fn an_ova_upload_from_a_pipe_survives_cuts() {
     let s = Server::start(&w);
     let pkg = three_disks(&w, false);
     let len = file_len(&pkg.path);
-    import_ticket(&s, "pipe", &pkg);
+    import_ticket(&s, "pipe", &pkg, json!({}));
     let proxy = CuttingProxy::start(s.port, 5, 64 << 10, (len / 8).max(128 << 10), len ^ 0x919e);
     let data = std::fs::read(&pkg.path).expect("read package");
     let o = ovaio(&s, &["upload", "-", &proxy.image_url("pipe")], Some(data));
@@ -155,7 +93,7 @@ fn a_lying_manifest_fails_across_cuts_and_leaves_nothing() {
     let s = Server::start(&w);
     let pkg = three_disks(&w, true);
     let len = file_len(&pkg.path);
-    import_ticket(&s, "liar", &pkg);
+    import_ticket(&s, "liar", &pkg, json!({}));
     let proxy = CuttingProxy::start(s.port, 6, 64 << 10, (len / 8).max(128 << 10), len);
     let o = ovaio(
         &s,

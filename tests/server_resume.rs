@@ -10,14 +10,15 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::image::{MAIN, ODD, SMALL, Source, Target, assert_target};
-use support::ova::{self, Manifest, OVF_NAME, Ova, Prepared};
+use support::image::{MAIN, SMALL, Source, Target, assert_target};
+use support::ova::{self, Manifest, Ova};
 use support::proxy::CuttingProxy;
+use support::resume::{Package, import_ticket as ticket, received, three_disks};
 use support::server::{Reply, Server, curl};
 use support::{Work, assert_absent, file_len};
 
@@ -44,63 +45,6 @@ fn settled(s: &Server, id: &str) -> Value {
         let t = s.ticket(id);
         (t["state"] != "active").then_some(t)
     })
-}
-
-/// Three disks of different sources in one package with a SHA-256
-/// manifest (or a lying one): a streamOptimized VMDK, a qcow2 and a gzip
-/// raw image. Returns the package, the prepared disks and the ticket's
-/// disk mapping.
-struct Package {
-    path: PathBuf,
-    disks: Vec<(Prepared, &'static str, &'static str, Target)>,
-}
-
-fn three_disks(w: &Work, lying: bool) -> Package {
-    let src = w.mkdir("src");
-    let vmdk = ova::prepare(&src, "v", &MAIN, Source::Vmdk);
-    let qcow = ova::prepare(&src, "q", &ODD, Source::Qcow2V3);
-    let gz = ova::prepare(&src, "g", &MAIN, Source::Gzip);
-    let mut o = Ova::new()
-        .disk(vmdk.disk(1, "disk1.vmdk"))
-        .disk(qcow.disk(2, "disk2.qcow2"))
-        .disk(gz.disk(3, "disk3.img.gz"))
-        .manifest(Manifest::Sha256);
-    if lying {
-        let ovf = o.ovf();
-        o.manifest_text = Some(format!(
-            "{}{}",
-            Manifest::Sha256.line(OVF_NAME, &Manifest::Sha256.digest(ovf.as_bytes())),
-            Manifest::Sha256.line("disk2.qcow2", &"0".repeat(64)),
-        ));
-    }
-    let path = o.build(&src, "vm.ova");
-    Package {
-        path,
-        disks: vec![
-            (vmdk, "disk1.vmdk", "t1.qcow2", Target::Qcow2),
-            (qcow, "disk2.qcow2", "t2.raw", Target::Raw),
-            (gz, "disk3.img.gz", "t3.raw", Target::Raw),
-        ],
-    }
-}
-
-/// An `ova-import` ticket for `p`, with more fields from `extra`.
-fn ticket(s: &Server, id: &str, p: &Package, extra: Value) {
-    let disks: Vec<Value> = p
-        .disks
-        .iter()
-        .map(
-            |(_, href, file, t)| json!({"href": href, "url": s.file_url(file), "format": t.name()}),
-        )
-        .collect();
-    let mut t = json!({
-        "uuid": id, "kind": "ova-import", "ops": ["write"], "timeout": 300,
-        "inactivity_timeout": 60, "ova": {"disks": disks},
-    });
-    if let (Some(t), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
-        t.extend(extra.clone());
-    }
-    s.add_ticket(&t);
 }
 
 fn assert_targets(s: &Server, p: &Package) {
@@ -150,19 +94,6 @@ fn put_from(s: &Server, url: &str, package: &Path, offset: u64, extra: &[&str]) 
     args.extend(extra.iter().map(|a| a.to_string()));
     args.push(url.into());
     curl(&args)
-}
-
-/// The server's `ovaio_received_bytes_total` for OVA imports.
-fn received(s: &Server) -> u64 {
-    let r = s.control("GET", "/metrics", None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("ovaio_received_bytes_total{kind=\"ova-import\",op=\"write\"} ")
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .expect("received bytes counter")
 }
 
 /// What [`resume_until_done`] saw.

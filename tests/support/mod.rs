@@ -15,6 +15,7 @@ pub mod imageio;
 pub mod nbd;
 pub mod ova;
 pub mod proxy;
+pub mod resume;
 pub mod server;
 pub mod tar;
 pub mod vmdk;
