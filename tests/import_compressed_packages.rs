@@ -16,12 +16,11 @@ mod support;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::image::{self, MAIN, ODD, Source, Target};
 use support::ova::{self, MF_NAME, Manifest, OVF_NAME, Ova, Prepared};
+use support::poll;
 use support::server::Server;
 use support::{Outcome, Work, assert_dir_empty, ovaio, tool};
 
@@ -563,18 +562,6 @@ fn zip_members_that_cannot_be_streamed_are_refused_by_name() {
 }
 
 // ---------------------------------------------------------------- server
-
-/// Calls `probe` until it yields a value, for at most 30 s.
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not reached in time");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_gzip_package_uploaded_to_a_ticket_and_an_xz_package_imported_by_a_job() {

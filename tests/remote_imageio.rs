@@ -20,20 +20,18 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::image::{self, Fill, Layout, MAIN, ODD, Run, SMALL, Source, Target};
 use support::imageio::Imageio;
 use support::nbd::QemuNbd;
 use support::ova::{self, Manifest, Ova};
+use support::poll;
 use support::server::{self, Reply, Server, TlsStream};
 use support::{Work, file_len, ovaio, tool};
 
 const MIB: u64 = 1 << 20;
-
-/// How long a polled state may take to come.
-const POLL_LIMIT: Duration = Duration::from_secs(60);
 
 /// 12 MiB of incompressible data: an import of it needs several requests
 /// to its remote volume, so a transfer can be cut between them.
@@ -142,30 +140,9 @@ fn used_volume(path: &Path, size: u64) -> PathBuf {
     path.to_owned()
 }
 
-/// Calls `probe` until it yields a value, for at most [`POLL_LIMIT`].
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {POLL_LIMIT:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Polls `GET /tickets/{id}` until its state is final and returns it.
 fn await_final(s: &Server, id: &str) -> Value {
-    poll(&format!("ticket {id} to end"), || {
-        let t = s.ticket(id);
-        match t["state"].as_str() {
-            Some("pending" | "active" | "paused") => None,
-            _ => Some(t),
-        }
-    })
+    s.await_ticket(id, &["pending", "active", "paused"])
 }
 
 /// Polls `GET /jobs/{id}` until the job has ended and returns its status.

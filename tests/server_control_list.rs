@@ -7,17 +7,13 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::Work;
 use support::image::{SMALL, Source};
 use support::ova::{self, Ova};
+use support::poll;
 use support::server::{Reply, Server};
-
-/// How long a polled state may take to appear.
-const POLL_LIMIT: Duration = Duration::from_secs(20);
 
 /// Ticket ids as the engine makes them: long enough that the log's
 /// 8-character form is a real cut, and no two alike in those 8.
@@ -32,21 +28,6 @@ const MISMATCH: &str = "b2c8f4e1-6d0a-4a9b-9e3c-2a7d5f8b0e46";
 /// The 8 characters logs show of `id`.
 fn log_id(id: &str) -> &str {
     &id[..8]
-}
-
-/// Calls `probe` until it yields a value, for at most [`POLL_LIMIT`].
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {POLL_LIMIT:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `GET /tickets{query}`: the list, asserting 200 and an array.

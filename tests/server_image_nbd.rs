@@ -15,7 +15,6 @@ mod support;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::image::{self, MAIN, Source};
@@ -283,16 +282,7 @@ fn nbd_ticket_urls_are_checked() {
 
 /// Polls `GET /tickets/{id}` until its state is final.
 fn await_final(s: &Server, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let t = s.ticket(id);
-        match t["state"].as_str() {
-            Some("pending" | "active") => {}
-            _ => return t,
-        }
-        assert!(Instant::now() < deadline, "ticket {id} did not end: {t}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.await_ticket(id, &["pending", "active"])
 }
 
 #[test]
@@ -411,7 +401,7 @@ fn a_paused_upload_into_an_export_that_times_out_names_it() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["state"], "paused", "{}", r.text());
-    let t = await_final_from(&s, "idle", &["pending", "active", "paused"]);
+    let t = s.await_ticket("idle", &["pending", "active", "paused"]);
     assert_eq!(t["state"], "failed", "{t}");
     let err = t["error"].as_str().unwrap_or_default();
     assert!(err.contains("no client resumed it"), "{t}");
@@ -419,19 +409,6 @@ fn a_paused_upload_into_an_export_that_times_out_names_it() {
         err.contains("may hold partial data") && err.contains(&nbd.url()),
         "{t}"
     );
-}
-
-/// Polls ticket `id` until its state is none of `running`.
-fn await_final_from(s: &Server, id: &str, running: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let t = s.ticket(id);
-        if !running.contains(&t["state"].as_str().unwrap_or_default()) {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "ticket {id} did not end: {t}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// An `ova-export` ticket whose source is an NBD export (a qcow2 behind

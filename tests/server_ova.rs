@@ -12,39 +12,21 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::image::{self, MAIN, ODD, SMALL, Source, Target};
 use support::ova::{self, Manifest, Ova, Prepared};
+use support::poll;
 use support::server::{self, Reply, Server};
 use support::{Work, assert_absent, assert_dir_empty, ovaio, tool};
-
-/// How long a polled ticket or job may take to reach the awaited state.
-const POLL_LIMIT: Duration = Duration::from_secs(20);
 
 /// The MAIN image as `source` under `href`, alone in `in.ova` (no
 /// manifest).
 fn one_disk_ova(w: &Work, source: Source, href: &str) -> PathBuf {
     let p = ova::prepare(w.root(), "a", &MAIN, source);
     Ova::new().disk(p.disk(1, href)).build(w.root(), "in.ova")
-}
-
-/// Calls `probe` until it yields a value, for at most [`POLL_LIMIT`].
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {POLL_LIMIT:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Polls `GET /tickets/{id}` until its state is `want` and returns it;

@@ -11,32 +11,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::Work;
+use support::poll;
 use support::server::Server;
-
-/// How long a polled state may take to be reached.
-const POLL_LIMIT: Duration = Duration::from_secs(20);
 
 fn demo_ova() -> Vec<u8> {
     std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.ova")).expect("demo OVA")
-}
-
-/// Calls `probe` until it yields a value, for at most [`POLL_LIMIT`].
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {POLL_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn job(s: &Server, id: &str) -> Value {

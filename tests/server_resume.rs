@@ -11,33 +11,15 @@
 mod support;
 
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::image::{MAIN, SMALL, Source, Target, assert_target};
 use support::ova::{self, Manifest, Ova};
+use support::poll;
 use support::proxy::CuttingProxy;
 use support::resume::{Package, import_ticket as ticket, received, three_disks};
 use support::server::{Reply, Server, curl};
 use support::{Work, assert_absent, file_len};
-
-const POLL_LIMIT: Duration = Duration::from_secs(30);
-
-/// Calls `probe` until it yields a value, for at most [`POLL_LIMIT`].
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {POLL_LIMIT:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The ticket's state once it is no longer `active` (its writer gone).
 fn settled(s: &Server, id: &str) -> Value {

@@ -11,10 +11,11 @@ use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::Work;
+use support::poll;
 use support::server::Server;
 
 /// How long the server may take to answer a signal.
@@ -275,21 +276,6 @@ fn new_pair(w: &Work, name: &str) -> (PathBuf, PathBuf) {
     );
     assert!(ok, "openssl req failed:\n{out}{err}");
     (cert, key)
-}
-
-/// Polls `probe` until it yields a value, for at most [`SIGNAL_LIMIT`].
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + SIGNAL_LIMIT;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {SIGNAL_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

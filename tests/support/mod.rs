@@ -35,6 +35,25 @@ use tempfile::TempDir;
 /// How long one `ovaio` run may take before it is considered hung.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long [`poll`] waits for what it waits for.
+pub const POLL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Calls `probe` until it yields a value (every 20 ms), failing the test
+/// naming `what` after [`POLL_LIMIT`].
+pub fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + POLL_LIMIT;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not reached within {POLL_LIMIT:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A per-test scratch directory, removed when dropped.
 #[derive(Debug)]
 pub struct Work {

@@ -211,6 +211,15 @@ impl Server {
         r.json()
     }
 
+    /// Polls `GET /tickets/{id}` until its state is none of `running`,
+    /// and returns the ticket.
+    pub fn await_ticket(&self, id: &str, running: &[&str]) -> Value {
+        super::poll(&format!("ticket {id} to leave {running:?}"), || {
+            let t = self.ticket(id);
+            (!running.contains(&t["state"].as_str().unwrap_or_default())).then_some(t)
+        })
+    }
+
     /// A data API request with curl; `extra` are more curl arguments
     /// (headers, `--data-binary @file`, `-T file`...).
     pub fn data(&self, method: &str, path: &str, extra: &[&str]) -> Reply {
