@@ -46,16 +46,7 @@ WORK=$(cd "$(mktemp -d "$BENCH_DIR/run.XXXXXX")" && pwd -P)
 [ ${#WORK} -le 60 ] || die "BENCH_DIR is too long for the sockets: $WORK"
 # shellcheck source=benches/lib/servers.sh
 . "$ROOT/benches/lib/servers.sh"
-cleanup() {
-  stop_servers
-  if [ "$KEEP" = 1 ]; then
-    find "$WORK" -name '*.img' -delete
-    echo "kept $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
+trap "finish_work -name '*.img'" EXIT
 trap 'exit 130' INT TERM
 
 SIZE=$((SIZE_MIB * 1024 * 1024))

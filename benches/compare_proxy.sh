@@ -108,14 +108,7 @@ WORK=$(cd "$(mktemp -d "$BENCH_DIR/run.XXXXXX")" && pwd -P)
 . "$ROOT/benches/lib/servers.sh"
 
 cleanup() {
-  local p
-  for p in "${PID[@]}"; do stop_pid "$p"; done
-  if [ "$KEEP" = 1 ]; then
-    find "$WORK" \( -name '*.img' -o -name '*.raw' -o -name '*.qcow2' -o -name '*.ova' \) -delete
-    echo "work directory kept: $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
+  finish_work \( -name '*.img' -o -name '*.raw' -o -name '*.qcow2' -o -name '*.ova' \)
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

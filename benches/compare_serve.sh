@@ -109,13 +109,7 @@ cleanup() {
     kill -INT "$p" 2>/dev/null || true
   done
   for p in "${CLIENT_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  for p in "${PID[@]}"; do stop_pid "$p"; done
-  if [ "$KEEP" = 1 ]; then
-    find "$WORK" \( -name '*.raw' -o -name '*.img' -o -name '*.ova' \) -delete
-    echo "work directory kept: $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
+  finish_work \( -name '*.raw' -o -name '*.img' -o -name '*.ova' \)
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

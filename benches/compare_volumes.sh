@@ -83,13 +83,7 @@ WORK=$(cd "$(mktemp -d "$BENCH_DIR/run.XXXXXX")" && pwd -P)
 NBD_PID=
 cleanup() {
   [ -n "$NBD_PID" ] && stop_pid "$NBD_PID"
-  for p in "${PID[@]}"; do stop_pid "$p"; done
-  if [ "$KEEP" = 1 ]; then
-    find "$WORK" \( -name '*.img' -o -name '*.qcow2' \) -delete
-    echo "work directory kept: $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
+  finish_work \( -name '*.img' -o -name '*.qcow2' \)
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

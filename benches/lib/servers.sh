@@ -45,6 +45,19 @@ stop_servers() {
   for s in "${!PID[@]}"; do stop_server "$s"; done
 }
 
+# finish_work FIND-EXPRESSION...: the end of a script (its EXIT trap):
+# stops every server, then removes WORK, or with KEEP=1 keeps it less the
+# large files the expression names (e.g. \( -name '*.img' \)).
+finish_work() {
+  stop_servers
+  if [ "${KEEP:-0}" = 1 ]; then
+    find "$WORK" "$@" -delete
+    echo "work directory kept: $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+
 # wait_for FILE PATTERN PID NAME [LOG]: until FILE holds PATTERN; dies when
 # PID exits first or after START_TIMEOUT, showing the end of LOG.
 wait_for() {
