@@ -29,6 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{CLIENT_ATTEMPTS, CLIENT_BACKOFF, CLIENT_BACKOFF_MAX, MAX_REMOTE_SMALL_BODY};
 use crate::pipeline::progress::Progress;
 use crate::volume::imageio::ImageioUrl;
+use crate::volume::imageio::answer_text;
 use crate::volume::imageio::remotes::remotes;
 pub(crate) use crate::volume::imageio::transient;
 
@@ -142,14 +143,7 @@ impl<'a> Attempts<'a> {
 /// The error for a refusal: the status and the server's text.
 pub(crate) fn refusal(url: &ImageioUrl, what: &str, resp: http::Response<ureq::Body>) -> Error {
     let status = resp.status().as_u16();
-    let text = read_small(resp.into_body()).unwrap_or_default();
-    let text: String = String::from_utf8_lossy(&text)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(300)
-        .collect();
+    let text = answer_text(url, &read_small(resp.into_body()).unwrap_or_default());
     let kind = match status {
         401 | 403 => ErrorKind::Auth,
         404 => ErrorKind::NotFound,

@@ -226,14 +226,7 @@ impl ImageioVolume {
             return Err(Attempt::Retry(format!("{what} answered {status}")));
         }
         let text = read_limited(body, MAX_REMOTE_SMALL_BODY, "an error answer").unwrap_or_default();
-        let text = self.url.redact(&String::from_utf8_lossy(&text));
-        let text: String = text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .chars()
-            .take(300)
-            .collect();
+        let text = answer_text(&self.url, &text);
         let kind = match status {
             401 | 403 => ErrorKind::Auth,
             404 => ErrorKind::NotFound,
@@ -375,6 +368,18 @@ impl ImageioVolume {
             Ok(())
         })
     }
+}
+
+/// An error answer's text for a message: on one line, at most 300
+/// characters, the ticket id of `url` cut short.
+pub(crate) fn answer_text(url: &ImageioUrl, body: &[u8]) -> String {
+    url.redact(&String::from_utf8_lossy(body))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(300)
+        .collect()
 }
 
 /// The extents of an imageio `extents?context=zero` answer, checked:
