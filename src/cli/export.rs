@@ -15,7 +15,6 @@ use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::{DiskFormat, ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
 use crate::s3::S3Url;
-use crate::s3::upload::ObjectWriter;
 use crate::sink::partial::{Existing, PartialFile};
 use crate::source::volume::AllowedRoots;
 use crate::volume::Format as VolumeFormat;
@@ -311,12 +310,11 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     )?;
     progress.set_total(plan.total_size());
     let bar = Bar::start(progress.clone(), !a.quiet);
+    let mut parts = None;
     let summary = match partial {
         None if let Some(url) = &object => {
-            let part = crate::s3::upload::part_size(plan.total_size(), a.part_size)?;
-            let mut w = ObjectWriter::create(url, part)?;
-            let s = plan.write_to(&mut w, progress.clone())?;
-            w.finish()?;
+            let (s, p) = plan.write_object(url, a.part_size, progress.clone())?;
+            parts = Some(p);
             s
         }
         None => {
@@ -330,7 +328,12 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         Some((partial, file)) => plan.write_partial(partial, file, progress.clone())?,
     };
     drop(bar);
-    let json = serde_json::to_string(&summary).map_err(|e| Error::internal(e.to_string()))?;
+    let mut json = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;
+    if let Some(p) = parts {
+        json["target"] = a.output.clone().into();
+        json["parts"] = p.count.into();
+        json["part_size"] = p.size.into();
+    }
     if a.json {
         if to_stdout {
             // Standard output carries the package.
@@ -350,7 +353,15 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
                 d.size
             )?;
         }
-        outln!("wrote {} ({} bytes)", a.output, summary.size)?;
+        match parts {
+            Some(p) => outln!(
+                "wrote {} ({} bytes in {} parts)",
+                a.output,
+                summary.size,
+                p.count
+            )?,
+            None => outln!("wrote {} ({} bytes)", a.output, summary.size)?,
+        }
     }
     Ok(())
 }
