@@ -824,6 +824,7 @@ impl Work {
                 let (partial, file) = PartialFile::create(&roots, &target, existing)?;
                 // Backing chains are checked against the same roots.
                 let plan = ExportPlan::prepare_watched(export_request(&ova, roots)?, &progress)?;
+                progress.set_total(plan.total_size());
                 let s = plan.write_partial(partial, file, progress)?;
                 to_json(&s)
             }
