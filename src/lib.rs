@@ -10,10 +10,11 @@
 //!                                              volume sink: raw file (sparse) | qcow2 file
 //!
 //! export:  volume (raw | qcow2) ──► allocation map ──► qcow2 | VMDK streamOptimized encoder
-//!          OVF (exact sizes) ──► tar mux: OVF, disks, manifest ──► FILE.partial | HTTP GET | stdout
+//!          OVF (exact sizes) ──► tar mux: OVF, disks, manifest ──► FILE.partial | HTTP GET | stdout | S3 multipart
 //! ```
 //!
-//! * [`source`] yields the package bytes (file, stdin).
+//! * [`source`] yields the package bytes (file, stdin, an HTTP(S) URL
+//!   resumed with ranges, an object in S3-compatible storage).
 //! * [`ova`] unpacks the package (plain, compressed or zip), demultiplexes
 //!   the tar stream and parses the OVF and manifest.
 //! * [`codec`] turns each disk entry into an extent stream, and a volume
@@ -21,6 +22,8 @@
 //! * [`sink`] writes extents into target volumes under `.partial` names.
 //! * [`volume`] is what every path reads and writes disks through: raw
 //!   files and qcow2 images behind one set of capabilities.
+//! * [`s3`] reaches S3-compatible object storage: packages imported from
+//!   it and exported into it as multipart uploads.
 //! * [`roots`] confines every file a ticket, job or package names to the
 //!   storage roots.
 //! * [`pipeline`] glues them together; [`cli`] is the command line.
@@ -41,6 +44,7 @@ pub mod names;
 pub mod ova;
 pub mod pipeline;
 pub mod roots;
+pub mod s3;
 pub mod server;
 pub mod sink;
 pub mod source;

@@ -295,6 +295,31 @@ pub const MAX_REMOTE_SMALL_BODY: u64 = 64 << 10;
 pub const MAX_REMOTE_EXTENTS_BODY: u64 = 32 << 20;
 
 // ---------------------------------------------------------------------
+// Packages from URLs and to object storage
+// ---------------------------------------------------------------------
+
+/// Redirects a package source may answer before the package.
+pub const SOURCE_MAX_REDIRECTS: u32 = 5;
+/// How long one read of a package source may wait for bytes before the
+/// connection counts as dropped (and the download resumes).
+pub const SOURCE_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// S3's smallest part (all but the last).
+pub const S3_MIN_PART: u64 = 5 << 20;
+/// S3's largest part.
+pub const S3_MAX_PART: u64 = 5 << 30;
+/// S3's most parts in one multipart upload.
+pub const S3_MAX_PARTS: u64 = 10_000;
+/// The part size of an export to object storage unless the archive needs
+/// larger ones (to stay within [`S3_MAX_PARTS`]) or one is given.
+pub const S3_DEFAULT_PART: u64 = 8 << 20;
+/// Parts being uploaded at once, each held in memory until its upload
+/// ends; with the one being filled, memory is this plus one part.
+pub const S3_PARTS_IN_FLIGHT: usize = 3;
+/// How long a presigned GET of an `s3://` source stays valid: enough to
+/// resume a long import.
+pub const S3_PRESIGN_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+// ---------------------------------------------------------------------
 // `ovaio upload` and `ovaio download`
 // ---------------------------------------------------------------------
 

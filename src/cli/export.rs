@@ -1,5 +1,5 @@
 //! `ovaio export (--ovf FILE.ovf | --name NAME [VM flags]) --disk HREF=PATH[:raw|qcow2]...
-//! [--disk-format qcow2|vmdk [--compress]] -o OUT.ova|-`
+//! [--disk-format qcow2|vmdk [--compress]] -o OUT.ova|s3://BUCKET/KEY|-`
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use crate::ova::manifest::Algorithm;
 use crate::ova::ovf::vm::{self, Controller, GuestOs, VmSpec};
 use crate::pipeline::export::{DiskFormat, ExportDisk, ExportPlan, ExportRequest, OvfSource};
 use crate::pipeline::progress::Progress;
+use crate::s3::S3Url;
 use crate::sink::partial::{Existing, PartialFile};
 use crate::source::volume::AllowedRoots;
 use crate::volume::Format as VolumeFormat;
@@ -78,10 +79,21 @@ pub(crate) struct ExportArgs {
     /// stored, sized from the allocation map, and each source is read once.
     #[arg(long)]
     compress: bool,
-    /// Output OVA, or `-` for standard output. A file is written as
-    /// OUT.ova.partial and renamed when complete.
-    #[arg(short = 'o', long = "output", value_name = "OUT.ova|-")]
+    /// Output OVA, s3://BUCKET/KEY, or `-` for standard output. A file is
+    /// written as OUT.ova.partial and renamed when complete; an object is
+    /// a multipart upload that appears only when complete (endpoint and
+    /// credentials from the AWS_* environment variables).
+    #[arg(short = 'o', long = "output", value_name = "OUT.ova|s3://BUCKET/KEY|-")]
     output: String,
+    /// Part size of an s3:// output, in bytes or with a K, M or G suffix
+    /// (5M to 5G) [default: 8M, or larger when the package needs more
+    /// than 10,000 parts].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    part_size: Option<u64>,
+    /// PEM CA bundle trusted for the S3 endpoint [default: the system
+    /// roots].
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
     /// Digest algorithm of the manifest: sha256 (current ovftool), sha1
     /// (the OVF 1.x specification; COT reads an OVF 1.x manifest so), or
     /// sha512 [default: sha256].
@@ -113,6 +125,23 @@ pub(crate) struct ExportArgs {
     /// No progress bar even on a terminal.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// `N`, `NK`, `NM` or `NG` (binary units; `KiB`, `MiB`, `GiB` too).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return Err(format!("'{s}': the unit is K, M or G")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Free text of the generated descriptor (product, vendor, NIC network...).
@@ -173,6 +202,25 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         ca_file: a.remote_ca.clone(),
         ..Default::default()
     })?;
+    crate::s3::configure(&crate::s3::S3Config {
+        ca_file: a.cacert.clone(),
+        ..Default::default()
+    })?;
+    let object = match crate::source::url::scheme(&a.output).as_deref() {
+        Some("s3") => Some(S3Url::parse(&a.output).map_err(|why| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("-o {}: {why}", a.output),
+            )
+        })?),
+        _ => None,
+    };
+    if a.part_size.is_some() && object.is_none() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "--part-size is for an s3:// output",
+        ));
+    }
     let disks = a
         .disks
         .iter()
@@ -220,7 +268,16 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     };
     let to_stdout = a.output == "-";
     // Fail before the (possibly long) planning if the output cannot be made.
-    let partial = if to_stdout {
+    if let Some(url) = &object
+        && !a.force
+        && crate::s3::exists(url)?
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{url} exists; pass --force to replace it"),
+        ));
+    }
+    let partial = if to_stdout || object.is_some() {
         None
     } else {
         Some(PartialFile::create(
@@ -253,7 +310,13 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     )?;
     progress.set_total(plan.total_size());
     let bar = Bar::start(progress.clone(), !a.quiet);
+    let mut parts = None;
     let summary = match partial {
+        None if let Some(url) = &object => {
+            let (s, p) = plan.write_object(url, a.part_size, progress.clone())?;
+            parts = Some(p);
+            s
+        }
         None => {
             let stdout = std::io::stdout();
             let mut w = BufWriter::with_capacity(limits::EXPORT_OUT_BUFFER, stdout.lock());
@@ -265,7 +328,12 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
         Some((partial, file)) => plan.write_partial(partial, file, progress.clone())?,
     };
     drop(bar);
-    let json = serde_json::to_string(&summary).map_err(|e| Error::internal(e.to_string()))?;
+    let mut json = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;
+    if let Some(p) = parts {
+        json["target"] = a.output.clone().into();
+        json["parts"] = p.count.into();
+        json["part_size"] = p.size.into();
+    }
     if a.json {
         if to_stdout {
             // Standard output carries the package.
@@ -285,7 +353,15 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
                 d.size
             )?;
         }
-        outln!("wrote {} ({} bytes)", a.output, summary.size)?;
+        match parts {
+            Some(p) => outln!(
+                "wrote {} ({} bytes in {} parts)",
+                a.output,
+                summary.size,
+                p.count
+            )?,
+            None => outln!("wrote {} ({} bytes)", a.output, summary.size)?,
+        }
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `ovaio import SRC.ova|- (--disk HREF|DISKID=PATH[:raw|qcow2])... | --dir DIR [--format raw|qcow2]`
+//! `ovaio import SRC.ova|URL|- (--disk HREF|DISKID=PATH[:raw|qcow2])... | --dir DIR [--format raw|qcow2]`
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,12 +13,16 @@ use crate::pipeline::import::{DiskTarget, Importer, Targets};
 use crate::pipeline::progress::Progress;
 use crate::sink::partial::Existing;
 use crate::source;
+use crate::source::url::SourceSpec;
 use crate::volume::Format as VolumeFormat;
 
 /// Arguments of `ovaio import`.
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
-    /// The OVA package to read, or `-` for standard input.
+    /// The OVA package to read: a file, `-` for standard input, an
+    /// http:// or https:// URL (resumed with ranges when the connection
+    /// drops), or s3://BUCKET/KEY (endpoint and credentials from the
+    /// AWS_* environment variables).
     source: String,
     /// Where a disk goes: `HREF=PATH[:raw|qcow2]` (HREF as in the OVF
     /// References; for a blank disk, one the OVF gives no file, its
@@ -53,6 +57,10 @@ pub(crate) struct ImportArgs {
     /// system roots].
     #[arg(long, value_name = "FILE")]
     remote_ca: Option<PathBuf>,
+    /// PEM CA bundle trusted for an https:// source or the S3 endpoint
+    /// [default: the system roots].
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
     /// No progress bar even on a terminal.
     #[arg(long, short)]
     quiet: bool,
@@ -83,11 +91,34 @@ fn parse_disk(spec: &str, default: VolumeFormat) -> Result<(String, DiskTarget)>
     ))
 }
 
-pub(crate) fn run(a: ImportArgs) -> Result<()> {
-    crate::volume::imageio::configure(&crate::volume::imageio::RemoteConfig {
-        ca_file: a.remote_ca.clone(),
+/// The trust for the source (`--cacert`) and for remote disks
+/// (`--remote-ca`): the source's CA for every host unless a remote disk's
+/// host is given its own.
+fn trust(a: &ImportArgs) -> Result<()> {
+    let mut cfg = crate::volume::imageio::RemoteConfig {
+        ca_file: a.cacert.clone().or_else(|| a.remote_ca.clone()),
         ..Default::default()
-    })?;
+    };
+    if let (Some(_), Some(remote)) = (&a.cacert, &a.remote_ca) {
+        for spec in &a.disks {
+            if let Ok((_, t)) = parse_disk(spec, a.format)
+                && let Some(crate::volume::NetUrl::Imageio(u)) = &t.net
+            {
+                cfg.ca_files.insert(u.authority(), remote.clone());
+            }
+        }
+    }
+    crate::volume::imageio::configure(&cfg)?;
+    crate::s3::configure(&crate::s3::S3Config {
+        ca_file: a.cacert.clone(),
+        ..Default::default()
+    })
+}
+
+pub(crate) fn run(a: ImportArgs) -> Result<()> {
+    trust(&a)?;
+    let spec = SourceSpec::parse(&a.source)
+        .map_err(|why| Error::new(ErrorKind::InvalidArgument, format!("{}: {why}", a.source)))?;
     if a.dir.is_none() && a.disks.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
@@ -120,11 +151,15 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
             Targets::Map(map)
         }
     };
-    let src = source::open(&a.source)?;
-    let progress = Arc::new(Progress::new(src.size));
-    let mut src = src.wake_on(crate::cli::signals::cancel_on_signals(&progress)?);
+    let progress = Arc::new(Progress::new(None));
+    let wake = crate::cli::signals::cancel_on_signals(&progress)?;
+    let src = source::open_spec(&spec, progress.retries_counter())?;
+    if let Some(n) = src.size {
+        progress.set_total(n);
+    }
+    let mut src = src.wake_on(wake);
     let bar = Bar::start(progress.clone(), !a.quiet && !a.json);
-    let mut importer = Importer::new(targets, progress).existing_targets(if a.force {
+    let mut importer = Importer::new(targets, progress.clone()).existing_targets(if a.force {
         Existing::Replace
     } else {
         Existing::Keep
@@ -141,7 +176,10 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
     drop(bar);
     if a.json {
         let mut v = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;
-        v["source"] = serde_json::Value::String(a.source.clone());
+        v["source"] = serde_json::Value::String(spec.to_string());
+        if spec.is_remote() {
+            v["resumed"] = progress.retries().into();
+        }
         outln!("{v}")?;
     } else {
         for d in &summary.disks {

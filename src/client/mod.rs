@@ -87,18 +87,20 @@ pub fn ticket_kind(url: &ImageioUrl) -> Result<TicketKind> {
 }
 
 /// Counts attempts that moved nothing forward, and waits between them.
-pub(crate) struct Attempts<'a> {
-    url: &'a ImageioUrl,
-    what: &'a str,
+#[derive(Debug)]
+pub(crate) struct Attempts {
+    /// The URL as shown (never with its credential).
+    url: String,
+    what: String,
     stalled: u32,
     wait: Duration,
 }
 
-impl<'a> Attempts<'a> {
-    pub(crate) fn new(url: &'a ImageioUrl, what: &'a str) -> Self {
+impl Attempts {
+    pub(crate) fn new(url: &impl std::fmt::Display, what: &str) -> Self {
         Attempts {
-            url,
-            what,
+            url: url.to_string(),
+            what: what.to_owned(),
             stalled: 0,
             wait: CLIENT_BACKOFF,
         }
@@ -130,10 +132,10 @@ impl<'a> Attempts<'a> {
             ));
         }
         if sent {
-            tracing::info!(url = %self.url, what = self.what, error = why, "connection lost; going on at once");
+            tracing::info!(url = %self.url, what = %self.what, error = why, "connection lost; going on at once");
             return Ok(());
         }
-        tracing::warn!(url = %self.url, what = self.what, error = why, wait_ms = self.wait.as_millis() as u64, "attempt failed; trying again");
+        tracing::warn!(url = %self.url, what = %self.what, error = why, wait_ms = self.wait.as_millis() as u64, "attempt failed; trying again");
         std::thread::sleep(self.wait);
         self.wait = (self.wait * 2).min(CLIENT_BACKOFF_MAX);
         Ok(())

@@ -435,6 +435,25 @@ impl ExportPlan {
         Ok(s)
     }
 
+    /// Streams the OVA into the object `url` names, as a multipart upload
+    /// of parts of `part_size` bytes (else chosen from the package's
+    /// size); the object appears only once complete (see
+    /// [`crate::s3::upload`]). Returns what was written, with the part
+    /// count and size.
+    pub fn write_object(
+        self,
+        url: &crate::s3::S3Url,
+        part_size: Option<u64>,
+        progress: Arc<Progress>,
+    ) -> Result<(ExportSummary, ObjectParts)> {
+        let size = crate::s3::upload::part_size(self.total_size(), part_size)?;
+        let mut w = crate::s3::upload::ObjectWriter::create(url, size)?;
+        let s = self.write_to(&mut w, progress.clone())?;
+        progress.check_cancelled()?;
+        let count = w.finish()?;
+        Ok((s, ObjectParts { count, size }))
+    }
+
     /// Streams the OVA into `out`; returns what was written. `out` is not
     /// flushed to stable storage here: that is the caller's sink's job.
     pub fn write_to<W: Write>(self, out: W, progress: Arc<Progress>) -> Result<ExportSummary> {
@@ -525,6 +544,17 @@ impl ExportPlan {
             disks: summary_disks,
         })
     }
+}
+
+/// How an export into object storage was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectParts {
+    /// Parts uploaded.
+    #[serde(rename = "parts")]
+    pub count: u64,
+    /// Bytes in each part but the last.
+    #[serde(rename = "part_size")]
+    pub size: u64,
 }
 
 /// Hashes a disk's chunks on its own thread, so that the digest of a

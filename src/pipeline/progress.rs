@@ -15,6 +15,7 @@ pub struct Progress {
     entry_bytes: AtomicU64,
     previous: Mutex<(String, u64)>,
     cancel: Arc<AtomicBool>,
+    retries: Arc<AtomicU64>,
 }
 
 impl Progress {
@@ -51,6 +52,17 @@ impl Progress {
     /// The entry before the current one and its final byte count.
     pub fn previous_entry(&self) -> (String, u64) {
         self.previous.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Times the source's connection was lost and taken up again (a
+    /// package fetched from a URL).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// The counter [`Progress::retries`] reads, for the source to count in.
+    pub fn retries_counter(&self) -> Arc<AtomicU64> {
+        self.retries.clone()
     }
 
     /// The flag that cancels the transfer when set (by a signal handler,

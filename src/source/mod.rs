@@ -1,5 +1,9 @@
-//! Byte sources of a package: a local (or NFS) file, or standard input.
+//! Byte sources of a package: a local (or NFS) file, standard input, an
+//! `http(s)://` URL ([`http`]) or an object in S3-compatible storage
+//! (fetched through a presigned URL).
 
+pub mod http;
+pub mod url;
 pub mod volume;
 
 use std::fs::File;
@@ -7,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use rustix::event::{PollFd, PollFlags};
 
@@ -24,6 +29,22 @@ pub struct Source {
     pub path: Option<PathBuf>,
     /// A descriptor of the same input, to wait on with poll.
     fd: Option<OwnedFd>,
+}
+
+/// Opens what `spec` names; a URL's resumptions are counted in `retries`.
+pub fn open_spec(spec: &url::SourceSpec, retries: Arc<AtomicU64>) -> Result<Source> {
+    match spec {
+        url::SourceSpec::Stdin => open("-"),
+        url::SourceSpec::File(p) => {
+            let file = File::open(p).map_err(|e| Error::from(e).at_path(p))?;
+            from_file(file, p.clone())
+        }
+        url::SourceSpec::Http(u) => http::open(u.clone(), retries),
+        url::SourceSpec::S3(u) => {
+            let signed = crate::s3::presigned_get(u)?;
+            http::open(signed, retries)
+        }
+    }
 }
 
 /// Opens `spec`: a path, or `-` for standard input.

@@ -373,8 +373,13 @@ impl ImageioVolume {
 /// An error answer's text for a message: on one line, at most 300
 /// characters, the ticket id of `url` cut short.
 pub(crate) fn answer_text(url: &ImageioUrl, body: &[u8]) -> String {
-    url.redact(&String::from_utf8_lossy(body))
-        .split_whitespace()
+    squash(&url.redact(&String::from_utf8_lossy(body)))
+}
+
+/// A text on one line, its runs of white space made one space, cut to
+/// 300 characters.
+pub(crate) fn squash(text: &str) -> String {
+    text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
         .chars()

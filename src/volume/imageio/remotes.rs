@@ -14,7 +14,10 @@ use ureq::tls::{RootCerts, TlsConfig};
 
 use super::url::ImageioUrl;
 use crate::error::{Error, ErrorKind, Result};
-use crate::limits::{REMOTE_CONNECT_TIMEOUT, REMOTE_IO_TIMEOUT, REMOTE_MAX_WRITERS};
+use crate::limits::{
+    REMOTE_CONNECT_TIMEOUT, REMOTE_IO_TIMEOUT, REMOTE_MAX_WRITERS, SOURCE_MAX_REDIRECTS,
+    SOURCE_READ_TIMEOUT,
+};
 
 /// The `[remote]` settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,6 +40,10 @@ pub struct RemoteConfig {
 pub(crate) struct Remotes {
     default: Agent,
     by_authority: BTreeMap<String, Agent>,
+    /// The same trust for package sources (`ovaio import URL`): plain
+    /// HTTP allowed, redirects followed, no limit on a whole body's time.
+    source_default: Agent,
+    source_by_authority: BTreeMap<String, Agent>,
     allow: Option<Vec<String>>,
 }
 
@@ -58,17 +65,30 @@ pub fn configure(cfg: &RemoteConfig) -> Result<()> {
 
 /// This process's remote settings.
 pub(crate) fn remotes() -> &'static Remotes {
-    &REMOTES
-        .get_or_init(|| {
-            let default = RemoteConfig::default();
-            let r = Remotes {
-                default: agent(RootCerts::PlatformVerifier),
-                by_authority: BTreeMap::new(),
-                allow: None,
-            };
-            (default, r)
-        })
-        .1
+    &settings().1
+}
+
+/// The settings [`remotes`] were made from.
+pub(crate) fn configured() -> &'static RemoteConfig {
+    &settings().0
+}
+
+fn settings() -> &'static (RemoteConfig, Remotes) {
+    REMOTES.get_or_init(|| {
+        let default = RemoteConfig::default();
+        let r = Remotes {
+            default: agent(RootCerts::PlatformVerifier),
+            by_authority: BTreeMap::new(),
+            source_default: source_agent(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::PlatformVerifier)
+                    .build(),
+            ),
+            source_by_authority: BTreeMap::new(),
+            allow: None,
+        };
+        (default, r)
+    })
 }
 
 /// Fails unless the allow-list (if any) names `url`'s host.
@@ -78,14 +98,18 @@ pub fn check_allowed(url: &ImageioUrl) -> std::result::Result<(), String> {
 
 impl Remotes {
     fn new(cfg: &RemoteConfig) -> Result<Remotes> {
-        let default = match &cfg.ca_file {
-            _ if cfg.insecure => insecure_agent(),
-            Some(p) => agent(load_ca(p)?),
-            None => agent(RootCerts::PlatformVerifier),
+        let tls = |roots: RootCerts| TlsConfig::builder().root_certs(roots).build();
+        let default_tls = match &cfg.ca_file {
+            _ if cfg.insecure => TlsConfig::builder().disable_verification(true).build(),
+            Some(p) => tls(load_ca(p)?),
+            None => tls(RootCerts::PlatformVerifier),
         };
         let mut by_authority = BTreeMap::new();
+        let mut source_by_authority = BTreeMap::new();
         for (authority, p) in &cfg.ca_files {
-            by_authority.insert(authority.to_ascii_lowercase(), agent(load_ca(p)?));
+            let t = tls(load_ca(p)?);
+            by_authority.insert(authority.to_ascii_lowercase(), builder(t.clone()));
+            source_by_authority.insert(authority.to_ascii_lowercase(), source_agent(t));
         }
         if let Some(allow) = &cfg.allow {
             for a in allow {
@@ -98,8 +122,10 @@ impl Remotes {
             }
         }
         Ok(Remotes {
-            default,
+            default: builder(default_tls.clone()),
             by_authority,
+            source_default: source_agent(default_tls),
+            source_by_authority,
             allow: cfg
                 .allow
                 .as_ref()
@@ -114,19 +140,38 @@ impl Remotes {
             .unwrap_or(&self.default)
     }
 
+    /// The agent a package source at `authority` (`host:port`, as
+    /// [`ImageioUrl::authority`] writes it) is fetched with.
+    pub(crate) fn source_agent(&self, authority: &str) -> &Agent {
+        self.source_by_authority
+            .get(&authority.to_ascii_lowercase())
+            .unwrap_or(&self.source_default)
+    }
+
     fn check_allowed(&self, url: &ImageioUrl) -> std::result::Result<(), String> {
+        self.check_host(url.host(), &url.authority())
+    }
+
+    /// Fails unless the allow-list (if any) names `host` (no brackets)
+    /// or `authority` (`host:port`).
+    pub(crate) fn check_host(
+        &self,
+        host: &str,
+        authority: &str,
+    ) -> std::result::Result<(), String> {
         let Some(allow) = &self.allow else {
             return Ok(());
         };
-        let host = if url.host().contains(':') {
-            format!("[{}]", url.host())
+        let host = if host.contains(':') {
+            format!("[{host}]")
         } else {
-            url.host().to_owned()
+            host.to_ascii_lowercase()
         };
-        if allow.iter().any(|a| *a == host || *a == url.authority()) {
+        let authority = authority.to_ascii_lowercase();
+        if allow.iter().any(|a| *a == host || *a == authority) {
             Ok(())
         } else {
-            Err(format!("{} is not in remote.allow", url.authority()))
+            Err(format!("{authority} is not in remote.allow"))
         }
     }
 }
@@ -162,17 +207,31 @@ fn load_ca(path: &Path) -> Result<RootCerts> {
     Ok(RootCerts::Specific(Arc::new(certs)))
 }
 
-/// An agent that checks no certificate.
-fn insecure_agent() -> Agent {
-    let tls = TlsConfig::builder().disable_verification(true).build();
-    builder(tls)
-}
-
 /// An agent: keep-alive connections (enough for every writer of a few
 /// transfers), statuses returned rather than raised, no redirects (a
 /// ticket URL names its host), timeouts that end a stalled remote.
 fn agent(roots: RootCerts) -> Agent {
     builder(TlsConfig::builder().root_certs(roots).build())
+}
+
+/// An agent for package sources: `http://` too (a catalog on a trusted
+/// network, a presigned object URL), a few redirects, and no limit on a
+/// body's whole time — a package takes as long as it takes — but one on
+/// each read, so that a source that stops sending is given up on.
+fn source_agent(tls: TlsConfig) -> Agent {
+    Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .https_only(false)
+        .max_redirects(SOURCE_MAX_REDIRECTS)
+        .no_delay(true)
+        .max_idle_connections_per_host(2)
+        .timeout_connect(Some(REMOTE_CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(REMOTE_IO_TIMEOUT))
+        .timeout_per_read(Some(SOURCE_READ_TIMEOUT))
+        .user_agent(concat!("ovaio/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
 }
 
 fn builder(tls: TlsConfig) -> Agent {
