@@ -3,7 +3,8 @@
 //! Cut connections (resets, bodies that end early) and `5xx` answers are
 //! resumed with `Range: bytes=N-` and `If-Range`; a server that ignores
 //! `Range` or a package that changed fails the import and leaves nothing;
-//! 403, 404 and redirects are answered as the contract says. Every target
+//! 403, 404 and redirects are answered as the contract says; `https://`
+//! is trusted through `--cacert` and refused without it. Every target
 //! is judged by `qemu-img compare`, and the server's own record of each
 //! request says what was asked and how many bytes went out.
 //!
@@ -645,6 +646,37 @@ fn a_package_that_changed_between_requests_fails_the_import_and_leaves_nothing()
 }
 
 #[test]
+fn a_package_that_changed_without_an_etag_fails_the_import_and_leaves_nothing() {
+    let w = Work::new();
+    let pkg = small_package(&w);
+    let s = HttpSource::start(
+        pkg.bytes.clone(),
+        Options {
+            reset_every: Some(pkg.len() / 4),
+            cut: Cut::Close,
+            no_etag: true,
+            change_etag_after: Some(1),
+            ..Options::default()
+        },
+    );
+    let out = w.mkdir("out");
+    let o = import(&s.url(), &out, &[]);
+    o.assert_error(&[]);
+    // The contract asks for `Range` when the ETag gave no sign of a
+    // change; naming the change of Last-Modified is as clear.
+    assert!(
+        o.stderr.contains("Range") || o.stderr.contains("changed"),
+        "{}",
+        o.stderr
+    );
+    assert_dir_empty(&out);
+    let reqs = s.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    assert_eq!(reqs[1].if_range.as_deref(), Some(LAST_MODIFIED_1));
+    assert_eq!(reqs[1].status, 200);
+}
+
+#[test]
 fn not_found_exits_4_and_leaves_nothing() {
     let w = Work::new();
     let pkg = small_package(&w);
@@ -776,4 +808,45 @@ fn the_summary_hides_the_query_string() {
         );
     }
     assert_resumed(&reqs, pkg.len(), ETAG_1);
+}
+
+#[test]
+fn an_https_package_resumes_with_its_ca_and_is_refused_without_it() {
+    let w = Work::new();
+    let pkg = small_package(&w);
+    let len = pkg.len();
+    let s = HttpSource::start(
+        pkg.bytes.clone(),
+        Options {
+            tls: true,
+            reset_every: Some(len / 3 + 1),
+            ..Options::default()
+        },
+    );
+    assert!(s.url().starts_with("https://"), "{}", s.url());
+    let ca = w.path("ca.pem");
+    fs::write(&ca, s.cert_pem().expect("a certificate")).expect("write the CA");
+
+    let untrusted = w.mkdir("untrusted");
+    import(&s.url(), &untrusted, &[]).assert_error(&[]);
+    assert_dir_empty(&untrusted);
+    assert!(
+        s.requests().is_empty(),
+        "a request went out over an unverified connection: {:#?}",
+        s.requests()
+    );
+
+    let out = w.mkdir("out");
+    let o = import(
+        &s.url(),
+        &out,
+        &["--cacert", ca.to_str().expect("utf-8 path")],
+    );
+    o.assert_success();
+    pkg.assert_imported(&out, Target::Raw);
+    let reqs = s.requests();
+    assert!(reqs.len() >= 3, "{reqs:#?}");
+    assert_resumed(&reqs, len, ETAG_1);
+    let cuts = reqs.iter().filter(|r| r.cut).count() as u64;
+    assert_eq!(number(&o.json(), "resumed"), cuts, "{}", o.stdout);
 }

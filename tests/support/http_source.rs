@@ -1,6 +1,8 @@
-//! A plain-HTTP origin serving one package, for imports from a URL: an
+//! An HTTP origin serving one package, for imports from a URL: an
 //! HTTP/1.1 server on std (one thread per connection, `Connection: close`
-//! on every answer) that honours `Range: bytes=N-` and `If-Range`, and
+//! on every answer), plain or over TLS (rustls, with a self-signed
+//! certificate made by rcgen), that honours `Range: bytes=N-` and
+//! `If-Range`, and
 //! misbehaves on request — connections cut after so many body bytes
 //! (reset or ended early), `Range` ignored, a package that changes after
 //! some requests, a fixed error status, `5xx` on chosen requests,
@@ -16,6 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls::ServerConnection;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpSocket;
 
 /// `ETag` of the package as first served (strong).
@@ -47,8 +51,8 @@ pub enum Cut {
     /// An abortive close (`SO_LINGER` 0): the client reads a reset.
     #[default]
     Reset,
-    /// A clean close: the client reads a body shorter than its
-    /// `Content-Length`.
+    /// A clean close (over TLS, `close_notify` first): the client reads a
+    /// body shorter than its `Content-Length`.
     Close,
 }
 
@@ -89,6 +93,9 @@ pub struct Options {
     pub redirects: Vec<Redirect>,
     /// Send `Last-Modified` only, no `ETag`.
     pub no_etag: bool,
+    /// Serve `https://` with a self-signed certificate for `127.0.0.1`
+    /// and `localhost` ([`HttpSource::cert_pem`]).
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -103,6 +110,7 @@ impl Default for Options {
             status_at: HashMap::new(),
             redirects: Vec::new(),
             no_etag: false,
+            tls: false,
         }
     }
 }
@@ -167,6 +175,7 @@ struct Shared {
     versions: [Arc<Vec<u8>>; 2],
     state: Mutex<State>,
     idle: Condvar,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A running server; stops accepting when dropped.
@@ -174,6 +183,8 @@ struct Shared {
 pub struct HttpSource {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
+    /// The certificate served over TLS (PEM), to be trusted by clients.
+    cert_pem: Option<String>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 }
@@ -192,11 +203,18 @@ impl HttpSource {
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the HTTP source");
         let port = listener.local_addr().expect("HTTP source address").port();
+        let (tls, cert_pem) = if options.tls {
+            let (config, pem) = tls_config();
+            (Some(config), Some(pem))
+        } else {
+            (None, None)
+        };
         let shared = Arc::new(Shared {
             options,
             versions: [Arc::new(package), changed],
             state: Mutex::new(State::default()),
             idle: Condvar::new(),
+            tls,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (sh, sp) = (shared.clone(), stop.clone());
@@ -219,12 +237,28 @@ impl HttpSource {
                 });
             }
         });
-        HttpSource { port, shared, stop }
+        HttpSource {
+            port,
+            cert_pem,
+            shared,
+            stop,
+        }
     }
 
-    /// `http://127.0.0.1:PORT` followed by `path_and_query`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS) followed by
+    /// `path_and_query`.
     pub fn url_of(&self, path_and_query: &str) -> String {
-        format!("http://127.0.0.1:{}{path_and_query}", self.port)
+        let scheme = if self.cert_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}{path_and_query}", self.port)
+    }
+
+    /// The certificate served over TLS, as PEM (`None` without TLS).
+    pub fn cert_pem(&self) -> Option<&str> {
+        self.cert_pem.as_deref()
     }
 
     /// The package's URL.
@@ -280,6 +314,75 @@ impl Drop for HttpSource {
     }
 }
 
+/// A server configuration with a fresh self-signed certificate for
+/// `127.0.0.1` and `localhost`, and that certificate as PEM.
+fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("TLS key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("certificate parameters");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&key).expect("self-signed certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("server certificate");
+    (Arc::new(config), cert.pem())
+}
+
+/// A connection, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Stream {
+    /// Ends the connection cleanly: TLS `close_notify`, then FIN.
+    fn finish(&mut self) {
+        let tcp = match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+                &mut s.sock
+            }
+        };
+        let _ = tcp.shutdown(Shutdown::Write);
+    }
+}
+
 /// A second handle on `conn`'s socket, for the options std does not set
 /// (the send buffer, `SO_LINGER`); `None` if the descriptor cannot be
 /// duplicated.
@@ -290,7 +393,7 @@ fn control(conn: &TcpStream) -> Option<TcpSocket> {
 
 /// Reads a request head (through the blank line); `None` if the
 /// connection ends first or the head is unreasonably long.
-fn read_head(conn: &mut TcpStream) -> Option<String> {
+fn read_head(conn: &mut Stream) -> Option<String> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -341,14 +444,21 @@ fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
 }
 
 /// Answers one request on `conn` and closes it; the request as recorded.
-fn serve(mut conn: TcpStream, sh: &Shared) -> Option<Request> {
-    let _ = conn.set_read_timeout(Some(IDLE));
-    let _ = conn.set_write_timeout(Some(IDLE));
-    let _ = conn.set_nodelay(true);
-    let socket = control(&conn);
+fn serve(tcp: TcpStream, sh: &Shared) -> Option<Request> {
+    let _ = tcp.set_read_timeout(Some(IDLE));
+    let _ = tcp.set_write_timeout(Some(IDLE));
+    let _ = tcp.set_nodelay(true);
+    let socket = control(&tcp);
     if let Some(s) = &socket {
         let _ = s.set_send_buffer_size(SEND_BUFFER);
     }
+    let mut conn = match &sh.tls {
+        None => Stream::Plain(tcp),
+        Some(config) => {
+            let server = ServerConnection::new(config.clone()).expect("TLS server connection");
+            Stream::Tls(Box::new(rustls::StreamOwned::new(server, tcp)))
+        }
+    };
     let head = read_head(&mut conn)?;
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next()?.split(' ');
@@ -479,8 +589,8 @@ fn serve(mut conn: TcpStream, sh: &Shared) -> Option<Request> {
             let _ = s.set_zero_linger();
         }
     } else {
-        // A clean end: FIN after what was written.
-        let _ = conn.shutdown(Shutdown::Write);
+        // A clean end after what was written.
+        conn.finish();
     }
     drop(conn);
     drop(socket);
