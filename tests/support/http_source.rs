@@ -2,12 +2,12 @@
 //! HTTP/1.1 server on std (one thread per connection, `Connection: close`
 //! on every answer), plain or over TLS (rustls, with a self-signed
 //! certificate made by rcgen), that honours `Range: bytes=N-` and
-//! `If-Range`, and
-//! misbehaves on request — connections cut after so many body bytes
-//! (reset or ended early), `Range` ignored, a package that changes after
-//! some requests, a fixed error status, `5xx` on chosen requests,
-//! redirects, no `ETag`. Every request is recorded with the headers that
-//! matter for resuming and the body bytes written on its connection.
+//! `If-Range`, and misbehaves on request — connections cut after so many
+//! body bytes (reset or ended early), `Range` ignored, a package that
+//! changes after some requests, a fixed error status, `5xx` on chosen
+//! requests, redirects, no `ETag`. Every request is recorded with the
+//! headers that matter for resuming and the body bytes written on its
+//! connection.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
