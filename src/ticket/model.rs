@@ -356,6 +356,11 @@ pub struct DiskStatus {
     /// the whole package completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `ova-import`: why the import failed, when the failure lies in this
+    /// disk's entry (its digest differs from the manifest's, its content
+    /// is corrupt); the ticket's `error` says the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What `GET /tickets/{id}` answers, and each item of `GET /tickets`: the
@@ -400,6 +405,11 @@ pub struct TicketStatus {
     /// `ova-import`: the package's length, once the client declared it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
+    /// `ova-import`, once it succeeded: `verified` (every line of every
+    /// manifest matched) or `absent` (the package has none), as the
+    /// import summary says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 impl TicketRequest {
@@ -849,6 +859,7 @@ mod tests {
             sha256: None,
             offset: None,
             length: None,
+            manifest: None,
         };
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["uuid"], ID);

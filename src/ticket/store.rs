@@ -164,6 +164,8 @@ struct LiveState {
     /// `ova-import`: the committed offset and the declared length of the
     /// upload, once one started.
     upload: Option<(u64, Option<u64>)>,
+    /// `ova-import`: what the manifest check said of a succeeded import.
+    manifest: Option<String>,
 }
 
 /// Why a ticket's transfers were cancelled.
@@ -283,6 +285,7 @@ impl TicketStore {
                 bytes: 0,
                 state: TransferState::Pending,
                 sha256: None,
+                error: None,
             })
             .collect();
         let live = self.live(&spec, deadline, now, TransferState::Pending, None, disks);
@@ -331,6 +334,7 @@ impl TicketStore {
                 cancel_cause: None,
                 sha256: None,
                 upload: None,
+                manifest: None,
             }),
         }
     }
@@ -431,6 +435,31 @@ impl TicketStore {
             spec: entry.spec.clone(),
             live: entry.live.clone(),
             counted: true,
+        })
+    }
+
+    /// Looks a ticket up for a data-plane client that only reads about it
+    /// (the status of its transfer, the upload page): the same
+    /// constant-time lookup as [`TicketStore::authorize`], for a ticket
+    /// allowing any op, but the handle is not one of its connections and
+    /// the lookup is no activity, so a page left open polling does not
+    /// keep a ticket alive. Every failure is [`crate::ErrorKind::Auth`].
+    pub fn peek(&self, id: &str) -> Result<TicketHandle> {
+        let now = self.clock.now();
+        let map = self.purged(now);
+        let mut found = None;
+        for (key, entry) in map.iter() {
+            if ct_eq(key.as_bytes(), id.as_bytes()) {
+                found = Some(entry);
+            }
+        }
+        let Some(entry) = found else {
+            return Err(forbidden("no such ticket".to_owned()));
+        };
+        Ok(TicketHandle {
+            spec: entry.spec.clone(),
+            live: entry.live.clone(),
+            counted: false,
         })
     }
 
@@ -541,28 +570,34 @@ impl Entry {
     /// The ticket's status at `now` (monotonic) and `wall` (the same
     /// instant on the system clock, for `expires`).
     fn status(&self, now: Instant, wall: SystemTime) -> TicketStatus {
-        let s = lock(&self.live.state);
-        let expires = unix_secs(wall, s.deadline.saturating_duration_since(now));
-        let idle_time = if s.connections > 0 {
-            0
-        } else {
-            now.saturating_duration_since(s.last_activity).as_secs()
-        };
-        TicketStatus {
-            ticket: self.spec.req.clone(),
-            expires,
-            idle_time,
-            active: s.connections > 0,
-            canceled: s.canceled,
-            transferred: self.live.transferred(&s),
-            connections: s.connections as u64,
-            state: s.state,
-            error: s.error.clone(),
-            disks: s.disks.clone(),
-            sha256: s.sha256.clone(),
-            offset: s.upload.map(|u| u.0),
-            length: s.upload.and_then(|u| u.1),
-        }
+        status_of(&self.spec, &self.live, now, wall)
+    }
+}
+
+/// What `GET /tickets/{id}` shows of the ticket of `spec` and `live`.
+fn status_of(spec: &Spec, live: &Live, now: Instant, wall: SystemTime) -> TicketStatus {
+    let s = lock(&live.state);
+    let expires = unix_secs(wall, s.deadline.saturating_duration_since(now));
+    let idle_time = if s.connections > 0 {
+        0
+    } else {
+        now.saturating_duration_since(s.last_activity).as_secs()
+    };
+    TicketStatus {
+        ticket: spec.req.clone(),
+        expires,
+        idle_time,
+        active: s.connections > 0,
+        canceled: s.canceled,
+        transferred: live.transferred(&s),
+        connections: s.connections as u64,
+        state: s.state,
+        error: s.error.clone(),
+        disks: s.disks.clone(),
+        sha256: s.sha256.clone(),
+        offset: s.upload.map(|u| u.0),
+        length: s.upload.and_then(|u| u.1),
+        manifest: s.manifest.clone(),
     }
 }
 

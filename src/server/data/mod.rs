@@ -5,12 +5,17 @@
 //! stream a whole package in or out ([`ova`]), an upload resumable across
 //! connections ([`upload`], spoken as imageio-style ranged `PUT` or tus
 //! 1.0, [`tus`]). `HEAD` answers every kind's size ([`head`]).
+//! `/images/{ticket}/status` tells the ticket's holder where its transfer
+//! stands ([`status`]), and `/upload/{ticket}` serves a page to upload
+//! with from a browser ([`page`]).
 
 mod blocking;
 pub mod checksum;
 mod head;
 mod image;
 mod ova;
+mod page;
+mod status;
 mod tus;
 mod upload;
 
@@ -56,6 +61,7 @@ enum Resource {
     Extents,
     Checksum,
     Algorithms,
+    Status,
 }
 
 /// The transfer a request may start, handed to its handler, which starts
@@ -137,6 +143,12 @@ impl DataApi {
                 &json!({"version": env!("CARGO_PKG_VERSION"), "server": "ovaio"}),
             );
         }
+        if let Some(rest) = path.strip_prefix("/upload/") {
+            let method = req.method().clone();
+            tracing::debug!(%method, path = %crate::ticket::log_path(&path), "upload page");
+            h::drain_in_background(req.into_body());
+            return page::answer(&self.store, &method, rest);
+        }
         let Some(rest) = path.strip_prefix("/images/") else {
             h::drain_in_background(req.into_body());
             return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}"));
@@ -146,6 +158,7 @@ impl DataApi {
             Some((id, "extents")) => (id, Resource::Extents),
             Some((id, "checksum")) => (id, Resource::Checksum),
             Some((id, "checksum/algorithms")) => (id, Resource::Algorithms),
+            Some((id, "status")) => (id, Resource::Status),
             Some(_) => {
                 h::drain_in_background(req.into_body());
                 return h::text(StatusCode::NOT_FOUND, &format!("no resource {path}"));
@@ -175,6 +188,11 @@ impl DataApi {
         if res == Resource::Algorithms && method == Method::GET {
             return checksum::algorithms();
         }
+        // Read about the ticket by its holder: no op, and no activity.
+        if res == Resource::Status && method == Method::GET {
+            tracing::debug!(%method, path = %crate::ticket::log_path(&path), "status");
+            return status::get(&self.store, id);
+        }
         let op = match (&method, res) {
             // HEAD answers any ticket's size: read (image, export) or the
             // upload's offset (import, a write-only ticket).
@@ -192,7 +210,10 @@ impl DataApi {
                     ALLOW,
                     HeaderValue::from_static(match res {
                         Resource::Image => "OPTIONS, GET, HEAD, PUT, PATCH, POST, DELETE",
-                        Resource::Extents | Resource::Checksum | Resource::Algorithms => "GET",
+                        Resource::Extents
+                        | Resource::Checksum
+                        | Resource::Algorithms
+                        | Resource::Status => "GET",
                     }),
                 );
                 // Read a body away rather than reset the stream under the

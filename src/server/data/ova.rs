@@ -46,7 +46,7 @@ fn ova_of(t: &TicketHandle) -> Result<&ResolvedOva> {
 
 /// The disk an entry feeds: the disk whose href is its name, or the
 /// chunked file it is a chunk of.
-fn disk_of<'a>(hrefs: &'a [String], entry: &str) -> Option<&'a String> {
+pub(super) fn disk_of<'a>(hrefs: &'a [String], entry: &str) -> Option<&'a String> {
     hrefs.iter().find(|h| *h == entry).or_else(|| {
         let (href, _) = split_chunk_name(entry)?;
         hrefs.iter().find(|h| *h == href)

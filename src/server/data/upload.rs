@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::ova::{finish_disks, over_size, report_disk};
+use super::ova::{disk_of, finish_disks, over_size, report_disk};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits;
 use crate::pipeline::import::{ImportSummary, Importer};
@@ -354,6 +354,7 @@ impl Session {
         match r {
             Ok(summary) => {
                 self.ticket.set_upload(offset, Some(offset));
+                self.ticket.set_manifest(summary.manifest);
                 finish_disks(
                     &self.ticket,
                     &self.ova,
@@ -378,6 +379,14 @@ impl Session {
                     &seen,
                     TransferState::Failed,
                 );
+                if let Some(href) = e
+                    .context()
+                    .entry
+                    .as_deref()
+                    .and_then(|entry| disk_of(&self.hrefs, entry))
+                {
+                    self.ticket.set_disk_error(href, &msg);
+                }
                 self.ticket.fail(msg.clone());
                 self.transfer.fail(e);
                 if e.kind() == ErrorKind::Integrity {

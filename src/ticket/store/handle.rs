@@ -249,6 +249,33 @@ impl TicketHandle {
         s.sha256.clone().map(|p| (p, s.disks.clone()))
     }
 
+    /// The ticket with its live status, as `GET /tickets/{id}` shows it.
+    pub fn status(&self) -> TicketStatus {
+        let clock = &self.live.clock;
+        status_of(&self.spec, &self.live, clock.now(), clock.wall())
+    }
+
+    /// Records what the manifest check of a succeeded `ova-import` said
+    /// (`verified`, `absent`); call it before [`TicketHandle::succeed`],
+    /// which journals it with the outcome.
+    pub fn set_manifest(&self, verdict: &str) {
+        lock(&self.live.state).manifest = Some(verdict.to_owned());
+    }
+
+    /// Records why the import failed in one disk's entry; call it before
+    /// [`TicketHandle::fail`], which journals it with the outcome. An
+    /// unknown href is ignored.
+    pub fn set_disk_error(&self, href: &str, error: &str) {
+        let mut s = lock(&self.live.state);
+        if let Some(d) = s
+            .disks
+            .iter_mut()
+            .find(|d| !d.href.is_empty() && d.href == href)
+        {
+            d.error = Some(error.to_owned());
+        }
+    }
+
     /// Marks the transfer complete and verified.
     pub fn succeed(&self) {
         self.finish(TransferState::Succeeded, None);

@@ -64,6 +64,10 @@ pub(super) struct TicketRecord {
     /// them (`offset`, `length`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) upload: Option<(u64, Option<u64>)>,
+    /// `ova-import`: the manifest verdict of a succeeded import, as `GET`
+    /// shows it (`manifest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) manifest: Option<String>,
 }
 
 /// A ticket as the journal keeps it: the request as installed, and what
@@ -208,6 +212,7 @@ impl Entry {
             net: self.spec.net.clone(),
             ova: self.spec.ova.clone(),
             upload: s.upload,
+            manifest: s.manifest.clone(),
         };
         drop(s);
         match serde_json::to_vec(&record) {

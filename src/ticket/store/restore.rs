@@ -133,6 +133,7 @@ impl TicketStore {
                 let mut s = lock(&live.state);
                 s.journaled = (deadline, r.transferred);
                 s.upload = r.upload;
+                s.manifest = r.manifest;
             }
             lock(&self.tickets).insert(
                 id,
