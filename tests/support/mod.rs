@@ -10,11 +10,13 @@
 // private module are shared between binaries, not exported.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod http_source;
 pub mod image;
 pub mod imageio;
 pub mod nbd;
 pub mod ova;
+pub mod png;
 pub mod proxy;
 pub mod resume;
 pub mod server;
