@@ -52,9 +52,11 @@ fn open(s: &Server, w: &Work, id: &str, rows: usize) -> Browser {
 /// The progress as the DOM has it: `pct` (the bar's value), `sent` and
 /// `phase` texts.
 fn progress(b: &mut Browser) -> Value {
-    b.js("{pct: Number(document.getElementById('bar').getAttribute('aria-valuenow')), \
+    b.js(
+        "{pct: Number(document.getElementById('bar').getAttribute('aria-valuenow')), \
           sent: document.getElementById('sent').textContent, \
-          phase: document.getElementById('phase').textContent}")
+          phase: document.getElementById('phase').textContent}",
+    )
 }
 
 fn pct(v: &Value) -> u64 {
@@ -102,14 +104,20 @@ fn verdict_colour(b: &mut Browser) -> [u8; 3] {
     img.at(1, img.height / 2)
 }
 
-/// Saves the screenshot `name` and returns (its path, what OCR reads).
-fn look(b: &mut Browser, name: &str) -> (PathBuf, String) {
+/// Saves the screenshot `name` (also in `$OVAIO_SCREENSHOTS`).
+fn save(b: &mut Browser, name: &str) -> PathBuf {
     let path = b.shot(name);
     if let Some(dir) = std::env::var_os("OVAIO_SCREENSHOTS") {
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).expect("screenshot dir");
         std::fs::copy(&path, dir.join(format!("{name}.png"))).expect("copy the screenshot");
     }
+    path
+}
+
+/// Saves the screenshot `name` and returns (its path, what OCR reads).
+fn look(b: &mut Browser, name: &str) -> (PathBuf, String) {
+    let path = save(b, name);
     let text = ocr(&path);
     (path, text)
 }
@@ -202,8 +210,8 @@ fn an_ova_uploaded_from_the_page_is_verified() {
     b.tab();
     assert_eq!(b.js("document.activeElement.id"), "file");
 
-    // On its way: slowed down to take some eight seconds.
-    b.throttle((len / 8).max(64 << 10) as i64);
+    // On its way: slowed down to take some ten seconds.
+    b.throttle((len / 10).max(64 << 10) as i64);
     b.pick("file", &p.path);
     b.wait(
         "Number(document.getElementById('bar').getAttribute('aria-valuenow')) >= 20 && \
@@ -211,9 +219,15 @@ fn an_ova_uploaded_from_the_page_is_verified() {
          document.getElementById('rate').textContent.includes('/s')",
         60,
     );
+    // The screenshot and the bar's pixels first, read afterwards: the
+    // upload goes on meanwhile.
     let before = progress(&mut b);
-    let (shot, text) = look(&mut b, "ova-2-uploading");
+    let shot = save(&mut b, "ova-2-uploading");
     let after = progress(&mut b);
+    let bar_before = progress(&mut b);
+    let bar = Image::decode(&b.element_png("bar"));
+    let bar_after = progress(&mut b);
+    let text = ocr(&shot);
     assert_shows(
         &text,
         &shot,
@@ -234,15 +248,11 @@ fn an_ova_uploaded_from_the_page_is_verified() {
         "the screenshot shows {shown} %, the page went from {before} to {after}"
     );
     assert!(shown < 100, "{text}");
-    let before = progress(&mut b);
-    let bar = Image::decode(&b.element_png("bar"));
-    let after = progress(&mut b);
     let drawn = filled(&bar, ACCENT) * 100.0;
     assert!(
-        pct(&before) as f64 - 2.0 <= drawn && drawn <= pct(&after) as f64 + 2.0,
-        "the bar is drawn {drawn:.1} % full, the page went from {before} to {after}"
+        pct(&bar_before) as f64 - 2.0 <= drawn && drawn <= pct(&bar_after) as f64 + 2.0,
+        "the bar is drawn {drawn:.1} % full, the page went from {bar_before} to {bar_after}"
     );
-    assert!(b.js("document.getElementById('pause').hidden") == false);
 
     // Done: the verdict, every disk verified.
     b.throttle(-1);
@@ -284,9 +294,15 @@ fn an_ova_uploaded_from_the_page_is_verified() {
     assert_shows(&text, &shot, &["Verified", "All 3 disks were checked"]);
 
     if std::env::var_os("OVAIO_UPDATE_DOCS").is_some_and(|v| v == "1") {
-        let height = b.js("document.documentElement.scrollHeight").as_u64().unwrap_or(900);
+        let height = b
+            .js("document.documentElement.scrollHeight")
+            .as_u64()
+            .unwrap_or(900);
         b.viewport(900, 900, 1, false);
-        let height = b.js("document.documentElement.scrollHeight").as_u64().unwrap_or(height);
+        let height = b
+            .js("document.documentElement.scrollHeight")
+            .as_u64()
+            .unwrap_or(height);
         b.viewport(900, height as u32, 1, false);
         let shot = b.shot("docs");
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
@@ -297,7 +313,7 @@ fn an_ova_uploaded_from_the_page_is_verified() {
 }
 
 #[test]
-fn a_reload_mid_upload_goes_on_from_the_server_offset() {
+fn pausing_and_reloading_mid_upload_go_on_from_the_server_offset() {
     if !browser::require() {
         return;
     }
@@ -306,22 +322,51 @@ fn a_reload_mid_upload_goes_on_from_the_server_offset() {
     let p = three_disks(&w, false);
     import_ticket(&s, ID, &p, json!({}));
     let len = file_len(&p.path);
+    let range = |from: u64| format!("bytes {from}-{}/{len}", len - 1);
     let mut b = open(&s, &w, ID, 3);
 
     b.throttle((len / 10).max(64 << 10) as i64);
     b.pick("file", &p.path);
+    b.wait(
+        "Number(document.getElementById('bar').getAttribute('aria-valuenow')) >= 15",
+        60,
+    );
+
+    // Paused: the server keeps what it has, and the page says for how long.
+    b.click("pause");
+    let t = s.await_ticket(ID, &["active"]);
+    assert_eq!(t["state"], "paused", "{t:#}");
+    let paused_at = t["offset"].as_u64().expect("offset");
+    b.wait(
+        "document.getElementById('phase').textContent.startsWith('Paused at') && \
+         !document.getElementById('resume').hidden",
+        30,
+    );
+    let (shot, text) = look(&mut b, "resume-1-paused");
+    assert_shows(
+        &text,
+        &shot,
+        &[
+            "Paused at",
+            "The server waits",
+            "press Resume before then",
+            "Resume",
+        ],
+    );
+    b.click("resume");
     support::poll("a third of the package on the server", || {
         (s.ticket(ID)["offset"].as_u64().unwrap_or(0) >= len / 3).then_some(())
     });
+    assert_eq!(put_ranges(&mut b), [range(0), range(paused_at)]);
+
+    // Reloaded: the page, loaded again, says what to do.
     b.refresh();
     let t = s.await_ticket(ID, &["active"]);
     assert_eq!(t["state"], "paused", "{t:#}");
     let offset = t["offset"].as_u64().expect("offset");
     assert!(offset >= len / 3 && offset < len, "{t:#}");
-
-    // The page, loaded again, says what to do.
     b.wait("!document.getElementById('notice').hidden", 30);
-    let (shot, text) = look(&mut b, "reload-1-reloaded");
+    let (shot, text) = look(&mut b, "resume-2-reloaded");
     assert_shows(&text, &shot, &["choose the same file", "again"]);
     assert!(
         text.contains("KiB") || text.contains("MiB"),
@@ -333,15 +378,12 @@ fn a_reload_mid_upload_goes_on_from_the_server_offset() {
     b.throttle(-1);
     b.pick("file", &p.path);
     assert_eq!(await_verdict(&mut b), "Verified");
-    let (shot, text) = look(&mut b, "reload-2-finished");
+    let (shot, text) = look(&mut b, "resume-3-finished");
     assert_shows(&text, &shot, &["Verified", "The package arrived whole"]);
     assert_imported(&s, &p);
     // After the reload the page sent the rest only, from the offset the
     // server had, and the server received each byte once.
-    assert_eq!(
-        put_ranges(&mut b).last().map(String::as_str),
-        Some(format!("bytes {offset}-{}/{len}", len - 1).as_str())
-    );
+    assert_eq!(put_ranges(&mut b).last(), Some(&range(offset)));
     assert_eq!(received(&s), len, "bytes sent twice");
 }
 
@@ -375,10 +417,8 @@ fn a_lying_manifest_shows_which_disk_failed() {
         near(verdict_colour(&mut b), hex(BAD), 48),
         "the verdict is not drawn red"
     );
-    let states = b.js(
-        "Array.from(document.querySelectorAll('#disk-rows tr'), \
-         r => r.cells[0].textContent + ': ' + r.cells[2].textContent)",
-    );
+    let states = b.js("Array.from(document.querySelectorAll('#disk-rows tr'), \
+         r => r.cells[0].textContent + ': ' + r.cells[2].textContent)");
     assert_eq!(
         states,
         json!([
@@ -407,7 +447,11 @@ fn an_expired_link_shows_a_message_instead_of_a_form() {
     let s = Server::start(&w);
     let p = three_disks(&w, false);
     import_ticket(&s, ID, &p, json!({}));
-    let e = s.control("PATCH", &format!("/tickets/{ID}"), Some(&json!({"timeout": 0})));
+    let e = s.control(
+        "PATCH",
+        &format!("/tickets/{ID}"),
+        Some(&json!({"timeout": 0})),
+    );
     assert_eq!(e.status, 200, "{}", e.text());
 
     let mut b = Browser::start(&s, &w, 1000, 1100, 2);
@@ -427,7 +471,10 @@ fn an_expired_link_shows_a_message_instead_of_a_form() {
     // A link that stops working while its page is open says so when used.
     import_ticket(&s, "second-link", &p, json!({}));
     b.open(&page_url(&s, "second-link"));
-    b.wait("document.querySelectorAll('#disk-rows tr').length === 3", 30);
+    b.wait(
+        "document.querySelectorAll('#disk-rows tr').length === 3",
+        30,
+    );
     let r = s.control("DELETE", "/tickets/second-link", None);
     assert_eq!(r.status, 204);
     b.pick("file", &p.path);
@@ -436,32 +483,54 @@ fn an_expired_link_shows_a_message_instead_of_a_form() {
     assert_shows(
         &text,
         &shot,
-        &["This upload link no longer works", "Ask whoever gave you the link"],
+        &[
+            "This upload link no longer works",
+            "Ask whoever gave you the link",
+        ],
     );
 }
 
-/// 16 MiB: data in the first and the last 4 MiB block, zeros between.
+/// 32 MiB: data in the first five 4 MiB blocks and in the last one,
+/// zeros in the two between.
 const SPARSE: Layout = Layout {
-    size: 16 << 20,
+    size: 32 << 20,
     runs: &[
         Run {
             offset: 0,
-            len: 1 << 20,
+            len: 20 << 20,
             fill: Fill::Random(41),
         },
         Run {
-            offset: (13 << 20) + 4096,
+            offset: (29 << 20) + 4096,
             len: 500_000,
             fill: Fill::Text,
         },
     ],
 };
 
+/// The byte ranges of the `PUT`s in `requests`, as (first, last).
+fn put_blocks(requests: &[Value]) -> Vec<(u64, u64)> {
+    requests
+        .iter()
+        .filter(|r| r["method"] == "PUT")
+        .filter_map(|r| r["headers"]["Content-Range"].as_str())
+        .map(|v| {
+            let range = v
+                .strip_prefix("bytes ")
+                .and_then(|v| v.strip_suffix("/*"))
+                .unwrap_or_else(|| panic!("Content-Range {v}"));
+            let (a, b) = range.split_once('-').expect("first-last");
+            (a.parse().expect("first"), b.parse().expect("last"))
+        })
+        .collect()
+}
+
 #[test]
 fn a_raw_image_goes_up_with_its_zeros_as_zero_ranges_and_is_verified() {
     if !browser::require() {
         return;
     }
+    const MIB: u64 = 1 << 20;
     let w = Work::new();
     let s = Server::start(&w);
     let src = SPARSE.write_raw(&w.mkdir("src").join("disk.raw"));
@@ -480,7 +549,7 @@ fn a_raw_image_goes_up_with_its_zeros_as_zero_ranges_and_is_verified() {
     assert_shows(
         &text,
         &shot,
-        &["Upload a disk image", "raw", "16.0 MiB", "Choose a file"],
+        &["Upload a disk image", "raw", "32.0 MiB", "Choose a file"],
     );
 
     // A qcow2 file is refused, in words, before anything is sent.
@@ -491,10 +560,40 @@ fn a_raw_image_goes_up_with_its_zeros_as_zero_ranges_and_is_verified() {
     assert_shows(
         &text,
         &shot,
-        &["This is a qcow2 image, not a raw disk image", "qemu-img convert -O raw"],
+        &[
+            "This is a qcow2 image, not a raw disk image",
+            "qemu-img convert -O raw",
+        ],
     );
     assert!(b.requests().iter().all(|r| r["method"] != "PUT"));
 
+    // The raw image, slowed down, reloaded once some blocks are in: the
+    // page remembers which the server acknowledged and sends the rest.
+    b.throttle(1 << 20);
+    b.pick("file", &src);
+    let saved = "Object.keys(localStorage).filter(k => k.startsWith('ovaio-upload-')) \
+                 .map(k => JSON.parse(localStorage.getItem(k)).prefix)[0] || 0";
+    let prefix = b
+        .wait(
+            &format!("(p => p >= {} && p < {} && p)({saved})", 8 * MIB, 20 * MIB),
+            60,
+        )
+        .as_u64()
+        .expect("prefix");
+    b.refresh();
+    b.wait("!document.getElementById('notice').hidden", 30);
+    let notice = b.js("document.getElementById('notice').textContent");
+    let kept = b.js(&saved).as_u64().expect("prefix after the reload");
+    assert!(kept >= prefix, "{notice}");
+    assert!(
+        notice.as_str().is_some_and(|n| n.contains(&format!(
+            "stopped after {}",
+            size_text(kept).replace(' ', "\u{a0}")
+        ))),
+        "{notice}"
+    );
+    let before = b.requests().len();
+    b.throttle(-1);
     b.pick("file", &src);
     assert_eq!(await_verdict(&mut b), "Written and verified");
     let (shot, text) = look(&mut b, "image-3-finished");
@@ -504,41 +603,57 @@ fn a_raw_image_goes_up_with_its_zeros_as_zero_ranges_and_is_verified() {
         &[
             "Written and verified",
             "its SHA-256 block checksum matches the file's",
-            "8.0 MiB of data were sent",
-            "8.0 MiB of zeros were written by the server without being sent",
-            "16.0 MiB of 16.0 MiB (100 %)",
+            "of zeros were written by the server without being sent",
+            "32.0 MiB of 32.0 MiB (100 %)",
         ],
     );
     assert!(near(verdict_colour(&mut b), hex(OK), 48));
     assert_same_content(&src, &target, "raw");
 
-    // Data blocks went up as PUTs, the zero blocks as PATCH zero, then one
-    // flush and the checksum.
+    // Data blocks went up as PUTs, the zero blocks as PATCH zero, then
+    // one flush and the checksum; after the reload nothing below what the
+    // server had acknowledged was sent again.
     let requests = b.requests();
-    let puts: Vec<&str> = requests
+    let puts = put_blocks(&requests);
+    let blocks: std::collections::BTreeSet<(u64, u64)> = puts.iter().copied().collect();
+    let want: std::collections::BTreeSet<(u64, u64)> = [0, 1, 2, 3, 4, 7]
         .iter()
-        .filter(|r| r["method"] == "PUT")
-        .filter_map(|r| r["headers"]["Content-Range"].as_str())
+        .map(|i| (i * 4 * MIB, (i + 1) * 4 * MIB - 1))
         .collect();
-    assert_eq!(
-        puts.len(),
-        2,
-        "{puts:?}"
-    );
-    assert!(puts.contains(&"bytes 0-4194303/*"), "{puts:?}");
-    assert!(puts.contains(&"bytes 12582912-16777215/*"), "{puts:?}");
+    assert_eq!(blocks, want, "{puts:?}");
+    for (first, _) in put_blocks(&requests[before..]) {
+        assert!(
+            first >= kept,
+            "block at {first} sent again after the reload"
+        );
+    }
     let patches: Vec<Value> = requests
         .iter()
         .filter(|r| r["method"] == "PATCH")
         .filter_map(|r| r["body"].as_str())
         .map(|b| serde_json::from_str(b).expect("PATCH body"))
         .collect();
-    let zeroed: u64 = patches
+    let zeros: Vec<(u64, u64)> = patches
         .iter()
         .filter(|p| p["op"] == "zero")
-        .map(|p| p["size"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(zeroed, 8 << 20, "{patches:?}");
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap_or(0),
+                p["size"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(!zeros.is_empty(), "{patches:?}");
+    for (offset, size) in &zeros {
+        assert!(
+            *offset >= 20 * MIB && offset + size <= 28 * MIB,
+            "zeroed {size} at {offset}: {patches:?}"
+        );
+    }
+    assert!(
+        zeros.iter().map(|z| z.1).sum::<u64>() >= 8 * MIB,
+        "{zeros:?}"
+    );
     assert_eq!(patches.last().map(|p| &p["op"]), Some(&json!("flush")));
     assert!(
         requests.iter().any(|r| r["url"]

@@ -75,13 +75,12 @@ for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic"
 opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
 driver = webdriver.Chrome(service=Service(executable_path=chromedriver, log_output=log), options=opts)
 driver.execute_cdp_cmd("Network.enable", {})
-perf = []
 console = []
+seen, by_id = [], {}
 
 def requests():
-    perf.extend(driver.get_log("performance"))
-    out, by_id = [], {}
-    for entry in perf:
+    # The log hands each entry out once: what was read is kept.
+    for entry in driver.get_log("performance"):
         m = json.loads(entry["message"])["message"]
         p = m.get("params", {})
         if m["method"] == "Network.requestWillBeSent":
@@ -89,10 +88,10 @@ def requests():
             x = {"method": r["method"], "url": r["url"], "headers": r.get("headers", {}),
                  "body": r.get("postData"), "status": None}
             by_id.setdefault(p["requestId"], []).append(x)
-            out.append(x)
+            seen.append(x)
         elif m["method"] == "Network.responseReceived" and p["requestId"] in by_id:
             by_id[p["requestId"]][-1]["status"] = p["response"]["status"]
-    return out
+    return seen
 
 for line in sys.stdin:
     cmd = json.loads(line)
