@@ -583,7 +583,7 @@ fn a_raw_image_goes_up_with_its_zeros_as_zero_ranges_and_is_verified() {
     b.refresh();
     b.wait("!document.getElementById('notice').hidden", 30);
     let notice = b.js("document.getElementById('notice').textContent");
-    let kept = b.js(&saved).as_u64().expect("prefix after the reload");
+    let kept = b.js(saved).as_u64().expect("prefix after the reload");
     assert!(kept >= prefix, "{notice}");
     assert!(
         notice.as_str().is_some_and(|n| n.contains(&format!(

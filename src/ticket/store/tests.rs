@@ -425,6 +425,27 @@ fn tickets_expire_and_extend() {
 }
 
 #[test]
+fn peeking_is_neither_a_connection_nor_activity() {
+    let f = fixture();
+    f.store.add(ID, f.image(&[Op::Read])).unwrap();
+    f.advance(30);
+    let h = f.store.peek(ID).unwrap();
+    assert_eq!(h.status().connections, 0);
+    assert_eq!(h.status().idle_time, 30);
+    drop(h);
+    f.advance(29);
+    // Still counted from the ticket's start: the look was no activity.
+    assert_eq!(f.store.peek(ID).unwrap().status().idle_time, 59);
+    f.advance(1);
+    let e = f.store.peek(ID).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth);
+    assert_eq!(
+        f.store.peek("nope").unwrap_err().to_string(),
+        "no such ticket"
+    );
+}
+
+#[test]
 fn idle_tickets_expire_unless_connected() {
     let f = fixture();
     f.store.add(ID, f.image(&[Op::Read])).unwrap();
@@ -806,10 +827,12 @@ fn journaled_tickets_come_back_after_a_stop_as_they_were() {
     i.set_disk_progress("d1.vmdk", 4096, TransferState::Succeeded);
     i.set_disk_progress("d2.vmdk", 512, TransferState::Succeeded);
     i.progress().add_read(8192);
+    i.set_manifest("verified");
     i.succeed();
     // The outcome is on disk as soon as it is visible.
     let r = records(&dir);
     assert_eq!(r[1].state, TransferState::Succeeded);
+    assert_eq!(r[1].manifest.as_deref(), Some("verified"));
     assert_eq!(r[1].transferred, 8192);
     assert_eq!(r[1].disks[1].bytes, 512);
     drop(i);
