@@ -144,6 +144,7 @@ fn tickets_and_jobs_survive_a_stop_and_start() {
                     "path",
                     "ova",
                     "upload",
+                    "manifest",
                 ]
             } else {
                 &["version", "status", "targets"]

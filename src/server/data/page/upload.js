@@ -799,6 +799,10 @@
         }
         continue;
       }
+      const ticketSize = S.status ? S.status.size : null;
+      if (at.offset > 0 && at.length !== null && at.length !== size && at.length !== ticketSize) {
+        return wrongFile(at.length);
+      }
       if (at.offset >= size) {
         // Every byte is there; only the answer was lost.
         setPhase("verifying", checkingText());
@@ -869,6 +873,19 @@
       // Refused, or the import failed: the ticket's status says which.
       return settle(why(r));
     }
+  }
+
+  // The server has part of another file: back to the file chooser.
+  function wrongFile(length) {
+    S.run += 1;
+    S.file = null;
+    S.phase = "idle";
+    show($("transfer"), false);
+    show($("pick"), true);
+    refuse(
+      `This is not the file this upload started with: that one is ${length} bytes. ` +
+        "Choose the same file again.",
+    );
   }
 
   function checkingText() {
