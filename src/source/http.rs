@@ -42,7 +42,7 @@ pub struct HttpSource {
     have_at_failure: u64,
     retries: Arc<AtomicU64>,
     /// A failure that ends the source: every later read repeats it.
-    failed: Option<String>,
+    failed: Option<(ErrorKind, String)>,
 }
 
 /// What one request came to.
@@ -312,8 +312,8 @@ fn retried_status(s: u16) -> bool {
 
 impl Read for HttpSource {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(f) = &self.failed {
-            return Err(std::io::Error::other(f.clone()));
+        if let Some((kind, why)) = &self.failed {
+            return Err(std::io::Error::other(Error::new(*kind, why.clone())));
         }
         if buf.is_empty() {
             return Ok(0);
@@ -335,8 +335,8 @@ impl Read for HttpSource {
                             "{}: the server sent more than the {t} bytes it announced",
                             self.url
                         );
-                        self.failed = Some(e.clone());
-                        return Err(std::io::Error::other(e));
+                        self.failed = Some((ErrorKind::Io, e.clone()));
+                        return Err(std::io::Error::other(Error::new(ErrorKind::Io, e)));
                     }
                     return Ok(n);
                 }
@@ -345,8 +345,7 @@ impl Read for HttpSource {
             };
             self.body = None;
             if let Err(e) = self.reconnect(why) {
-                let e = e.one_line();
-                self.failed = Some(e.clone());
+                self.failed = Some((e.kind(), e.one_line()));
                 return Err(std::io::Error::other(e));
             }
         }
