@@ -13,6 +13,7 @@ pub use crate::ova::ovf::fuzz_entry as ovf;
 pub use crate::ova::unpack::fuzz_entry as package;
 pub use crate::ova::zip::fuzz_entry as zip;
 /// A remote volume's `extents` answer and remote volume URLs.
+pub use crate::source::http::fuzz_entry as source_answers;
 pub use crate::volume::imageio::fuzz_entry as remote_answers;
 /// The NBD client over arbitrary server bytes: a handshake, then a
 /// read, a block status, a write, a zeroing and a flush answered from the

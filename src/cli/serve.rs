@@ -134,6 +134,7 @@ impl ServeArgs {
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
     let cfg = a.config()?;
     crate::volume::imageio::configure(&cfg.remote)?;
+    crate::s3::configure(&cfg.s3)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ovaio-serve")

@@ -23,6 +23,15 @@
 //! allow = ["host1.example.com", "host2:54322"]  # default: any host
 //! [remote.ca_files]                   # per host:port
 //! "host3:54322" = "/etc/pki/host3-ca.pem"
+//!                                     # (the same trust serves jobs whose source is a URL)
+//!
+//! [s3]                                # object storage of s3:// jobs; each unset one from AWS_*
+//! endpoint = "https://s3.example.com:9000"
+//! region = "us-east-1"
+//! access_key_id = "…"
+//! secret_access_key_file = "/etc/ovaio/s3-secret"   # or secret_access_key = "…"
+//! virtual_hosted_style = false
+//! ca_file = "/etc/pki/s3-ca.pem"      # besides the system roots
 //!
 //! [log]
 //! format = "json"                     # one JSON object per line; default text
@@ -34,6 +43,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::s3::S3Config;
 pub use crate::volume::imageio::RemoteConfig;
 
 /// Default data API address (ovirt-imageio's port).
@@ -58,6 +68,8 @@ pub struct ServeConfig {
     pub control: ControlConfig,
     /// Remote volumes: whom to trust, which hosts to reach.
     pub remote: RemoteConfig,
+    /// Object storage for `s3://` jobs.
+    pub s3: S3Config,
     /// Logging.
     pub log: LogConfig,
 }
@@ -150,6 +162,7 @@ impl ServeConfig {
                 listen: None,
             },
             remote: RemoteConfig::default(),
+            s3: S3Config::default(),
             log: LogConfig::default(),
         }
     }
@@ -208,6 +221,9 @@ impl ServeConfig {
             c.remote.ca_file = r.ca_file;
             c.remote.ca_files = r.ca_files.unwrap_or_default();
             c.remote.allow = r.allow;
+        }
+        if let Some(s3) = file.s3 {
+            c.s3 = s3;
         }
         Ok(c)
     }
@@ -317,6 +333,7 @@ struct FileConfig {
     control: Option<FileControl>,
     log: Option<FileLog>,
     remote: Option<FileRemote>,
+    s3: Option<S3Config>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +391,13 @@ mod tests {
         );
         assert_eq!(ServeConfig::defaults().remote, RemoteConfig::default());
         assert!(ServeConfig::from_toml("[remote]\nbogus = 1\n").is_err());
+        let c = ServeConfig::from_toml(
+            "[s3]\nendpoint = \"http://127.0.0.1:9000\"\naccess_key_id = \"k\"\nsecret_access_key_file = \"/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.s3.secret_access_key_file, Some(PathBuf::from("/s")));
+        assert!(ServeConfig::from_toml("[s3]\nbogus = 1\n").is_err());
     }
 
     #[test]

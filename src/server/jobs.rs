@@ -15,12 +15,19 @@
 //! {"type": "export", "target": "file:///nfs/out/vm.ova", "name": "vm",
 //!  "disks": [{"href": "disk1.qcow2", "url": "file:///srv/images/d1.raw"}]}
 //! ```
+//!
+//! An import's `source` may also be a URL — another server's `ova-export`
+//! ticket (`https://site-a:54322/images/TICKET`: replication, no copy on
+//! disk between), a catalog's `http(s)://` URL, or `s3://bucket/key` —
+//! fetched once and resumed where a dropped connection left it; the
+//! status then shows `retries`. An export's `target` may be
+//! `s3://bucket/key`: a multipart upload that appears only when complete.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,13 +36,16 @@ use crate::pipeline::export::ExportPlan;
 use crate::pipeline::import::Importer;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::tickets::{export_request, import_targets};
+use crate::s3::S3Url;
 use crate::server::metrics::{JobType, Metrics};
 use crate::sink::partial::{self, Existing, PartialFile};
+use crate::source::url::{HttpUrl, SourceSpec};
 use crate::source::volume::AllowedRoots;
 use crate::ticket::journal::Journal;
 use crate::ticket::{
     OvaDisk, RESTARTED, ResolvedDisk, ResolvedOva, TicketStore, TransferState, VmFields,
 };
+use crate::volume::imageio::remotes::remotes;
 
 /// Jobs kept at once (finished ones included), in memory and in the
 /// journal; older finished jobs are dropped first.
@@ -47,7 +57,8 @@ pub const MAX_JOBS: usize = 256;
 pub enum JobRequest {
     /// Import an OVA file into target volumes.
     Import {
-        /// The package, `file:///path`.
+        /// The package: `file:///path`, an `http(s)://` URL (another
+        /// server's `ova-export` ticket, a catalog) or `s3://bucket/key`.
         source: String,
         /// Where each disk goes (`format`: target format, default raw).
         disks: Vec<OvaDisk>,
@@ -60,7 +71,8 @@ pub enum JobRequest {
     },
     /// Export volumes into an OVA file.
     Export {
-        /// The OVA to write, `file:///path` (written as `.partial` first).
+        /// The OVA to write: `file:///path` (written as `.partial` first)
+        /// or `s3://bucket/key` (a multipart upload).
         target: String,
         /// The disks in References order (`format`: source format, default probed).
         disks: Vec<OvaDisk>,
@@ -103,6 +115,13 @@ pub struct JobStatus {
     /// size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// Bytes per second while the job ran (so far, while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// Times a source fetched from a URL lost its connection and was
+    /// taken up again where it stopped.
+    #[serde(default)]
+    pub retries: u64,
     /// The tar entry in progress.
     pub entry: String,
     /// Why it failed.
@@ -128,6 +147,16 @@ struct Job {
     /// The files the job writes, whose partial files an interruption
     /// leaves behind.
     targets: Vec<PathBuf>,
+    timing: Mutex<Timing>,
+}
+
+/// When a job ran, for its rate.
+#[derive(Debug, Default)]
+struct Timing {
+    started: Option<Instant>,
+    ended: Option<Instant>,
+    /// A restored job's rate, as recorded.
+    recorded: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -321,6 +350,9 @@ impl Jobs {
             let progress = Progress::new(st.total);
             progress.add_read(st.bytes);
             progress.set_entry(&st.entry);
+            progress
+                .retries_counter()
+                .store(st.retries, Ordering::Relaxed);
             let job = Job {
                 id: st.id.clone(),
                 request: st.request,
@@ -328,6 +360,10 @@ impl Jobs {
                 created: st.created,
                 outcome: Mutex::new(outcome),
                 targets: r.targets,
+                timing: Mutex::new(Timing {
+                    recorded: st.rate,
+                    ..Timing::default()
+                }),
             };
             self.lock().insert(st.id, Arc::new(job));
             out.jobs += 1;
@@ -353,6 +389,7 @@ impl Jobs {
             created: now(),
             outcome: Mutex::new(Outcome::default()),
             targets: work.targets(),
+            timing: Mutex::new(Timing::default()),
         });
         let mut evicted = None;
         {
@@ -399,7 +436,9 @@ impl Jobs {
                 let span = tracing::info_span!("job", id = %j.id);
                 let _e = span.enter();
                 j.set_state(TransferState::Active);
+                j.timing().started = Some(Instant::now());
                 let r = work.run(j.progress.clone());
+                j.timing().ended = Some(Instant::now());
                 metrics.job_ended(job_type, r.as_ref().err());
                 let mut o = Outcome {
                     finished: Some(now()),
@@ -530,9 +569,29 @@ impl Jobs {
                 verify,
                 overwrite,
             } => {
-                let src = self
-                    .store
-                    .resolve_path("source", &url("source", source)?, false)?;
+                let src = match crate::source::url::scheme(source).as_deref() {
+                    Some("http" | "https") => {
+                        let u = HttpUrl::parse(source).map_err(|why| {
+                            Error::new(ErrorKind::InvalidArgument, format!("source: {why}"))
+                        })?;
+                        remotes()
+                            .check_host(u.host(), u.authority())
+                            .map_err(|why| {
+                                Error::new(ErrorKind::InvalidArgument, format!("source: {why}"))
+                            })?;
+                        JobSource::Url(SourceSpec::Http(u))
+                    }
+                    Some("s3") => {
+                        JobSource::Url(SourceSpec::S3(S3Url::parse(source).map_err(|why| {
+                            Error::new(ErrorKind::InvalidArgument, format!("source: {why}"))
+                        })?))
+                    }
+                    _ => JobSource::File(self.store.resolve_path(
+                        "source",
+                        &url("source", source)?,
+                        false,
+                    )?),
+                };
                 let targets = disks(d, true)?;
                 // Refused now rather than when the job reaches the disk.
                 if existing(*overwrite) == Existing::Keep {
@@ -585,13 +644,23 @@ impl Jobs {
                     }
                     vm.spec(name.as_deref().unwrap_or("vm"), d.len(), "vm")?;
                 }
-                let target = self
-                    .store
-                    .resolve_path("target", &url("target", target)?, true)?;
-                if existing(*overwrite) == Existing::Keep {
-                    let (dir, name) = partial::target_dir(self.store.roots(), &target)?;
-                    partial::refuse_existing(&dir, &name)?;
-                }
+                let target = match crate::source::url::scheme(target).as_deref() {
+                    // Whether the object exists is asked when the job runs:
+                    // the control API does not wait on object storage.
+                    Some("s3") => JobTarget::Object(S3Url::parse(target).map_err(|why| {
+                        Error::new(ErrorKind::InvalidArgument, format!("target: {why}"))
+                    })?),
+                    _ => {
+                        let target =
+                            self.store
+                                .resolve_path("target", &url("target", target)?, true)?;
+                        if existing(*overwrite) == Existing::Keep {
+                            let (dir, name) = partial::target_dir(self.store.roots(), &target)?;
+                            partial::refuse_existing(&dir, &name)?;
+                        }
+                        JobTarget::File(target)
+                    }
+                };
                 let ovf = match ovf {
                     Some(u) => Some(self.store.resolve_path("ovf", &url("ovf", u)?, false)?),
                     None => None,
@@ -615,18 +684,36 @@ impl Jobs {
     }
 }
 
+/// Where an import job's package comes from.
+#[derive(Debug)]
+enum JobSource {
+    /// A file under the roots, opened beneath its root.
+    File(PathBuf),
+    /// A URL or an object.
+    Url(SourceSpec),
+}
+
+/// Where an export job's package goes.
+#[derive(Debug)]
+enum JobTarget {
+    /// A file under the roots, written as `.partial` first.
+    File(PathBuf),
+    /// An object, written as a multipart upload.
+    Object(S3Url),
+}
+
 /// A job with its paths resolved.
 #[derive(Debug)]
 enum Work {
     Import {
-        source: PathBuf,
+        source: JobSource,
         ova: ResolvedOva,
         verify: bool,
         existing: Existing,
         roots: AllowedRoots,
     },
     Export {
-        target: PathBuf,
+        target: JobTarget,
         ova: ResolvedOva,
         existing: Existing,
         roots: AllowedRoots,
@@ -647,7 +734,11 @@ impl Work {
                 .filter(|d| d.net.is_none())
                 .map(|d| d.path.clone())
                 .collect(),
-            Work::Export { target, .. } => vec![target.clone()],
+            Work::Export {
+                target: JobTarget::File(target),
+                ..
+            } => vec![target.clone()],
+            Work::Export { .. } => Vec::new(),
         }
     }
 
@@ -656,8 +747,12 @@ impl Work {
     /// made, and its `result` then carries it.
     fn total(&self) -> Option<u64> {
         match self {
-            Work::Import { source, .. } => std::fs::metadata(source).ok().map(|m| m.len()),
-            Work::Export { .. } => None,
+            Work::Import {
+                source: JobSource::File(source),
+                ..
+            } => std::fs::metadata(source).ok().map(|m| m.len()),
+            // A URL's size is known once it answers.
+            Work::Import { .. } | Work::Export { .. } => None,
         }
     }
 
@@ -671,9 +766,21 @@ impl Work {
                 roots,
             } => {
                 let targets = import_targets(&ova)?;
-                // The canonical path accepted with the job, opened beneath its root.
-                let file = roots.open(&source, rustix::fs::OFlags::RDONLY, 0)?;
-                let mut src = crate::source::from_file(file, source.clone())?;
+                let (mut src, shown) = match source {
+                    JobSource::File(path) => {
+                        // The canonical path accepted with the job, opened beneath its root.
+                        let file = roots.open(&path, rustix::fs::OFlags::RDONLY, 0)?;
+                        let shown = path.display().to_string();
+                        (crate::source::from_file(file, path)?, shown)
+                    }
+                    JobSource::Url(spec) => {
+                        let src = crate::source::open_spec(&spec, progress.retries_counter())?;
+                        if let Some(n) = src.size {
+                            progress.set_total(n);
+                        }
+                        (src, spec.to_string())
+                    }
+                };
                 let mut importer = Importer::new(targets, progress)
                     .with_roots(roots)
                     .existing_targets(existing);
@@ -682,7 +789,7 @@ impl Work {
                 }
                 let s = importer
                     .run(&mut *src.reader)
-                    .map_err(|e| e.at_path(&source))?;
+                    .map_err(|e| e.at_path(&shown))?;
                 to_json(&s)
             }
             Work::Export {
@@ -691,12 +798,33 @@ impl Work {
                 existing,
                 roots,
             } => {
+                let target = match target {
+                    JobTarget::File(t) => t,
+                    JobTarget::Object(url) => {
+                        if existing == Existing::Keep && crate::s3::exists(&url)? {
+                            return Err(Error::new(
+                                ErrorKind::InvalidArgument,
+                                format!("{url} exists; pass \"overwrite\": true to replace it"),
+                            ));
+                        }
+                        let plan =
+                            ExportPlan::prepare_watched(export_request(&ova, roots)?, &progress)?;
+                        progress.set_total(plan.total_size());
+                        let (s, parts) = plan.write_object(&url, None, progress)?;
+                        let mut v = to_json(&s)?;
+                        v["target"] = url.to_string().into();
+                        v["parts"] = parts.count.into();
+                        v["part_size"] = parts.size.into();
+                        return Ok(v);
+                    }
+                };
                 // Fails at once when the target cannot be made (or exists
                 // and may not be replaced: it may have appeared since the
                 // job was accepted).
                 let (partial, file) = PartialFile::create(&roots, &target, existing)?;
                 // Backing chains are checked against the same roots.
                 let plan = ExportPlan::prepare_watched(export_request(&ova, roots)?, &progress)?;
+                progress.set_total(plan.total_size());
                 let s = plan.write_partial(partial, file, progress)?;
                 to_json(&s)
             }
@@ -718,6 +846,24 @@ impl Job {
         self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn timing(&self) -> MutexGuard<'_, Timing> {
+        self.timing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes per second over the time the job ran.
+    fn rate(&self) -> Option<u64> {
+        let t = self.timing();
+        let Some(start) = t.started else {
+            return t.recorded;
+        };
+        let secs = t
+            .ended
+            .unwrap_or_else(Instant::now)
+            .duration_since(start)
+            .as_secs_f64();
+        (secs > 0.0).then(|| (self.progress.bytes_read() as f64 / secs) as u64)
+    }
+
     fn set_state(&self, s: TransferState) {
         self.outcome().state = Some(s);
     }
@@ -730,6 +876,8 @@ impl Job {
             state: o.state.unwrap_or(TransferState::Pending),
             bytes: self.progress.bytes_read(),
             total: self.progress.total(),
+            rate: self.rate(),
+            retries: self.progress.retries(),
             entry: self.progress.entry(),
             error: o.error.clone(),
             result: o.result.clone(),

@@ -151,13 +151,7 @@ impl HttpSource {
             .get("content-range")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let parsed = cr
-            .strip_prefix("bytes ")
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(start, rest)| {
-                let (_, total) = rest.split_once('/')?;
-                Some((start.parse::<u64>().ok()?, total.parse::<u64>().ok()))
-            });
+        let parsed = parse_content_range(cr);
         match parsed {
             Some((start, total)) if start == self.have => {
                 if let (Some(t), Some(known)) = (total, self.total)
@@ -263,6 +257,54 @@ impl HttpSource {
     }
 }
 
+/// `bytes START-END/TOTAL` (`TOTAL` may be `*`): the start and, when
+/// given, the total.
+pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(start) || !digits(end) {
+        return None;
+    }
+    let (start, end) = (start.parse::<u64>().ok()?, end.parse::<u64>().ok()?);
+    if end < start {
+        return None;
+    }
+    let total = match total {
+        "*" => None,
+        t if digits(t) => {
+            let t = t.parse::<u64>().ok()?;
+            if end >= t {
+                return None;
+            }
+            Some(t)
+        }
+        _ => return None,
+    };
+    Some((start, total))
+}
+
+/// The fuzz entry of the source's parsers: `Content-Range` values and
+/// package URLs, which never panic and never show a URL's query.
+pub fn fuzz_entry(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some((start, Some(total))) = parse_content_range(s) {
+        assert!(start < total);
+    }
+    if let Ok(u) = HttpUrl::parse(s) {
+        let shown = u.to_string();
+        if let Some((_, q)) = u.full().split_once('?')
+            && !q.is_empty()
+        {
+            assert!(shown.ends_with("?…"));
+        }
+        assert_eq!(HttpUrl::parse(u.full()).as_ref(), Ok(&u));
+    }
+    let _ = super::url::SourceSpec::parse(s);
+}
+
 /// Statuses that may pass: the server in trouble or busy.
 fn retried_status(s: u16) -> bool {
     s >= 500 || s == 408 || s == 429
@@ -316,6 +358,18 @@ impl SourceReader for HttpSource {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 5-9/10"), Some((5, Some(10))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("bytes 5-9/9"), None);
+        assert_eq!(parse_content_range("bytes 9-5/10"), None);
+        assert_eq!(parse_content_range("bytes -5/10"), None);
+        assert_eq!(parse_content_range("bytes +5-9/10"), None);
+        assert_eq!(parse_content_range("items 5-9/10"), None);
+        assert_eq!(parse_content_range("bytes */10"), None);
+    }
 
     #[test]
     fn busy_and_failing_servers_are_tried_again() {

@@ -10,6 +10,7 @@
 // private module are shared between binaries, not exported.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod http_source;
 pub mod image;
 pub mod imageio;
 pub mod nbd;
