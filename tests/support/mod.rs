@@ -17,6 +17,7 @@ pub mod nbd;
 pub mod ova;
 pub mod proxy;
 pub mod resume;
+pub mod s3;
 pub mod server;
 pub mod tar;
 pub mod vmdk;
@@ -93,6 +94,7 @@ impl Work {
 #[derive(Debug, Default)]
 pub struct Cmd {
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
 }
 
@@ -108,6 +110,13 @@ impl Cmd {
         self
     }
 
+    /// Sets one environment variable for the run.
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Cmd {
+        self.env
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
     /// Feeds `data` on stdin, written from a separate thread while the
     /// process runs (as a pipe, not a file).
     pub fn stdin(mut self, data: Vec<u8>) -> Cmd {
@@ -119,6 +128,7 @@ impl Cmd {
     pub fn run(self) -> Outcome {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovaio"));
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(if self.stdin.is_some() {
