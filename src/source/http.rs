@@ -318,9 +318,12 @@ pub fn fuzz_entry(data: &[u8]) {
     let _ = super::url::SourceSpec::parse(s);
 }
 
-/// Statuses that may pass: the server in trouble or busy.
+/// Statuses that may pass: the server in trouble or busy, or (409)
+/// still holding the connection just dropped — an `ova-export` ticket
+/// serves one download at a time, and lets the last go only when it
+/// notices the drop.
 fn retried_status(s: u16) -> bool {
-    s >= 500 || s == 408 || s == 429
+    s >= 500 || s == 408 || s == 409 || s == 429
 }
 
 impl Read for HttpSource {
