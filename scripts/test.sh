@@ -45,15 +45,26 @@ if [ ${#need[@]} -gt 0 ]; then
     --no-install-recommends --no-upgrade "${need[@]}"
 fi
 # The ovirt-imageio client library and daemon (the peer the server tests
-# talk to), selenium (drives chromium for the browser upload test) and the
-# Common OVF Tool (`cot info` judges the packages export writes).
+# talk to), selenium (drives chromium for the browser upload test), the
+# Common OVF Tool (`cot info` judges the packages export writes) and awscli
+# (the S3 client that lists and downloads what the s3:// tests upload).
 VENV="$PWD/target/test-venv"
-if ! "$VENV/bin/python" -c 'import ovirt_imageio.client, selenium, COT' >/dev/null 2>&1 ||
-  [ ! -x "$VENV/bin/cot" ]; then
+if ! "$VENV/bin/python" -c 'import ovirt_imageio.client, selenium, COT, awscli' >/dev/null 2>&1 ||
+  [ ! -x "$VENV/bin/cot" ] || [ ! -x "$VENV/bin/aws" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'ovirt-imageio==2.5.1' 'selenium>=4.20' 'cot==2.2.1'
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'ovirt-imageio==2.5.1' 'selenium>=4.20' 'cot==2.2.1' \
+    'awscli==1.46.3'
 fi
 export OVAIO_TEST_PYTHON="$VENV/bin/python"
+# s3s-fs, an S3-compatible server keeping objects as files (it checks
+# SigV4 signatures and implements multipart uploads), pinned, built once
+# into target/tools; 0.14.1 because later versions need a newer rustc.
+S3S="$PWD/target/tools/bin/s3s-fs"
+if ! { [ -x "$S3S" ] && "$S3S" --version | grep -q '^s3s-fs 0\.14\.1$'; }; then
+  echo "installing s3s-fs 0.14.1 (the object store of the s3:// export and import tests)"
+  cargo install --locked --quiet --features binary --root "$PWD/target/tools" s3s-fs@0.14.1
+fi
+export OVAIO_TEST_S3S="$S3S"
 # tus-js-client (the resumable upload client the browser test loads from
 # file://), pinned, installed once under target/js.
 TUS_JS="$PWD/target/js/node_modules/tus-js-client/dist/tus.min.js"

@@ -347,8 +347,13 @@ where
     }
 }
 
+/// An I/O error carrying one of ours (a source that fails for a reason
+/// of its own: a package that changed under a download) keeps its kind.
 impl Classify for std::io::Error {
     fn kind(&self) -> ErrorKind {
+        if let Some(e) = self.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+            return e.kind();
+        }
         match self.kind() {
             std::io::ErrorKind::NotFound => ErrorKind::NotFound,
             std::io::ErrorKind::UnexpectedEof => ErrorKind::CorruptImage,

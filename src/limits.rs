@@ -314,7 +314,7 @@ pub const S3_MAX_PARTS: u64 = 10_000;
 pub const S3_DEFAULT_PART: u64 = 8 << 20;
 /// Parts being uploaded at once, each held in memory until its upload
 /// ends; with the one being filled, memory is this plus one part.
-pub const S3_PARTS_IN_FLIGHT: usize = 3;
+pub const S3_PARTS_IN_FLIGHT: usize = 2;
 /// How long a presigned GET of an `s3://` source stays valid: enough to
 /// resume a long import.
 pub const S3_PRESIGN_VALIDITY: Duration = Duration::from_secs(24 * 3600);

@@ -634,7 +634,10 @@ fn a_package_that_changed_between_requests_fails_the_import_and_leaves_nothing()
         },
     );
     let out = w.mkdir("out");
-    import(&s.url(), &out, &["--format", "qcow2"]).assert_error(&["changed"]);
+    let o = import(&s.url(), &out, &["--format", "qcow2"]);
+    o.assert_error(&["changed"]);
+    // An integrity failure, as a manifest mismatch is.
+    assert_eq!(o.status.code(), Some(5));
     assert_dir_empty(&out);
     let reqs = s.requests();
     assert_eq!(reqs.len(), 2, "{reqs:#?}");

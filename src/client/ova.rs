@@ -249,7 +249,8 @@ pub fn download(url: &ImageioUrl, dst: &Path, progress: &Progress) -> Result<Dow
                 total = resp.body().content_length();
             }
             206 => resumed += 1,
-            s if s >= 500 => {
+            // 409: the server still holds the connection just dropped.
+            s if s >= 500 || s == 409 => {
                 attempts.failed(&format!("answered {s}"), false)?;
                 continue;
             }

@@ -56,7 +56,12 @@ pub struct ObjectWriter {
     upload: Option<Box<dyn MultipartUpload>>,
     part_size: usize,
     buf: Vec<u8>,
-    in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
+    /// Parts on their way, each with a handle on its bytes.
+    in_flight: VecDeque<(JoinHandle<object_store::Result<()>>, Bytes)>,
+    /// Buffers of parts uploaded, filled again: the allocator never sees
+    /// part-sized blocks come and go (which it would keep, one per thread
+    /// that freed one, beyond the parts live).
+    spare: Vec<Vec<u8>>,
     parts: u64,
 }
 
@@ -77,6 +82,7 @@ impl ObjectWriter {
             part_size,
             buf: Vec::with_capacity(part_size),
             in_flight: VecDeque::new(),
+            spare: Vec::new(),
             parts: 0,
         })
     }
@@ -95,19 +101,31 @@ impl ObjectWriter {
         let Some(upload) = self.upload.as_mut() else {
             return Err(Error::internal("part after the upload ended"));
         };
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
-        let fut = upload.put_part(PutPayload::from(Bytes::from(data)));
-        self.in_flight.push_back(runtime().spawn(fut));
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.part_size));
+        let data = Bytes::from(std::mem::replace(&mut self.buf, next));
+        let fut = upload.put_part(PutPayload::from(data.clone()));
+        self.in_flight.push_back((runtime().spawn(fut), data));
         self.parts += 1;
         Ok(())
     }
 
     fn wait_oldest(&mut self) -> Result<()> {
-        let Some(h) = self.in_flight.pop_front() else {
+        let Some((h, data)) = self.in_flight.pop_front() else {
             return Ok(());
         };
         match runtime().block_on(h) {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // The store let go of the part: its buffer is ours again.
+                if let Ok(m) = data.try_into_mut() {
+                    let mut v = Vec::from(m);
+                    v.clear();
+                    self.spare.push(v);
+                }
+                Ok(())
+            }
             Ok(Err(e)) => Err(storage_error(&self.url, "uploading a part", e)),
             Err(e) => Err(Error::internal(format!("a part's upload failed: {e}"))),
         }
@@ -161,7 +179,7 @@ impl Drop for ObjectWriter {
         let Some(mut upload) = self.upload.take() else {
             return;
         };
-        for h in self.in_flight.drain(..) {
+        for (h, _) in self.in_flight.drain(..) {
             h.abort();
         }
         match runtime().block_on(upload.abort()) {

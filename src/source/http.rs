@@ -28,6 +28,9 @@ use crate::volume::imageio::{squash, transient};
 #[allow(missing_debug_implementations)]
 pub struct HttpSource {
     url: HttpUrl,
+    /// What messages call the package: the URL as shown, or the object
+    /// (`s3://…`) a presigned URL stands for.
+    label: String,
     agent: &'static Agent,
     body: Option<ureq::BodyReader<'static>>,
     /// Bytes handed to the reader so far.
@@ -42,7 +45,7 @@ pub struct HttpSource {
     have_at_failure: u64,
     retries: Arc<AtomicU64>,
     /// A failure that ends the source: every later read repeats it.
-    failed: Option<String>,
+    failed: Option<(ErrorKind, String)>,
 }
 
 /// What one request came to.
@@ -54,9 +57,16 @@ enum Answer {
 
 /// Opens `url` with its first `GET`; `retries` counts the resumptions.
 pub fn open(url: HttpUrl, retries: Arc<AtomicU64>) -> Result<Source> {
+    let label = url.to_string();
+    open_as(url, label, retries)
+}
+
+/// [`open`], the package called `label` in messages.
+pub fn open_as(url: HttpUrl, label: String, retries: Arc<AtomicU64>) -> Result<Source> {
     let agent = crate::volume::imageio::remotes::remotes().source_agent(url.authority());
     let mut src = HttpSource {
-        attempts: Attempts::new(&url, "the download"),
+        attempts: Attempts::new(&label, "the download"),
+        label,
         url,
         agent,
         body: None,
@@ -165,7 +175,7 @@ impl HttpSource {
                 ErrorKind::Io,
                 format!(
                     "{}: asked for the bytes from {}, the server answered Content-Range '{}'",
-                    self.url,
+                    self.label,
                     self.have,
                     crate::names::printable(cr)
                 ),
@@ -190,7 +200,7 @@ impl HttpSource {
             ErrorKind::Io,
             format!(
                 "{}: the connection dropped at byte {} and the server does not honour Range requests (it answered the whole package again), so the import cannot go on",
-                self.url, self.have
+                self.label, self.have
             ),
         )
     }
@@ -200,7 +210,7 @@ impl HttpSource {
             ErrorKind::Integrity,
             format!(
                 "{}: the package changed while it was being imported ({how}); nothing of it is kept",
-                self.url
+                self.label
             ),
         )
     }
@@ -209,7 +219,10 @@ impl HttpSource {
         if transient(&e) {
             Answer::Retry(e.to_string())
         } else {
-            Answer::Fail(Error::new(ErrorKind::Io, format!("{}: GET: {e}", self.url)))
+            Answer::Fail(Error::new(
+                ErrorKind::Io,
+                format!("{}: GET: {e}", self.label),
+            ))
         }
     }
 
@@ -229,7 +242,7 @@ impl HttpSource {
         };
         Error::new(
             kind,
-            format!("{}: {what} answered {status}{text}", self.url),
+            format!("{}: {what} answered {status}{text}", self.label),
         )
     }
 
@@ -247,7 +260,7 @@ impl HttpSource {
                 Answer::Body(b) => {
                     self.body = Some(b);
                     self.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(url = %self.url, offset = self.have, "resumed the download");
+                    tracing::info!(url = %self.label, offset = self.have, "resumed the download");
                     return Ok(());
                 }
                 Answer::Retry(w) => why = w,
@@ -305,15 +318,18 @@ pub fn fuzz_entry(data: &[u8]) {
     let _ = super::url::SourceSpec::parse(s);
 }
 
-/// Statuses that may pass: the server in trouble or busy.
+/// Statuses that may pass: the server in trouble or busy, or (409)
+/// still holding the connection just dropped — an `ova-export` ticket
+/// serves one download at a time, and lets the last go only when it
+/// notices the drop.
 fn retried_status(s: u16) -> bool {
-    s >= 500 || s == 408 || s == 429
+    s >= 500 || s == 408 || s == 409 || s == 429
 }
 
 impl Read for HttpSource {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(f) = &self.failed {
-            return Err(std::io::Error::other(f.clone()));
+        if let Some((kind, why)) = &self.failed {
+            return Err(std::io::Error::other(Error::new(*kind, why.clone())));
         }
         if buf.is_empty() {
             return Ok(0);
@@ -333,10 +349,10 @@ impl Read for HttpSource {
                     {
                         let e = format!(
                             "{}: the server sent more than the {t} bytes it announced",
-                            self.url
+                            self.label
                         );
-                        self.failed = Some(e.clone());
-                        return Err(std::io::Error::other(e));
+                        self.failed = Some((ErrorKind::Io, e.clone()));
+                        return Err(std::io::Error::other(Error::new(ErrorKind::Io, e)));
                     }
                     return Ok(n);
                 }
@@ -345,8 +361,7 @@ impl Read for HttpSource {
             };
             self.body = None;
             if let Err(e) = self.reconnect(why) {
-                let e = e.one_line();
-                self.failed = Some(e.clone());
+                self.failed = Some((e.kind(), e.one_line()));
                 return Err(std::io::Error::other(e));
             }
         }

@@ -42,7 +42,7 @@ pub fn open_spec(spec: &url::SourceSpec, retries: Arc<AtomicU64>) -> Result<Sour
         url::SourceSpec::Http(u) => http::open(u.clone(), retries),
         url::SourceSpec::S3(u) => {
             let signed = crate::s3::presigned_get(u)?;
-            http::open(signed, retries)
+            http::open_as(signed, u.to_string(), retries)
         }
     }
 }

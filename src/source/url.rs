@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::s3::S3Url;
+use crate::volume::imageio::ImageioUrl;
 
 /// A package source as given on the command line or in a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,9 @@ pub struct HttpUrl {
     https: bool,
     /// Where the query starts in `full`, if there is one.
     query_at: Option<usize>,
+    /// A data API ticket URL (`…/images/TICKET`): its id is a credential,
+    /// shown cut short as a remote volume's is.
+    ticket: Option<ImageioUrl>,
 }
 
 impl HttpUrl {
@@ -110,6 +114,7 @@ impl HttpUrl {
             authority,
             https,
             query_at,
+            ticket: ImageioUrl::parse(s).ok(),
         })
     }
 
@@ -128,11 +133,16 @@ impl HttpUrl {
         &self.authority
     }
 
-    /// `text` with the query, wherever it appears, replaced by `…`.
+    /// `text` with the query, wherever it appears, replaced by `…`, and a
+    /// ticket id cut short.
     pub fn redact(&self, text: &str) -> String {
-        match self.query_at {
+        let text = match self.query_at {
             Some(i) if i + 1 < self.full.len() => text.replace(&self.full[i + 1..], "…"),
             _ => text.to_owned(),
+        };
+        match &self.ticket {
+            Some(t) => t.redact(&text),
+            None => text,
         }
     }
 
@@ -143,8 +153,12 @@ impl HttpUrl {
 }
 
 impl fmt::Display for HttpUrl {
-    /// The URL with its query, if any, as `?…`.
+    /// The URL with its query, if any, as `?…`, and a ticket id cut to
+    /// its first characters.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(t) = &self.ticket {
+            return t.fmt(f);
+        }
         match self.query_at {
             Some(i) => write!(f, "{}?…", &self.full[..i]),
             None => f.write_str(&self.full),
@@ -196,6 +210,20 @@ mod tests {
         assert_eq!(v.authority(), "[::1]:80");
         assert_eq!(v.host(), "::1");
         assert_eq!(v.to_string(), "http://[::1]/vm.ova");
+    }
+
+    #[test]
+    fn a_ticket_id_is_cut_short() {
+        let u = HttpUrl::parse("https://site-a:54322/images/rep-7f3c0b2e9a").unwrap();
+        assert!(!u.to_string().contains("7f3c0b2e9a"), "{u}");
+        assert!(
+            u.to_string()
+                .starts_with("https://site-a:54322/images/rep-")
+        );
+        assert!(
+            !u.redact("no such ticket rep-7f3c0b2e9a")
+                .contains("7f3c0b2e9a")
+        );
     }
 
     #[test]

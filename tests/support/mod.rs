@@ -19,6 +19,7 @@ pub mod ova;
 pub mod png;
 pub mod proxy;
 pub mod resume;
+pub mod s3;
 pub mod server;
 pub mod tar;
 pub mod vmdk;
@@ -95,6 +96,7 @@ impl Work {
 #[derive(Debug, Default)]
 pub struct Cmd {
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
 }
 
@@ -110,6 +112,13 @@ impl Cmd {
         self
     }
 
+    /// Sets one environment variable for the run.
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Cmd {
+        self.env
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
     /// Feeds `data` on stdin, written from a separate thread while the
     /// process runs (as a pipe, not a file).
     pub fn stdin(mut self, data: Vec<u8>) -> Cmd {
@@ -121,6 +130,7 @@ impl Cmd {
     pub fn run(self) -> Outcome {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovaio"));
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(if self.stdin.is_some() {

@@ -6,7 +6,8 @@
 //! number of connections; connections that end before their cut point
 //! pass untouched (a `HEAD`, a TLS handshake), and once the budget is
 //! spent every connection passes. The bytes forwarded towards the server
-//! are recorded per connection.
+//! are recorded per connection. A gate, when given, is called before each
+//! connection is passed on, and holds it until the gate returns.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,6 +28,9 @@ pub struct Conn {
     /// Whether it was cut.
     pub cut: bool,
 }
+
+/// What holds a new connection until it may pass.
+type Gate = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Debug)]
 struct State {
@@ -74,6 +78,19 @@ impl CuttingProxy {
         CuttingProxy::with_direction(target, cuts, min, max, seed, true)
     }
 
+    /// Like [`CuttingProxy::start_down`], passing each connection on only
+    /// once `gate` returns (e.g. once the server has let the last one go).
+    pub fn start_down_gated(
+        target: u16,
+        cuts: usize,
+        min: u64,
+        max: u64,
+        seed: u64,
+        gate: impl Fn() + Send + Sync + 'static,
+    ) -> CuttingProxy {
+        CuttingProxy::with_gate(target, cuts, min, max, seed, true, Some(Arc::new(gate)))
+    }
+
     fn with_direction(
         target: u16,
         cuts: usize,
@@ -81,6 +98,18 @@ impl CuttingProxy {
         max: u64,
         seed: u64,
         downstream: bool,
+    ) -> CuttingProxy {
+        CuttingProxy::with_gate(target, cuts, min, max, seed, downstream, None)
+    }
+
+    fn with_gate(
+        target: u16,
+        cuts: usize,
+        min: u64,
+        max: u64,
+        seed: u64,
+        downstream: bool,
+        gate: Option<Gate>,
     ) -> CuttingProxy {
         assert!(min > 0 && min <= max, "cut range {min}..={max}");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
@@ -101,8 +130,13 @@ impl CuttingProxy {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
-                        let st = st.clone();
-                        thread::spawn(move || relay(client, target, &st));
+                        let (st, gate) = (st.clone(), gate.clone());
+                        thread::spawn(move || {
+                            if let Some(g) = gate {
+                                g();
+                            }
+                            relay(client, target, &st)
+                        });
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         // Accept polls: the proxy must notice its drop.
