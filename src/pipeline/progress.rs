@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// Ended entries [`Progress`] keeps for whoever reports them.
+pub const ENDED_KEPT: usize = 256;
+
 /// Counters updated by the pipeline as bytes go through.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -13,7 +16,10 @@ pub struct Progress {
     total: AtomicU64,
     entry: Mutex<String>,
     entry_bytes: AtomicU64,
-    previous: Mutex<(String, u64)>,
+    /// The entries that ended last, with their final byte counts, the
+    /// newest last (at most [`ENDED_KEPT`]): several may end between two
+    /// looks of whoever reports them.
+    ended: Mutex<std::collections::VecDeque<(String, u64)>>,
     cancel: Arc<AtomicBool>,
     retries: Arc<AtomicU64>,
 }
@@ -51,7 +57,20 @@ impl Progress {
 
     /// The entry before the current one and its final byte count.
     pub fn previous_entry(&self) -> (String, u64) {
-        self.previous.lock().map(|p| p.clone()).unwrap_or_default()
+        self.ended
+            .lock()
+            .ok()
+            .and_then(|e| e.back().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The entries that ended last (up to [`ENDED_KEPT`]), oldest first,
+    /// with their final byte counts.
+    pub fn ended_entries(&self) -> Vec<(String, u64)> {
+        self.ended
+            .lock()
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Times the source's connection was lost and taken up again (a
@@ -105,8 +124,11 @@ impl Progress {
     pub(crate) fn set_entry(&self, name: &str) {
         if let Ok(mut e) = self.entry.lock() {
             let bytes = self.entry_bytes.swap(0, Ordering::Relaxed);
-            if let Ok(mut p) = self.previous.lock() {
-                *p = (std::mem::replace(&mut *e, name.to_owned()), bytes);
+            if let Ok(mut p) = self.ended.lock() {
+                if p.len() == ENDED_KEPT {
+                    p.pop_front();
+                }
+                p.push_back((std::mem::replace(&mut *e, name.to_owned()), bytes));
             }
         }
     }

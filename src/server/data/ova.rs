@@ -69,13 +69,15 @@ pub(super) fn report_disk(
     p: &crate::pipeline::progress::Progress,
     seen: &mut BTreeMap<String, u64>,
 ) {
-    // The entry that ended inside the last chunk, with its final count.
-    let (prev, prev_bytes) = p.previous_entry();
-    if let Some(h) = disk_of(hrefs, &prev)
-        && seen.get(&prev) != Some(&prev_bytes)
-    {
-        seen.insert(prev, prev_bytes);
-        t.set_disk_progress(h, disk_bytes(hrefs, seen, h), TransferState::Active);
+    // The entries that ended since the last look (several may end inside
+    // one chunk: small disks), with their final counts.
+    for (prev, prev_bytes) in p.ended_entries() {
+        if let Some(h) = disk_of(hrefs, &prev)
+            && seen.get(&prev) != Some(&prev_bytes)
+        {
+            seen.insert(prev, prev_bytes);
+            t.set_disk_progress(h, disk_bytes(hrefs, seen, h), TransferState::Active);
+        }
     }
     let entry = p.entry();
     if let Some(h) = disk_of(hrefs, &entry) {
