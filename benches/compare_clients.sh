@@ -54,6 +54,8 @@ SRC=$WORK/source.img
 echo "writing the ${SIZE_MIB} MiB source image ($IMAGE)..." >&2
 # shellcheck source=benches/lib/source_image.sh
 . "$ROOT/benches/lib/source_image.sh"
+# shellcheck source=benches/lib/stats.sh
+. "$ROOT/benches/lib/stats.sh"
 make_source "$SRC" "$SIZE"
 
 start_ovaio ovaio "$OVAIO" "$WORK/ovaio"
@@ -106,21 +108,14 @@ for ((r = 1; r <= REPS; r++)); do
   done
 done
 
-stats() {
-  sort -g "$1" | awk '{ v[NR] = $1 } END {
-    if (!NR) { print "n/a n/a n/a"; exit }
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'
-}
-mbps() { awk -v b="$SIZE" -v s="$1" 'BEGIN { if (s !~ /^[0-9.]+$/ || s <= 0) print "n/a"; else printf "%.0f", b / 1e6 / s }'; }
 
 echo
 echo "image upload into an ovaio image ticket: ${SIZE_MIB} MiB ($IMAGE image), $REPS rounds; $(nproc) CPUs"
 printf '%-40s %10s %10s %10s\n' "client" "MB/s med" "min" "max"
 read -r o_med o_lo o_hi < <(stats "$WORK/t-ovaio")
 read -r i_med i_lo i_hi < <(stats "$WORK/t-imageio")
-printf '%-40s %10s %10s %10s\n' "ovaio upload" "$(mbps "$o_med")" "$(mbps "$o_hi")" "$(mbps "$o_lo")"
-printf '%-40s %10s %10s %10s\n' "ovirt_imageio client.upload" "$(mbps "$i_med")" "$(mbps "$i_hi")" "$(mbps "$i_lo")"
+printf '%-40s %10s %10s %10s\n' "ovaio upload" "$(mbps "$SIZE" "$o_med")" "$(mbps "$SIZE" "$o_hi")" "$(mbps "$SIZE" "$o_lo")"
+printf '%-40s %10s %10s %10s\n' "ovirt_imageio client.upload" "$(mbps "$SIZE" "$i_med")" "$(mbps "$SIZE" "$i_hi")" "$(mbps "$SIZE" "$i_lo")"
 awk -v o="$o_med" -v i="$i_med" 'BEGIN {
   if (o !~ /^[0-9.]+$/ || i !~ /^[0-9.]+$/ || o <= 0) { print "ratio: n/a"; exit }
   r = i / o; printf "ovaio/imageio: %.2fx (target >= 1.0): %s\n", r, (r >= 1.0 ? "PASS" : "FAIL") }'

@@ -141,6 +141,8 @@ chmod 600 "$PKI/ca.key" "$PKI/server.key"
 # ------------------------------------------------------------ source image
 # shellcheck source=benches/lib/source_image.sh
 . "$ROOT/benches/lib/source_image.sh"
+# shellcheck source=benches/lib/stats.sh
+. "$ROOT/benches/lib/stats.sh"
 echo "writing the ${SIZE_MIB} MiB source image..." >&2
 make_source "$SRC" "$SIZE"
 alloc_mib=$(($(stat -c %b "$SRC") * $(stat -c %B "$SRC") / 1048576))
@@ -345,14 +347,6 @@ one_run() {
   cpu_s "$c0" "$c1" >>"$WORK/$who.cpu"
 }
 
-# stats FILE: "median min max" of a column of numbers.
-stats() {
-  sort -g "$1" | awk '{ v[NR] = $1 } END {
-    if (!NR) { print "n/a n/a n/a"; exit }
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'
-}
-mbps() { awk -v b="$SIZE" -v s="$1" 'BEGIN { if (s !~ /^[0-9.]+$/ || s <= 0) print "n/a"; else printf "%.0f", b / 1e6 / s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 mib() { awk -v k="$1" 'BEGIN { if (k !~ /^[0-9]+$/) print "n/a"; else printf "%.1f", k / 1024 }'; }
 
@@ -410,7 +404,7 @@ pair_rows() {
     read -r med lo hi < <(stats "$WORK/$w.t")
     read -r cmed _ _ < <(stats "$WORK/$w.cpu")
     # The slowest time is the lowest rate.
-    row "$w" "$(mbps "$med")" "$(mbps "$hi")" "$(mbps "$lo")" "$cmed" "$(ratio "$ref_med" "$med")"
+    row "$w" "$(mbps "$SIZE" "$med")" "$(mbps "$SIZE" "$hi")" "$(mbps "$SIZE" "$lo")" "$cmed" "$(ratio "$ref_med" "$med")"
   done
 }
 echo

@@ -94,6 +94,8 @@ RAW=$WORK/source.img
 echo "writing the ${SIZE_MIB} MiB source image ($IMAGE)..." >&2
 # shellcheck source=benches/lib/source_image.sh
 . "$ROOT/benches/lib/source_image.sh"
+# shellcheck source=benches/lib/stats.sh
+. "$ROOT/benches/lib/stats.sh"
 make_source "$RAW" "$SIZE"
 if [ "$FORMAT" = qcow2 ]; then
   SRC=$WORK/source.qcow2
@@ -198,15 +200,6 @@ fi
 LEN=$(stat -c %s "$LOCAL" 2>/dev/null || echo 0)
 rm -rf "$LOCAL" "$WORK/back" "$WORK/s3/$BUCKET"/*.ova
 
-# stats FILE: median, min and max of the first column.
-stats() {
-  sort -g "$1" | awk '{ v[NR] = $1 } END {
-    if (!NR) { print "n/a n/a n/a"; exit }
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'
-}
-max_rss() { awk '$2 > m { m = $2 } END { if (NR) printf "%.1f", m / 1024; else print "n/a" }' "$1"; }
-mbps() { awk -v b="$LEN" -v s="$1" 'BEGIN { if (s !~ /^[0-9.]+$/ || s <= 0) print "n/a"; else printf "%.0f", b / 1e6 / s }'; }
 
 read -r s_med s_lo s_hi < <(stats "$WORK/t-s3")
 read -r p_med p_lo p_hi < <(stats "$WORK/t-peer")
@@ -215,8 +208,8 @@ echo
 echo "ovaio export -o s3:// vs export to a file + aws s3 cp: $((LEN >> 20)) MiB package ($FORMAT source of $SIZE_MIB MiB, $IMAGE image)"
 echo "s3s-fs on loopback, its root on the local package's file system; $REPS paired rounds, sync before each; $(nproc) CPUs"
 printf '%-36s %9s %15s %8s %9s\n' "method" "median s" "min-max s" "MB/s" "RSS MiB"
-printf '%-36s %9s %15s %8s %9s\n' "ovaio export -o s3://" "$s_med" "$s_lo-$s_hi" "$(mbps "$s_med")" "$S_RSS"
-printf '%-36s %9s %15s %8s %9s\n' "ovaio export -o FILE + aws s3 cp" "$p_med" "$p_lo-$p_hi" "$(mbps "$p_med")" ""
+printf '%-36s %9s %15s %8s %9s\n' "ovaio export -o s3://" "$s_med" "$s_lo-$s_hi" "$(mbps "$LEN" "$s_med")" "$S_RSS"
+printf '%-36s %9s %15s %8s %9s\n' "ovaio export -o FILE + aws s3 cp" "$p_med" "$p_lo-$p_hi" "$(mbps "$LEN" "$p_med")" ""
 awk -v s="$s_med" -v p="$p_med" -v rss="$S_RSS" 'BEGIN {
   if (s !~ /^[0-9.]+$/ || p !~ /^[0-9.]+$/ || s <= 0) { print "ratio: n/a"; exit }
   r = p / s

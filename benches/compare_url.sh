@@ -76,6 +76,8 @@ SRC=$WORK/source.img
 echo "writing the ${SIZE_MIB} MiB source image ($IMAGE)..." >&2
 # shellcheck source=benches/lib/source_image.sh
 . "$ROOT/benches/lib/source_image.sh"
+# shellcheck source=benches/lib/stats.sh
+. "$ROOT/benches/lib/stats.sh"
 make_source "$SRC" "$SIZE"
 # shellcheck source=benches/lib/bench_ova.sh
 . "$ROOT/benches/lib/bench_ova.sh"
@@ -143,15 +145,6 @@ for ((r = 1; r <= REPS; r++)); do
 done
 rm -rf "$OUT"
 
-# stats FILE: median, min and max of the first column.
-stats() {
-  sort -g "$1" | awk '{ v[NR] = $1 } END {
-    if (!NR) { print "n/a n/a n/a"; exit }
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'
-}
-max_rss() { awk '$2 > m { m = $2 } END { if (NR) printf "%.1f", m / 1024; else print "n/a" }' "$1"; }
-mbps() { awk -v b="$LEN" -v s="$1" 'BEGIN { if (s !~ /^[0-9.]+$/ || s <= 0) print "n/a"; else printf "%.0f", b / 1e6 / s }'; }
 
 read -r u_med u_lo u_hi < <(stats "$WORK/t-url")
 read -r p_med p_lo p_hi < <(stats "$WORK/t-pipe")
@@ -161,8 +154,8 @@ echo
 echo "ovaio import from a URL vs curl | ovaio import -: $((LEN >> 20)) MiB package ($FORMAT disk of $SIZE_MIB MiB, $IMAGE image, manifest after the OVF) into $TARGET"
 echo "loopback python3 http.server; $REPS paired rounds, sync before each; $(nproc) CPUs"
 printf '%-34s %9s %15s %8s %12s\n' "method" "median s" "min-max s" "MB/s" "RSS MiB"
-printf '%-34s %9s %15s %8s %12s\n' "ovaio import URL" "$u_med" "$u_lo-$u_hi" "$(mbps "$u_med")" "$U_RSS"
-printf '%-34s %9s %15s %8s %12s\n' "curl URL | ovaio import -" "$p_med" "$p_lo-$p_hi" "$(mbps "$p_med")" "$P_RSS"
+printf '%-34s %9s %15s %8s %12s\n' "ovaio import URL" "$u_med" "$u_lo-$u_hi" "$(mbps "$LEN" "$u_med")" "$U_RSS"
+printf '%-34s %9s %15s %8s %12s\n' "curl URL | ovaio import -" "$p_med" "$p_lo-$p_hi" "$(mbps "$LEN" "$p_med")" "$P_RSS"
 awk -v u="$u_med" -v p="$p_med" -v rss="$U_RSS" 'BEGIN {
   if (u !~ /^[0-9.]+$/ || p !~ /^[0-9.]+$/ || u <= 0) { print "ratio: n/a"; exit }
   r = p / u

@@ -100,6 +100,8 @@ NBD_SOCK=$WORK/nbd.sock
 
 # shellcheck source=benches/lib/source_image.sh
 . "$ROOT/benches/lib/source_image.sh"
+# shellcheck source=benches/lib/stats.sh
+. "$ROOT/benches/lib/stats.sh"
 echo "writing the ${SIZE_MIB} MiB source image..." >&2
 make_source "$SRC" "$SIZE"
 
@@ -194,14 +196,6 @@ server_ticks() {
   echo "$t"
 }
 
-# stats FILE: "median min max" of a column of numbers.
-stats() {
-  sort -g "$1" | awk '{ v[NR] = $1 } END {
-    if (!NR) { print "n/a n/a n/a"; exit }
-    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'
-}
-mbps() { awk -v b="$SIZE" -v s="$1" 'BEGIN { if (s !~ /^[0-9.]+$/ || s <= 0) print "n/a"; else printf "%.0f", b / 1e6 / s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 # ------------------------------------------------------------------ uploads
@@ -257,7 +251,7 @@ read -r im_med _ _ < <(stats "$WORK/up-imageio.t")
 for w in "${WHO[@]}"; do
   read -r med lo hi < <(stats "$WORK/up-$w.t")
   # Slowest time is the lowest rate.
-  printf '%-44s %10s %10s %10s %8s\n' "$w" "$(mbps "$med")" "$(mbps "$hi")" "$(mbps "$lo")" "$(ratio "$im_med" "$med")"
+  printf '%-44s %10s %10s %10s %8s\n' "$w" "$(mbps "$SIZE" "$med")" "$(mbps "$SIZE" "$hi")" "$(mbps "$SIZE" "$lo")" "$(ratio "$im_med" "$med")"
 done
 echo
 printf '%-44s %10s %10s %10s %8s\n' "server CPU per upload (with qemu-nbd)" "CPU-s med" "min" "max" "imageio/"
