@@ -674,42 +674,34 @@ fn a_package_that_changed_without_an_etag_fails_the_import_and_leaves_nothing() 
     assert_eq!(reqs[1].status, 200);
 }
 
-#[test]
-fn not_found_exits_4_and_leaves_nothing() {
+/// A package answered with `status`: the import fails at once with
+/// `exit`, naming the status, asks nothing again and leaves nothing.
+fn refused_at_once(status: u16, exit: i32) {
     let w = Work::new();
     let pkg = small_package(&w);
     let s = HttpSource::start(
         pkg.bytes,
         Options {
-            status: Some(404),
+            status: Some(status),
             ..Options::default()
         },
     );
     let out = w.mkdir("out");
     let o = import(&s.url(), &out, &[]);
-    o.assert_error(&["404"]);
-    assert_eq!(o.status.code(), Some(4), "{}", o.stderr);
+    o.assert_error(&[&status.to_string()]);
+    assert_eq!(o.status.code(), Some(exit), "{}", o.stderr);
     assert_dir_empty(&out);
-    assert_eq!(s.requests().len(), 1, "a 404 is not asked again");
+    assert_eq!(s.requests().len(), 1, "a {status} is not asked again");
+}
+
+#[test]
+fn not_found_exits_4_and_leaves_nothing() {
+    refused_at_once(404, 4);
 }
 
 #[test]
 fn forbidden_fails_at_once_and_leaves_nothing() {
-    let w = Work::new();
-    let pkg = small_package(&w);
-    let s = HttpSource::start(
-        pkg.bytes,
-        Options {
-            status: Some(403),
-            ..Options::default()
-        },
-    );
-    let out = w.mkdir("out");
-    let o = import(&s.url(), &out, &[]);
-    o.assert_error(&["403"]);
-    assert_eq!(o.status.code(), Some(1), "{}", o.stderr);
-    assert_dir_empty(&out);
-    assert_eq!(s.requests().len(), 1, "a 403 is not asked again");
+    refused_at_once(403, 1);
 }
 
 #[test]

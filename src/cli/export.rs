@@ -270,12 +270,8 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     // Fail before the (possibly long) planning if the output cannot be made.
     if let Some(url) = &object
         && !a.force
-        && crate::s3::exists(url)?
     {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("{url} exists; pass --force to replace it"),
-        ));
+        crate::s3::refuse_existing(url, "pass --force")?;
     }
     let partial = if to_stdout || object.is_some() {
         None
@@ -329,10 +325,8 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
     };
     drop(bar);
     let mut json = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;
-    if let Some(p) = parts {
-        json["target"] = a.output.clone().into();
-        json["parts"] = p.count.into();
-        json["part_size"] = p.size.into();
+    if let Some(p) = &parts {
+        p.add_to(&mut json);
     }
     if a.json {
         if to_stdout {

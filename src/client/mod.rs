@@ -146,13 +146,23 @@ impl Attempts {
 pub(crate) fn refusal(url: &ImageioUrl, what: &str, resp: http::Response<ureq::Body>) -> Error {
     let status = resp.status().as_u16();
     let text = answer_text(url, &read_small(resp.into_body()).unwrap_or_default());
+    refused(url, what, status, &text)
+}
+
+/// The error for the refusal `status` of the request `what` to `shown`,
+/// whose answer said `text` (already made safe to show).
+pub(crate) fn refused(shown: &dyn std::fmt::Display, what: &str, status: u16, text: &str) -> Error {
     let kind = match status {
         401 | 403 => ErrorKind::Auth,
-        404 => ErrorKind::NotFound,
+        404 | 410 => ErrorKind::NotFound,
         409 => ErrorKind::Conflict,
         _ => ErrorKind::InvalidArgument,
     };
-    Error::new(kind, format!("{url}: {what} answered {status}: {text}"))
+    let sep = if text.is_empty() { "" } else { ": " };
+    Error::new(
+        kind,
+        format!("{shown}: {what} answered {status}{sep}{text}"),
+    )
 }
 
 /// A small body (an answer, an error text), bounded.

@@ -451,7 +451,14 @@ impl ExportPlan {
         let s = self.write_to(&mut w, progress.clone())?;
         progress.check_cancelled()?;
         let count = w.finish()?;
-        Ok((s, ObjectParts { count, size }))
+        Ok((
+            s,
+            ObjectParts {
+                target: url.to_string(),
+                count,
+                size,
+            },
+        ))
     }
 
     /// Streams the OVA into `out`; returns what was written. `out` is not
@@ -547,14 +554,23 @@ impl ExportPlan {
 }
 
 /// How an export into object storage was cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectParts {
+    /// The object, `s3://bucket/key`.
+    pub target: String,
     /// Parts uploaded.
-    #[serde(rename = "parts")]
     pub count: u64,
     /// Bytes in each part but the last.
-    #[serde(rename = "part_size")]
     pub size: u64,
+}
+
+impl ObjectParts {
+    /// Adds `target`, `parts` and `part_size` to an export's summary.
+    pub fn add_to(&self, summary: &mut serde_json::Value) {
+        summary["target"] = self.target.clone().into();
+        summary["parts"] = self.count.into();
+        summary["part_size"] = self.size.into();
+    }
 }
 
 /// Hashes a disk's chunks on its own thread, so that the digest of a

@@ -55,15 +55,6 @@ impl Progress {
         self.entry_bytes.load(Ordering::Relaxed)
     }
 
-    /// The entry before the current one and its final byte count.
-    pub fn previous_entry(&self) -> (String, u64) {
-        self.ended
-            .lock()
-            .ok()
-            .and_then(|e| e.back().cloned())
-            .unwrap_or_default()
-    }
-
     /// The entries that ended last (up to [`ENDED_KEPT`]), oldest first,
     /// with their final byte counts.
     pub fn ended_entries(&self) -> Vec<(String, u64)> {

@@ -171,6 +171,18 @@ pub fn exists(url: &S3Url) -> Result<bool> {
     }
 }
 
+/// Fails when the object `url` names exists; the message ends with how
+/// to replace it (`how`: "pass --force").
+pub fn refuse_existing(url: &S3Url, how: &str) -> Result<()> {
+    if exists(url)? {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{url} exists; {how} to replace it"),
+        ));
+    }
+    Ok(())
+}
+
 /// An error of the object store, as ours.
 pub(crate) fn storage_error(url: &S3Url, what: &str, e: object_store::Error) -> Error {
     let kind = match &e {

@@ -87,11 +87,6 @@ impl ObjectWriter {
         })
     }
 
-    /// Parts handed to the store so far.
-    pub fn parts(&self) -> u64 {
-        self.parts
-    }
-
     /// Sends the part in `buf`, first waiting for the oldest part when
     /// enough are on their way.
     fn send_part(&mut self) -> Result<()> {

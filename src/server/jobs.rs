@@ -39,7 +39,7 @@ use crate::pipeline::tickets::{export_request, import_targets};
 use crate::s3::S3Url;
 use crate::server::metrics::{JobType, Metrics};
 use crate::sink::partial::{self, Existing, PartialFile};
-use crate::source::url::{HttpUrl, SourceSpec};
+use crate::source::url::SourceSpec;
 use crate::source::volume::AllowedRoots;
 use crate::ticket::journal::Journal;
 use crate::ticket::{
@@ -570,21 +570,18 @@ impl Jobs {
                 overwrite,
             } => {
                 let src = match crate::source::url::scheme(source).as_deref() {
-                    Some("http" | "https") => {
-                        let u = HttpUrl::parse(source).map_err(|why| {
+                    Some("http" | "https" | "s3") => {
+                        let spec = SourceSpec::parse(source).map_err(|why| {
                             Error::new(ErrorKind::InvalidArgument, format!("source: {why}"))
                         })?;
-                        remotes()
-                            .check_host(u.host(), u.authority())
-                            .map_err(|why| {
-                                Error::new(ErrorKind::InvalidArgument, format!("source: {why}"))
-                            })?;
-                        JobSource::Url(SourceSpec::Http(u))
-                    }
-                    Some("s3") => {
-                        JobSource::Url(SourceSpec::S3(S3Url::parse(source).map_err(|why| {
-                            Error::new(ErrorKind::InvalidArgument, format!("source: {why}"))
-                        })?))
+                        if let SourceSpec::Http(u) = &spec {
+                            remotes()
+                                .check_host(u.host(), u.authority())
+                                .map_err(|why| {
+                                    Error::new(ErrorKind::InvalidArgument, format!("source: {why}"))
+                                })?;
+                        }
+                        JobSource::Url(spec)
                     }
                     _ => JobSource::File(self.store.resolve_path(
                         "source",
@@ -798,35 +795,39 @@ impl Work {
                 existing,
                 roots,
             } => {
-                let target = match target {
-                    JobTarget::File(t) => t,
-                    JobTarget::Object(url) => {
-                        if existing == Existing::Keep && crate::s3::exists(&url)? {
-                            return Err(Error::new(
-                                ErrorKind::InvalidArgument,
-                                format!("{url} exists; pass \"overwrite\": true to replace it"),
-                            ));
-                        }
-                        let plan =
-                            ExportPlan::prepare_watched(export_request(&ova, roots)?, &progress)?;
-                        progress.set_total(plan.total_size());
-                        let (s, parts) = plan.write_object(&url, None, progress)?;
-                        let mut v = to_json(&s)?;
-                        v["target"] = url.to_string().into();
-                        v["parts"] = parts.count.into();
-                        v["part_size"] = parts.size.into();
-                        return Ok(v);
-                    }
-                };
                 // Fails at once when the target cannot be made (or exists
                 // and may not be replaced: it may have appeared since the
                 // job was accepted).
-                let (partial, file) = PartialFile::create(&roots, &target, existing)?;
+                enum Out {
+                    File(PartialFile, std::fs::File),
+                    Object(S3Url),
+                }
+                let out = match target {
+                    JobTarget::File(t) => {
+                        let (partial, file) = PartialFile::create(&roots, &t, existing)?;
+                        Out::File(partial, file)
+                    }
+                    JobTarget::Object(url) => {
+                        if existing == Existing::Keep {
+                            crate::s3::refuse_existing(&url, "pass \"overwrite\": true")?;
+                        }
+                        Out::Object(url)
+                    }
+                };
                 // Backing chains are checked against the same roots.
                 let plan = ExportPlan::prepare_watched(export_request(&ova, roots)?, &progress)?;
                 progress.set_total(plan.total_size());
-                let s = plan.write_partial(partial, file, progress)?;
-                to_json(&s)
+                match out {
+                    Out::File(partial, file) => {
+                        to_json(&plan.write_partial(partial, file, progress)?)
+                    }
+                    Out::Object(url) => {
+                        let (s, parts) = plan.write_object(&url, None, progress)?;
+                        let mut v = to_json(&s)?;
+                        parts.add_to(&mut v);
+                        Ok(v)
+                    }
+                }
             }
         }
     }

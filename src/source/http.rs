@@ -20,7 +20,7 @@ use ureq::Agent;
 
 use super::url::HttpUrl;
 use super::{Source, SourceReader};
-use crate::client::{Attempts, read_small};
+use crate::client::{Attempts, read_small, refused};
 use crate::error::{Error, ErrorKind, Result};
 use crate::volume::imageio::{squash, transient};
 
@@ -230,20 +230,7 @@ impl HttpSource {
         let status = resp.status().as_u16();
         let text = read_small(resp.into_body()).unwrap_or_default();
         let text = squash(&self.url.redact(&String::from_utf8_lossy(&text)));
-        let kind = match status {
-            401 | 403 => ErrorKind::Auth,
-            404 | 410 => ErrorKind::NotFound,
-            _ => ErrorKind::InvalidArgument,
-        };
-        let text = if text.is_empty() {
-            String::new()
-        } else {
-            format!(": {text}")
-        };
-        Error::new(
-            kind,
-            format!("{}: {what} answered {status}{text}", self.label),
-        )
+        refused(&self.label, what, status, &text)
     }
 
     /// After the connection dropped (`why`): asks for the rest until a

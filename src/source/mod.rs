@@ -35,10 +35,7 @@ pub struct Source {
 pub fn open_spec(spec: &url::SourceSpec, retries: Arc<AtomicU64>) -> Result<Source> {
     match spec {
         url::SourceSpec::Stdin => open("-"),
-        url::SourceSpec::File(p) => {
-            let file = File::open(p).map_err(|e| Error::from(e).at_path(p))?;
-            from_file(file, p.clone())
-        }
+        url::SourceSpec::File(p) => open_path(p.clone()),
         url::SourceSpec::Http(u) => http::open(u.clone(), retries),
         url::SourceSpec::S3(u) => {
             let signed = crate::s3::presigned_get(u)?;
@@ -65,7 +62,11 @@ pub fn open(spec: &str) -> Result<Source> {
             fd,
         });
     }
-    let path = PathBuf::from(spec);
+    open_path(PathBuf::from(spec))
+}
+
+/// Opens the file at `path`.
+fn open_path(path: PathBuf) -> Result<Source> {
     let file = File::open(&path).map_err(|e| Error::from(e).at_path(&path))?;
     from_file(file, path)
 }

@@ -71,7 +71,6 @@ pub struct HttpUrl {
     full: String,
     host: String,
     authority: String,
-    https: bool,
     /// Where the query starts in `full`, if there is one.
     query_at: Option<usize>,
     /// A data API ticket URL (`…/images/TICKET`): its id is a credential,
@@ -112,7 +111,6 @@ impl HttpUrl {
             full: s.to_owned(),
             host: host.to_ascii_lowercase(),
             authority,
-            https,
             query_at,
             ticket: ImageioUrl::parse(s).ok(),
         })
@@ -144,11 +142,6 @@ impl HttpUrl {
             Some(t) => t.redact(&text),
             None => text,
         }
-    }
-
-    /// Whether the URL is `https://`.
-    pub fn is_https(&self) -> bool {
-        self.https
     }
 }
 

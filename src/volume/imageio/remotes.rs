@@ -35,16 +35,30 @@ pub struct RemoteConfig {
     pub insecure: bool,
 }
 
-/// The configured trust: an HTTP agent (a connection pool) per CA.
+/// The configured trust: HTTP agents (connection pools) per CA.
 #[derive(Debug)]
 pub(crate) struct Remotes {
-    default: Agent,
-    by_authority: BTreeMap<String, Agent>,
-    /// The same trust for package sources (`ovaio import URL`): plain
-    /// HTTP allowed, redirects followed, no limit on a whole body's time.
-    source_default: Agent,
-    source_by_authority: BTreeMap<String, Agent>,
+    default: Agents,
+    by_authority: BTreeMap<String, Agents>,
     allow: Option<Vec<String>>,
+}
+
+/// The agents of one trust: for remote volumes, and for package sources
+/// (`ovaio import URL`: plain HTTP allowed, redirects followed, no limit
+/// on a whole body's time).
+#[derive(Debug)]
+struct Agents {
+    volume: Agent,
+    source: Agent,
+}
+
+impl Agents {
+    fn new(tls: TlsConfig) -> Agents {
+        Agents {
+            volume: volume_agent(tls.clone()),
+            source: source_agent(tls),
+        }
+    }
 }
 
 static REMOTES: OnceLock<(RemoteConfig, Remotes)> = OnceLock::new();
@@ -75,19 +89,12 @@ pub(crate) fn configured() -> &'static RemoteConfig {
 
 fn settings() -> &'static (RemoteConfig, Remotes) {
     REMOTES.get_or_init(|| {
-        let default = RemoteConfig::default();
         let r = Remotes {
-            default: agent(RootCerts::PlatformVerifier),
+            default: Agents::new(trusting(RootCerts::PlatformVerifier)),
             by_authority: BTreeMap::new(),
-            source_default: source_agent(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::PlatformVerifier)
-                    .build(),
-            ),
-            source_by_authority: BTreeMap::new(),
             allow: None,
         };
-        (default, r)
+        (RemoteConfig::default(), r)
     })
 }
 
@@ -98,18 +105,17 @@ pub fn check_allowed(url: &ImageioUrl) -> std::result::Result<(), String> {
 
 impl Remotes {
     fn new(cfg: &RemoteConfig) -> Result<Remotes> {
-        let tls = |roots: RootCerts| TlsConfig::builder().root_certs(roots).build();
-        let default_tls = match &cfg.ca_file {
+        let default = match &cfg.ca_file {
             _ if cfg.insecure => TlsConfig::builder().disable_verification(true).build(),
-            Some(p) => tls(load_ca(p)?),
-            None => tls(RootCerts::PlatformVerifier),
+            Some(p) => trusting(load_ca(p)?),
+            None => trusting(RootCerts::PlatformVerifier),
         };
         let mut by_authority = BTreeMap::new();
-        let mut source_by_authority = BTreeMap::new();
         for (authority, p) in &cfg.ca_files {
-            let t = tls(load_ca(p)?);
-            by_authority.insert(authority.to_ascii_lowercase(), builder(t.clone()));
-            source_by_authority.insert(authority.to_ascii_lowercase(), source_agent(t));
+            by_authority.insert(
+                authority.to_ascii_lowercase(),
+                Agents::new(trusting(load_ca(p)?)),
+            );
         }
         if let Some(allow) = &cfg.allow {
             for a in allow {
@@ -122,10 +128,8 @@ impl Remotes {
             }
         }
         Ok(Remotes {
-            default: builder(default_tls.clone()),
+            default: Agents::new(default),
             by_authority,
-            source_default: source_agent(default_tls),
-            source_by_authority,
             allow: cfg
                 .allow
                 .as_ref()
@@ -135,17 +139,20 @@ impl Remotes {
 
     /// The agent whose CA the remote at `url` is checked against.
     pub(crate) fn agent(&self, url: &ImageioUrl) -> &Agent {
-        self.by_authority
-            .get(&url.authority())
-            .unwrap_or(&self.default)
+        &self.agents(&url.authority()).volume
     }
 
     /// The agent a package source at `authority` (`host:port`, as
     /// [`ImageioUrl::authority`] writes it) is fetched with.
     pub(crate) fn source_agent(&self, authority: &str) -> &Agent {
-        self.source_by_authority
+        &self.agents(authority).source
+    }
+
+    /// The agents of the CA configured for `authority` (`host:port`).
+    fn agents(&self, authority: &str) -> &Agents {
+        self.by_authority
             .get(&authority.to_ascii_lowercase())
-            .unwrap_or(&self.source_default)
+            .unwrap_or(&self.default)
     }
 
     fn check_allowed(&self, url: &ImageioUrl) -> std::result::Result<(), String> {
@@ -207,11 +214,36 @@ fn load_ca(path: &Path) -> Result<RootCerts> {
     Ok(RootCerts::Specific(Arc::new(certs)))
 }
 
-/// An agent: keep-alive connections (enough for every writer of a few
-/// transfers), statuses returned rather than raised, no redirects (a
-/// ticket URL names its host), timeouts that end a stalled remote.
-fn agent(roots: RootCerts) -> Agent {
-    builder(TlsConfig::builder().root_certs(roots).build())
+/// A TLS configuration trusting `roots`.
+fn trusting(roots: RootCerts) -> TlsConfig {
+    TlsConfig::builder().root_certs(roots).build()
+}
+
+/// What every agent shares: statuses returned rather than raised, no
+/// Nagle delay, a connect timeout, ovaio's user agent.
+fn base(tls: TlsConfig) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .no_delay(true)
+        .timeout_connect(Some(REMOTE_CONNECT_TIMEOUT))
+        .user_agent(concat!("ovaio/", env!("CARGO_PKG_VERSION")))
+}
+
+/// An agent for remote volumes: keep-alive connections (enough for every
+/// writer of a few transfers), HTTPS only, no redirects (a ticket URL
+/// names its host), timeouts that end a stalled remote.
+fn volume_agent(tls: TlsConfig) -> Agent {
+    base(tls)
+        .https_only(true)
+        .max_redirects(0)
+        .max_idle_connections(64)
+        .max_idle_connections_per_host(4 * REMOTE_MAX_WRITERS)
+        .timeout_send_body(Some(REMOTE_IO_TIMEOUT))
+        .timeout_recv_response(Some(REMOTE_IO_TIMEOUT))
+        .timeout_recv_body(Some(REMOTE_IO_TIMEOUT))
+        .build()
+        .new_agent()
 }
 
 /// An agent for package sources: `http://` too (a catalog on a trusted
@@ -219,35 +251,12 @@ fn agent(roots: RootCerts) -> Agent {
 /// body's whole time — a package takes as long as it takes — but one on
 /// each read, so that a source that stops sending is given up on.
 fn source_agent(tls: TlsConfig) -> Agent {
-    Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
+    base(tls)
         .https_only(false)
         .max_redirects(SOURCE_MAX_REDIRECTS)
-        .no_delay(true)
         .max_idle_connections_per_host(2)
-        .timeout_connect(Some(REMOTE_CONNECT_TIMEOUT))
         .timeout_recv_response(Some(REMOTE_IO_TIMEOUT))
         .timeout_per_read(Some(SOURCE_READ_TIMEOUT))
-        .user_agent(concat!("ovaio/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
-}
-
-fn builder(tls: TlsConfig) -> Agent {
-    Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .https_only(true)
-        .max_redirects(0)
-        .no_delay(true)
-        .max_idle_connections(64)
-        .max_idle_connections_per_host(4 * REMOTE_MAX_WRITERS)
-        .timeout_connect(Some(REMOTE_CONNECT_TIMEOUT))
-        .timeout_send_body(Some(REMOTE_IO_TIMEOUT))
-        .timeout_recv_response(Some(REMOTE_IO_TIMEOUT))
-        .timeout_recv_body(Some(REMOTE_IO_TIMEOUT))
-        .user_agent(concat!("ovaio/", env!("CARGO_PKG_VERSION")))
         .build()
         .new_agent()
 }
