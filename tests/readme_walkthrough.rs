@@ -2,7 +2,8 @@
 //! `<!-- walkthrough:begin -->` and `<!-- walkthrough:end -->` markers is
 //! run as it stands with `bash -euo pipefail` against the built binary,
 //! in a scratch directory and on a free port, and what it says it does is
-//! checked: the disk imported, the OVA downloaded, both tickets deleted,
+//! checked: the upload cut part way and resumed from the committed offset,
+//! the disk imported, the OVA downloaded, both tickets deleted,
 //! the server stopped. A README edit that breaks a command fails here.
 
 mod support;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
 use support::{Work, tool};
 
-/// How long the whole walkthrough may take; it needs about a second.
+/// How long the whole walkthrough may take; it needs about 3 seconds.
 const WALKTHROUGH_TIMEOUT: Duration = Duration::from_secs(120);
 
 const BEGIN: &str = "<!-- walkthrough:begin -->";
@@ -164,9 +165,28 @@ fn readme_walkthrough_runs_as_written() {
         "the walkthrough left processes running:\n{out}\n{err}"
     );
 
+    // The first attempt was cut part way, and the second went on from
+    // the offset the server committed, not from the start.
+    let demo_ova = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.ova");
+    let package_len = std::fs::metadata(demo_ova).expect("demo.ova").len();
+    let resumed_at: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming at byte "))
+        .unwrap_or_else(|| panic!("the walkthrough printed no resume offset:\n{out}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("the resume offset is not a number ({e}):\n{out}"));
+    assert!(
+        resumed_at > 0 && resumed_at < package_len,
+        "resumed at byte {resumed_at} of {package_len}: the first attempt was not cut part way"
+    );
+    assert!(
+        out.contains("cut (curl exit 28)"),
+        "the first attempt was not cut by its time limit:\n{out}"
+    );
+
     // The disk imported from the upload is the demo package's disk.
     let reference = work.mkdir("reference");
-    let demo_ova = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.ova");
     tool(
         "tar",
         &[

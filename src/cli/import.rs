@@ -157,7 +157,7 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
     if let Some(n) = src.size {
         progress.set_total(n);
     }
-    let mut src = src.wake_on(wake);
+    let src = src.wake_on(wake);
     let bar = Bar::start(progress.clone(), !a.quiet && !a.json);
     let mut importer = Importer::new(targets, progress.clone()).existing_targets(if a.force {
         Existing::Replace
@@ -167,12 +167,10 @@ pub(crate) fn run(a: ImportArgs) -> Result<()> {
     if a.no_verify {
         importer = importer.without_verification();
     }
-    let summary = importer
-        .run(&mut *src.reader)
-        .map_err(|e| match &src.path {
-            Some(p) => e.at_path(p),
-            None => e,
-        })?;
+    let summary = importer.run(src.reader).map_err(|e| match &src.path {
+        Some(p) => e.at_path(p),
+        None => e,
+    })?;
     drop(bar);
     if a.json {
         let mut v = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;

@@ -51,6 +51,7 @@ use crate::roots::{AllowedRoots, Dir};
 use crate::sink::partial::{self, Existing};
 use crate::sink::spool::FileSpool;
 use crate::source::SourceReader;
+use crate::source::read_ahead::ReadAhead;
 
 /// What offsets inside a deflated zip member count.
 const INFLATED_MEMBER: &str = "inflated zip member";
@@ -341,16 +342,17 @@ impl Importer {
         Ok(())
     }
 
-    /// Reads the whole package from `reader`, then finishes. Each read
-    /// fills a fresh [`limits::READ_CHUNK`] buffer that becomes the
-    /// pieces every later stage shares: nothing is copied on the way.
+    /// Reads the whole package from `reader`, then finishes. The reads run
+    /// on a thread of their own ([`ReadAhead`]), each filling a
+    /// [`limits::READ_CHUNK`] buffer that becomes the pieces every later
+    /// stage shares: nothing is copied on the way.
     ///
     /// A source that can seek is first scanned for its manifests
     /// ([`digests::scan_manifests`]), so that only the digests they ask
     /// for are computed, wherever in the package they are.
-    pub fn run(mut self, reader: &mut dyn SourceReader) -> Result<ImportSummary> {
+    pub fn run(mut self, mut reader: Box<dyn SourceReader>) -> Result<ImportSummary> {
         if self.verify && self.fed == 0 && reader.can_skip() {
-            let scanned = digests::scan_manifests(reader);
+            let scanned = digests::scan_manifests(&mut *reader);
             let back = reader.rewind().map_err(|e| {
                 Error::from(e).with_message("returning to the start of the package")
             })?;
@@ -364,16 +366,11 @@ impl Importer {
                 self.digests = DigestTap::knowing(&manifests);
             }
         }
+        let mut chunks = ReadAhead::start(reader)?;
         loop {
-            let mut buf = Vec::with_capacity(limits::READ_CHUNK);
-            let read = reader.fill(&mut buf);
-            let n = buf.len();
-            if n > 0 {
-                self.feed(Bytes::from(buf))?;
-            }
-            match read {
-                Ok(_) if n == 0 => break,
-                Ok(_) => {}
+            match chunks.next_chunk() {
+                Ok(Some(chunk)) => self.feed(chunk)?,
+                Ok(None) => break,
                 Err(e) => {
                     return Err(self.note_targets(
                         Error::from(e)

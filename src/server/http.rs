@@ -235,6 +235,8 @@ pub struct BodyReader {
     cancel: Option<Arc<AtomicBool>>,
     /// An error met while gathering a batch, reported by the next call.
     failed: Option<Error>,
+    /// The end was met while gathering a batch.
+    ended: bool,
 }
 
 impl BodyReader {
@@ -246,6 +248,7 @@ impl BodyReader {
             received: 0,
             cancel: None,
             failed: None,
+            ended: false,
         }
     }
 
@@ -262,6 +265,13 @@ impl BodyReader {
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
+    fn cancelled(&self) -> Error {
+        Error::new(
+            ErrorKind::Cancelled,
+            format!("transfer cancelled after {} bytes", self.received),
+        )
+    }
+
     /// The next frame, watching the cancellation flag while waiting.
     async fn frame(&mut self) -> Result<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
         if self.cancel.is_none() {
@@ -271,10 +281,7 @@ impl BodyReader {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.is_cancelled() {
-                return Err(Error::new(
-                    ErrorKind::Cancelled,
-                    format!("transfer cancelled after {} bytes", self.received),
-                ));
+                return Err(self.cancelled());
             }
             tokio::select! {
                 f = self.body.frame() => return Ok(f),
@@ -306,16 +313,20 @@ impl BodyReader {
         };
         let mut batch = Batch::default();
         batch.push(first);
-        while batch.len() < want as u64 {
-            match ready_now(self.next()).await {
-                Some(Ok(Some(b))) => batch.push(b),
-                // The end is seen again by the next call; an error is kept
-                // for it.
-                Some(Err(e)) => {
+        // Frames already here are taken without a timer; the end, an
+        // error or a cancellation is left for the next call to meet.
+        while batch.len() < want as u64 && !self.ended && !self.is_cancelled() {
+            let Some(frame) = ready_now(self.body.frame()).await else {
+                break;
+            };
+            match self.step(frame) {
+                Ok(Step::Data(b)) => batch.push(b),
+                Ok(Step::Skip) => {}
+                Ok(Step::End) => self.ended = true,
+                Err(e) => {
                     self.failed = Some(e);
                     break;
                 }
-                Some(Ok(None)) | None => break,
             }
         }
         Ok(Some(batch))
@@ -323,9 +334,21 @@ impl BodyReader {
 
     /// The next data chunk, `None` at the end of the body.
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         loop {
-            let frame = match self.idle {
-                Some(idle) => match tokio::time::timeout(idle, self.frame()).await {
+            if self.ended {
+                return Ok(None);
+            }
+            if self.is_cancelled() {
+                return Err(self.cancelled());
+            }
+            // A frame that is already here needs no timer; under load
+            // (an HTTP/2 upload arrives in 16 KiB frames) most are.
+            let frame = match (ready_now(self.body.frame()).await, self.idle) {
+                (Some(f), _) => f,
+                (None, Some(idle)) => match tokio::time::timeout(idle, self.frame()).await {
                     Ok(f) => f?,
                     Err(_) => {
                         return Err(Error::new(
@@ -338,26 +361,47 @@ impl BodyReader {
                         ));
                     }
                 },
-                None => self.frame().await?,
+                (None, None) => self.frame().await?,
             };
-            let Some(frame) = frame else {
-                return Ok(None);
-            };
-            let frame = frame.map_err(|e| {
-                Error::new(
-                    ErrorKind::Cancelled,
-                    format!("client connection lost after {} bytes: {e}", self.received),
-                )
-            })?;
-            if let Ok(data) = frame.into_data() {
-                if data.is_empty() {
-                    continue;
-                }
-                self.received += data.len() as u64;
-                return Ok(Some(data));
+            match self.step(frame)? {
+                Step::Data(b) => return Ok(Some(b)),
+                Step::Skip => {}
+                Step::End => self.ended = true,
             }
         }
     }
+
+    /// What one polled frame gives.
+    fn step(
+        &mut self,
+        frame: Option<std::result::Result<Frame<Bytes>, hyper::Error>>,
+    ) -> Result<Step> {
+        let Some(frame) = frame else {
+            return Ok(Step::End);
+        };
+        let frame = frame.map_err(|e| {
+            Error::new(
+                ErrorKind::Cancelled,
+                format!("client connection lost after {} bytes: {e}", self.received),
+            )
+        })?;
+        match frame.into_data() {
+            Ok(data) if !data.is_empty() => {
+                self.received += data.len() as u64;
+                Ok(Step::Data(data))
+            }
+            // An empty data frame, or trailers.
+            _ => Ok(Step::Skip),
+        }
+    }
+}
+
+/// What one frame of a request body gives.
+enum Step {
+    Data(Bytes),
+    /// Nothing to hand on: an empty data frame, or trailers.
+    Skip,
+    End,
 }
 
 /// A response body fed through a bounded channel, typically by a blocking

@@ -763,7 +763,7 @@ impl Work {
                 roots,
             } => {
                 let targets = import_targets(&ova)?;
-                let (mut src, shown) = match source {
+                let (src, shown) = match source {
                     JobSource::File(path) => {
                         // The canonical path accepted with the job, opened beneath its root.
                         let file = roots.open(&path, rustix::fs::OFlags::RDONLY, 0)?;
@@ -784,9 +784,7 @@ impl Work {
                 if !verify {
                     importer = importer.without_verification();
                 }
-                let s = importer
-                    .run(&mut *src.reader)
-                    .map_err(|e| e.at_path(&shown))?;
+                let s = importer.run(src.reader).map_err(|e| e.at_path(&shown))?;
                 to_json(&s)
             }
             Work::Export {
