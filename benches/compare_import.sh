@@ -88,6 +88,8 @@ SRC=$WORK/source.img
 . "$ROOT/benches/lib/source_image.sh"
 # shellcheck source=benches/lib/bench_ova.sh
 . "$ROOT/benches/lib/bench_ova.sh"
+# shellcheck source=benches/lib/stats.sh
+. "$ROOT/benches/lib/stats.sh"
 
 # data_offset OVA HREF: byte offset of HREF's data inside the OVA. `tar -R`
 # prints the block number of each member's header; its data follows it.
@@ -152,17 +154,6 @@ run_row() {
   esac
 }
 
-# stats FILE COL: "median min max" of column COL.
-stats() {
-  awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '
-    { v[NR] = $1 }
-    END {
-      if (NR == 0) { print "n/a n/a n/a"; exit }
-      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-      printf "%.2f %.2f %.2f\n", m, v[1], v[NR]
-    }'
-}
-
 # bench_combo SFMT DFMT: REPS rounds of every row; appends to $RESULTS one
 # line per row: "SFMT->DFMT ROW median min max rss_mib cpu_median status".
 bench_combo() {
@@ -186,9 +177,10 @@ bench_combo() {
   for row in $ROWS; do
     status=${state[$row]}
     if [ "$status" = ok ] && [ -s "$WORK/$row.t" ]; then
-      echo "$sfmt->$dfmt $row $(stats "$WORK/$row.t" 1)" \
-        "$(awk '$2 > m { m = $2 } END { printf "%.1f", m / 1024 }' "$WORK/$row.t")" \
-        "$(stats "$WORK/$row.t" 3 | awk '{ print $1 }') ok" >>"$RESULTS"
+      # shellcheck disable=SC2046
+      echo "$sfmt->$dfmt $row $(printf '%.2f %.2f %.2f' $(stats "$WORK/$row.t"))" \
+        "$(max_rss "$WORK/$row.t")" \
+        "$(stats "$WORK/$row.t" 3 | awk '{ printf "%.2f", $1 }') ok" >>"$RESULTS"
     else
       echo "$sfmt->$dfmt $row n/a n/a n/a n/a n/a $status" >>"$RESULTS"
     fi

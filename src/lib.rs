@@ -35,6 +35,7 @@
     warn(clippy::unwrap_used, clippy::expect_used)
 )]
 
+pub mod buffers;
 pub mod cli;
 pub mod client;
 pub mod codec;

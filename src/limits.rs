@@ -100,7 +100,7 @@ pub const READ_CHUNK: usize = 1 << 20;
 /// ([`crate::source::read_ahead::ReadAhead`]).
 pub const READ_AHEAD: usize = 4;
 /// Read chunks watched for reuse once every stage let go of them
-/// ([`crate::source::buffers::Recycler`]): at most this many idle ones stay
+/// ([`crate::buffers::Recycler`]): at most this many idle ones stay
 /// allocated. Above the chunks the digest threads and the pipeline hold
 /// at once.
 pub const READ_BUFFERS_KEPT: usize = 16;

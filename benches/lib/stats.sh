@@ -1,8 +1,8 @@
 # Summaries of timed runs, for the comparison scripts (sourced).
 
-# stats FILE: "median min max" of the first column of numbers.
+# stats FILE [COL]: "median min max" of column COL (the first by default).
 stats() {
-  sort -g "$1" | awk '{ v[NR] = $1 } END {
+  awk -v c="${2:-1}" '{ print $c }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
     if (!NR) { print "n/a n/a n/a"; exit }
     m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     print m, v[1], v[NR] }'

@@ -16,11 +16,11 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
-use bytes::Bytes;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use tokio::task::JoinHandle;
 
 use super::{S3Url, runtime, storage_error, store};
+use crate::buffers::Recycler;
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{S3_DEFAULT_PART, S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, S3_PARTS_IN_FLIGHT};
 
@@ -56,12 +56,12 @@ pub struct ObjectWriter {
     upload: Option<Box<dyn MultipartUpload>>,
     part_size: usize,
     buf: Vec<u8>,
-    /// Parts on their way, each with a handle on its bytes.
-    in_flight: VecDeque<(JoinHandle<object_store::Result<()>>, Bytes)>,
+    /// Parts on their way.
+    in_flight: VecDeque<JoinHandle<object_store::Result<()>>>,
     /// Buffers of parts uploaded, filled again: the allocator never sees
     /// part-sized blocks come and go (which it would keep, one per thread
     /// that freed one, beyond the parts live).
-    spare: Vec<Vec<u8>>,
+    buffers: Recycler,
     parts: u64,
 }
 
@@ -82,7 +82,7 @@ impl ObjectWriter {
             part_size,
             buf: Vec::with_capacity(part_size),
             in_flight: VecDeque::new(),
-            spare: Vec::new(),
+            buffers: Recycler::new(part_size, S3_PARTS_IN_FLIGHT + 1),
             parts: 0,
         })
     }
@@ -96,31 +96,21 @@ impl ObjectWriter {
         let Some(upload) = self.upload.as_mut() else {
             return Err(Error::internal("part after the upload ended"));
         };
-        let next = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.part_size));
-        let data = Bytes::from(std::mem::replace(&mut self.buf, next));
-        let fut = upload.put_part(PutPayload::from(data.clone()));
-        self.in_flight.push_back((runtime().spawn(fut), data));
+        let next = self.buffers.take();
+        let data = self.buffers.lend(std::mem::replace(&mut self.buf, next));
+        let fut = upload.put_part(PutPayload::from(data));
+        self.in_flight.push_back(runtime().spawn(fut));
         self.parts += 1;
         Ok(())
     }
 
     fn wait_oldest(&mut self) -> Result<()> {
-        let Some((h, data)) = self.in_flight.pop_front() else {
+        let Some(h) = self.in_flight.pop_front() else {
             return Ok(());
         };
         match runtime().block_on(h) {
-            Ok(Ok(())) => {
-                // The store let go of the part: its buffer is ours again.
-                if let Ok(m) = data.try_into_mut() {
-                    let mut v = Vec::from(m);
-                    v.clear();
-                    self.spare.push(v);
-                }
-                Ok(())
-            }
+            // The store let go of the part: the next take() reuses its buffer.
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(storage_error(&self.url, "uploading a part", e)),
             Err(e) => Err(Error::internal(format!("a part's upload failed: {e}"))),
         }
@@ -174,7 +164,7 @@ impl Drop for ObjectWriter {
         let Some(mut upload) = self.upload.take() else {
             return;
         };
-        for (h, _) in self.in_flight.drain(..) {
+        for h in self.in_flight.drain(..) {
             h.abort();
         }
         match runtime().block_on(upload.abort()) {

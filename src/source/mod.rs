@@ -2,7 +2,6 @@
 //! `http(s)://` URL ([`http`]) or an object in S3-compatible storage
 //! (fetched through a presigned URL).
 
-pub mod buffers;
 pub mod http;
 pub mod read_ahead;
 pub mod url;

@@ -15,10 +15,10 @@ use std::sync::mpsc::{Receiver, sync_channel};
 
 use bytes::Bytes;
 
+use crate::buffers::Recycler;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::source::SourceReader;
-use crate::source::buffers::Recycler;
 
 /// What the reading thread hands over.
 #[derive(Debug)]

@@ -1,19 +1,20 @@
-//! Read buffers that come back.
+//! Buffers that come back.
 //!
-//! Every chunk read from a source becomes shared [`Bytes`] that several
-//! stages hold for a while (the decoder, the digest threads), and the last
-//! one to let go frees it, on whatever thread that is. Allocating a fresh
-//! 1 MiB buffer per read then makes the allocator hand memory back to the
-//! kernel and take it again: with the digest threads holding a few chunks
-//! each, an import of a 1.6 GiB VMDK package took 121,000 page faults and
-//! 1.5 s of system time more than without them. [`Recycler`] keeps a handle
-//! on the chunks it lent and reuses one as soon as nobody else holds it.
+//! A chunk read from a source, or an object part being uploaded, becomes
+//! shared [`Bytes`] that others hold for a while (the decoder and the
+//! digest threads, the object store's client), and the last one to let go
+//! frees it, on whatever thread that is. Allocating a fresh buffer each
+//! time then makes the allocator hand memory back to the kernel and take
+//! it again: with the digest threads holding a few chunks each, an import
+//! of a 1.6 GiB VMDK package took 121,000 page faults and 1.5 s of system
+//! time more than without them. [`Recycler`] keeps a handle on the buffers
+//! it lent and reuses one as soon as nobody else holds it.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-/// Hands out read buffers and takes back those every holder let go of.
+/// Hands out buffers and takes back those every holder let go of.
 #[derive(Debug)]
 pub struct Recycler {
     capacity: usize,
