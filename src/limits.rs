@@ -9,7 +9,7 @@
 //!
 //! | stage | bound |
 //! |---|---|
-//! | source reads | [`READ_CHUNK`] per read, [`READ_AHEAD`] of them read ahead, up to [`READ_BUFFERS_KEPT`] kept idle for reuse (HTTP body frames: [`READ_BUFFER`]) |
+//! | source reads | [`READ_CHUNK`] per read, [`READ_AHEAD`] of them read ahead (HTTP body frames: [`READ_BUFFER`]) |
 //! | decompressed package | [`DECOMPRESSED_CHUNK`], plus the xz/zstd window ≤ [`MAX_DECOMPRESSOR_WINDOW`] |
 //! | digests | (`DIGEST_QUEUE` + 2) × [`DIGEST_BATCH`] shared, plus held small entries ≤ [`MAX_DIGEST_HELD_TOTAL`] |
 //! | OVF and manifests | [`MAX_OVF_SIZE`] + [`MAX_MANIFESTS_SIZE`] |
@@ -99,11 +99,6 @@ pub const READ_CHUNK: usize = 1 << 20;
 /// Chunks read ahead of the import, on the reading thread
 /// ([`crate::source::read_ahead::ReadAhead`]).
 pub const READ_AHEAD: usize = 4;
-/// Read chunks watched for reuse once every stage let go of them
-/// ([`crate::buffers::Recycler`]): at most this many idle ones stay
-/// allocated. Above the chunks the digest threads and the pipeline hold
-/// at once.
-pub const READ_BUFFERS_KEPT: usize = 16;
 /// Package bytes gathered before they are handed to the digest threads
 /// together: pieces as small as HTTP body frames would otherwise cost a
 /// channel send and a thread wake-up each, per algorithm.

@@ -10,7 +10,7 @@
 //!
 //! | source | copies | how |
 //! |---|---|---|
-//! | pipe (`ovaio import -`) | 1 | `read(2)`, on a reading thread of its own ([`crate::source::read_ahead`]), into the spare capacity of a 1 MiB buffer ([`crate::source::SourceReader::fill`]; buffers come back for reuse once every stage let go of them, [`crate::buffers`]); that buffer, frozen into `Bytes`, is what every later stage borrows or shares |
+//! | pipe (`ovaio import -`) | 1 | `read(2)`, on a reading thread of its own ([`crate::source::read_ahead`]), into the spare capacity of a 1 MiB buffer ([`crate::source::SourceReader::fill`]); that buffer, frozen into `Bytes`, is what every later stage borrows or shares |
 //! | file (`ovaio import FILE`, jobs) | 1 | the same, large reads straight into the buffer the decoder consumes |
 //! | HTTP body (`ovaio serve`, TLS) | 3, and decryption | `recv` into rustls's buffer; AES-GCM in place; rustls copies each record's plaintext into a buffer of its own, and tokio-rustls copies it into hyper's read buffer, whose body frames (`Bytes`, split off without a copy) cross the channel to the blocking import |
 //!

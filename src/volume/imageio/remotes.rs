@@ -230,18 +230,22 @@ fn base(tls: TlsConfig) -> ureq::config::ConfigBuilder<ureq::typestate::AgentSco
         .user_agent(concat!("ovaio/", env!("CARGO_PKG_VERSION")))
 }
 
-/// An agent for remote volumes: keep-alive connections (enough for every
-/// writer of a few transfers), HTTPS only, no redirects (a ticket URL
-/// names its host), timeouts that end a stalled remote.
+/// An agent for remote volumes and the upload and download clients:
+/// keep-alive connections (enough for every writer of a few transfers),
+/// HTTPS only, no redirects (a ticket URL names its host), timeouts that
+/// end a stalled remote. A body is limited per read and per write, not
+/// as a whole: a whole package takes as long as it takes. (A limit on
+/// the whole body also counts down, so the socket's timeout was set
+/// again before every write.)
 fn volume_agent(tls: TlsConfig) -> Agent {
     base(tls)
         .https_only(true)
         .max_redirects(0)
         .max_idle_connections(64)
         .max_idle_connections_per_host(4 * REMOTE_MAX_WRITERS)
-        .timeout_send_body(Some(REMOTE_IO_TIMEOUT))
+        .timeout_per_write(Some(REMOTE_IO_TIMEOUT))
         .timeout_recv_response(Some(REMOTE_IO_TIMEOUT))
-        .timeout_recv_body(Some(REMOTE_IO_TIMEOUT))
+        .timeout_per_read(Some(REMOTE_IO_TIMEOUT))
         .build()
         .new_agent()
 }
@@ -286,6 +290,20 @@ mod tests {
             ..RemoteConfig::default()
         });
         assert!(bad.is_err());
+    }
+
+    /// A whole body has no time limit, only each read and write: an OVA
+    /// upload or download that takes longer than `REMOTE_IO_TIMEOUT` is
+    /// not cut.
+    #[test]
+    fn bodies_are_limited_per_read_and_write_not_as_a_whole() {
+        let agent = volume_agent(trusting(RootCerts::PlatformVerifier));
+        let c = agent.config();
+        assert_eq!(c.timeout_per_write(), Some(REMOTE_IO_TIMEOUT));
+        assert_eq!(c.timeout_per_read(), Some(REMOTE_IO_TIMEOUT));
+        assert_eq!(c.timeouts().send_body, None);
+        assert_eq!(c.timeouts().recv_body, None);
+        assert_eq!(c.timeouts().global, None);
     }
 
     #[test]
