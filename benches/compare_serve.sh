@@ -30,6 +30,9 @@
 #   PARTS        all (default) or ova: only the OVA upload against
 #                `ovaio import -` from a pipe (no imageio, no venv), REPS
 #                paired rounds, medians, and the target serve >= 0.95x pipe
+#   OVA_CLIENT   what uploads the OVA: curl (default; HTTP/2, as curl
+#                negotiates it), curl-h1 (curl --http1.1) or ovaio
+#                (`ovaio upload`, HTTP/1.1)
 #   SERVE_CONFIG a configuration file for ovaio serve (--config), e.g. to
 #                try other [data] buffer_size or queue_depth values
 #   BASELINE     another ovaio binary (an older build): then only the
@@ -46,6 +49,7 @@ REPS=${REPS:-3}
 CONCURRENCY=${CONCURRENCY:-8}
 OVA_FORMAT=${OVA_FORMAT:-qcow2}
 OVA_MANIFEST=${OVA_MANIFEST:-none}
+OVA_CLIENT=${OVA_CLIENT:-curl}
 OVAIO=${OVAIO:-$ROOT/target/release/ovaio}
 BENCH_DIR=${BENCH_DIR:-/tmp/ovaio-bench}
 KEEP=${KEEP:-0}
@@ -66,6 +70,7 @@ die() { echo "compare_serve: $*" >&2; exit 1; }
 [[ $OVA_FORMAT = qcow2 || $OVA_FORMAT = vmdk ]] || die "OVA_FORMAT must be qcow2 or vmdk"
 [[ $OVA_MANIFEST =~ ^(none|after-ovf|last)$ ]] || die "OVA_MANIFEST must be none, after-ovf or last"
 [[ $PARTS = all || $PARTS = ova ]] || die "PARTS must be all or ova"
+[[ $OVA_CLIENT =~ ^(curl|curl-h1|ovaio)$ ]] || die "OVA_CLIENT must be curl, curl-h1 or ovaio"
 for t in qemu-img qemu-nbd curl tar dd truncate awk sed stat python3; do
   command -v "$t" >/dev/null 2>&1 || die "$t is required"
 done
@@ -98,6 +103,8 @@ WORK=$(cd "$(mktemp -d "$BENCH_DIR/run.XXXXXX")" && pwd -P)
 # Unix socket paths are limited to 107 bytes.
 [ ${#WORK} -le 60 ] || die "BENCH_DIR is too long for the control sockets: $WORK"
 
+# shellcheck source=benches/lib/stats.sh
+. "$ROOT/benches/lib/stats.sh"
 # shellcheck source=benches/lib/servers.sh
 . "$ROOT/benches/lib/servers.sh"
 CLIENT_PIDS=()
@@ -228,26 +235,38 @@ make_ova() {
   make_bench_ova "$SRC" "$OVA_FORMAT" "$SIZE" "$OVA" "$WORK/ova" $mf
 }
 
-# ova_serve REP [SERVER]: curl -T bench.ova into an ova-import ticket of an
-# ovaio server (raw target); times go to ova-serve.t (SERVER ovaio) or
-# ova-serve-SERVER.t.
+# ova_serve REP [SERVER]: OVA_CLIENT uploads bench.ova into an ova-import
+# ticket of an ovaio server (raw target); "seconds client-CPU-s
+# server-CPU-s" go to ova-serve.t (SERVER ovaio) or ova-serve-SERVER.t.
 ova_serve() {
-  local r=$1 srv=${2:-ovaio} id="ova-$1" t0 t1 code
+  local r=$1 srv=${2:-ovaio} id="ova-$1" t0 t1 c0 c1 code url
   local target=${DATA[$srv]}/ova-serve.raw times=$WORK/ova-serve.t
   [ "$srv" = ovaio ] || times=$WORK/ova-serve-$srv.t
   rm -f "$target"
   control "$srv" PUT "/tickets/$id" "$(printf '{"uuid":"%s","kind":"ova-import","ops":["write"],"timeout":3600,"size":%d,"ova":{"disks":[{"href":"%s","url":"file://%s","format":"raw"}]}}' \
     "$id" "$(stat -c %s "$OVA")" "$HREF" "$target")" || return 1
+  url="https://127.0.0.1:${PORT[$srv]}/images/$id"
+  c0=$(cpu_s "${PID[$srv]}")
   t0=$(now)
-  code=$(curl -sS --cacert "${CA[$srv]}" -T "$OVA" -o "$WORK/ova.resp" -w '%{http_code}' \
-    "https://127.0.0.1:${PORT[$srv]}/images/$id" 2>"$WORK/ova.err") || code=000
+  case $OVA_CLIENT in
+    ovaio)
+      if "$TIME" -f '%U %S' -o "$WORK/client.time" "$OVAIO" upload --quiet --cacert "${CA[$srv]}" \
+        "$OVA" "$url" >"$WORK/ova.resp" 2>"$WORK/ova.err"; then code=200; else code=000; fi ;;
+    *)
+      local -a http=()
+      [ "$OVA_CLIENT" = curl-h1 ] && http=(--http1.1)
+      code=$("$TIME" -f '%U %S' -o "$WORK/client.time" curl -sS "${http[@]}" \
+        --cacert "${CA[$srv]}" -T "$OVA" -o "$WORK/ova.resp" -w '%{http_code}' "$url" \
+        2>"$WORK/ova.err") || code=000 ;;
+  esac
   t1=$(now)
+  c1=$(cpu_s "${PID[$srv]}")
   if [ "$code" = 200 ]; then
     if verify "$target" "$srv serve OVA import $r"; then
-      elapsed "$t0" "$t1" >>"$times"
+      echo "$(elapsed "$t0" "$t1") $(tail -1 "$WORK/client.time" | awk '{ printf "%.2f", $1 + $2 }') $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" >>"$times"
     fi
   else
-    echo "  curl -T into the ova-import ticket: HTTP $code" >&2
+    echo "  $OVA_CLIENT into the ova-import ticket: HTTP $code" >&2
     { cat "$WORK/ova.err"; head -c 300 "$WORK/ova.resp"; echo; } | sed 's/^/    /' >&2
   fi
   control "$srv" DELETE "/tickets/$id" || true
@@ -255,17 +274,19 @@ ova_serve() {
 }
 
 # ova_pipe REP: cat bench.ova | ovaio import - (a pipe, as from a network
-# stream); wall clock of the pipeline, peak RSS of ovaio.
+# stream); "seconds peak-RSS-KiB cat-CPU-s ovaio-CPU-s" to ova-pipe.t.
 ova_pipe() {
   local r=$1 target=$OV_ROOT/ova-pipe.raw t0 t1 rc=0
   rm -f "$target"
   t0=$(now)
-  { cat "$OVA" || true; } | "$TIME" -f '%M' -o "$WORK/pipe.time" \
+  { "$TIME" -f '%U %S' -o "$WORK/cat.time" cat "$OVA" || true; } | "$TIME" -f '%M %U %S' -o "$WORK/pipe.time" \
     "$OVAIO" import - --quiet --disk "$HREF=$target:raw" >/dev/null 2>"$WORK/pipe.err" || rc=$?
   t1=$(now)
   if [ "$rc" -eq 0 ]; then
     if verify "$target" "ovaio import - $r"; then
-      echo "$(elapsed "$t0" "$t1") $(tail -1 "$WORK/pipe.time")" >>"$WORK/ova-pipe.t"
+      echo "$(elapsed "$t0" "$t1") $(tail -1 "$WORK/pipe.time" | awk '{ print $1 }')" \
+        "$(tail -1 "$WORK/cat.time" | awk '{ printf "%.2f", $1 + $2 }')" \
+        "$(tail -1 "$WORK/pipe.time" | awk '{ printf "%.2f", $2 + $3 }')" >>"$WORK/ova-pipe.t"
     fi
   else
     echo "  ovaio import - failed ($rc):" >&2
@@ -279,7 +300,7 @@ ova_pipe() {
 ova_rounds() {
   local r
   for ((r = 1; r <= REPS; r++)); do
-    echo "OVA $r/$REPS: curl -T into ovaio serve and ovaio import -, taking turns..." >&2
+    echo "OVA $r/$REPS: $OVA_CLIENT into ovaio serve and ovaio import -, taking turns..." >&2
     if ((r % 2)); then
       sync; ova_serve "$r" || true
       sync; ova_pipe "$r"
@@ -365,9 +386,7 @@ if [ "$PARTS" = ova ]; then
   if { echo 5 >"/proc/${PID[ovaio]}/clear_refs"; } 2>/dev/null; then ova_hwm_reset=1; fi
   : >"$WORK/ova-serve.t"
   : >"$WORK/ova-pipe.t"
-  c0=$(cpu_s "${PID[ovaio]}")
   ova_rounds
-  serve_cpu=$(awk -v a="$c0" -v b="$(cpu_s "${PID[ovaio]}")" -v n="$REPS" 'BEGIN { printf "%.2f\n", (b - a) / n }')
   if [ "$ova_hwm_reset" = 1 ]; then OVA_HWM=$(status_kib "${PID[ovaio]}" VmHWM); fi
   stop_servers
   uptime >&2
@@ -376,15 +395,28 @@ if [ "$PARTS" = ova ]; then
   pipe_rss=$(awk '$2 > m { m = $2 } END { if (NR) printf "%.1f\n", m / 1024; else print "n/a" }' "$WORK/ova-pipe.t")
   row() { printf '%-28s %16s %16s %14s\n' "$@"; }
   echo
-  echo "OVA upload over HTTPS (curl -T into ovaio serve) against cat | ovaio import -"
+  echo "OVA upload over HTTPS ($OVA_CLIENT into ovaio serve) against cat | ovaio import -"
   echo "($IMAGE image, ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB data; bench.ova: $OVA_FORMAT, $((OVA_BYTES / 1048576)) MiB,"
   echo " manifest $OVA_MANIFEST; raw target; median (min-max) of $REPS paired rounds, sync before each)"
   row "figure" "serve" "import -" "serve/import"
   row "time s median" "$serve_s" "$pipe_s" "$(ratio "$serve_s" "$pipe_s")"
   row "time s min-max" "$(range_of "$WORK/ova-serve.t")" "$(range_of "$WORK/ova-pipe.t")" ""
   row "MB/s (median)" "$(mbps "$OVA_BYTES" "$serve_s")" "$(mbps "$OVA_BYTES" "$pipe_s")" "$(ratio "$(mbps "$OVA_BYTES" "$serve_s")" "$(mbps "$OVA_BYTES" "$pipe_s")")"
-  row "server CPU s per upload" "$serve_cpu" "" ""
+  med() { stats "$1" "$2" | awk '{ print $1 }'; }
+  client_cpu=$(med "$WORK/ova-serve.t" 2)
+  serve_cpu=$(med "$WORK/ova-serve.t" 3)
+  cat_cpu=$(med "$WORK/ova-pipe.t" 3)
+  pipe_cpu=$(med "$WORK/ova-pipe.t" 4)
+  row "client CPU s (median)" "$client_cpu" "$cat_cpu" "$(ratio "$client_cpu" "$cat_cpu")"
+  row "ovaio CPU s (median)" "$serve_cpu" "$pipe_cpu" "$(ratio "$serve_cpu" "$pipe_cpu")"
+  all_serve=$(awk -v a="$client_cpu" -v b="$serve_cpu" 'BEGIN { printf "%.2f", a + b }')
+  all_pipe=$(awk -v a="$cat_cpu" -v b="$pipe_cpu" 'BEGIN { printf "%.2f", a + b }')
+  row "both CPU s" "$all_serve" "$all_pipe" "$(ratio "$all_serve" "$all_pipe")"
   row "peak RSS MiB" "$(mib "$OVA_HWM")" "$pipe_rss" ""
+  cpus=$(nproc)
+  bound=$(awk -v a="$all_serve" -v n="$cpus" 'BEGIN { printf "%.2f", a / n }')
+  echo "client: $OVA_CLIENT. On $cpus CPUs the upload cannot take less than both processes' CPU time"
+  echo "spread over all of them: $bound s, $(ratio "$bound" "$pipe_s") x the pipe's median time."
   speed=$(ratio "$pipe_s" "$serve_s")
   if [ "$speed" = n/a ]; then
     echo "target: not judged (a side has no verified run)"
@@ -443,7 +475,7 @@ if [ -n "$BASELINE" ]; then
   }
   cmp_row "image upload (imageio client)" "$SIZE" "$WORK/single-ovaio.t" "$WORK/single-baseline.t"
   cpu_row "image upload" "$WORK/single-cpu-ovaio.t" "$WORK/single-cpu-baseline.t"
-  cmp_row "OVA upload (curl -T)" "$OVA_BYTES" "$WORK/ova-serve.t" "$WORK/ova-serve-baseline.t"
+  cmp_row "OVA upload ($OVA_CLIENT)" "$OVA_BYTES" "$WORK/ova-serve.t" "$WORK/ova-serve-baseline.t"
   cpu_row "OVA upload" "$WORK/ova-cpu-ovaio.t" "$WORK/ova-cpu-baseline.t"
   [ "$BAD" -eq 0 ] || { echo "FAIL: some target differs from the source"; exit 2; }
   exit 0
