@@ -370,9 +370,10 @@ make_source "$SRC" "$SIZE"
 alloc_mib=$(($(stat -c %b "$SRC") * $(stat -c %B "$SRC") / 1048576))
 echo "source: ${SIZE_MIB} MiB virtual, ${alloc_mib} MiB allocated" >&2
 
-median_of() { sort -n "$1" | awk '{ a[NR] = $1 } END { if (!NR) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# median_of FILE [COL]: the median of column COL (the first by default).
+median_of() { stats "$1" "${2:-1}" | awk '{ print $1 }'; }
 # range_of FILE: "min-max" of the first column.
-range_of() { sort -g "$1" | awk 'NR == 1 { a = $1 } { b = $1 } END { if (NR) print a "-" b; else print "n/a" }'; }
+range_of() { stats "$1" | awk '{ print ($1 == "n/a") ? "n/a" : $2 "-" $3 }'; }
 
 # 0. With PARTS=ova: the OVA upload against the pipe, nothing else.
 if [ "$PARTS" = ova ]; then
@@ -402,11 +403,10 @@ if [ "$PARTS" = ova ]; then
   row "time s median" "$serve_s" "$pipe_s" "$(ratio "$serve_s" "$pipe_s")"
   row "time s min-max" "$(range_of "$WORK/ova-serve.t")" "$(range_of "$WORK/ova-pipe.t")" ""
   row "MB/s (median)" "$(mbps "$OVA_BYTES" "$serve_s")" "$(mbps "$OVA_BYTES" "$pipe_s")" "$(ratio "$(mbps "$OVA_BYTES" "$serve_s")" "$(mbps "$OVA_BYTES" "$pipe_s")")"
-  med() { stats "$1" "$2" | awk '{ print $1 }'; }
-  client_cpu=$(med "$WORK/ova-serve.t" 2)
-  serve_cpu=$(med "$WORK/ova-serve.t" 3)
-  cat_cpu=$(med "$WORK/ova-pipe.t" 3)
-  pipe_cpu=$(med "$WORK/ova-pipe.t" 4)
+  client_cpu=$(median_of "$WORK/ova-serve.t" 2)
+  serve_cpu=$(median_of "$WORK/ova-serve.t" 3)
+  cat_cpu=$(median_of "$WORK/ova-pipe.t" 3)
+  pipe_cpu=$(median_of "$WORK/ova-pipe.t" 4)
   row "client CPU s (median)" "$client_cpu" "$cat_cpu" "$(ratio "$client_cpu" "$cat_cpu")"
   row "ovaio CPU s (median)" "$serve_cpu" "$pipe_cpu" "$(ratio "$serve_cpu" "$pipe_cpu")"
   all_serve=$(awk -v a="$client_cpu" -v b="$serve_cpu" 'BEGIN { printf "%.2f", a + b }')
